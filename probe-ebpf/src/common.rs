@@ -1,0 +1,104 @@
+//! Maps, load-time globals and helpers shared by every program.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    },
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use probe_common::{ABSENT, AgentConfig, EventHeader, HDR_TASK, KernelOffsets, LOSS_SLOTS};
+
+use crate::softirq::in_softirq;
+
+/// Every event goes through this ring buffer. The loader resizes it (`--ringbuf-bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Failed ring-buffer writes, per CPU, per event kind.
+#[map]
+pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+#[unsafe(no_mangle)]
+static AGENT: AgentConfig = AgentConfig::DEFAULT;
+
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::ABSENT;
+
+#[inline(always)]
+pub fn agent() -> AgentConfig {
+    // SAFETY: a plain read of a global; volatile so the loader's value is not constant-folded.
+    unsafe { core::ptr::read_volatile(&AGENT) }
+}
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: as for `agent`.
+    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+/// Counts one event of `kind` that could not be written to the ring buffer.
+#[inline(always)]
+pub fn count_loss(kind: u32) {
+    if let Some(slot) = LOSSES.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, programs do not migrate while running.
+        unsafe { *slot += 1 }
+    }
+}
+
+/// Reads a `T` at `base + off` in kernel memory; `None` when the offset is unknown on this
+/// kernel, the base pointer is null, or the read faults.
+#[inline(always)]
+pub fn read_kernel<T>(base: u64, off: u32) -> Option<T> {
+    if off == ABSENT || base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
+}
+
+/// Reads a tracepoint record field at a load-time offset.
+#[inline(always)]
+pub fn read_field<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
+    if off == ABSENT {
+        return None;
+    }
+    // SAFETY: the offset comes from the tracepoint's format file; the read is checked.
+    unsafe { ctx.read_at::<T>(off as usize) }.ok()
+}
+
+/// What to do with an event given the current task.
+pub enum TaskContext {
+    /// The agent itself: drop the event.
+    Agent,
+    /// Filled in.
+    Task,
+    /// Softirq or kernel thread: the current task is unrelated to the event.
+    NotOwner,
+}
+
+/// Fills pid/tid/comm when the hook runs in the context of a user task, so a reset built in
+/// softirq (or by a kernel thread such as threaded NAPI) is never blamed on whichever task was
+/// on the CPU.
+#[inline(always)]
+pub fn fill_task(header: &mut EventHeader, off: &KernelOffsets) -> TaskContext {
+    if in_softirq() {
+        return TaskContext::NotOwner;
+    }
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    if off.task_mm != ABSENT && read_kernel::<u64>(task, off.task_mm).unwrap_or(0) == 0 {
+        return TaskContext::NotOwner;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == agent().agent_tgid {
+        return TaskContext::Agent;
+    }
+    header.pid = tgid;
+    header.tid = pid_tgid as u32;
+    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    header.flags |= HDR_TASK;
+    TaskContext::Task
+}

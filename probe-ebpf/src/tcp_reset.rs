@@ -1,0 +1,157 @@
+//! Shared body of the two TCP reset hooks: builds a `TcpResetEvent` from a tracepoint record
+//! whose field offsets the loader read from tracefs, and from the socket (BTF offsets).
+
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TracePointContext};
+use probe_common::{
+    ABSENT, EventHeader, HDR_CGROUP, HDR_NETNS, KernelOffsets, REASON_NONE, TcpResetEvent,
+    TcpResetLayout, family, kind,
+};
+
+use crate::common::{EVENTS, TaskContext, count_loss, fill_task, offsets, read_field, read_kernel};
+
+pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
+    let off = offsets();
+    let mut ev = TcpResetEvent {
+        header: EventHeader {
+            kind: kind::TCP_RESET,
+            flags: 0,
+            ktime_ns: 0,
+            pid: 0,
+            tid: 0,
+            netns: 0,
+            _reserved: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        },
+        socket_cookie: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        direction,
+        state: 0,
+        reason: REASON_NONE,
+    };
+    // SAFETY: helper without preconditions.
+    ev.header.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+
+    if let TaskContext::Agent = fill_task(&mut ev.header, &off) {
+        return;
+    }
+
+    if layout.src_sockaddr != ABSENT {
+        read_sockaddr(
+            ctx,
+            layout.src_sockaddr,
+            &mut ev.saddr,
+            &mut ev.sport,
+            &mut ev.family,
+        );
+        let mut dst_family = 0;
+        read_sockaddr(
+            ctx,
+            layout.dst_sockaddr,
+            &mut ev.daddr,
+            &mut ev.dport,
+            &mut dst_family,
+        );
+    } else {
+        ev.family = read_field(ctx, layout.family).unwrap_or(0);
+        ev.sport = read_field(ctx, layout.sport).unwrap_or(0);
+        ev.dport = read_field(ctx, layout.dport).unwrap_or(0);
+        if ev.family == family::INET {
+            let s: [u8; 4] = read_field(ctx, layout.saddr).unwrap_or([0; 4]);
+            let d: [u8; 4] = read_field(ctx, layout.daddr).unwrap_or([0; 4]);
+            ev.saddr[..4].copy_from_slice(&s);
+            ev.daddr[..4].copy_from_slice(&d);
+        } else {
+            ev.saddr = read_field(ctx, layout.saddr_v6).unwrap_or([0; 16]);
+            ev.daddr = read_field(ctx, layout.daddr_v6).unwrap_or([0; 16]);
+        }
+    }
+
+    if let Some(reason) = read_field::<u32>(ctx, layout.reason) {
+        ev.reason = reason;
+    }
+
+    let sk: u64 = read_field(ctx, layout.skaddr).unwrap_or(0);
+    if let Some(state) = read_field::<i32>(ctx, layout.state) {
+        ev.state = state as u32;
+    }
+    if sk != 0 {
+        socket_details(sk, ctx, layout, &off, &mut ev);
+    } else {
+        // No socket (e.g. a SYN to a closed port): the namespace of the device the packet
+        // arrived on.
+        let skb: u64 = read_field(ctx, layout.skbaddr).unwrap_or(0);
+        let dev: u64 = read_kernel(skb, off.skb_dev).unwrap_or(0);
+        let net: u64 = read_kernel(dev, off.dev_net).unwrap_or(0);
+        set_netns(&mut ev.header, net, &off);
+    }
+
+    if EVENTS.output::<TcpResetEvent>(&ev, 0).is_err() {
+        count_loss(kind::TCP_RESET);
+    }
+}
+
+#[inline(always)]
+fn socket_details(
+    sk: u64,
+    ctx: &TracePointContext,
+    layout: &TcpResetLayout,
+    off: &KernelOffsets,
+    ev: &mut TcpResetEvent,
+) {
+    let sk_state: u8 = read_kernel(sk, off.sk_state).unwrap_or(0);
+    if layout.state == ABSENT {
+        ev.state = u32::from(sk_state);
+    }
+    let net: u64 = read_kernel(sk, off.sk_net).unwrap_or(0);
+    set_netns(&mut ev.header, net, off);
+    ev.socket_cookie = match read_field::<u64>(ctx, layout.sock_cookie) {
+        Some(cookie) => cookie,
+        None => read_kernel(sk, off.sk_cookie).unwrap_or(0),
+    };
+    // TIME_WAIT and NEW_SYN_RECV sockets are mini sockets without `sk_cgrp_data`.
+    let full_sock = sk_state < 32 && (1u32 << sk_state) & off.mini_sock_states == 0;
+    if full_sock {
+        let cgroup: u64 = read_kernel(sk, off.sk_cgroup).unwrap_or(0);
+        let kn: u64 = read_kernel(cgroup, off.cgroup_kn).unwrap_or(0);
+        if let Some(id) = read_kernel::<u64>(kn, off.kn_id) {
+            ev.header.cgroup_id = id;
+            ev.header.flags |= HDR_CGROUP;
+        }
+    }
+}
+
+#[inline(always)]
+fn set_netns(header: &mut EventHeader, net: u64, off: &KernelOffsets) {
+    if let Some(inum) = read_kernel::<u32>(net, off.net_inum) {
+        header.netns = inum;
+        header.flags |= HDR_NETNS;
+    }
+}
+
+/// Reads a `struct sockaddr_in` / `sockaddr_in6` (uapi layouts) stored in the record.
+#[inline(always)]
+fn read_sockaddr(
+    ctx: &TracePointContext,
+    off: u32,
+    addr: &mut [u8; 16],
+    port: &mut u16,
+    fam: &mut u16,
+) {
+    if off == ABSENT {
+        return;
+    }
+    *fam = read_field(ctx, off).unwrap_or(0);
+    let port_be: [u8; 2] = read_field(ctx, off + 2).unwrap_or([0; 2]);
+    *port = u16::from_be_bytes(port_be);
+    if *fam == family::INET {
+        let a: [u8; 4] = read_field(ctx, off + 4).unwrap_or([0; 4]);
+        addr[..4].copy_from_slice(&a);
+    } else if *fam == family::INET6 {
+        *addr = read_field(ctx, off + 8).unwrap_or([0; 16]);
+    }
+}

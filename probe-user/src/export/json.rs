@@ -1,0 +1,86 @@
+//! JSON Lines: one object per record (the contract in the README).
+
+use std::io::{self, Write};
+
+use super::Sink;
+use crate::record::Record;
+
+pub struct JsonSink<W: Write + Send> {
+    out: W,
+}
+
+impl<W: Write + Send> JsonSink<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+impl<W: Write + Send> Sink for JsonSink<W> {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::terminal::tests::{loss_record, reset_record};
+
+    fn render(r: &Record) -> serde_json::Value {
+        let mut sink = JsonSink::new(Vec::new());
+        sink.write(r).unwrap();
+        let text = String::from_utf8(sink.out).unwrap();
+        assert!(text.ends_with('\n') && text.matches('\n').count() == 1);
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn tcp_reset_contract() {
+        assert_eq!(
+            render(&reset_record()),
+            serde_json::json!({
+                "time_unix_nano": 1_700_000_000_123_456_789u64,
+                "kind": "tcp_reset",
+                "node": "node-1",
+                "netns": 4026531840u32,
+                "cgroup_id": 4711,
+                "pid": 1234,
+                "tid": 1235,
+                "comm": "redis-cli",
+                "direction": "sent",
+                "family": "ipv4",
+                "saddr": "127.0.0.1",
+                "sport": 40000,
+                "daddr": "127.0.0.1",
+                "dport": 6379,
+                "tcp_state": "ESTABLISHED",
+                "reason": "TCP_ABORT_ON_LINGER",
+                "socket_cookie": 99,
+            })
+        );
+    }
+
+    #[test]
+    fn loss_contract_with_nulls() {
+        assert_eq!(
+            render(&loss_record()),
+            serde_json::json!({
+                "time_unix_nano": 1_700_000_000_000_000_000u64,
+                "kind": "loss",
+                "node": "node-1",
+                "netns": null,
+                "cgroup_id": null,
+                "pid": null,
+                "tid": null,
+                "comm": null,
+                "source": "ringbuf",
+                "count": 17,
+                "lost_kind": "tcp_reset",
+            })
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! Sinks: where records go. The terminal stream is the default; `--output json` writes JSON
+//! Lines. Both write to any `io::Write` so they are tested on buffers.
+
+pub mod json;
+pub mod terminal;
+
+use std::io::{self, Write};
+
+use crate::record::Record;
+
+pub use self::{json::JsonSink, terminal::TerminalSink};
+
+pub trait Sink: Send {
+    fn write(&mut self, record: &Record) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Stdout, buffered; flushed by the pipeline whenever its queue runs empty.
+pub fn stdout() -> Box<dyn Write + Send> {
+    Box::new(io::BufWriter::with_capacity(64 * 1024, io::stdout()))
+}

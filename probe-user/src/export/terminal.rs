@@ -1,0 +1,198 @@
+//! The live terminal stream: one readable line per record, coloured only on a terminal.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use super::Sink;
+use crate::record::{Body, Direction, Loss, Record, TcpReset};
+
+pub struct TerminalSink<W: Write + Send> {
+    out: W,
+    color: bool,
+}
+
+const RESET: &str = "\x1b[0m";
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const MAGENTA_BOLD: &str = "\x1b[1;35m";
+const DIM: &str = "\x1b[2m";
+
+impl<W: Write + Send> TerminalSink<W> {
+    pub fn new(out: W, color: bool) -> Self {
+        Self { out, color }
+    }
+
+    fn paint<'a>(&self, code: &'a str) -> (&'a str, &'static str) {
+        if self.color { (code, RESET) } else { ("", "") }
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
+}
+
+fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+impl<W: Write + Send> Sink for TerminalSink<W> {
+    fn write(&mut self, r: &Record) -> io::Result<()> {
+        let time =
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(r.time_unix_nano));
+        let (dim, dim_end) = self.paint(DIM);
+        let task = match (&r.common.comm, r.common.pid) {
+            (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+            _ => "-".into(),
+        };
+        match &r.body {
+            Body::TcpReset(TcpReset {
+                direction,
+                saddr,
+                sport,
+                daddr,
+                dport,
+                tcp_state,
+                reason,
+                socket_cookie,
+                ..
+            }) => {
+                let (label, code) = match direction {
+                    Direction::Sent => ("RST sent    ", RED),
+                    Direction::Received => ("RST received", YELLOW),
+                };
+                let (c, c_end) = self.paint(code);
+                writeln!(
+                    self.out,
+                    "{dim}{time}{dim_end} {c}{label}{c_end} {local} -> {remote} state={state} reason={reason} task={task} netns={netns} cgroup={cgroup} cookie={cookie}",
+                    local = endpoint(saddr, *sport),
+                    remote = endpoint(daddr, *dport),
+                    state = opt(tcp_state),
+                    reason = opt(reason),
+                    netns = opt(&r.common.netns),
+                    cgroup = opt(&r.common.cgroup_id),
+                    cookie = opt(socket_cookie),
+                )
+            }
+            Body::Loss(Loss {
+                source,
+                count,
+                lost_kind,
+            }) => {
+                let (c, c_end) = self.paint(MAGENTA_BOLD);
+                let source = serde_json::to_value(source).unwrap_or_default();
+                writeln!(
+                    self.out,
+                    "{dim}{time}{dim_end} {c}LOST        {count} event(s){c_end} source={} kind={}",
+                    source.as_str().unwrap_or("?"),
+                    lost_kind.unwrap_or("-"),
+                )
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{
+        decode::Common,
+        record::{Family, LossSource},
+    };
+
+    pub(crate) fn reset_record() -> Record {
+        Record {
+            time_unix_nano: 1_700_000_000_123_456_789,
+            kind: "tcp_reset",
+            node: "node-1".into(),
+            common: Common {
+                ktime_ns: 5,
+                netns: Some(4026531840),
+                cgroup_id: Some(4711),
+                pid: Some(1234),
+                tid: Some(1235),
+                comm: Some("redis-cli".into()),
+            },
+            body: Body::TcpReset(TcpReset {
+                direction: Direction::Sent,
+                family: Family::Ipv4,
+                saddr: "127.0.0.1".parse().unwrap(),
+                sport: 40000,
+                daddr: "127.0.0.1".parse().unwrap(),
+                dport: 6379,
+                tcp_state: Some("ESTABLISHED".into()),
+                reason: Some("TCP_ABORT_ON_LINGER".into()),
+                socket_cookie: Some(99),
+            }),
+        }
+    }
+
+    pub(crate) fn loss_record() -> Record {
+        Record {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            kind: "loss",
+            node: "node-1".into(),
+            common: Common::none(),
+            body: Body::Loss(Loss {
+                source: LossSource::Ringbuf,
+                count: 17,
+                lost_kind: Some("tcp_reset"),
+            }),
+        }
+    }
+
+    fn render(r: &Record, color: bool) -> String {
+        let mut sink = TerminalSink::new(Vec::new(), color);
+        sink.write(r).unwrap();
+        String::from_utf8(sink.out).unwrap()
+    }
+
+    #[test]
+    fn plain_lines() {
+        assert_eq!(
+            render(&reset_record(), false),
+            "2023-11-14T22:13:20.123Z RST sent     127.0.0.1:40000 -> 127.0.0.1:6379 state=ESTABLISHED reason=TCP_ABORT_ON_LINGER task=redis-cli[1234] netns=4026531840 cgroup=4711 cookie=99\n"
+        );
+        assert_eq!(
+            render(&loss_record(), false),
+            "2023-11-14T22:13:20.000Z LOST        17 event(s) source=ringbuf kind=tcp_reset\n"
+        );
+    }
+
+    #[test]
+    fn unknowns_and_ipv6_received() {
+        let mut r = reset_record();
+        r.common = Common::none();
+        if let Body::TcpReset(t) = &mut r.body {
+            t.direction = Direction::Received;
+            t.family = Family::Ipv6;
+            t.saddr = "::1".parse().unwrap();
+            t.daddr = "2001:db8::2".parse().unwrap();
+            t.tcp_state = None;
+            t.reason = None;
+            t.socket_cookie = None;
+        }
+        assert_eq!(
+            render(&r, false),
+            "2023-11-14T22:13:20.123Z RST received [::1]:40000 -> [2001:db8::2]:6379 state=- reason=- task=- netns=- cgroup=- cookie=-\n"
+        );
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let coloured = render(&reset_record(), true);
+        assert!(
+            coloured.contains("\x1b[31mRST sent    \x1b[0m"),
+            "{coloured:?}"
+        );
+        assert!(!render(&reset_record(), false).contains('\x1b'));
+    }
+}

@@ -1,0 +1,145 @@
+//! `probe`: parses the command line, then wires loader -> pipeline -> enrichment -> sinks.
+
+mod config;
+mod decode;
+mod enrich;
+mod export;
+mod loader;
+mod pipeline;
+mod record;
+
+use std::{io::IsTerminal, process::ExitCode, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Cli, Color, Output},
+    enrich::Enricher,
+    export::{JsonSink, Sink, TerminalSink},
+    loader::{LoaderConfig, Probe},
+    pipeline::{Counters, LossTracker},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
+        eprintln!(
+            "probe: --log-level {:?} is invalid ({e}); using info",
+            cli.log_level
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut probe = Probe::load(&LoaderConfig {
+        ringbuf_bytes: cli.ringbuf_bytes,
+    })?;
+    for p in &probe.programs {
+        match &p.result {
+            Ok(()) => info!(program = p.program, hook = p.hook, "attached"),
+            Err(why) => warn!(program = p.program, hook = p.hook, "not attached: {why}"),
+        }
+    }
+    if probe.attached() == 0 {
+        bail!("no kernel program could be attached (see the warnings above)");
+    }
+    let ring = probe.take_events()?;
+    let kernel_losses = probe.take_losses()?;
+    let tables = Arc::new(probe.tables.clone());
+
+    let counters = Arc::new(Counters::default());
+    let (tx, rx) = mpsc::channel(cli.queue_size as usize);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = tokio::spawn(pipeline::read_events(
+        ring,
+        tx,
+        tables,
+        counters.clone(),
+        stop_rx,
+    ));
+    let node = cli
+        .node_name
+        .clone()
+        .unwrap_or_else(enrich::default_node_name);
+    let consumer = tokio::spawn(pipeline::consume(
+        rx,
+        Enricher::new(node.clone()),
+        sink(&cli),
+        LossTracker::new(Box::new(kernel_losses), counters.clone()),
+        cli.loss_interval,
+        counters.clone(),
+    ));
+    info!(
+        node,
+        "ready: {} of {} programs attached, streaming events",
+        probe.attached(),
+        probe.programs.len()
+    );
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: detaching and draining"),
+        _ = int.recv() => info!("SIGINT: detaching and draining"),
+    }
+    // Detach first so nothing new arrives, then drain what the ring buffer holds.
+    drop(probe);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(cli.shutdown_timeout, async {
+        reader.await.context("reader task")??;
+        consumer.await.context("consumer task")??;
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result,
+        Err(_) => bail!("shutdown did not finish within {:?}", cli.shutdown_timeout),
+    }
+}
+
+fn sink(cli: &Cli) -> Box<dyn Sink> {
+    let out = export::stdout();
+    match cli.output {
+        Output::Json => Box::new(JsonSink::new(out)),
+        Output::Terminal => {
+            let color = match cli.color {
+                Color::Always => true,
+                Color::Never => false,
+                Color::Auto => {
+                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+                }
+            };
+            Box::new(TerminalSink::new(out, color))
+        }
+    }
+}

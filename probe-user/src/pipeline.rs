@@ -1,0 +1,259 @@
+//! The event pipeline: ring buffer (via tokio `AsyncFd`) -> checked decode -> bounded channel
+//! (`try_send`, drops counted) -> enrichment -> sinks. Losses from every source are turned into
+//! periodic `loss` records, and a final one at shutdown, so nothing is lost silently.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use probe_common::LOSS_SLOTS;
+use thiserror::Error;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, watch},
+};
+use tracing::debug;
+
+use crate::{
+    decode::{Decoded, Kind, SymbolTables, decode},
+    enrich::Enricher,
+    export::Sink,
+    record::{Body, Loss, LossSource},
+};
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("polling the event ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+    #[error("writing to the output: {0}")]
+    Sink(#[source] std::io::Error),
+}
+
+/// Counters shared by the pipeline stages.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records read from the ring buffer.
+    pub read: AtomicU64,
+    /// Events dropped because the channel to the sinks was full.
+    pub channel_drops: AtomicU64,
+    /// Records that failed the checked decode.
+    pub decode_errors: AtomicU64,
+    /// Records written to the sinks.
+    pub written: AtomicU64,
+}
+
+/// Reads the ring buffer until `shutdown` turns true, then drains what is left and returns
+/// (dropping the sender, which ends the consumer).
+pub async fn read_events(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Decoded>,
+    tables: Arc<SymbolTables>,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer,
+    // and `as_raw_fd` always returns that same fd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| PipelineError::Poll(e.into()))?;
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard.map_err(PipelineError::Poll)?;
+                drain(guard.get_inner_mut(), &tx, &tables, &counters);
+                guard.clear_ready();
+            }
+            _ = shutdown.wait_for(|stop| *stop) => {
+                drain(fd.get_mut(), &tx, &tables, &counters);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    tx: &mpsc::Sender<Decoded>,
+    tables: &SymbolTables,
+    counters: &Counters,
+) {
+    while let Some(item) = ring.next() {
+        counters.read.fetch_add(1, Ordering::Relaxed);
+        match decode(&item, tables) {
+            Ok(event) => {
+                if tx.try_send(event).is_err() {
+                    counters.channel_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                debug!("dropping a kernel record: {e}");
+                counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Totals of kernel-side losses per slot (slot = event kind).
+pub trait KernelLosses: Send {
+    fn totals(&self) -> Vec<u64>;
+}
+
+impl KernelLosses for PerCpuArray<MapData, u64> {
+    fn totals(&self) -> Vec<u64> {
+        (0..LOSS_SLOTS)
+            .map(|slot| {
+                self.get(&slot, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+/// Turns loss counters into `loss` records holding the increase since the previous poll.
+pub struct LossTracker {
+    kernel: Box<dyn KernelLosses>,
+    counters: Arc<Counters>,
+    last: HashMap<(LossSource, u32), u64>,
+}
+
+impl LossTracker {
+    pub fn new(kernel: Box<dyn KernelLosses>, counters: Arc<Counters>) -> Self {
+        Self {
+            kernel,
+            counters,
+            last: HashMap::new(),
+        }
+    }
+
+    pub fn poll(&mut self) -> Vec<Loss> {
+        let mut current: Vec<(LossSource, u32, u64)> = self
+            .kernel
+            .totals()
+            .into_iter()
+            .enumerate()
+            .map(|(slot, total)| (LossSource::Ringbuf, slot as u32, total))
+            .collect();
+        current.push((
+            LossSource::Channel,
+            u32::MAX,
+            self.counters.channel_drops.load(Ordering::Relaxed),
+        ));
+        current.push((
+            LossSource::Decode,
+            u32::MAX,
+            self.counters.decode_errors.load(Ordering::Relaxed),
+        ));
+        current
+            .into_iter()
+            .filter_map(|(source, slot, total)| {
+                let last = self.last.insert((source, slot), total).unwrap_or(0);
+                (total > last).then(|| Loss {
+                    source,
+                    count: total - last,
+                    lost_kind: slot_kind(slot),
+                })
+            })
+            .collect()
+    }
+}
+
+fn slot_kind(slot: u32) -> Option<&'static str> {
+    match Kind::try_from(slot).ok()? {
+        Kind::TcpReset => Some("tcp_reset"),
+    }
+}
+
+/// Writes events to the sink until the channel closes, with a loss report every
+/// `loss_interval` and a final one at the end.
+pub async fn consume(
+    mut rx: mpsc::Receiver<Decoded>,
+    enricher: Enricher,
+    mut sink: Box<dyn Sink>,
+    mut losses: LossTracker,
+    loss_interval: Duration,
+    counters: Arc<Counters>,
+) -> Result<(), PipelineError> {
+    let mut tick = tokio::time::interval(loss_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    let report = |losses: &mut LossTracker, sink: &mut Box<dyn Sink>| {
+        for loss in losses.poll() {
+            sink.write(&enricher.agent_record(Body::Loss(loss)))?;
+        }
+        sink.flush()
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = tick.tick() => report(&mut losses, &mut sink).map_err(PipelineError::Sink)?,
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                sink.write(&enricher.kernel_event(event)).map_err(PipelineError::Sink)?;
+                counters.written.fetch_add(1, Ordering::Relaxed);
+                if rx.is_empty() {
+                    sink.flush().map_err(PipelineError::Sink)?;
+                }
+            }
+        }
+    }
+    report(&mut losses, &mut sink).map_err(PipelineError::Sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct Scripted(Arc<Mutex<Vec<u64>>>);
+    impl KernelLosses for Scripted {
+        fn totals(&self) -> Vec<u64> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn loss_records_carry_deltas_per_source() {
+        let kernel = Arc::new(Mutex::new(vec![0, 5, 0]));
+        let counters = Arc::new(Counters::default());
+        let mut t = LossTracker::new(Box::new(Scripted(kernel.clone())), counters.clone());
+        assert_eq!(
+            t.poll(),
+            vec![Loss {
+                source: LossSource::Ringbuf,
+                count: 5,
+                lost_kind: Some("tcp_reset")
+            }]
+        );
+        assert_eq!(t.poll(), vec![]);
+        kernel.lock().unwrap()[1] = 8;
+        counters.channel_drops.store(3, Ordering::Relaxed);
+        counters.decode_errors.store(1, Ordering::Relaxed);
+        assert_eq!(
+            t.poll(),
+            vec![
+                Loss {
+                    source: LossSource::Ringbuf,
+                    count: 3,
+                    lost_kind: Some("tcp_reset")
+                },
+                Loss {
+                    source: LossSource::Channel,
+                    count: 3,
+                    lost_kind: None
+                },
+                Loss {
+                    source: LossSource::Decode,
+                    count: 1,
+                    lost_kind: None
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! Harness for the root end-to-end tests: starts the real `probe` binary (PROBE_BIN, set by
+//! `cargo xtask test`) with `--output json`, collects its records, stops it with SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// True when running as root. Otherwise prints a loud line that bypasses the test harness's
+/// output capture and returns false: the caller returns without asserting anything.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! {test}: skipped: needs root (run `sudo cargo xtask test`) !!!!!\n"
+    );
+    false
+}
+
+fn probe_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PROBE_BIN") {
+        return bin.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["release", "debug"]
+        .iter()
+        .map(|p| root.join("target").join(p).join("probe"))
+        .find(|p| p.exists())
+        .expect("no probe binary: run the e2e tests with `cargo xtask test`")
+}
+
+/// A running agent.
+pub struct Probe {
+    child: Child,
+    records: mpsc::Receiver<Value>,
+    stderr: Option<thread::JoinHandle<String>>,
+    seen: Vec<Value>,
+}
+
+impl Probe {
+    /// Starts the agent with `--output json` plus `args` and waits until it is attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(probe_bin())
+            .args(["--output", "json", "--log-level", "info"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the probe");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, records) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("probe printed a line that is not JSON ({e}): {line}")
+                });
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = thread::spawn(move || {
+            let mut log = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ready:") {
+                    let _ = ready_tx.send(());
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
+            log
+        });
+        let mut probe = Self {
+            child,
+            records,
+            stderr: Some(stderr),
+            seen: Vec::new(),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = probe.child.kill();
+            let _ = probe.child.wait();
+            let log = probe.log();
+            panic!("the probe did not become ready; its log:\n{log}");
+        }
+        probe
+    }
+
+    /// Waits (up to `timeout`) until some record satisfies `pred`; returns it.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return Some(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(v) = self.records.recv_timeout(left) else {
+                break;
+            };
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// SIGTERM, wait for a clean exit (the agent drains its pipeline first), and return every
+    /// record it printed.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the probe") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the probe did not exit within 30 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let log = self.log();
+        assert!(
+            status.success(),
+            "the probe exited with {status}; its log:\n{log}"
+        );
+        let rest: Vec<Value> = self.records.try_iter().collect();
+        let mut all = std::mem::take(&mut self.seen);
+        all.extend(rest);
+        all
+    }
+
+    /// The agent's log so far (stderr); waits for stderr to close.
+    fn log(&mut self) -> String {
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Records of `kind:"tcp_reset"` whose local or remote port is `port`.
+pub fn resets_on_port(records: &[Value], port: u16) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "tcp_reset" && (r["sport"] == port || r["dport"] == port))
+        .cloned()
+        .collect()
+}
+
+/// The network namespace inode of this process.
+pub fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").expect("netns").ino()
+}
+
+/// The cgroup v2 id (inode of the cgroup directory) of this process.
+pub fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+        .expect("cgroup directory")
+        .ino()
+}
+
+/// The calling thread's id and kernel task name.
+pub fn current_thread() -> (u32, String) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("comm");
+    (tid, comm.trim_end().to_owned())
+}
+
+/// SO_COOKIE of a socket (generating it if the kernel had not yet).
+pub fn socket_cookie(fd: std::os::fd::RawFd) -> u64 {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "getsockopt(SO_COOKIE): {}",
+        std::io::Error::last_os_error()
+    );
+    cookie
+}
+
+/// A port on `ip` with nothing listening, below the ephemeral range so that no client socket
+/// can be given the same port (which would make a TCP self-connect instead of a refusal).
+pub fn closed_port(ip: std::net::IpAddr) -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("ip_local_port_range");
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("ephemeral range");
+    // Spread tests over the range below it; a port that binds is free at this moment.
+    let seed = std::process::id() as u16 ^ current_thread().0 as u16;
+    let span = low.saturating_sub(10_000).max(1);
+    (0..span)
+        .map(|i| 10_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % span))
+        .find(|&p| std::net::TcpListener::bind((ip, p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
+/// Connects from a bound client socket to `ip:port` where nothing listens; returns the client
+/// port. The connect must be refused.
+pub fn refused_connect(ip: std::net::IpAddr, port: u16) -> u16 {
+    use socket2::{Domain, Socket, Type};
+    let domain = if ip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, None).expect("socket");
+    s.bind(&std::net::SocketAddr::new(ip, 0).into())
+        .expect("bind");
+    let client_port = s
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    let err = s
+        .connect(&std::net::SocketAddr::new(ip, port).into())
+        .expect_err("connect to a closed port must fail");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    client_port
+}

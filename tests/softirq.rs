@@ -1,0 +1,59 @@
+//! Root e2e: `softirq_entry`/`softirq_exit` (probe-ebpf/src/softirq.rs): a reset built in
+//! softirq is never blamed on the task that was interrupted, one built by a task names it.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use probe_tests::*;
+
+#[test]
+fn softirq_resets_name_no_task_process_resets_do() {
+    if !require_root("softirq::softirq_resets_name_no_task_process_resets_do") {
+        return;
+    }
+    let mut probe = Probe::start(&[]);
+    let (tid, comm) = current_thread();
+
+    // This thread sends the SYN; loopback delivers it in the NET_RX softirq that runs on this
+    // very thread's CPU, interrupting it: the RST built there must not carry this thread.
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = closed_port(ip);
+    let client = refused_connect(ip, port);
+
+    // A close() with SO_LINGER {1, 0}: the reset is built by this thread, in the syscall.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_accepted, _) = listener.accept().unwrap();
+    let linger_port = stream.local_addr().unwrap().port();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+
+    probe
+        .wait_for(Duration::from_secs(10), |r| {
+            r["direction"] == "received" && r["dport"] == linger_port
+        })
+        .expect("the linger reset was not reported");
+    let records = probe.stop();
+
+    let softirq: Vec<Value> = resets_on_port(&records, port)
+        .into_iter()
+        .filter(|r| r["direction"] == "sent" && r["dport"] == client)
+        .collect();
+    assert_eq!(softirq.len(), 1, "{softirq:#?}");
+    assert_eq!(softirq[0]["pid"], Value::Null);
+    assert_eq!(softirq[0]["tid"], Value::Null);
+    assert_eq!(softirq[0]["comm"], Value::Null);
+
+    let task: Vec<Value> = resets_on_port(&records, linger_port)
+        .into_iter()
+        .filter(|r| r["direction"] == "sent")
+        .collect();
+    assert_eq!(task.len(), 1, "{task:#?}");
+    assert_eq!(task[0]["pid"], std::process::id());
+    assert_eq!(task[0]["tid"], tid);
+    assert_eq!(task[0]["comm"], comm);
+}

@@ -1,0 +1,164 @@
+//! `cargo xtask setup`: makes this machine able to build and run the probe, installing only
+//! what is missing. Routes for the kernel-program compiler, in order of preference:
+//! 1. Debian's rustc-web with its prebuilt BPF core (`/usr/lib/rustlib/bpfel-unknown-none`);
+//! 2. an existing rustup nightly with rust-src (aya-build then uses `-Z build-std=core`);
+//! 3. otherwise install route 1 with apt.
+//!    bpf-linker 0.13.0 (LLVM 22) is installed with cargo when absent, and tracefs is mounted.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const DEBIAN_PACKAGES: [&str; 4] = [
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+];
+const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The compiler `rustup run` gets for the kernel crate (probe-user/build.rs reads it from
+/// `PROBE_EBPF_TOOLCHAIN`).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub toolchain: String,
+    pub description: String,
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn debian_route() -> Option<Route> {
+    if !Path::new(DEBIAN_BPF_CORE).is_dir() {
+        return None;
+    }
+    let version = output(Command::new("/usr/bin/rustc").arg("--version"))?;
+    Some(Route {
+        toolchain: "/usr".into(),
+        description: format!("Debian rustc-web with prebuilt BPF core ({version})"),
+    })
+}
+
+fn nightly_route() -> Option<Route> {
+    let sysroot =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    if !Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+    {
+        return None;
+    }
+    let version = output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]))?;
+    Some(Route {
+        toolchain: "nightly".into(),
+        description: format!("rustup nightly with rust-src, build-std ({version})"),
+    })
+}
+
+fn is_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// Installs Debian packages that are not installed yet (one `apt-get update` first).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("packages {missing:?} are missing and installing them needs root");
+    }
+    eprintln!("xtask: apt-get install {}", missing.join(" "));
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let have = output(Command::new("bpf-linker").arg("--version"));
+    if have
+        .as_deref()
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} for LLVM 22 (found: {})",
+        have.as_deref().unwrap_or("none")
+    );
+    apt_install(&["llvm-22-dev"])?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_checked(
+        Command::new(cargo)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            // Without it the build finds /usr/bin/llvm-config (LLVM 14) and fails.
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+}
+
+fn ensure_tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("xtask: tracefs is not mounted at {TRACEFS} (needs root to mount)");
+        return Ok(());
+    }
+    run_checked(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
+        .context("mounting tracefs")
+}
+
+/// Installs what is missing and says which compiler route builds the kernel programs.
+pub fn setup() -> Result<Route> {
+    let route = match debian_route().or_else(nightly_route) {
+        Some(route) => route,
+        None => {
+            apt_install(&DEBIAN_PACKAGES)?;
+            debian_route().context("Debian's BPF core is still missing after apt-get install")?
+        }
+    };
+    ensure_bpf_linker()?;
+    ensure_tracefs()?;
+    eprintln!("xtask: kernel programs build with {}", route.description);
+    Ok(route)
+}
