@@ -13,6 +13,9 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` counters of events lost in the kernel, indexed by [`crate::LossIndex`].
     pub const LOSSES: &str = "LOSSES";
+    /// LRU hash: thread group id -> signal number, for processes a fatal core-dumping signal
+    /// was generated for; the exit hook reports their exit status and removes them.
+    pub const CRASH_WATCH: &str = "CRASH_WATCH";
     /// Per-CPU `u32` at index 0: 1 while the CPU serves a softirq, 0 when not (set by the
     /// softirq_entry/exit hooks), [`crate::SOFTIRQ_UNKNOWN`] until those hooks first ran there.
     pub const IN_SOFTIRQ: &str = "IN_SOFTIRQ";
@@ -28,6 +31,8 @@ pub mod globals {
     pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";
     /// [`crate::TcpResetLayout`] of `tcp:tcp_receive_reset`.
     pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
+    /// [`crate::TaskOffsets`].
+    pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
 }
 
 /// Value the loader puts in every CPU's `IN_SOFTIRQ` slot before attaching: until the softirq
@@ -38,6 +43,10 @@ pub const SOFTIRQ_UNKNOWN: u32 = 2;
 /// Event kinds (the first field of every event).
 pub mod kind {
     pub const TCP_RESET: u32 = 1;
+    /// A core-dumping signal was generated for a task ([`crate::SignalEvent`]).
+    pub const CORE_SIGNAL: u32 = 2;
+    /// A task that had a fatal core-dumping signal pending exited ([`crate::ExitEvent`]).
+    pub const PROCESS_EXIT: u32 = 3;
 }
 
 /// Slots of the per-CPU loss counter map. One per event kind (index = kind).
@@ -129,13 +138,119 @@ pub struct AgentConfig {
     /// The agent's own thread group id: its events are dropped in the kernel.
     pub agent_tgid: u32,
     pub _reserved: u32,
+    /// Signals to report: bit `n` set for signal number `n` (1..=63).
+    pub signal_mask: u64,
 }
-const _: () = assert!(size_of::<AgentConfig>() == 8);
+const _: () = assert!(size_of::<AgentConfig>() == 16);
 
 impl AgentConfig {
     pub const DEFAULT: Self = Self {
         agent_tgid: 0,
         _reserved: 0,
+        signal_mask: 0,
+    };
+}
+
+/// `SignalEvent::flags`: `sender_*` name the task that generated the signal.
+pub const SIG_SENDER: u32 = 1 << 0;
+/// `SignalEvent::flags`: `rlimit_core` is known.
+pub const SIG_RLIMIT: u32 = 1 << 1;
+/// `SignalEvent::flags`: `handler` is known.
+pub const SIG_HANDLER: u32 = 1 << 2;
+/// `SignalEvent::flags`: `dumpable` is known.
+pub const SIG_DUMPABLE: u32 = 1 << 3;
+
+/// A signal of the reported set was generated. The header describes the TARGET task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalEvent {
+    pub header: EventHeader,
+    pub sender_pid: u32,
+    pub sender_tid: u32,
+    pub sender_comm: [u8; TASK_COMM_LEN],
+    pub signal: u32,
+    /// `si_code` (SI_USER = 0, SI_TKILL = -6, SEGV_MAPERR = 1, ...).
+    pub si_code: i32,
+    /// `enum trace_signal_result` (delivered, ignored, already pending, ...).
+    pub result: u32,
+    /// `SIG_*` bits.
+    pub flags: u32,
+    /// The target's RLIMIT_CORE soft limit (u64::MAX = unlimited).
+    pub rlimit_core: u64,
+    /// The target's `sa_handler` for this signal: 0 = SIG_DFL, 1 = SIG_IGN, else a handler.
+    pub handler: u64,
+    /// The target's dumpable mode (`mm->flags & 3`: 0 = not dumpable).
+    pub dumpable: u32,
+    /// Whether the signal was sent to the whole thread group.
+    pub group: u32,
+}
+const _: () = assert!(size_of::<SignalEvent>() == 120);
+
+/// A watched process exited; the header describes the exiting task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// `task->exit_code`: terminating signal in bits 0-6, 0x80 when a core was dumped.
+    pub exit_code: u32,
+    /// The signal the watch entry was made for.
+    pub watched_signal: u32,
+}
+const _: () = assert!(size_of::<ExitEvent>() == 64);
+
+/// `task_struct` and related member offsets, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: u32,
+    pub exit_code: u32,
+    /// `task_struct::cgroups` -> `css_set::dfl_cgrp`.
+    pub cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    /// `task_struct::nsproxy` -> `nsproxy::net_ns`.
+    pub nsproxy: u32,
+    pub nsproxy_net: u32,
+    /// `task_struct::signal` -> `signal_struct::rlim[RLIMIT_CORE].rlim_cur`.
+    pub signal: u32,
+    pub rlimit_core: u32,
+    /// `task_struct::sighand` -> `sighand_struct::action` (array of `k_sigaction`).
+    pub sighand: u32,
+    pub sighand_action: u32,
+    /// `sizeof(struct k_sigaction)` and the offset of `sa.sa_handler` in it.
+    pub k_sigaction_size: u32,
+    pub sa_handler: u32,
+    /// `task_struct::mm` -> `mm_struct::flags` (first word).
+    pub mm: u32,
+    pub mm_flags: u32,
+    /// `kernel_siginfo::si_code`.
+    pub si_code: u32,
+    /// Value of `TRACE_SIGNAL_IGNORED` (`enum trace_signal_result`).
+    pub result_ignored: u32,
+}
+const _: () = assert!(size_of::<TaskOffsets>() == 72);
+
+impl TaskOffsets {
+    pub const ABSENT: Self = Self {
+        pid: ABSENT,
+        tgid: ABSENT,
+        comm: ABSENT,
+        exit_code: ABSENT,
+        cgroups: ABSENT,
+        css_set_dfl_cgrp: ABSENT,
+        nsproxy: ABSENT,
+        nsproxy_net: ABSENT,
+        signal: ABSENT,
+        rlimit_core: ABSENT,
+        sighand: ABSENT,
+        sighand_action: ABSENT,
+        k_sigaction_size: 0,
+        sa_handler: ABSENT,
+        mm: ABSENT,
+        mm_flags: ABSENT,
+        si_code: ABSENT,
+        result_ignored: 1,
     };
 }
 
@@ -242,4 +357,7 @@ mod pod {
     unsafe impl aya::Pod for super::TcpResetLayout {}
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::TcpResetEvent {}
+    unsafe impl aya::Pod for super::SignalEvent {}
+    unsafe impl aya::Pod for super::ExitEvent {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
 }

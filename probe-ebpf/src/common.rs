@@ -8,7 +8,10 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use probe_common::{ABSENT, AgentConfig, EventHeader, HDR_TASK, KernelOffsets, LOSS_SLOTS};
+use probe_common::{
+    ABSENT, AgentConfig, EventHeader, HDR_CGROUP, HDR_NETNS, HDR_TASK, KernelOffsets, LOSS_SLOTS,
+    TaskOffsets,
+};
 
 use crate::softirq::in_softirq;
 
@@ -25,6 +28,59 @@ static AGENT: AgentConfig = AgentConfig::DEFAULT;
 
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::ABSENT;
+
+#[unsafe(no_mangle)]
+static TASK_OFFSETS: TaskOffsets = TaskOffsets::ABSENT;
+
+#[inline(always)]
+pub fn task_offsets() -> TaskOffsets {
+    // SAFETY: a plain read of a global; volatile so the loader's value is not constant-folded.
+    unsafe { core::ptr::read_volatile(&TASK_OFFSETS) }
+}
+
+/// An empty header of `kind`, stamped now.
+#[inline(always)]
+pub fn new_header(kind: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        flags: 0,
+        // SAFETY: helper without preconditions.
+        ktime_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() },
+        pid: 0,
+        tid: 0,
+        netns: 0,
+        _reserved: 0,
+        cgroup_id: 0,
+        comm: [0; 16],
+    }
+}
+
+/// Fills the header with `task`'s identity: pid/tid/comm, cgroup v2 id, network namespace.
+#[inline(always)]
+pub fn describe_task(header: &mut EventHeader, task: u64, t: &TaskOffsets, k: &KernelOffsets) {
+    if let (Some(tgid), Some(pid)) = (
+        read_kernel::<u32>(task, t.tgid),
+        read_kernel::<u32>(task, t.pid),
+    ) {
+        header.pid = tgid;
+        header.tid = pid;
+        header.comm = read_kernel(task, t.comm).unwrap_or([0; 16]);
+        header.flags |= HDR_TASK;
+    }
+    let css_set: u64 = read_kernel(task, t.cgroups).unwrap_or(0);
+    let cgroup: u64 = read_kernel(css_set, t.css_set_dfl_cgrp).unwrap_or(0);
+    let kn: u64 = read_kernel(cgroup, k.cgroup_kn).unwrap_or(0);
+    if let Some(id) = read_kernel::<u64>(kn, k.kn_id) {
+        header.cgroup_id = id;
+        header.flags |= HDR_CGROUP;
+    }
+    let nsproxy: u64 = read_kernel(task, t.nsproxy).unwrap_or(0);
+    let net: u64 = read_kernel(nsproxy, t.nsproxy_net).unwrap_or(0);
+    if let Some(inum) = read_kernel::<u32>(net, k.net_inum) {
+        header.netns = inum;
+        header.flags |= HDR_NETNS;
+    }
+}
 
 #[inline(always)]
 pub fn agent() -> AgentConfig {

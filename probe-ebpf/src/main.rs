@@ -4,6 +4,8 @@
 #![no_main]
 
 mod common;
+mod sched_process_exit;
+mod signal_generate;
 mod softirq;
 mod tcp_receive_reset;
 mod tcp_reset;

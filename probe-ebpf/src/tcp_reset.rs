@@ -1,28 +1,20 @@
 //! Shared body of the two TCP reset hooks: builds a `TcpResetEvent` from a tracepoint record
 //! whose field offsets the loader read from tracefs, and from the socket (BTF offsets).
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TracePointContext};
+use aya_ebpf::programs::TracePointContext;
 use probe_common::{
     ABSENT, EventHeader, HDR_CGROUP, HDR_NETNS, KernelOffsets, REASON_NONE, TcpResetEvent,
     TcpResetLayout, family, kind,
 };
 
-use crate::common::{EVENTS, TaskContext, count_loss, fill_task, offsets, read_field, read_kernel};
+use crate::common::{
+    EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, read_field, read_kernel,
+};
 
 pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
     let off = offsets();
     let mut ev = TcpResetEvent {
-        header: EventHeader {
-            kind: kind::TCP_RESET,
-            flags: 0,
-            ktime_ns: 0,
-            pid: 0,
-            tid: 0,
-            netns: 0,
-            _reserved: 0,
-            cgroup_id: 0,
-            comm: [0; 16],
-        },
+        header: new_header(kind::TCP_RESET),
         socket_cookie: 0,
         saddr: [0; 16],
         daddr: [0; 16],
@@ -33,9 +25,6 @@ pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
         state: 0,
         reason: REASON_NONE,
     };
-    // SAFETY: helper without preconditions.
-    ev.header.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
-
     if let TaskContext::Agent = fill_task(&mut ev.header, &off) {
         return;
     }

@@ -20,8 +20,8 @@ pub enum Color {
     Never,
 }
 
-/// Node-level eBPF probe: TCP resets (sent and received, IPv4 and IPv6) with the socket,
-/// namespace, cgroup and task they belong to.
+/// Node-level eBPF probe: TCP resets (sent and received, IPv4 and IPv6) and core-dumping
+/// signals with their outcome, each with the socket/task, namespace and cgroup it belongs to.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "probe", version)]
 pub struct Cli {
@@ -57,6 +57,17 @@ pub struct Cli {
           value_parser = parse_positive_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Signals to report, comma-separated names or numbers (default: the core-dumping ones).
+    #[arg(long, env = "PROBE_SIGNALS", default_value = crate::signals::CORE_SIGNALS,
+          value_parser = crate::signals::parse_signal_mask)]
+    pub signals: u64,
+
+    /// How long a core-dumping signal waits for its target's exit (to learn whether a core
+    /// was written) before it is reported with `core_dumped: null`.
+    #[arg(long, env = "PROBE_CORE_WAIT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    pub core_wait: Duration,
+
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax).
     #[arg(long, env = "PROBE_LOG", default_value = "info")]
     pub log_level: String,
@@ -86,6 +97,9 @@ mod tests {
         assert_eq!(cli.output, Output::Terminal);
         assert_eq!(cli.ringbuf_bytes, 4 << 20);
         assert_eq!(cli.loss_interval, Duration::from_secs(5));
+        assert_eq!(cli.signals.count_ones(), 10);
+        let cli = Cli::try_parse_from(["probe", "--signals", "SIGSEGV,6"]).unwrap();
+        assert_eq!(cli.signals, (1 << 11) | (1 << 6));
     }
 
     #[test]
@@ -98,6 +112,8 @@ mod tests {
             &["probe", "--ringbuf-bytes=-1"],
             &["probe", "--ringbuf-bytes", "5000"],
             &["probe", "--ringbuf-bytes", "2048"],
+            &["probe", "--signals", "SIGSEGV,SIGBOGUS"],
+            &["probe", "--core-wait", "0s"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err().to_string();
             let flag = args[1].split('=').next().unwrap();

@@ -7,6 +7,7 @@ mod export;
 mod loader;
 mod pipeline;
 mod record;
+mod signals;
 
 use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
@@ -20,11 +21,14 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Cli, Color, Output},
-    enrich::Enricher,
+    enrich::{Enricher, core_signal::CoreJoin},
     export::{JsonSink, Sink, TerminalSink},
     loader::{LoaderConfig, Probe},
-    pipeline::{Counters, LossTracker},
+    pipeline::{Counters, LossTracker, Stages},
 };
+
+/// Core signals held at once while waiting for their target's exit.
+const CORE_JOIN_CAPACITY: usize = 4096;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut probe = Probe::load(&LoaderConfig {
         ringbuf_bytes: cli.ringbuf_bytes,
+        signal_mask: cli.signals,
     })?;
     for p in &probe.programs {
         match &p.result {
@@ -91,14 +96,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .node_name
         .clone()
         .unwrap_or_else(enrich::default_node_name);
-    let consumer = tokio::spawn(pipeline::consume(
-        rx,
-        Enricher::new(node.clone()),
-        sink(&cli),
-        LossTracker::new(Box::new(kernel_losses), counters.clone()),
-        cli.loss_interval,
-        counters.clone(),
-    ));
+    let stages = Stages {
+        enricher: Enricher::new(node.clone()),
+        sink: sink(&cli),
+        losses: LossTracker::new(Box::new(kernel_losses), counters.clone()),
+        loss_interval: cli.loss_interval,
+        core_join: CoreJoin::new(cli.core_wait, CORE_JOIN_CAPACITY),
+    };
+    let consumer = tokio::spawn(pipeline::consume(rx, stages, counters.clone()));
     info!(
         node,
         "ready: {} of {} programs attached, streaming events",

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -22,9 +22,9 @@ use tracing::debug;
 
 use crate::{
     decode::{Decoded, Kind, SymbolTables, decode},
-    enrich::Enricher,
+    enrich::{Enricher, core_signal::CoreJoin},
     export::Sink,
-    record::{Body, Loss, LossSource},
+    record::{Body, Loss, LossSource, Record},
 };
 
 #[derive(Debug, Error)]
@@ -166,42 +166,79 @@ impl LossTracker {
 fn slot_kind(slot: u32) -> Option<&'static str> {
     match Kind::try_from(slot).ok()? {
         Kind::TcpReset => Some("tcp_reset"),
+        Kind::CoreSignal => Some("core_signal"),
+        Kind::ProcessExit => Some("process_exit"),
     }
 }
 
+/// The consumer's stateful parts.
+pub struct Stages {
+    pub enricher: Enricher,
+    pub sink: Box<dyn Sink>,
+    pub losses: LossTracker,
+    pub loss_interval: Duration,
+    pub core_join: CoreJoin,
+}
+
 /// Writes events to the sink until the channel closes, with a loss report every
-/// `loss_interval` and a final one at the end.
+/// `loss_interval` and a final one at the end. Core signals wait in the join for their
+/// target's exit.
 pub async fn consume(
     mut rx: mpsc::Receiver<Decoded>,
-    enricher: Enricher,
-    mut sink: Box<dyn Sink>,
-    mut losses: LossTracker,
-    loss_interval: Duration,
+    stages: Stages,
     counters: Arc<Counters>,
 ) -> Result<(), PipelineError> {
+    let Stages {
+        enricher,
+        mut sink,
+        mut losses,
+        loss_interval,
+        mut core_join,
+    } = stages;
     let mut tick = tokio::time::interval(loss_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
+    let mut join_tick = tokio::time::interval(Duration::from_millis(250));
+    join_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let report = |losses: &mut LossTracker, sink: &mut Box<dyn Sink>| {
         for loss in losses.poll() {
             sink.write(&enricher.agent_record(Body::Loss(loss)))?;
         }
         sink.flush()
     };
+    let write = |sink: &mut Box<dyn Sink>, records: Vec<Record>| -> Result<(), PipelineError> {
+        for record in &records {
+            sink.write(record).map_err(PipelineError::Sink)?;
+            counters.written.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    };
     loop {
         tokio::select! {
             biased;
             _ = tick.tick() => report(&mut losses, &mut sink).map_err(PipelineError::Sink)?,
+            _ = join_tick.tick(), if core_join.pending() > 0 => {
+                write(&mut sink, core_join.expire(Instant::now()))?;
+                sink.flush().map_err(PipelineError::Sink)?;
+            }
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                sink.write(&enricher.kernel_event(event)).map_err(PipelineError::Sink)?;
-                counters.written.fetch_add(1, Ordering::Relaxed);
+                let records = match event.body {
+                    Body::ProcessExit(exit) => core_join.on_exit(event.common.pid, exit),
+                    Body::CoreSignal(_) => core_join
+                        .on_signal(enricher.kernel_event(event), Instant::now())
+                        .into_iter()
+                        .collect(),
+                    _ => vec![enricher.kernel_event(event)],
+                };
+                write(&mut sink, records)?;
                 if rx.is_empty() {
                     sink.flush().map_err(PipelineError::Sink)?;
                 }
             }
         }
     }
+    write(&mut sink, core_join.drain())?;
     report(&mut losses, &mut sink).map_err(PipelineError::Sink)
 }
 

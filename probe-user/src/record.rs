@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::decode::Common;
+use crate::{decode::Common, signals::Origin};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
@@ -22,6 +22,9 @@ pub struct Record {
 #[serde(untagged)]
 pub enum Body {
     TcpReset(TcpReset),
+    CoreSignal(CoreSignal),
+    /// Internal: joined into the `core_signal` record of the process, never written.
+    ProcessExit(ProcessExit),
     Loss(Loss),
 }
 
@@ -30,9 +33,82 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::TcpReset(_) => "tcp_reset",
+            Self::CoreSignal(_) => "core_signal",
+            Self::ProcessExit(_) => "process_exit",
             Self::Loss(_) => "loss",
         }
     }
+}
+
+/// What the target had installed for the signal when it was generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handler {
+    /// SIG_DFL: for these signals, terminate and dump core.
+    Default,
+    /// SIG_IGN.
+    Ignored,
+    /// A handler function: the process may survive.
+    Handled,
+}
+
+/// RLIMIT_CORE: a number of bytes, or "unlimited".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RlimitCore(pub u64);
+
+impl Serialize for RlimitCore {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == u64::MAX {
+            s.serialize_str("unlimited")
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
+impl std::fmt::Display for RlimitCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 == u64::MAX {
+            f.write_str("unlimited")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// `kind:"core_signal"`: a core-dumping signal and its outcome. The common pid/tid/comm,
+/// cgroup and netns are the TARGET's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CoreSignal {
+    pub signal: u32,
+    pub signal_name: String,
+    pub origin: Origin,
+    /// Name of si_code ("SEGV_MAPERR", "SI_TKILL", ...).
+    pub si_code: String,
+    pub sender_pid: Option<u32>,
+    pub sender_comm: Option<String>,
+    /// The generate result ("delivered", "ignored", "already_pending", ...).
+    pub result: String,
+    pub handler: Option<Handler>,
+    /// Whether a core was written; null when unknown (the process outlived the wait).
+    pub core_dumped: Option<bool>,
+    /// Why no core was written ("rlimit_core=0", "handled", ...); null when one was.
+    pub core_suppressed_by: Option<String>,
+    pub rlimit_core: Option<RlimitCore>,
+    /// The target's dumpable mode (0 = not dumpable, 1 = dumpable, 2 = root-only).
+    pub dumpable: Option<u32>,
+    /// The node's kernel.core_pattern and kernel.core_uses_pid when the signal was seen.
+    pub core_pattern: Option<String>,
+    pub core_uses_pid: Option<bool>,
+    /// The exit status when the process died (signal | 0x80 if a core was dumped).
+    pub exit_code: Option<u32>,
+}
+
+/// A watched process exited (internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProcessExit {
+    pub exit_code: u32,
+    pub watched_signal: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

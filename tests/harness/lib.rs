@@ -264,3 +264,51 @@ pub fn refused_connect(ip: std::net::IpAddr, port: u16) -> u16 {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     client_port
 }
+
+/// Runs the `crasher` helper binary of this package (bin/crasher.rs); tests pass its path,
+/// `env!("CARGO_BIN_EXE_crasher")`, which cargo defines for test targets only.
+pub fn crasher(bin: &str, mode: &str, rlimit_core: Option<&str>) -> std::process::Child {
+    let mut cmd = Command::new(bin);
+    cmd.arg(mode).stdin(Stdio::null()).stderr(Stdio::null());
+    if let Some(limit) = rlimit_core {
+        cmd.env("CRASHER_RLIMIT_CORE", limit);
+    }
+    cmd.spawn().expect("spawning crasher")
+}
+
+/// `core_signal` records whose target pid is `pid`.
+pub fn core_signals_of(records: &[Value], pid: u32) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "core_signal" && r["pid"] == pid)
+        .cloned()
+        .collect()
+}
+
+/// Sets kernel.core_pattern (and core_uses_pid=0) and restores both when dropped.
+pub struct CorePattern {
+    old_pattern: String,
+    old_uses_pid: String,
+}
+
+impl CorePattern {
+    const PATTERN: &str = "/proc/sys/kernel/core_pattern";
+    const USES_PID: &str = "/proc/sys/kernel/core_uses_pid";
+
+    pub fn set(pattern: &str) -> Self {
+        let guard = Self {
+            old_pattern: std::fs::read_to_string(Self::PATTERN).expect("core_pattern"),
+            old_uses_pid: std::fs::read_to_string(Self::USES_PID).expect("core_uses_pid"),
+        };
+        std::fs::write(Self::PATTERN, pattern).expect("setting core_pattern");
+        std::fs::write(Self::USES_PID, "0").expect("setting core_uses_pid");
+        guard
+    }
+}
+
+impl Drop for CorePattern {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATTERN, self.old_pattern.trim_end_matches('\n'));
+        let _ = std::fs::write(Self::USES_PID, self.old_uses_pid.trim_end_matches('\n'));
+    }
+}

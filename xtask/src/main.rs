@@ -32,7 +32,8 @@ enum Cmd {
     },
     /// Unit tests, then the root end-to-end tests against the real kernel.
     Test {
-        /// Only run tests whose name contains this.
+        /// A root test file stem (e.g. `tcp_send_reset`, runs only that file), or a filter on
+        /// test names.
         filter: Option<String>,
     },
 }
@@ -100,13 +101,16 @@ fn run(args: &[String]) -> Result<()> {
 
 fn test(filter: Option<&str>) -> Result<()> {
     let route = setup::setup()?;
+    let e2e_file = filter.filter(|f| root_dir().join("tests").join(format!("{f}.rs")).is_file());
     // Unit tests of the default members (no root needed).
-    let mut unit = cargo(&route);
-    unit.arg("test");
-    if let Some(f) = filter {
-        unit.arg(f);
+    if e2e_file.is_none() {
+        let mut unit = cargo(&route);
+        unit.arg("test");
+        if let Some(f) = filter {
+            unit.arg(f);
+        }
+        run_checked(&mut unit)?;
     }
-    run_checked(&mut unit)?;
 
     // Root end-to-end tests drive the real agent; one at a time, since every probe sees every
     // reset on the node.
@@ -117,9 +121,11 @@ fn test(filter: Option<&str>) -> Result<()> {
     let mut e2e = cargo(&route);
     e2e.args(["test", "--package", "probe-tests"])
         .env("PROBE_BIN", &bin);
-    if let Some(f) = filter {
-        e2e.arg(f);
-    }
+    match (e2e_file, filter) {
+        (Some(file), _) => e2e.args(["--test", file]),
+        (None, Some(f)) => e2e.arg(f),
+        (None, None) => &mut e2e,
+    };
     e2e.args(["--", "--test-threads=1"]);
     run_checked(&mut e2e)
 }

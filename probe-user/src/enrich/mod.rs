@@ -1,5 +1,7 @@
-//! Enrichment: turns decoded kernel events into records with wall-clock time and the node
-//! name. (Kubernetes metadata joins here.)
+//! Enrichment: turns decoded kernel events into records with wall-clock time, the node name
+//! and node settings that explain them (core_pattern). Kubernetes metadata joins here.
+
+pub mod core_signal;
 
 use crate::{
     decode::{Common, Decoded},
@@ -36,7 +38,11 @@ impl Enricher {
         u64::try_from(i128::from(ktime_ns) + self.boot_to_wall_ns).unwrap_or(0)
     }
 
-    pub fn kernel_event(&self, event: Decoded) -> Record {
+    pub fn kernel_event(&self, mut event: Decoded) -> Record {
+        if let Body::CoreSignal(c) = &mut event.body {
+            c.core_pattern = read_sysctl("kernel/core_pattern");
+            c.core_uses_pid = read_sysctl("kernel/core_uses_pid").map(|v| v != "0");
+        }
         Record {
             time_unix_nano: self.wall_time(event.common.ktime_ns),
             kind: event.body.kind(),
@@ -56,6 +62,13 @@ impl Enricher {
             body,
         }
     }
+}
+
+/// A sysctl's value from /proc/sys, without the trailing newline.
+pub fn read_sysctl(name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{name}"))
+        .ok()
+        .map(|v| v.trim_end_matches('\n').to_owned())
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i64 {

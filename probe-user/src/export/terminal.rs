@@ -78,6 +78,36 @@ impl<W: Write + Send> Sink for TerminalSink<W> {
                     cookie = opt(socket_cookie),
                 )
             }
+            Body::CoreSignal(c) => {
+                let (code, verdict) = match (c.core_dumped, &c.core_suppressed_by) {
+                    (Some(true), _) => (RED, "core dumped".to_owned()),
+                    (Some(false), why) => (YELLOW, format!("no core ({})", opt(why))),
+                    (None, _) => (YELLOW, "core unknown".to_owned()),
+                };
+                let (c_on, c_off) = self.paint(code);
+                let sender = match (&c.sender_comm, c.sender_pid) {
+                    (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+                    _ => "-".into(),
+                };
+                writeln!(
+                    self.out,
+                    "{dim}{time}{dim_end} {c_on}{:<12}{c_off} {task} {} origin={} sender={sender} result={} {c_on}{verdict}{c_off} rlimit_core={} core_pattern={:?} exit_code={} cgroup={} netns={}",
+                    c.signal_name,
+                    c.si_code,
+                    serde_json::to_value(c.origin)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or("?"),
+                    c.result,
+                    opt(&c.rlimit_core),
+                    c.core_pattern.as_deref().unwrap_or("-"),
+                    opt(&c.exit_code),
+                    opt(&r.common.cgroup_id),
+                    opt(&r.common.netns),
+                )
+            }
+            // Internal: joined into core_signal, never written.
+            Body::ProcessExit(_) => Ok(()),
             Body::Loss(Loss {
                 source,
                 count,
@@ -183,6 +213,34 @@ pub(crate) mod tests {
         assert_eq!(
             render(&r, false),
             "2023-11-14T22:13:20.123Z RST received [::1]:40000 -> [2001:db8::2]:6379 state=- reason=- task=- netns=- cgroup=- cookie=-\n"
+        );
+    }
+
+    #[test]
+    fn core_signal_line() {
+        use crate::record::{CoreSignal, Handler, RlimitCore};
+        let mut r = reset_record();
+        r.kind = "core_signal";
+        r.body = Body::CoreSignal(CoreSignal {
+            signal: 11,
+            signal_name: "SIGSEGV".into(),
+            origin: crate::signals::Origin::Kernel,
+            si_code: "SEGV_MAPERR".into(),
+            sender_pid: Some(1234),
+            sender_comm: Some("redis-cli".into()),
+            result: "delivered".into(),
+            handler: Some(Handler::Default),
+            core_dumped: Some(false),
+            core_suppressed_by: Some("rlimit_core=0".into()),
+            rlimit_core: Some(RlimitCore(0)),
+            dumpable: Some(1),
+            core_pattern: Some("core".into()),
+            core_uses_pid: Some(false),
+            exit_code: Some(11),
+        });
+        assert_eq!(
+            render(&r, false),
+            "2023-11-14T22:13:20.123Z SIGSEGV      redis-cli[1234] SEGV_MAPERR origin=kernel sender=redis-cli[1234] result=delivered no core (rlimit_core=0) rlimit_core=0 core_pattern=\"core\" exit_code=11 cgroup=4711 netns=4026531840\n"
         );
     }
 

@@ -44,7 +44,8 @@ struct Member {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Composite(Vec<Member>),
+    /// Struct or union: byte size and members.
+    Composite(u32, Vec<Member>),
     Enum(Vec<(u32, i64)>),
     /// typedef / const / volatile / restrict / type tag: points at another type.
     Alias(u32),
@@ -127,7 +128,7 @@ impl Btf {
                         });
                     }
                     o += vlen * 12;
-                    Kind::Composite(members)
+                    Kind::Composite(size_or_type, members)
                 }
                 KIND_ENUM => {
                     let mut values = Vec::with_capacity(vlen);
@@ -211,7 +212,7 @@ impl Btf {
         let ids = self.by_name.get(outer)?;
         let mut type_id = *ids
             .iter()
-            .find(|&&id| matches!(self.types[id as usize].kind, Kind::Composite(_)))?;
+            .find(|&&id| matches!(self.types[id as usize].kind, Kind::Composite(..)))?;
         let mut total_bits = 0u32;
         for part in path.split('.') {
             let (bits, member_type) = self.find_member(type_id, part)?;
@@ -223,7 +224,7 @@ impl Btf {
 
     /// Finds `name` in composite `type_id`, descending into anonymous members.
     fn find_member(&self, type_id: u32, name: &str) -> Option<(u32, u32)> {
-        let Kind::Composite(members) = &self.types.get(type_id as usize)?.kind else {
+        let Kind::Composite(_, members) = &self.types.get(type_id as usize)?.kind else {
             return None;
         };
         for m in members {
@@ -239,6 +240,17 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// `sizeof(struct name)` (or union).
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.by_name
+            .get(name)?
+            .iter()
+            .find_map(|&id| match self.types[id as usize].kind {
+                Kind::Composite(size, _) => Some(size),
+                _ => None,
+            })
     }
 
     /// Value of enumerator `name` in any enum (named or anonymous).
@@ -339,6 +351,8 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "c"), Some(8));
         assert_eq!(btf.member_offset("outer", "missing"), None);
         assert_eq!(btf.member_offset("nope", "a"), None);
+        assert_eq!(btf.struct_size("outer"), Some(16));
+        assert_eq!(btf.struct_size("int"), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! program on its own so one missing hook does not stop the others.
 
 pub mod btf;
+pub mod offsets;
 pub mod tracefs;
 
 use std::path::Path;
@@ -14,12 +15,16 @@ use aya::{
     util::nr_cpus,
 };
 use probe_common::{
-    ABSENT, AgentConfig, KernelOffsets, SOFTIRQ_UNKNOWN, TcpResetLayout, globals, maps,
+    AgentConfig, KernelOffsets, SOFTIRQ_UNKNOWN, TaskOffsets, TcpResetLayout, globals, maps,
 };
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use self::{btf::Btf, tracefs::Format};
+use self::{
+    btf::Btf,
+    offsets::{kernel_offsets, reset_layout, task_offsets},
+    tracefs::Format,
+};
 use crate::decode::SymbolTables;
 
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
@@ -51,6 +56,8 @@ pub enum LoaderError {
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
     pub ringbuf_bytes: u32,
+    /// Signals to report (bit n = signal n).
+    pub signal_mask: u64,
 }
 
 /// Whether a program is attached, and why not.
@@ -68,8 +75,15 @@ pub struct Probe {
     pub tables: SymbolTables,
 }
 
-/// Softirq context tracking: attached before the programs that ask for it.
-const RAW_TRACEPOINTS: [&str; 2] = ["softirq_entry", "softirq_exit"];
+/// Raw tracepoint programs, each named after its tracepoint, in attach order: softirq
+/// tracking before the programs that ask for it, the exit hook before the signal hook that
+/// fills its watch list.
+const RAW_TRACEPOINTS: [&str; 4] = [
+    "softirq_entry",
+    "softirq_exit",
+    "sched_process_exit",
+    "signal_generate",
+];
 
 /// The tracepoint programs: (program/function name, category, tracepoint).
 const TRACEPOINTS: [(&str, &str, &str); 2] = [
@@ -95,7 +109,8 @@ impl Probe {
             }
         };
         let offsets = btf.as_ref().map_or(KernelOffsets::ABSENT, kernel_offsets);
-        debug!(?offsets, "kernel offsets from BTF");
+        let task = btf.as_ref().map_or(TaskOffsets::ABSENT, task_offsets);
+        debug!(?offsets, ?task, "kernel offsets from BTF");
 
         let formats: Vec<Result<Format, String>> = TRACEPOINTS
             .iter()
@@ -115,10 +130,12 @@ impl Probe {
         let agent = AgentConfig {
             agent_tgid: std::process::id(),
             _reserved: 0,
+            signal_mask: config.signal_mask,
         };
         let ebpf = EbpfLoader::new()
             .override_global(globals::AGENT, &agent, true)
             .override_global(globals::KERNEL_OFFSETS, &offsets, true)
+            .override_global(globals::TASK_OFFSETS, &task, true)
             .override_global(globals::SEND_RESET_LAYOUT, &send_layout, true)
             .override_global(globals::RECEIVE_RESET_LAYOUT, &receive_layout, true)
             .map_max_entries(maps::EVENTS, size)
@@ -238,62 +255,5 @@ pub fn check_ringbuf_bytes(size: u32) -> Result<(), LoaderError> {
         Ok(())
     } else {
         Err(LoaderError::RingBufSize(size))
-    }
-}
-
-fn off(value: Option<u32>) -> u32 {
-    value.unwrap_or(ABSENT)
-}
-
-/// Struct member offsets the programs need, from kernel BTF.
-pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
-    let mask = |names: &[&str]| -> u32 {
-        names
-            .iter()
-            .filter_map(|n| btf.enumerator(n))
-            .filter(|v| (0..32).contains(v))
-            .fold(0, |m, v| m | (1 << v))
-    };
-    let sum = |a: Option<u32>, b: Option<u32>| a.zip(b).map(|(a, b)| a + b);
-    KernelOffsets {
-        sk_state: off(btf.member_offset("sock", "__sk_common.skc_state")),
-        sk_net: off(btf.member_offset("sock", "__sk_common.skc_net")),
-        sk_cookie: off(btf.member_offset("sock", "__sk_common.skc_cookie")),
-        sk_cgroup: off(sum(
-            btf.member_offset("sock", "sk_cgrp_data"),
-            btf.member_offset("sock_cgroup_data", "cgroup"),
-        )),
-        cgroup_kn: off(btf.member_offset("cgroup", "kn")),
-        kn_id: off(btf.member_offset("kernfs_node", "id")),
-        net_inum: off(btf.member_offset("net", "ns.inum")),
-        skb_dev: off(btf.member_offset("sk_buff", "dev")),
-        dev_net: off(btf.member_offset("net_device", "nd_net.net")),
-        mini_sock_states: mask(&["TCP_TIME_WAIT", "TCP_NEW_SYN_RECV"]),
-        task_mm: off(btf.member_offset("task_struct", "mm")),
-        _reserved: 0,
-    }
-}
-
-/// Field offsets of a TCP reset tracepoint record.
-pub fn reset_layout(format: &Format) -> TcpResetLayout {
-    let f = |name: &str| off(format.offset(name));
-    // Newer kernels store sockaddr_in/sockaddr_in6 (28 bytes) in saddr/daddr.
-    let sockaddr = format.fields.get("saddr").is_some_and(|f| f.size == 28);
-    TcpResetLayout {
-        skbaddr: f("skbaddr"),
-        skaddr: f("skaddr"),
-        state: f("state"),
-        reason: f("reason"),
-        src_sockaddr: if sockaddr { f("saddr") } else { ABSENT },
-        dst_sockaddr: if sockaddr { f("daddr") } else { ABSENT },
-        sport: f("sport"),
-        dport: f("dport"),
-        family: f("family"),
-        saddr: if sockaddr { ABSENT } else { f("saddr") },
-        daddr: if sockaddr { ABSENT } else { f("daddr") },
-        saddr_v6: f("saddr_v6"),
-        daddr_v6: f("daddr_v6"),
-        sock_cookie: f("sock_cookie"),
-        _reserved: [0; 2],
     }
 }

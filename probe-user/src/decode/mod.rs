@@ -9,15 +9,16 @@ use std::{
 };
 
 use probe_common::{
-    EventHeader, HDR_CGROUP, HDR_NETNS, HDR_TASK, REASON_NONE, TcpResetEvent, direction, family,
-    kind,
+    EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, REASON_NONE, SIG_DUMPABLE,
+    SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent, direction, family, kind,
 };
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
     loader::{btf::Btf, tracefs::Format},
-    record::{Body, Direction, Family, TcpReset},
+    record::{Body, CoreSignal, Direction, Family, Handler, ProcessExit, RlimitCore, TcpReset},
+    signals::{origin, si_code_name, signal_name},
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub enum DecodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     TcpReset,
+    CoreSignal,
+    ProcessExit,
 }
 
 impl TryFrom<u32> for Kind {
@@ -47,6 +50,8 @@ impl TryFrom<u32> for Kind {
     fn try_from(v: u32) -> Result<Self, DecodeError> {
         match v {
             kind::TCP_RESET => Ok(Self::TcpReset),
+            kind::CORE_SIGNAL => Ok(Self::CoreSignal),
+            kind::PROCESS_EXIT => Ok(Self::ProcessExit),
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -81,6 +86,8 @@ pub struct SymbolTables {
     pub tcp_states: HashMap<u32, String>,
     /// `enum sk_rst_reason` value -> name ("NO_SOCKET").
     pub reset_reasons: HashMap<u32, String>,
+    /// `enum trace_signal_result` value -> lower-case name ("delivered").
+    pub signal_results: HashMap<u32, String>,
 }
 
 impl SymbolTables {
@@ -92,6 +99,11 @@ impl SymbolTables {
             tables.tcp_states = to_u32_keys(btf.enum_names_with("TCP_ESTABLISHED", "TCP_"));
             tables.reset_reasons =
                 to_u32_keys(btf.enum_names_with("SK_RST_REASON_NO_SOCKET", "SK_RST_REASON_"));
+            tables.signal_results =
+                to_u32_keys(btf.enum_names_with("TRACE_SIGNAL_DELIVERED", "TRACE_SIGNAL_"))
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_ascii_lowercase()))
+                    .collect();
         }
         if let Some(pairs) = send_reset.and_then(|f| f.symbols.get("reason")) {
             for (value, name) in pairs {
@@ -114,6 +126,13 @@ impl SymbolTables {
                 .cloned()
                 .unwrap_or_else(|| format!("STATE_{state}"))
         })
+    }
+
+    fn signal_result(&self, result: u32) -> String {
+        self.signal_results
+            .get(&result)
+            .cloned()
+            .unwrap_or_else(|| format!("result_{result}"))
     }
 
     fn reason(&self, reason: u32) -> Option<String> {
@@ -190,6 +209,49 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
                 body: Body::TcpReset(tcp_reset(&ev, tables)?),
             })
         }
+        Kind::CoreSignal => {
+            let ev: SignalEvent = read_pod(bytes, "core_signal event")?;
+            Ok(Decoded {
+                common: common(&ev.header),
+                body: Body::CoreSignal(core_signal(&ev, tables)),
+            })
+        }
+        Kind::ProcessExit => {
+            let ev: ExitEvent = read_pod(bytes, "process_exit event")?;
+            Ok(Decoded {
+                common: common(&ev.header),
+                body: Body::ProcessExit(ProcessExit {
+                    exit_code: ev.exit_code,
+                    watched_signal: ev.watched_signal,
+                }),
+            })
+        }
+    }
+}
+
+/// The signal as generated; the outcome keys are filled by the join with the process exit.
+fn core_signal(ev: &SignalEvent, tables: &SymbolTables) -> CoreSignal {
+    let has = |flag: u32| ev.flags & flag != 0;
+    CoreSignal {
+        signal: ev.signal,
+        signal_name: signal_name(ev.signal),
+        origin: origin(ev.si_code),
+        si_code: si_code_name(ev.signal, ev.si_code),
+        sender_pid: has(SIG_SENDER).then_some(ev.sender_pid),
+        sender_comm: has(SIG_SENDER).then(|| comm(&ev.sender_comm)),
+        result: tables.signal_result(ev.result),
+        handler: has(SIG_HANDLER).then_some(match ev.handler {
+            0 => Handler::Default,
+            1 => Handler::Ignored,
+            _ => Handler::Handled,
+        }),
+        core_dumped: None,
+        core_suppressed_by: None,
+        rlimit_core: has(SIG_RLIMIT).then_some(RlimitCore(ev.rlimit_core)),
+        dumpable: has(SIG_DUMPABLE).then_some(ev.dumpable),
+        core_pattern: None,
+        core_uses_pid: None,
+        exit_code: None,
     }
 }
 
@@ -245,189 +307,4 @@ fn ipv4(raw: &[u8; 16]) -> IpAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tables() -> SymbolTables {
-        SymbolTables {
-            tcp_states: HashMap::from([(1, "ESTABLISHED".into()), (7, "CLOSE".into())]),
-            reset_reasons: HashMap::from([(1, "NO_SOCKET".into())]),
-        }
-    }
-
-    fn header(flags: u32) -> EventHeader {
-        let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(b"curl");
-        EventHeader {
-            kind: kind::TCP_RESET,
-            flags,
-            ktime_ns: 42,
-            pid: 100,
-            tid: 101,
-            netns: 4026531840,
-            _reserved: 0,
-            cgroup_id: 7,
-            comm,
-        }
-    }
-
-    fn reset_event() -> TcpResetEvent {
-        let mut saddr = [0u8; 16];
-        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let mut daddr = [0u8; 16];
-        daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
-        TcpResetEvent {
-            header: header(HDR_TASK | HDR_NETNS | HDR_CGROUP),
-            socket_cookie: 9,
-            saddr,
-            daddr,
-            sport: 6379,
-            dport: 51000,
-            family: family::INET,
-            direction: direction::SENT,
-            state: 1,
-            reason: 1,
-        }
-    }
-
-    fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
-        // SAFETY: T is Pod (no padding), so all of its bytes are initialised.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
-    }
-
-    #[test]
-    fn tcp_reset_round_trip() {
-        let d = decode(&bytes_of(&reset_event()), &tables()).unwrap();
-        assert_eq!(
-            d.common,
-            Common {
-                ktime_ns: 42,
-                netns: Some(4026531840),
-                cgroup_id: Some(7),
-                pid: Some(100),
-                tid: Some(101),
-                comm: Some("curl".into()),
-            }
-        );
-        assert_eq!(
-            d.body,
-            Body::TcpReset(TcpReset {
-                direction: Direction::Sent,
-                family: Family::Ipv4,
-                saddr: "127.0.0.1".parse().unwrap(),
-                sport: 6379,
-                daddr: "10.1.2.3".parse().unwrap(),
-                dport: 51000,
-                tcp_state: Some("ESTABLISHED".into()),
-                reason: Some("NO_SOCKET".into()),
-                socket_cookie: Some(9),
-            })
-        );
-    }
-
-    #[test]
-    fn interrupt_context_has_no_task_and_unknowns_are_null() {
-        let mut ev = reset_event();
-        ev.header = header(0);
-        ev.state = 0;
-        ev.reason = REASON_NONE;
-        ev.socket_cookie = 0;
-        let d = decode(&bytes_of(&ev), &tables()).unwrap();
-        assert_eq!(
-            d.common,
-            Common {
-                ktime_ns: 42,
-                ..Common::none()
-            }
-        );
-        let Body::TcpReset(r) = d.body else { panic!() };
-        assert_eq!((r.tcp_state, r.reason, r.socket_cookie), (None, None, None));
-    }
-
-    #[test]
-    fn unnamed_values_keep_their_number() {
-        let mut ev = reset_event();
-        ev.state = 13;
-        ev.reason = 99;
-        let Body::TcpReset(r) = decode(&bytes_of(&ev), &tables()).unwrap().body else {
-            panic!()
-        };
-        assert_eq!(r.tcp_state.as_deref(), Some("STATE_13"));
-        assert_eq!(r.reason.as_deref(), Some("REASON_99"));
-    }
-
-    #[test]
-    fn ipv6_and_v4_mapped() {
-        let mut ev = reset_event();
-        ev.family = family::INET6;
-        ev.saddr = Ipv6Addr::LOCALHOST.octets();
-        ev.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
-        let Body::TcpReset(r) = decode(&bytes_of(&ev), &tables()).unwrap().body else {
-            panic!()
-        };
-        assert_eq!(r.family, Family::Ipv6);
-        assert_eq!(r.saddr, "::1".parse::<IpAddr>().unwrap());
-        assert_eq!(r.daddr, "2001:db8::1".parse::<IpAddr>().unwrap());
-
-        ev.saddr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
-        ev.daddr = Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets();
-        let Body::TcpReset(r) = decode(&bytes_of(&ev), &tables()).unwrap().body else {
-            panic!()
-        };
-        assert_eq!(r.family, Family::Ipv4);
-        assert_eq!(r.saddr, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(r.daddr, "127.0.0.2".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn short_and_corrupt_records_are_rejected() {
-        let bytes = bytes_of(&reset_event());
-        assert_eq!(
-            decode(&bytes[..10], &tables()),
-            Err(DecodeError::Short {
-                len: 10,
-                need: 56,
-                what: "event header"
-            })
-        );
-        assert_eq!(
-            decode(&bytes[..100], &tables()),
-            Err(DecodeError::Short {
-                len: 100,
-                need: 112,
-                what: "tcp_reset event"
-            })
-        );
-        let mut bad_kind = bytes.clone();
-        bad_kind[..4].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(
-            decode(&bad_kind, &tables()),
-            Err(DecodeError::UnknownKind(77))
-        );
-
-        let mut ev = reset_event();
-        ev.direction = 9;
-        assert_eq!(
-            decode(&bytes_of(&ev), &tables()),
-            Err(DecodeError::Direction(9))
-        );
-        let mut ev = reset_event();
-        ev.family = 1;
-        assert_eq!(
-            decode(&bytes_of(&ev), &tables()),
-            Err(DecodeError::Family(1))
-        );
-        assert!(decode(&[], &tables()).is_err());
-    }
-
-    #[test]
-    fn tables_from_format_and_btf_free_numbers() {
-        let format = Format::parse(
-            "print fmt: \"%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" })",
-        );
-        let t = SymbolTables::resolve(None, Some(&format));
-        assert_eq!(t.reset_reasons[&1], "NO_SOCKET");
-        assert_eq!(t.reset_reasons[&0], "NOT_SPECIFIED");
-        assert!(t.tcp_states.is_empty());
-    }
-}
+mod tests;

@@ -1,0 +1,44 @@
+//! `sched_process_exit` (raw tracepoint): reports the exit status of processes that
+//! `signal_generate` put in CRASH_WATCH, so userspace learns whether a core was dumped (bit
+//! 0x80 of the exit code). Every other exit costs one hash lookup.
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use probe_common::{ExitEvent, kind};
+
+use crate::{
+    common::{EVENTS, count_loss, describe_task, new_header, offsets, read_kernel, task_offsets},
+    signal_generate::CRASH_WATCH,
+};
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, bool group_dead)
+    let task: u64 = ctx.arg(0);
+    let t = task_offsets();
+    let Some(tgid) = read_kernel::<u32>(task, t.tgid) else {
+        return 0;
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(watched) = (unsafe { CRASH_WATCH.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let exit_code: u32 = read_kernel(task, t.exit_code).unwrap_or(0);
+    let pid: u32 = read_kernel(task, t.pid).unwrap_or(0);
+    // The first thread to die of a signal, or the leader, carries the group's exit code.
+    if exit_code & 0x7f == 0 && pid != tgid {
+        return 0;
+    }
+    if CRASH_WATCH.remove(&tgid).is_err() {
+        return 0;
+    }
+    let mut ev = ExitEvent {
+        header: new_header(kind::PROCESS_EXIT),
+        exit_code,
+        watched_signal: watched,
+    };
+    describe_task(&mut ev.header, task, &t, &offsets());
+    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+        count_loss(kind::PROCESS_EXIT);
+    }
+    0
+}

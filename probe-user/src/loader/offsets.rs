@@ -1,0 +1,105 @@
+//! Kernel layouts handed to the programs as globals: struct member offsets from BTF,
+//! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
+
+use probe_common::{ABSENT, KernelOffsets, TaskOffsets, TcpResetLayout};
+
+use super::{btf::Btf, tracefs::Format};
+
+/// `RLIMIT_CORE` (uapi).
+const RLIMIT_CORE: u32 = 4;
+
+fn off(value: Option<u32>) -> u32 {
+    value.unwrap_or(ABSENT)
+}
+
+/// Struct member offsets the programs need, from kernel BTF.
+pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
+    let mask = |names: &[&str]| -> u32 {
+        names
+            .iter()
+            .filter_map(|n| btf.enumerator(n))
+            .filter(|v| (0..32).contains(v))
+            .fold(0, |m, v| m | (1 << v))
+    };
+    let sum = |a: Option<u32>, b: Option<u32>| a.zip(b).map(|(a, b)| a + b);
+    KernelOffsets {
+        sk_state: off(btf.member_offset("sock", "__sk_common.skc_state")),
+        sk_net: off(btf.member_offset("sock", "__sk_common.skc_net")),
+        sk_cookie: off(btf.member_offset("sock", "__sk_common.skc_cookie")),
+        sk_cgroup: off(sum(
+            btf.member_offset("sock", "sk_cgrp_data"),
+            btf.member_offset("sock_cgroup_data", "cgroup"),
+        )),
+        cgroup_kn: off(btf.member_offset("cgroup", "kn")),
+        kn_id: off(btf.member_offset("kernfs_node", "id")),
+        net_inum: off(btf.member_offset("net", "ns.inum")),
+        skb_dev: off(btf.member_offset("sk_buff", "dev")),
+        dev_net: off(btf.member_offset("net_device", "nd_net.net")),
+        mini_sock_states: mask(&["TCP_TIME_WAIT", "TCP_NEW_SYN_RECV"]),
+        task_mm: off(btf.member_offset("task_struct", "mm")),
+        _reserved: 0,
+    }
+}
+
+/// Field offsets of a TCP reset tracepoint record.
+pub fn reset_layout(format: &Format) -> TcpResetLayout {
+    let f = |name: &str| off(format.offset(name));
+    // Newer kernels store sockaddr_in/sockaddr_in6 (28 bytes) in saddr/daddr.
+    let sockaddr = format.fields.get("saddr").is_some_and(|f| f.size == 28);
+    TcpResetLayout {
+        skbaddr: f("skbaddr"),
+        skaddr: f("skaddr"),
+        state: f("state"),
+        reason: f("reason"),
+        src_sockaddr: if sockaddr { f("saddr") } else { ABSENT },
+        dst_sockaddr: if sockaddr { f("daddr") } else { ABSENT },
+        sport: f("sport"),
+        dport: f("dport"),
+        family: f("family"),
+        saddr: if sockaddr { ABSENT } else { f("saddr") },
+        daddr: if sockaddr { ABSENT } else { f("daddr") },
+        saddr_v6: f("saddr_v6"),
+        daddr_v6: f("daddr_v6"),
+        sock_cookie: f("sock_cookie"),
+        _reserved: [0; 2],
+    }
+}
+
+/// `task_struct` and friends, for the signal and exit hooks.
+pub fn task_offsets(btf: &Btf) -> TaskOffsets {
+    let m = |s: &str, path: &str| off(btf.member_offset(s, path));
+    // rlim[RLIMIT_CORE].rlim_cur inside signal_struct.
+    let rlimit_core = btf
+        .member_offset("signal_struct", "rlim")
+        .zip(btf.struct_size("rlimit"))
+        .zip(btf.member_offset("rlimit", "rlim_cur"))
+        .map(|((base, size), cur)| base + RLIMIT_CORE * size + cur);
+    let k_sigaction_size = btf.struct_size("k_sigaction");
+    TaskOffsets {
+        pid: m("task_struct", "pid"),
+        tgid: m("task_struct", "tgid"),
+        comm: m("task_struct", "comm"),
+        exit_code: m("task_struct", "exit_code"),
+        cgroups: m("task_struct", "cgroups"),
+        css_set_dfl_cgrp: m("css_set", "dfl_cgrp"),
+        nsproxy: m("task_struct", "nsproxy"),
+        nsproxy_net: m("nsproxy", "net_ns"),
+        signal: m("task_struct", "signal"),
+        rlimit_core: off(rlimit_core),
+        sighand: m("task_struct", "sighand"),
+        sighand_action: if k_sigaction_size.is_some() {
+            m("sighand_struct", "action")
+        } else {
+            ABSENT
+        },
+        k_sigaction_size: k_sigaction_size.unwrap_or(0),
+        sa_handler: m("k_sigaction", "sa.sa_handler"),
+        mm: m("task_struct", "mm"),
+        mm_flags: m("mm_struct", "flags"),
+        si_code: m("kernel_siginfo", "si_code"),
+        result_ignored: btf
+            .enumerator("TRACE_SIGNAL_IGNORED")
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(1),
+    }
+}

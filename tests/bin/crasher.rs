@@ -1,0 +1,56 @@
+//! Test helper for the signal e2e tests: crashes (or survives) in a chosen way.
+//! Usage: crasher segv | abort | handle-segv | sleep
+//! It sets RLIMIT_CORE from CRASHER_RLIMIT_CORE ("0" or "unlimited") first when given.
+
+use std::time::Duration;
+
+extern "C" fn on_segv(_: libc::c_int) {
+    // Async-signal-safe: write(2) only.
+    let msg = b"handled SIGSEGV\n";
+    // SAFETY: valid buffer.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+fn set_rlimit_core() {
+    let Ok(value) = std::env::var("CRASHER_RLIMIT_CORE") else {
+        return;
+    };
+    let limit = if value == "unlimited" {
+        libc::RLIM_INFINITY
+    } else {
+        value.parse().expect("CRASHER_RLIMIT_CORE")
+    };
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &rl) }, 0);
+}
+
+fn main() {
+    set_rlimit_core();
+    match std::env::args().nth(1).as_deref() {
+        Some("segv") => {
+            // Rust's runtime installs a SIGSEGV handler (stack overflow detection) that
+            // re-raises with the default action: two signals. Act like a C program instead.
+            // SAFETY: restoring the default disposition.
+            unsafe { libc::signal(libc::SIGSEGV, libc::SIG_DFL) };
+            // A read from an unmapped page: the kernel raises SIGSEGV with SEGV_MAPERR.
+            let addr = std::hint::black_box(8usize) as *const u8;
+            // SAFETY: deliberately not; this is the crash under test.
+            let v = unsafe { std::ptr::read_volatile(addr) };
+            std::process::exit(i32::from(v));
+        }
+        Some("abort") => std::process::abort(),
+        Some("handle-segv") => {
+            // SAFETY: installs a valid handler.
+            unsafe { libc::signal(libc::SIGSEGV, on_segv as *const () as libc::sighandler_t) };
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGSEGV) };
+            std::process::exit(0);
+        }
+        Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
+        other => panic!("unknown mode {other:?}"),
+    }
+}
