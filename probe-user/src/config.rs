@@ -1,14 +1,24 @@
-//! Command line and environment. Every flag has an environment variable.
+//! Configuration: command line, environment, and an optional TOML file (a ConfigMap), in that
+//! order of precedence, over the defaults. Every flag has an environment variable and a file
+//! key of the same name (`output = "json"`, `queue-size = 1024`). Bad input exits with status
+//! 2 and a message naming the flag or key.
 
-use std::time::Duration;
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, parser::ValueSource};
+use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Readable live stream, one line per event.
     Terminal,
     /// JSON Lines on stdout (the contract in the README).
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
     Json,
 }
 
@@ -38,22 +48,22 @@ pub struct Cli {
     pub node_name: Option<String>,
 
     /// Size of the kernel ring buffer in bytes (a power of two, at least 4096).
-    #[arg(long, env = "PROBE_RINGBUF_BYTES", default_value_t = 4 << 20,
+    #[arg(long, env = "PROBE_RINGBUF_BYTES", allow_hyphen_values = true, default_value_t = 4 << 20,
           value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: u32,
 
     /// Capacity of the queue between the ring-buffer reader and the sinks, in events.
-    #[arg(long, env = "PROBE_QUEUE_SIZE", default_value_t = 65536,
+    #[arg(long, env = "PROBE_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_size: u32,
 
     /// How often lost events are reported as `loss` records (e.g. 5s, 500ms).
-    #[arg(long, env = "PROBE_LOSS_INTERVAL", default_value = "5s",
+    #[arg(long, env = "PROBE_LOSS_INTERVAL", allow_hyphen_values = true, default_value = "5s",
           value_parser = parse_positive_duration)]
     pub loss_interval: Duration,
 
     /// How long shutdown may take to drain the pipeline after SIGTERM/SIGINT.
-    #[arg(long, env = "PROBE_SHUTDOWN_TIMEOUT", default_value = "5s",
+    #[arg(long, env = "PROBE_SHUTDOWN_TIMEOUT", allow_hyphen_values = true, default_value = "5s",
           value_parser = parse_positive_duration)]
     pub shutdown_timeout: Duration,
 
@@ -64,13 +74,142 @@ pub struct Cli {
 
     /// How long a core-dumping signal waits for its target's exit (to learn whether a core
     /// was written) before it is reported with `core_dumped: null`.
-    #[arg(long, env = "PROBE_CORE_WAIT", default_value = "10s",
+    #[arg(long, env = "PROBE_CORE_WAIT", allow_hyphen_values = true, default_value = "10s",
           value_parser = parse_positive_duration)]
     pub core_wait: Duration,
 
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax).
     #[arg(long, env = "PROBE_LOG", default_value = "info")]
     pub log_level: String,
+
+    /// Format of the agent's own logs on stderr.
+    #[arg(long, value_enum, env = "PROBE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Address of the health, status and metrics endpoints, or "none".
+    #[arg(long, env = "PROBE_HTTP_ADDR", default_value = "127.0.0.1:9464",
+          value_parser = parse_http_addr)]
+    pub http_addr: HttpAddr,
+
+    /// TOML file with any of these flags as keys (e.g. mounted from a ConfigMap).
+    #[arg(long, env = "PROBE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long, env = "PROBE_PRINT_CONFIG")]
+    pub print_config: bool,
+
+    /// Print what the agent needs from its host (paths, API resources) as JSON and exit.
+    #[arg(long, env = "PROBE_PRINT_REQUIREMENTS")]
+    pub print_requirements: bool,
+}
+
+/// `--http-addr`: a socket address, or disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpAddr(pub Option<SocketAddr>);
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    if s == "none" {
+        return Ok(HttpAddr(None));
+    }
+    s.parse()
+        .map(|a| HttpAddr(Some(a)))
+        .map_err(|e| format!("{e} (expected HOST:PORT such as 0.0.0.0:9464, or none)"))
+}
+
+/// An error in the configuration: the message names the flag or key; exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Cli {
+    /// Parses the command line and environment, then fills what is still at its default from
+    /// the `--config` file.
+    pub fn load(args: Vec<OsString>) -> Result<Self, clap::Error> {
+        let matches = Self::command().try_get_matches_from(&args)?;
+        let cli = Self::from_arg_matches(&matches)?;
+        let Some(path) = cli.config.clone() else {
+            return Ok(cli);
+        };
+        let file = read_config_file(&path)
+            .map_err(|e| Self::command().error(clap::error::ErrorKind::Io, e.to_string()))?;
+        let mut extra = Vec::new();
+        let command = Self::command();
+        for (key, value) in file {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+                .ok_or_else(|| {
+                    Self::command().error(
+                        clap::error::ErrorKind::UnknownArgument,
+                        format!("{}: unknown key {key:?}", path.display()),
+                    )
+                })?;
+            if matches.value_source(arg.get_id().as_str()) == Some(ValueSource::DefaultValue) {
+                extra.push(OsString::from(format!("--{key}={value}")));
+            }
+        }
+        let mut all = args;
+        all.extend(extra);
+        Self::try_parse_from(all)
+    }
+
+    /// The effective configuration, as `--print-config` and /health/status show it.
+    pub fn effective(&self) -> serde_json::Value {
+        let signals: Vec<String> = (1..64)
+            .filter(|n| self.signals & (1u64 << n) != 0)
+            .map(crate::signals::signal_name)
+            .collect();
+        json!({
+            "output": format!("{:?}", self.output).to_lowercase(),
+            "color": format!("{:?}", self.color).to_lowercase(),
+            "node-name": self.node_name,
+            "ringbuf-bytes": self.ringbuf_bytes,
+            "queue-size": self.queue_size,
+            "loss-interval": humantime::format_duration(self.loss_interval).to_string(),
+            "shutdown-timeout": humantime::format_duration(self.shutdown_timeout).to_string(),
+            "signals": signals,
+            "core-wait": humantime::format_duration(self.core_wait).to_string(),
+            "log-level": self.log_level,
+            "log-format": format!("{:?}", self.log_format).to_lowercase(),
+            "http-addr": self.http_addr.0.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+            "config": self.config,
+        })
+    }
+}
+
+fn scalar(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads the TOML file into (key, value-as-flag-text) pairs.
+fn read_config_file(path: &std::path::Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--config {}: cannot read: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| ConfigError(format!("--config {}: not valid TOML: {e}", path.display())))?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match &value {
+                toml::Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>().map(|v| v.join(",")),
+                other => scalar(other),
+            };
+            text.map(|t| (key.clone(), t)).ok_or_else(|| {
+                ConfigError(format!(
+                    "--config {}: key {key:?} has an unsupported value (use a string, number, boolean or list)",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
@@ -100,6 +239,82 @@ mod tests {
         assert_eq!(cli.signals.count_ones(), 10);
         let cli = Cli::try_parse_from(["probe", "--signals", "SIGSEGV,6"]).unwrap();
         assert_eq!(cli.signals, (1 << 11) | (1 << 6));
+    }
+
+    fn load(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::load(args.iter().map(OsString::from).collect())
+    }
+
+    fn file(text: &str) -> tempfile_path::TempFile {
+        tempfile_path::TempFile::new(text)
+    }
+
+    mod tempfile_path {
+        pub struct TempFile(pub std::path::PathBuf);
+        impl TempFile {
+            pub fn new(text: &str) -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = std::env::temp_dir()
+                    .join(format!("probe-config-test-{}-{n}.toml", std::process::id()));
+                std::fs::write(&path, text).unwrap();
+                Self(path)
+            }
+            pub fn arg(&self) -> &str {
+                self.0.to_str().unwrap()
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn config_file_fills_defaults_but_flags_win() {
+        let f = file("output = \"json\"\nqueue-size = 128\nsignals = [\"SIGSEGV\", \"SIGABRT\"]\n");
+        let cli = load(&["probe", "--config", f.arg(), "--queue-size", "64"]).unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.queue_size, 64, "the command line beats the file");
+        assert_eq!(cli.signals, (1 << 11) | (1 << 6));
+        let eff = cli.effective();
+        assert_eq!(eff["output"], "json");
+        assert_eq!(eff["signals"], serde_json::json!(["SIGABRT", "SIGSEGV"]));
+        assert_eq!(eff["http-addr"], "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn config_file_errors_name_the_key() {
+        for (text, needle) in [
+            ("output = \"xml\"", "--output"),
+            ("queue-size = -3", "--queue-size"),
+            ("bogus = 1", "bogus"),
+            ("this is not toml", "not valid TOML"),
+        ] {
+            let f = file(text);
+            let err = load(&["probe", "--config", f.arg()]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{text}");
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+        let err = load(&["probe", "--config", "/nonexistent/probe.toml"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("--config /nonexistent/probe.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http_addr() {
+        assert_eq!(
+            load(&["probe", "--http-addr", "none"]).unwrap().http_addr,
+            HttpAddr(None)
+        );
+        let err = load(&["probe", "--http-addr", "localhost"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--http-addr"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `probe`: parses the command line, then wires loader -> pipeline -> enrichment -> sinks.
+//! `probe`: parses the configuration, then wires loader -> pipeline -> enrichment -> sinks,
+//! and the status endpoints.
 
 mod config;
 mod decode;
@@ -8,11 +9,11 @@ mod loader;
 mod pipeline;
 mod record;
 mod signals;
+mod status;
 
 use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use anyhow::{Context as _, bail};
-use clap::Parser;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -20,30 +21,33 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Cli, Color, Output},
+    config::{Cli, Color, LogFormat, Output},
     enrich::{Enricher, core_signal::CoreJoin},
     export::{JsonSink, Sink, TerminalSink},
     loader::{LoaderConfig, Probe},
     pipeline::{Counters, LossTracker, Stages},
+    status::AgentState,
 };
 
 /// Core signals held at once while waiting for their target's exit.
 const CORE_JOIN_CAPACITY: usize = 4096;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
-        eprintln!(
-            "probe: --log-level {:?} is invalid ({e}); using info",
-            cli.log_level
-        );
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let cli = match Cli::load(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        // Usage errors exit with status 2 (and --help/--version with 0).
+        Err(e) => e.exit(),
+    };
+    if cli.print_config || cli.print_requirements {
+        let doc = if cli.print_config {
+            cli.effective()
+        } else {
+            status::requirements()
+        };
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,11 +68,45 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
+        eprintln!(
+            "probe: --log-level {:?} is invalid ({e}); using info",
+            cli.log_level
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let sink_names = vec![format!("{:?}", cli.output).to_lowercase()];
+    let state = Arc::new(AgentState::new(cli.effective(), sink_names));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // The endpoints come up first, so a failing load is visible in /health/status too.
+    let http = match cli.http_addr.0 {
+        Some(addr) => {
+            let (local, serve) = status::http::bind(addr, state.clone(), stop_rx.clone()).await?;
+            info!(
+                "http: listening on {local} (/health/live, /health/ready, /health/status, /metrics)"
+            );
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
+
     let mut probe = Probe::load(&LoaderConfig {
         ringbuf_bytes: cli.ringbuf_bytes,
         signal_mask: cli.signals,
     })?;
+    state.set_programs(&probe.programs);
     for p in &probe.programs {
         match &p.result {
             Ok(()) => info!(program = p.program, hook = p.hook, "attached"),
@@ -84,7 +122,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(cli.queue_size as usize);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let reader = tokio::spawn(pipeline::read_events(
         ring,
         tx,
@@ -99,11 +136,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let stages = Stages {
         enricher: Enricher::new(node.clone()),
         sink: sink(&cli),
-        losses: LossTracker::new(Box::new(kernel_losses), counters.clone()),
+        losses: LossTracker::new(Box::new(kernel_losses), counters),
         loss_interval: cli.loss_interval,
         core_join: CoreJoin::new(cli.core_wait, CORE_JOIN_CAPACITY),
+        state: state.clone(),
     };
-    let consumer = tokio::spawn(pipeline::consume(rx, stages, counters.clone()));
+    let consumer = tokio::spawn(pipeline::consume(rx, stages));
+    state.set_ready(true);
     info!(
         node,
         "ready: {} of {} programs attached, streaming events",
@@ -117,12 +156,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM: detaching and draining"),
         _ = int.recv() => info!("SIGINT: detaching and draining"),
     }
+    state.set_ready(false);
     // Detach first so nothing new arrives, then drain what the ring buffer holds.
     drop(probe);
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(cli.shutdown_timeout, async {
         reader.await.context("reader task")??;
         consumer.await.context("consumer task")??;
+        if let Some(http) = http {
+            http.await.context("http task")??;
+        }
         anyhow::Ok(())
     })
     .await;

@@ -25,6 +25,7 @@ use crate::{
     enrich::{Enricher, core_signal::CoreJoin},
     export::Sink,
     record::{Body, Loss, LossSource, Record},
+    status::{AgentState, KindLabel, LossLabel},
 };
 
 #[derive(Debug, Error)]
@@ -38,14 +39,10 @@ pub enum PipelineError {
 /// Counters shared by the pipeline stages.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Records read from the ring buffer.
-    pub read: AtomicU64,
     /// Events dropped because the channel to the sinks was full.
     pub channel_drops: AtomicU64,
     /// Records that failed the checked decode.
     pub decode_errors: AtomicU64,
-    /// Records written to the sinks.
-    pub written: AtomicU64,
 }
 
 /// Reads the ring buffer until `shutdown` turns true, then drains what is left and returns
@@ -83,7 +80,6 @@ fn drain(
     counters: &Counters,
 ) {
     while let Some(item) = ring.next() {
-        counters.read.fetch_add(1, Ordering::Relaxed);
         match decode(&item, tables) {
             Ok(event) => {
                 if tx.try_send(event).is_err() {
@@ -178,6 +174,63 @@ pub struct Stages {
     pub losses: LossTracker,
     pub loss_interval: Duration,
     pub core_join: CoreJoin,
+    pub state: Arc<AgentState>,
+}
+
+impl Stages {
+    fn write(&mut self, records: Vec<Record>) -> std::io::Result<()> {
+        for record in &records {
+            self.sink.write(record)?;
+            self.state
+                .metrics
+                .events
+                .get_or_create(&KindLabel {
+                    kind: record.kind.into(),
+                })
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Loss records for what was lost since the last report, then a flush.
+    fn report_losses(&mut self) -> std::io::Result<()> {
+        let mut records = Vec::new();
+        for loss in self.losses.poll() {
+            let labels = LossLabel {
+                source: loss.source.name().into(),
+                kind: loss.lost_kind.unwrap_or("unknown").into(),
+            };
+            self.state
+                .metrics
+                .losses
+                .get_or_create(&labels)
+                .inc_by(loss.count);
+            records.push(self.enricher.agent_record(Body::Loss(loss)));
+        }
+        self.write(records)?;
+        self.sink.flush()
+    }
+
+    fn handle(&mut self, event: Decoded) -> std::io::Result<()> {
+        let records = match event.body {
+            Body::ProcessExit(exit) => self.core_join.on_exit(event.common.pid, exit),
+            Body::CoreSignal(_) => self
+                .core_join
+                .on_signal(self.enricher.kernel_event(event), Instant::now())
+                .into_iter()
+                .collect(),
+            _ => vec![self.enricher.kernel_event(event)],
+        };
+        self.write(records)
+    }
+
+    fn update_gauges(&self, queue_depth: usize) {
+        let m = &self.state.metrics;
+        m.queue_depth
+            .set(i64::try_from(queue_depth).unwrap_or(i64::MAX));
+        m.pending_core_signals
+            .set(i64::try_from(self.core_join.pending()).unwrap_or(i64::MAX));
+    }
 }
 
 /// Writes events to the sink until the channel closes, with a loss report every
@@ -185,61 +238,49 @@ pub struct Stages {
 /// target's exit.
 pub async fn consume(
     mut rx: mpsc::Receiver<Decoded>,
-    stages: Stages,
-    counters: Arc<Counters>,
+    mut stages: Stages,
 ) -> Result<(), PipelineError> {
-    let Stages {
-        enricher,
-        mut sink,
-        mut losses,
-        loss_interval,
-        mut core_join,
-    } = stages;
-    let mut tick = tokio::time::interval(loss_interval);
+    let result = consume_loop(&mut rx, &mut stages).await;
+    if let Err(e) = &result {
+        stages
+            .state
+            .set_exporter_state("failed", Some(e.to_string()));
+    }
+    result
+}
+
+async fn consume_loop(
+    rx: &mut mpsc::Receiver<Decoded>,
+    stages: &mut Stages,
+) -> Result<(), PipelineError> {
+    let mut tick = tokio::time::interval(stages.loss_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
     let mut join_tick = tokio::time::interval(Duration::from_millis(250));
     join_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let report = |losses: &mut LossTracker, sink: &mut Box<dyn Sink>| {
-        for loss in losses.poll() {
-            sink.write(&enricher.agent_record(Body::Loss(loss)))?;
-        }
-        sink.flush()
-    };
-    let write = |sink: &mut Box<dyn Sink>, records: Vec<Record>| -> Result<(), PipelineError> {
-        for record in &records {
-            sink.write(record).map_err(PipelineError::Sink)?;
-            counters.written.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    };
     loop {
         tokio::select! {
             biased;
-            _ = tick.tick() => report(&mut losses, &mut sink).map_err(PipelineError::Sink)?,
-            _ = join_tick.tick(), if core_join.pending() > 0 => {
-                write(&mut sink, core_join.expire(Instant::now()))?;
-                sink.flush().map_err(PipelineError::Sink)?;
+            _ = tick.tick() => stages.report_losses().map_err(PipelineError::Sink)?,
+            _ = join_tick.tick(), if stages.core_join.pending() > 0 => {
+                let expired = stages.core_join.expire(Instant::now());
+                stages.write(expired).map_err(PipelineError::Sink)?;
+                stages.sink.flush().map_err(PipelineError::Sink)?;
+                stages.update_gauges(rx.len());
             }
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                let records = match event.body {
-                    Body::ProcessExit(exit) => core_join.on_exit(event.common.pid, exit),
-                    Body::CoreSignal(_) => core_join
-                        .on_signal(enricher.kernel_event(event), Instant::now())
-                        .into_iter()
-                        .collect(),
-                    _ => vec![enricher.kernel_event(event)],
-                };
-                write(&mut sink, records)?;
+                stages.handle(event).map_err(PipelineError::Sink)?;
                 if rx.is_empty() {
-                    sink.flush().map_err(PipelineError::Sink)?;
+                    stages.sink.flush().map_err(PipelineError::Sink)?;
                 }
+                stages.update_gauges(rx.len());
             }
         }
     }
-    write(&mut sink, core_join.drain())?;
-    report(&mut losses, &mut sink).map_err(PipelineError::Sink)
+    let held = stages.core_join.drain();
+    stages.write(held).map_err(PipelineError::Sink)?;
+    stages.report_losses().map_err(PipelineError::Sink)
 }
 
 #[cfg(test)]

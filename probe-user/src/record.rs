@@ -151,6 +151,17 @@ pub enum LossSource {
     Decode,
 }
 
+impl LossSource {
+    /// The `source` key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ringbuf => "ringbuf",
+            Self::Channel => "channel",
+            Self::Decode => "decode",
+        }
+    }
+}
+
 /// `kind:"loss"`: events lost since the previous loss record of the same source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Loss {

@@ -44,13 +44,19 @@ pub struct Probe {
     records: mpsc::Receiver<Value>,
     stderr: Option<thread::JoinHandle<String>>,
     seen: Vec<Value>,
+    http: Option<std::net::SocketAddr>,
 }
 
 impl Probe {
-    /// Starts the agent with `--output json` plus `args` and waits until it is attached.
+    /// Starts the agent with `--output json` plus `args` and waits until it is attached. The
+    /// HTTP endpoints listen on a free loopback port unless `args` say otherwise.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(probe_bin())
-            .args(["--output", "json", "--log-level", "info"])
+        let mut cmd = Command::new(probe_bin());
+        cmd.args(["--output", "json", "--log-level", "info"]);
+        if !args.contains(&"--http-addr") {
+            cmd.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -74,10 +80,14 @@ impl Probe {
         let (ready_tx, ready_rx) = mpsc::channel();
         let stderr = thread::spawn(move || {
             let mut log = String::new();
+            let mut http = None;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(rest) = line.split("http: listening on ").nth(1) {
+                    http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
                 if line.contains("ready:") {
-                    let _ = ready_tx.send(());
+                    let _ = ready_tx.send(http);
                 }
                 log.push_str(&line);
                 log.push('\n');
@@ -89,14 +99,62 @@ impl Probe {
             records,
             stderr: Some(stderr),
             seen: Vec::new(),
+            http: None,
         };
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = probe.child.kill();
-            let _ = probe.child.wait();
-            let log = probe.log();
-            panic!("the probe did not become ready; its log:\n{log}");
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(http) => probe.http = http,
+            Err(_) => {
+                let _ = probe.child.kill();
+                let _ = probe.child.wait();
+                let log = probe.log();
+                panic!("the probe did not become ready; its log:\n{log}");
+            }
         }
         probe
+    }
+
+    /// Where the agent's HTTP endpoints listen.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http
+            .expect("the probe logged no 'http: listening on' line")
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the agent to exit by itself (after `terminate`); returns its exit status, how
+    /// long it took, and every record it printed.
+    pub fn wait_exit(
+        mut self,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Duration, Vec<Value>) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the probe") {
+                break status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the probe did not exit within {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        let took = start.elapsed();
+        let log = self.log();
+        if !status.success() {
+            let _ = writeln!(std::io::stderr(), "probe log:\n{log}");
+        }
+        let mut all = std::mem::take(&mut self.seen);
+        all.extend(self.records.try_iter());
+        (status, took, all)
     }
 
     /// Waits (up to `timeout`) until some record satisfies `pred`; returns it.
@@ -119,29 +177,11 @@ impl Probe {
 
     /// SIGTERM, wait for a clean exit (the agent drains its pipeline first), and return every
     /// record it printed.
-    pub fn stop(mut self) -> Vec<Value> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for the probe") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the probe did not exit within 30 s of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        let log = self.log();
-        assert!(
-            status.success(),
-            "the probe exited with {status}; its log:\n{log}"
-        );
-        let rest: Vec<Value> = self.records.try_iter().collect();
-        let mut all = std::mem::take(&mut self.seen);
-        all.extend(rest);
-        all
+    pub fn stop(self) -> Vec<Value> {
+        self.terminate();
+        let (status, _, records) = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "the probe exited with {status}");
+        records
     }
 
     /// The agent's log so far (stderr); waits for stderr to close.
@@ -311,4 +351,49 @@ impl Drop for CorePattern {
         let _ = std::fs::write(Self::PATTERN, self.old_pattern.trim_end_matches('\n'));
         let _ = std::fs::write(Self::USES_PID, self.old_uses_pid.trim_end_matches('\n'));
     }
+}
+
+/// A minimal HTTP/1.1 GET (no client library: the agent's server is under test, not a
+/// client's). Returns the status code, the headers (lower-cased names) and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to the agent");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .expect("reading the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// A command for the agent binary.
+pub fn probe_command() -> Command {
+    Command::new(probe_bin())
+}
+
+/// Runs the agent binary with `args` to completion (for flags that exit at once).
+pub fn run_probe(args: &[&str]) -> std::process::Output {
+    probe_command()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the probe")
 }

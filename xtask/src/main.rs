@@ -101,6 +101,7 @@ fn run(args: &[String]) -> Result<()> {
 
 fn test(filter: Option<&str>) -> Result<()> {
     let route = setup::setup()?;
+    setup::test_peers();
     let e2e_file = filter.filter(|f| root_dir().join("tests").join(format!("{f}.rs")).is_file());
     // Unit tests of the default members (no root needed).
     if e2e_file.is_none() {

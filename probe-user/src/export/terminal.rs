@@ -114,11 +114,10 @@ impl<W: Write + Send> Sink for TerminalSink<W> {
                 lost_kind,
             }) => {
                 let (c, c_end) = self.paint(MAGENTA_BOLD);
-                let source = serde_json::to_value(source).unwrap_or_default();
                 writeln!(
                     self.out,
                     "{dim}{time}{dim_end} {c}LOST        {count} event(s){c_end} source={} kind={}",
-                    source.as_str().unwrap_or("?"),
+                    source.name(),
                     lost_kind.unwrap_or("-"),
                 )
             }

@@ -30,6 +30,8 @@ use crate::decode::SymbolTables;
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
 
+/// Kernel BTF; its directory is what a container needs mounted from the host.
+pub const VMLINUX_BTF_DIR: &str = "/sys/kernel/btf";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, Error)]

@@ -1,0 +1,245 @@
+//! The agent's own state, for operators: which programs attached (or why not), event and
+//! loss counters, queue depth, exporter state, effective configuration. Served over HTTP by
+//! `http.rs` as health checks, a JSON status document and Prometheus metrics.
+
+pub mod http;
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::SystemTime,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::Serialize;
+
+use crate::loader::ProgramStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LossLabel {
+    pub source: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+}
+
+/// Prometheus metrics; also the counters the status document reports.
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<KindLabel, Counter>,
+    pub losses: Family<LossLabel, Counter>,
+    pub queue_depth: Gauge,
+    pub program_attached: Family<ProgramLabel, Gauge>,
+    pub pending_core_signals: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("probe");
+        let events = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "events",
+            "Records written to the sinks, by kind",
+            events.clone(),
+        );
+        let losses = Family::<LossLabel, Counter>::default();
+        registry.register(
+            "events_lost",
+            "Events lost, by source (ringbuf, channel, decode) and kind",
+            losses.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Events waiting between the ring-buffer reader and the sinks",
+            queue_depth.clone(),
+        );
+        let program_attached = Family::<ProgramLabel, Gauge>::default();
+        registry.register(
+            "program_attached",
+            "1 when the kernel program is attached, 0 when it could not be",
+            program_attached.clone(),
+        );
+        let pending_core_signals = Gauge::default();
+        registry.register(
+            "core_signals_pending",
+            "Core-dumping signals waiting for their target's exit",
+            pending_core_signals.clone(),
+        );
+        Self {
+            registry,
+            events,
+            losses,
+            queue_depth,
+            program_attached,
+            pending_core_signals,
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramReport {
+    pub program: String,
+    pub hook: String,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExporterReport {
+    pub sinks: Vec<String>,
+    pub state: String,
+    pub last_error: Option<String>,
+}
+
+/// Shared by the pipeline (writes) and the HTTP server (reads).
+pub struct AgentState {
+    started: SystemTime,
+    pub metrics: Metrics,
+    programs: Mutex<Vec<ProgramReport>>,
+    exporter: Mutex<ExporterReport>,
+    config: serde_json::Value,
+    ready: AtomicBool,
+}
+
+impl AgentState {
+    pub fn new(config: serde_json::Value, sinks: Vec<String>) -> Self {
+        Self {
+            started: SystemTime::now(),
+            metrics: Metrics::new(),
+            programs: Mutex::new(Vec::new()),
+            exporter: Mutex::new(ExporterReport {
+                sinks,
+                state: "starting".into(),
+                last_error: None,
+            }),
+            config,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_programs(&self, programs: &[ProgramStatus]) {
+        let reports: Vec<ProgramReport> = programs
+            .iter()
+            .map(|p| ProgramReport {
+                program: p.program.into(),
+                hook: p.hook.into(),
+                attached: p.result.is_ok(),
+                error: p.result.clone().err(),
+            })
+            .collect();
+        for r in &reports {
+            self.metrics
+                .program_attached
+                .get_or_create(&ProgramLabel {
+                    program: r.program.clone(),
+                })
+                .set(i64::from(r.attached));
+        }
+        *self.programs.lock().unwrap_or_else(|e| e.into_inner()) = reports;
+    }
+
+    /// Ready: programs attached and the pipeline running (enrichment has no cache yet).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.set_exporter_state(if ready { "running" } else { "stopping" }, None);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_exporter_state(&self, state: &str, error: Option<String>) {
+        let mut e = self.exporter.lock().unwrap_or_else(|e| e.into_inner());
+        e.state = state.into();
+        if error.is_some() {
+            e.last_error = error;
+        }
+    }
+
+    /// The /health/status document.
+    pub fn status(&self) -> serde_json::Value {
+        let programs = self
+            .programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let exporter = self
+            .exporter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut events = serde_json::Map::new();
+        let mut losses = serde_json::Map::new();
+        // Families are read through the text encoding's source of truth: the counters.
+        for kind in ["tcp_reset", "core_signal", "loss"] {
+            let n = self
+                .metrics
+                .events
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .get();
+            events.insert(kind.into(), n.into());
+        }
+        for source in ["ringbuf", "channel", "decode"] {
+            let total: u64 = ["tcp_reset", "core_signal", "process_exit", "unknown"]
+                .iter()
+                .map(|kind| {
+                    self.metrics
+                        .losses
+                        .get_or_create(&LossLabel {
+                            source: source.into(),
+                            kind: (*kind).into(),
+                        })
+                        .get()
+                })
+                .sum();
+            losses.insert(source.into(), total.into());
+        }
+        serde_json::json!({
+            "ready": self.is_ready(),
+            "uptime_seconds": self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            "programs": programs,
+            "events": events,
+            "losses": losses,
+            "queue_depth": self.metrics.queue_depth.get(),
+            "core_signals_pending": self.metrics.pending_core_signals.get(),
+            "kubernetes": { "state": "not_implemented", "note": "pod enrichment is not built yet" },
+            "exporter": exporter,
+            "config": self.config,
+        })
+    }
+}
+
+/// What the agent needs from its host, for `--print-requirements` (the deploy manifests are
+/// tested against it): host paths it reads, whether it needs the host pid namespace, and the
+/// Kubernetes API resources it reads.
+pub fn requirements() -> serde_json::Value {
+    serde_json::json!({
+        "host_paths": [crate::loader::VMLINUX_BTF_DIR, crate::loader::tracefs::TRACEFS],
+        "host_pid": true,
+        "capabilities": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"],
+        "api_resources": [],
+    })
+}

@@ -1,0 +1,46 @@
+//! Root e2e: SIGTERM while events flow. The agent exits within its shutdown deadline, and
+//! every event the kernel produced before the signal reaches the sink (or is counted lost).
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use probe_tests::*;
+
+const CONNECTS: u64 = 2_000;
+
+#[test]
+fn sigterm_drains_events_already_produced() {
+    if !require_root("shutdown::sigterm_drains_events_already_produced") {
+        return;
+    }
+    // A slow-ish loss interval so the final report is the one at shutdown.
+    let probe = Probe::start(&["--shutdown-timeout", "5s", "--loss-interval", "1h"]);
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let port = closed_port(ip);
+    for _ in 0..CONNECTS {
+        refused_connect(ip, port);
+    }
+    // No waiting: the signal arrives while the agent is still reading and writing.
+    probe.terminate();
+    let (status, took, records) = probe.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?}, the deadline is 5 s"
+    );
+    let delivered = resets_on_port(&records, port).len() as u64;
+    let lost: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "loss")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        delivered + lost,
+        2 * CONNECTS,
+        "delivered {delivered}, lost {lost}"
+    );
+    // A 4 MiB ring buffer holds all of them: nothing is actually lost.
+    assert_eq!(lost, 0);
+}
