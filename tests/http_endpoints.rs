@@ -61,10 +61,16 @@ fn every_endpoint_answers_and_counters_move() {
     assert_eq!(
         names,
         [
+            "sched_process_exec",
             "sched_process_exit",
+            "sched_process_fork",
             "signal_generate",
             "softirq_entry",
             "softirq_exit",
+            "sys_enter_write",
+            "sys_enter_writev",
+            "sys_exit_write",
+            "sys_exit_writev",
             "tcp_receive_reset",
             "tcp_send_reset"
         ]

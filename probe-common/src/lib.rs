@@ -16,6 +16,15 @@ pub mod maps {
     /// LRU hash: thread group id -> signal number, for processes a fatal core-dumping signal
     /// was generated for; the exit hook reports their exit status and removes them.
     pub const CRASH_WATCH: &str = "CRASH_WATCH";
+    /// Hash: thread group id -> runtime index, the processes whose stdout/stderr is captured.
+    pub const WASM_PIDS: &str = "WASM_PIDS";
+    /// Hash: cgroup id -> runtime index, cgroups whose processes are captured (fed by
+    /// Kubernetes enrichment for Wasm pods).
+    pub const WASM_CGROUPS: &str = "WASM_CGROUPS";
+    /// LPM trie: executable basename (prefix) -> runtime index, the runtimes recognised at exec.
+    pub const WASM_RUNTIMES: &str = "WASM_RUNTIMES";
+    /// Hash: thread id -> fd, writes whose result the exit hook reports.
+    pub const WASM_INFLIGHT: &str = "WASM_INFLIGHT";
     /// Per-CPU `u32` at index 0: 1 while the CPU serves a softirq, 0 when not (set by the
     /// softirq_entry/exit hooks), [`crate::SOFTIRQ_UNKNOWN`] until those hooks first ran there.
     pub const IN_SOFTIRQ: &str = "IN_SOFTIRQ";
@@ -33,6 +42,10 @@ pub mod globals {
     pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
     /// [`crate::TaskOffsets`].
     pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
+    /// [`crate::WriteLayout`] of `syscalls:sys_enter_write`.
+    pub const WRITE_LAYOUT: &str = "WRITE_LAYOUT";
+    /// [`crate::WriteLayout`] of `syscalls:sys_enter_writev`.
+    pub const WRITEV_LAYOUT: &str = "WRITEV_LAYOUT";
 }
 
 /// Value the loader puts in every CPU's `IN_SOFTIRQ` slot before attaching: until the softirq
@@ -45,8 +58,14 @@ pub mod kind {
     pub const TCP_RESET: u32 = 1;
     /// A core-dumping signal was generated for a task ([`crate::SignalEvent`]).
     pub const CORE_SIGNAL: u32 = 2;
-    /// A task that had a fatal core-dumping signal pending exited ([`crate::ExitEvent`]).
+    /// A task that had a fatal core-dumping signal pending, or a selected Wasm runtime,
+    /// exited ([`crate::ExitEvent`]).
     pub const PROCESS_EXIT: u32 = 3;
+    /// A chunk of bytes a selected process passed to write/writev on fd 1 or 2
+    /// ([`crate::WriteEvent`]).
+    pub const WASM_WRITE: u32 = 4;
+    /// The result of that write ([`crate::WriteResultEvent`]).
+    pub const WASM_WRITE_RESULT: u32 = 5;
 }
 
 /// Slots of the per-CPU loss counter map. One per event kind (index = kind).
@@ -137,7 +156,8 @@ pub const ABSENT: u32 = u32::MAX;
 pub struct AgentConfig {
     /// The agent's own thread group id: its events are dropped in the kernel.
     pub agent_tgid: u32,
-    pub _reserved: u32,
+    /// Bytes per captured chunk of a write (1..=[`WRITE_CHUNK`]); 0 disables capture.
+    pub capture_bytes: u32,
     /// Signals to report: bit `n` set for signal number `n` (1..=63).
     pub signal_mask: u64,
 }
@@ -146,7 +166,7 @@ const _: () = assert!(size_of::<AgentConfig>() == 16);
 impl AgentConfig {
     pub const DEFAULT: Self = Self {
         agent_tgid: 0,
-        _reserved: 0,
+        capture_bytes: 0,
         signal_mask: 0,
     };
 }
@@ -198,6 +218,81 @@ pub struct ExitEvent {
 }
 const _: () = assert!(size_of::<ExitEvent>() == 64);
 
+/// Largest chunk of a write carried by one [`WriteEvent`].
+pub const WRITE_CHUNK: usize = 4096;
+/// Chunks per write at most: bytes beyond `MAX_WRITE_CHUNKS * capture_bytes` are not copied
+/// and the write is flagged truncated.
+pub const MAX_WRITE_CHUNKS: u32 = 16;
+/// Longest executable basename the runtime matcher compares.
+pub const EXE_NAME_LEN: usize = 32;
+/// `WASM_PIDS` value for processes selected through their cgroup, not their executable.
+pub const RUNTIME_BY_CGROUP: u32 = u32::MAX;
+
+/// `WriteEvent::flags`: bytes beyond this chunk were not copied (over the hard cap).
+pub const WRITE_TRUNCATED: u32 = 1 << 0;
+/// `WriteEvent::flags`: the bytes could not be read from the writer's memory.
+pub const WRITE_UNREADABLE: u32 = 1 << 1;
+
+/// A chunk of a write to fd 1/2 by a selected process. The header's pid/tid/comm are the
+/// writer (comm: the process, i.e. the thread group leader).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// `WRITE_*` bits.
+    pub flags: u32,
+    /// Bytes the write asked for (count, or the sum of the iovec lengths seen).
+    pub total_len: u64,
+    /// Offset of this chunk within the write.
+    pub offset: u64,
+    /// Valid bytes in `data`.
+    pub chunk_len: u32,
+    /// Index of the runtime pattern that selected the process ([`RUNTIME_BY_CGROUP`]).
+    pub runtime: u32,
+    pub data: [u8; WRITE_CHUNK],
+}
+const _: () = assert!(size_of::<WriteEvent>() == 88 + WRITE_CHUNK);
+
+/// The return value of a captured write, and what the fd was when the write returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteResultEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// `i_mode` of the fd's inode (file type in the S_IFMT bits); 0 when the fd is closed or
+    /// unknown.
+    pub file_mode: u32,
+    /// Bytes written, or a negative errno.
+    pub result: i64,
+    /// `i_rdev` of the inode (kernel dev_t: major << 20 | minor) for device files.
+    pub file_rdev: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(size_of::<WriteResultEvent>() == 80);
+
+/// Offsets in a `syscalls:sys_enter_write(v)` record: fd, buffer (or iovec array), count
+/// (or iovec count).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteLayout {
+    pub fd: u32,
+    pub buf: u32,
+    pub count: u32,
+    /// `sys_exit_*`: offset of `ret`.
+    pub exit_ret: u32,
+}
+const _: () = assert!(size_of::<WriteLayout>() == 16);
+
+impl WriteLayout {
+    pub const ABSENT: Self = Self {
+        fd: ABSENT,
+        buf: ABSENT,
+        count: ABSENT,
+        exit_ret: ABSENT,
+    };
+}
+
 /// `task_struct` and related member offsets, from BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,8 +323,23 @@ pub struct TaskOffsets {
     pub si_code: u32,
     /// Value of `TRACE_SIGNAL_IGNORED` (`enum trace_signal_result`).
     pub result_ignored: u32,
+    /// `task_struct::group_leader`.
+    pub group_leader: u32,
+    /// `linux_binprm::file` -> `file::f_path.dentry` -> `dentry::d_name.name`: the basename
+    /// of the executable file.
+    pub bprm_file: u32,
+    pub file_dentry: u32,
+    pub dentry_name: u32,
+    /// `task_struct::files` -> `files_struct::fdt` -> `fdtable::fd` (a `struct file **`)
+    /// -> `file::f_inode` -> `inode::i_mode` (u16) / `inode::i_rdev` (u32): what an fd is.
+    pub files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub inode_mode: u32,
+    pub inode_rdev: u32,
 }
-const _: () = assert!(size_of::<TaskOffsets>() == 72);
+const _: () = assert!(size_of::<TaskOffsets>() == 112);
 
 impl TaskOffsets {
     pub const ABSENT: Self = Self {
@@ -251,6 +361,16 @@ impl TaskOffsets {
         mm_flags: ABSENT,
         si_code: ABSENT,
         result_ignored: 1,
+        group_leader: ABSENT,
+        bprm_file: ABSENT,
+        file_dentry: ABSENT,
+        dentry_name: ABSENT,
+        files: ABSENT,
+        files_fdt: ABSENT,
+        fdt_fd: ABSENT,
+        file_inode: ABSENT,
+        inode_mode: ABSENT,
+        inode_rdev: ABSENT,
     };
 }
 
@@ -360,4 +480,7 @@ mod pod {
     unsafe impl aya::Pod for super::SignalEvent {}
     unsafe impl aya::Pod for super::ExitEvent {}
     unsafe impl aya::Pod for super::TaskOffsets {}
+    unsafe impl aya::Pod for super::WriteEvent {}
+    unsafe impl aya::Pod for super::WriteResultEvent {}
+    unsafe impl aya::Pod for super::WriteLayout {}
 }

@@ -4,12 +4,19 @@
 #![no_main]
 
 mod common;
+mod sched_process_exec;
 mod sched_process_exit;
+mod sched_process_fork;
 mod signal_generate;
 mod softirq;
+mod sys_enter_write;
+mod sys_enter_writev;
+mod sys_exit_write;
+mod sys_exit_writev;
 mod tcp_receive_reset;
 mod tcp_reset;
 mod tcp_send_reset;
+mod wasm_capture;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,6 +1,7 @@
 //! `sched_process_exit` (raw tracepoint): reports the exit status of processes that
 //! `signal_generate` put in CRASH_WATCH, so userspace learns whether a core was dumped (bit
-//! 0x80 of the exit code). Every other exit costs one hash lookup.
+//! 0x80 of the exit code), and the exit of selected Wasm runtimes (so partial output lines are
+//! flushed), which it deselects. Every other exit costs two hash lookups.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{ExitEvent, kind};
@@ -8,6 +9,7 @@ use probe_common::{ExitEvent, kind};
 use crate::{
     common::{EVENTS, count_loss, describe_task, new_header, offsets, read_kernel, task_offsets},
     signal_generate::CRASH_WATCH,
+    wasm_capture::WASM_PIDS,
 };
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
@@ -18,23 +20,33 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let Some(tgid) = read_kernel::<u32>(task, t.tgid) else {
         return 0;
     };
-    // SAFETY: the value is copied out at once.
-    let Some(watched) = (unsafe { CRASH_WATCH.get(&tgid) }).copied() else {
+    // SAFETY: the values are copied out at once.
+    let watched = unsafe { CRASH_WATCH.get(&tgid) }.copied();
+    // SAFETY: as above.
+    let wasm = unsafe { WASM_PIDS.get(&tgid) }.is_some();
+    if watched.is_none() && !wasm {
         return 0;
-    };
+    }
     let exit_code: u32 = read_kernel(task, t.exit_code).unwrap_or(0);
     let pid: u32 = read_kernel(task, t.pid).unwrap_or(0);
     // The first thread to die of a signal, or the leader, carries the group's exit code.
     if exit_code & 0x7f == 0 && pid != tgid {
         return 0;
     }
-    if CRASH_WATCH.remove(&tgid).is_err() {
+    // Removal decides which thread reports: only the first one succeeds.
+    let crash_reported = watched.is_some() && CRASH_WATCH.remove(&tgid).is_ok();
+    let wasm_reported = wasm && WASM_PIDS.remove(&tgid).is_ok();
+    if !crash_reported && !wasm_reported {
         return 0;
     }
     let mut ev = ExitEvent {
         header: new_header(kind::PROCESS_EXIT),
         exit_code,
-        watched_signal: watched,
+        watched_signal: if crash_reported {
+            watched.unwrap_or(0)
+        } else {
+            0
+        },
     };
     describe_task(&mut ev.header, task, &t, &offsets());
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {

@@ -78,6 +78,17 @@ pub struct Cli {
           value_parser = parse_positive_duration)]
     pub core_wait: Duration,
 
+    /// Bytes per captured chunk of a Wasm runtime's write to stdout/stderr (1-4096; 0
+    /// disables capture). A write is copied in up to 16 chunks; beyond that it is truncated.
+    #[arg(long, env = "PROBE_CAPTURE_BYTES", default_value_t = 4096, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub capture_bytes: u32,
+
+    /// Executables whose stdout/stderr is captured: names, or prefixes ending in *.
+    #[arg(long, env = "PROBE_WASM_RUNTIMES", default_value = crate::runtimes::DEFAULT_RUNTIMES,
+          value_parser = parse_runtime_list)]
+    pub wasm_runtimes: Runtimes,
+
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax).
     #[arg(long, env = "PROBE_LOG", default_value = "info")]
     pub log_level: String,
@@ -102,6 +113,24 @@ pub struct Cli {
     /// Print what the agent needs from its host (paths, API resources) as JSON and exit.
     #[arg(long, env = "PROBE_PRINT_REQUIREMENTS")]
     pub print_requirements: bool,
+}
+
+/// `--wasm-runtimes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtimes(pub Vec<crate::runtimes::RuntimePattern>);
+
+impl Runtimes {
+    /// As written: `name` or `prefix*`.
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|p| format!("{}{}", p.name, if p.prefix { "*" } else { "" }))
+            .collect()
+    }
+}
+
+fn parse_runtime_list(s: &str) -> Result<Runtimes, String> {
+    crate::runtimes::parse_runtimes(s).map(Runtimes)
 }
 
 /// `--http-addr`: a socket address, or disabled.
@@ -170,6 +199,8 @@ impl Cli {
             "shutdown-timeout": humantime::format_duration(self.shutdown_timeout).to_string(),
             "signals": signals,
             "core-wait": humantime::format_duration(self.core_wait).to_string(),
+            "capture-bytes": self.capture_bytes,
+            "wasm-runtimes": self.wasm_runtimes.names(),
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),
             "http-addr": self.http_addr.0.map_or_else(|| "none".to_owned(), |a| a.to_string()),
@@ -329,6 +360,9 @@ mod tests {
             &["probe", "--ringbuf-bytes", "2048"],
             &["probe", "--signals", "SIGSEGV,SIGBOGUS"],
             &["probe", "--core-wait", "0s"],
+            &["probe", "--capture-bytes", "5000"],
+            &["probe", "--capture-bytes", "-1"],
+            &["probe", "--wasm-runtimes", "/bin/wasmtime"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err().to_string();
             let flag = args[1].split('=').next().unwrap();

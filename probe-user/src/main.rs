@@ -8,6 +8,7 @@ mod export;
 mod loader;
 mod pipeline;
 mod record;
+mod runtimes;
 mod signals;
 mod status;
 
@@ -22,7 +23,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{Cli, Color, LogFormat, Output},
-    enrich::{Enricher, core_signal::CoreJoin},
+    enrich::{
+        Enricher,
+        core_signal::CoreJoin,
+        wasm_output::{self, WasmAssembler},
+    },
     export::{JsonSink, Sink, TerminalSink},
     loader::{LoaderConfig, Probe},
     pipeline::{Counters, LossTracker, Stages},
@@ -31,6 +36,8 @@ use crate::{
 
 /// Core signals held at once while waiting for their target's exit.
 const CORE_JOIN_CAPACITY: usize = 4096;
+/// A partial Wasm output line goes out after this long without more output.
+const WASM_LINE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn main() -> ExitCode {
     let cli = match Cli::load(std::env::args_os().collect()) {
@@ -105,6 +112,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut probe = Probe::load(&LoaderConfig {
         ringbuf_bytes: cli.ringbuf_bytes,
         signal_mask: cli.signals,
+        capture_bytes: cli.capture_bytes,
+        wasm_runtimes: cli.wasm_runtimes.0.clone(),
     })?;
     state.set_programs(&probe.programs);
     for p in &probe.programs {
@@ -139,6 +148,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         losses: LossTracker::new(Box::new(kernel_losses), counters),
         loss_interval: cli.loss_interval,
         core_join: CoreJoin::new(cli.core_wait, CORE_JOIN_CAPACITY),
+        wasm: WasmAssembler::new(
+            cli.wasm_runtimes.names(),
+            WASM_LINE_IDLE,
+            wasm_output::proc_fd_resolver(),
+        ),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));

@@ -21,10 +21,10 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    decode::{Decoded, Kind, SymbolTables, decode},
-    enrich::{Enricher, core_signal::CoreJoin},
+    decode::{Common, Decoded, Kind, SymbolTables, decode},
+    enrich::{Enricher, core_signal::CoreJoin, wasm_output::WasmAssembler},
     export::Sink,
-    record::{Body, Loss, LossSource, Record},
+    record::{Body, Loss, LossSource, Record, WasmOutput},
     status::{AgentState, KindLabel, LossLabel},
 };
 
@@ -164,6 +164,8 @@ fn slot_kind(slot: u32) -> Option<&'static str> {
         Kind::TcpReset => Some("tcp_reset"),
         Kind::CoreSignal => Some("core_signal"),
         Kind::ProcessExit => Some("process_exit"),
+        Kind::WasmWrite => Some("wasm_write"),
+        Kind::WasmWriteResult => Some("wasm_write_result"),
     }
 }
 
@@ -174,6 +176,7 @@ pub struct Stages {
     pub losses: LossTracker,
     pub loss_interval: Duration,
     pub core_join: CoreJoin,
+    pub wasm: WasmAssembler,
     pub state: Arc<AgentState>,
 }
 
@@ -211,9 +214,38 @@ impl Stages {
         self.sink.flush()
     }
 
+    fn wasm_records(&self, lines: Vec<(Common, WasmOutput)>) -> Vec<Record> {
+        lines
+            .into_iter()
+            .map(|(common, line)| {
+                self.enricher.kernel_event(Decoded {
+                    common,
+                    body: Body::WasmOutput(line),
+                })
+            })
+            .collect()
+    }
+
     fn handle(&mut self, event: Decoded) -> std::io::Result<()> {
         let records = match event.body {
-            Body::ProcessExit(exit) => self.core_join.on_exit(event.common.pid, exit),
+            Body::ProcessExit(exit) => {
+                let mut records = self.core_join.on_exit(event.common.pid, exit);
+                if let Some(pid) = event.common.pid {
+                    let lines = self.wasm.on_exit(pid);
+                    records.extend(self.wasm_records(lines));
+                }
+                records
+            }
+            Body::WasmWrite(chunk) => {
+                self.wasm.on_chunk(event.common, chunk);
+                Vec::new()
+            }
+            Body::WasmWriteResult(r) => {
+                let lines =
+                    self.wasm
+                        .on_result(&event.common, r.fd, r.result, r.fd_kind, Instant::now());
+                self.wasm_records(lines)
+            }
             Body::CoreSignal(_) => self
                 .core_join
                 .on_signal(self.enricher.kernel_event(event), Instant::now())
@@ -262,9 +294,12 @@ async fn consume_loop(
         tokio::select! {
             biased;
             _ = tick.tick() => stages.report_losses().map_err(PipelineError::Sink)?,
-            _ = join_tick.tick(), if stages.core_join.pending() > 0 => {
-                let expired = stages.core_join.expire(Instant::now());
-                stages.write(expired).map_err(PipelineError::Sink)?;
+            _ = join_tick.tick(), if stages.core_join.pending() > 0 || stages.wasm.buffered() > 0 => {
+                let now = Instant::now();
+                let mut due = stages.core_join.expire(now);
+                let idle = stages.wasm.flush_idle(now);
+                due.extend(stages.wasm_records(idle));
+                stages.write(due).map_err(PipelineError::Sink)?;
                 stages.sink.flush().map_err(PipelineError::Sink)?;
                 stages.update_gauges(rx.len());
             }
@@ -278,7 +313,9 @@ async fn consume_loop(
             }
         }
     }
-    let held = stages.core_join.drain();
+    let mut held = stages.core_join.drain();
+    let lines = stages.wasm.drain();
+    held.extend(stages.wasm_records(lines));
     stages.write(held).map_err(PipelineError::Sink)?;
     stages.report_losses().map_err(PipelineError::Sink)
 }

@@ -25,6 +25,11 @@ pub enum Body {
     CoreSignal(CoreSignal),
     /// Internal: joined into the `core_signal` record of the process, never written.
     ProcessExit(ProcessExit),
+    WasmOutput(WasmOutput),
+    /// Internal: assembled into `wasm_output` lines, never written.
+    WasmWrite(WasmWrite),
+    /// Internal: completes a `WasmWrite`, never written.
+    WasmWriteResult(WasmWriteResult),
     Loss(Loss),
 }
 
@@ -35,6 +40,9 @@ impl Body {
             Self::TcpReset(_) => "tcp_reset",
             Self::CoreSignal(_) => "core_signal",
             Self::ProcessExit(_) => "process_exit",
+            Self::WasmOutput(_) => "wasm_output",
+            Self::WasmWrite(_) => "wasm_write",
+            Self::WasmWriteResult(_) => "wasm_write_result",
             Self::Loss(_) => "loss",
         }
     }
@@ -102,6 +110,57 @@ pub struct CoreSignal {
     pub core_uses_pid: Option<bool>,
     /// The exit status when the process died (signal | 0x80 if a core was dumped).
     pub exit_code: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// `kind:"wasm_output"`: one line (or an idle/exit-flushed partial line) a Wasm runtime wrote
+/// to stdout or stderr. pid/comm are the runtime process's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WasmOutput {
+    pub stream: Stream,
+    /// The runtime pattern that selected the process ("wasmtime", "containerd-shim-spin*",
+    /// "cgroup" when selected through its cgroup).
+    pub runtime: String,
+    /// The line without its newline: exact when valid UTF-8, else losslessly escaped
+    /// (`\\` for a backslash, `\xNN` for a byte that is not UTF-8).
+    pub text: String,
+    /// The raw bytes, base64, only when they are not valid UTF-8.
+    pub data_b64: Option<String>,
+    /// Bytes of the write beyond the capture cap are missing.
+    pub truncated: bool,
+    /// Result of the (last) write that carried the line: bytes written, or -errno.
+    pub write_result: Option<i64>,
+    /// Where the fd pointed: "pipe", "socket", "tty", "/dev/null", a file path; null if
+    /// unknown.
+    pub fd_target: Option<String>,
+}
+
+/// A chunk of a captured write (internal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WasmWrite {
+    pub fd: u32,
+    pub runtime: u32,
+    pub offset: u64,
+    pub total_len: u64,
+    pub truncated: bool,
+    pub unreadable: bool,
+    pub data: Vec<u8>,
+}
+
+/// The result of a captured write (internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WasmWriteResult {
+    pub fd: u32,
+    pub result: i64,
+    /// What the fd was when the write returned, from the kernel ("pipe", "/dev/null", ...);
+    /// `Some("file")` for regular files (userspace may find the path); None when closed.
+    pub fd_kind: Option<&'static str>,
 }
 
 /// A watched process exited (internal).

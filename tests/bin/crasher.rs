@@ -29,13 +29,16 @@ fn set_rlimit_core() {
 }
 
 fn main() {
+    // Rust's runtime installs SIGSEGV/SIGBUS handlers (stack overflow detection) that
+    // re-raise with the default action: two signals per crash. Act like a C program.
+    // SAFETY: restoring the default dispositions.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+    }
     set_rlimit_core();
     match std::env::args().nth(1).as_deref() {
         Some("segv") => {
-            // Rust's runtime installs a SIGSEGV handler (stack overflow detection) that
-            // re-raises with the default action: two signals. Act like a C program instead.
-            // SAFETY: restoring the default disposition.
-            unsafe { libc::signal(libc::SIGSEGV, libc::SIG_DFL) };
             // A read from an unmapped page: the kernel raises SIGSEGV with SEGV_MAPERR.
             let addr = std::hint::black_box(8usize) as *const u8;
             // SAFETY: deliberately not; this is the crash under test.
@@ -50,7 +53,11 @@ fn main() {
             unsafe { libc::raise(libc::SIGSEGV) };
             std::process::exit(0);
         }
-        Some("sleep") => std::thread::sleep(Duration::from_secs(30)),
+        Some("sleep") => {
+            // Tell the test that the dispositions are set: a signal sent now meets them.
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(30));
+        }
         other => panic!("unknown mode {other:?}"),
     }
 }

@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask run` runs the probe, `cargo xtask test` runs every test; both
 //! set the machine up first (`cargo xtask setup`).
 
+mod bench;
 mod setup;
 
 use std::{
@@ -30,6 +31,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (root): costs as ratios against a baseline in the same run.
+    Bench {
+        /// Fewer rounds and shorter loops (under 2 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Unit tests, then the root end-to-end tests against the real kernel.
     Test {
         /// A root test file stem (e.g. `tcp_send_reset`, runs only that file), or a filter on
@@ -43,6 +50,10 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup().map(drop),
         Cmd::Run { args } => run(&args),
         Cmd::Test { filter } => test(filter.as_deref()),
+        Cmd::Bench { quick } => {
+            let route = setup::setup()?;
+            bench::bench(&build_agent(&route)?, quick)
+        }
     }
 }
 
@@ -101,7 +112,7 @@ fn run(args: &[String]) -> Result<()> {
 
 fn test(filter: Option<&str>) -> Result<()> {
     let route = setup::setup()?;
-    setup::test_peers();
+    let wasmtime = setup::test_peers(&target_dir())?;
     let e2e_file = filter.filter(|f| root_dir().join("tests").join(format!("{f}.rs")).is_file());
     // Unit tests of the default members (no root needed).
     if e2e_file.is_none() {
@@ -121,7 +132,8 @@ fn test(filter: Option<&str>) -> Result<()> {
     }
     let mut e2e = cargo(&route);
     e2e.args(["test", "--package", "probe-tests"])
-        .env("PROBE_BIN", &bin);
+        .env("PROBE_BIN", &bin)
+        .env("WASMTIME_BIN", &wasmtime);
     match (e2e_file, filter) {
         (Some(file), _) => e2e.args(["--test", file]),
         (None, Some(f)) => e2e.arg(f),

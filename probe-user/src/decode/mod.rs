@@ -10,14 +10,18 @@ use std::{
 
 use probe_common::{
     EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, REASON_NONE, SIG_DUMPABLE,
-    SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent, direction, family, kind,
+    SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent, WRITE_CHUNK, WRITE_TRUNCATED,
+    WRITE_UNREADABLE, WriteEvent, WriteResultEvent, direction, family, kind,
 };
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
     loader::{btf::Btf, tracefs::Format},
-    record::{Body, CoreSignal, Direction, Family, Handler, ProcessExit, RlimitCore, TcpReset},
+    record::{
+        Body, CoreSignal, Direction, Family, Handler, ProcessExit, RlimitCore, TcpReset, WasmWrite,
+        WasmWriteResult,
+    },
     signals::{origin, si_code_name, signal_name},
 };
 
@@ -35,6 +39,8 @@ pub enum DecodeError {
     Direction(u16),
     #[error("tcp_reset with unknown address family {0}")]
     Family(u16),
+    #[error("wasm write chunk of {0} bytes exceeds the {WRITE_CHUNK}-byte buffer")]
+    ChunkLen(u32),
 }
 
 /// Event kinds the kernel sends.
@@ -43,6 +49,8 @@ pub enum Kind {
     TcpReset,
     CoreSignal,
     ProcessExit,
+    WasmWrite,
+    WasmWriteResult,
 }
 
 impl TryFrom<u32> for Kind {
@@ -52,6 +60,8 @@ impl TryFrom<u32> for Kind {
             kind::TCP_RESET => Ok(Self::TcpReset),
             kind::CORE_SIGNAL => Ok(Self::CoreSignal),
             kind::PROCESS_EXIT => Ok(Self::ProcessExit),
+            kind::WASM_WRITE => Ok(Self::WasmWrite),
+            kind::WASM_WRITE_RESULT => Ok(Self::WasmWriteResult),
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -216,6 +226,24 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
                 body: Body::CoreSignal(core_signal(&ev, tables)),
             })
         }
+        Kind::WasmWrite => {
+            let ev: WriteEvent = read_pod(bytes, "wasm write event")?;
+            Ok(Decoded {
+                common: common(&ev.header),
+                body: Body::WasmWrite(wasm_write(&ev)?),
+            })
+        }
+        Kind::WasmWriteResult => {
+            let ev: WriteResultEvent = read_pod(bytes, "wasm write result event")?;
+            Ok(Decoded {
+                common: common(&ev.header),
+                body: Body::WasmWriteResult(WasmWriteResult {
+                    fd: ev.fd,
+                    result: ev.result,
+                    fd_kind: fd_kind(ev.file_mode, ev.file_rdev),
+                }),
+            })
+        }
         Kind::ProcessExit => {
             let ev: ExitEvent = read_pod(bytes, "process_exit event")?;
             Ok(Decoded {
@@ -227,6 +255,41 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
             })
         }
     }
+}
+
+/// Classifies an fd from its inode's mode and device number (uapi S_IF* types; Linux device
+/// numbers: 1:3 is /dev/null, majors 4, 5 and 136-143 are terminals).
+pub fn fd_kind(mode: u32, rdev: u32) -> Option<&'static str> {
+    let (major, minor) = (rdev >> 20, rdev & 0xf_ffff);
+    Some(match mode & 0o170000 {
+        0 => return None,
+        0o010000 => "pipe",
+        0o140000 => "socket",
+        0o100000 => "file",
+        0o020000 if (major, minor) == (1, 3) => "/dev/null",
+        0o020000 if major == 4 || major == 5 || (136..=143).contains(&major) => "tty",
+        0o020000 => "char_device",
+        0o060000 => "block_device",
+        0o040000 => "directory",
+        _ => "other",
+    })
+}
+
+fn wasm_write(ev: &WriteEvent) -> Result<WasmWrite, DecodeError> {
+    let len = ev.chunk_len as usize;
+    let data = ev
+        .data
+        .get(..len)
+        .ok_or(DecodeError::ChunkLen(ev.chunk_len))?;
+    Ok(WasmWrite {
+        fd: ev.fd,
+        runtime: ev.runtime,
+        offset: ev.offset,
+        total_len: ev.total_len,
+        truncated: ev.flags & WRITE_TRUNCATED != 0,
+        unreadable: ev.flags & WRITE_UNREADABLE != 0,
+        data: data.to_vec(),
+    })
 }
 
 /// The signal as generated; the outcome keys are filled by the join with the process exit.

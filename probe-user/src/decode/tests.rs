@@ -271,3 +271,14 @@ fn tables_from_format_and_btf_free_numbers() {
     assert_eq!(t.reset_reasons[&0], "NOT_SPECIFIED");
     assert!(t.tcp_states.is_empty());
 }
+
+#[test]
+fn fd_kinds_from_inode_mode_and_rdev() {
+    assert_eq!(fd_kind(0o010600, 0), Some("pipe"));
+    assert_eq!(fd_kind(0o140777, 0), Some("socket"));
+    assert_eq!(fd_kind(0o100644, 0), Some("file"));
+    assert_eq!(fd_kind(0o020666, (1 << 20) | 3), Some("/dev/null"));
+    assert_eq!(fd_kind(0o020620, (136 << 20) | 2), Some("tty"));
+    assert_eq!(fd_kind(0o020666, (1 << 20) | 5), Some("char_device"));
+    assert_eq!(fd_kind(0, 0), None);
+}

@@ -2,6 +2,7 @@
 //! and node settings that explain them (core_pattern). Kubernetes metadata joins here.
 
 pub mod core_signal;
+pub mod wasm_output;
 
 use crate::{
     decode::{Common, Decoded},

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::Sink;
-use crate::record::{Body, Direction, Loss, Record, TcpReset};
+use crate::record::{Body, Direction, Loss, Record, Stream, TcpReset};
 
 pub struct TerminalSink<W: Write + Send> {
     out: W,
@@ -106,8 +106,27 @@ impl<W: Write + Send> Sink for TerminalSink<W> {
                     opt(&r.common.netns),
                 )
             }
-            // Internal: joined into core_signal, never written.
-            Body::ProcessExit(_) => Ok(()),
+            Body::WasmOutput(w) => {
+                let (c, c_end) = self.paint(match w.stream {
+                    Stream::Stdout => DIM,
+                    Stream::Stderr => YELLOW,
+                });
+                let stream = match w.stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                writeln!(
+                    self.out,
+                    "{dim}{time}{dim_end} {c}WASM {stream}{c_end} {task} runtime={} fd={} result={}{} | {}",
+                    w.runtime,
+                    w.fd_target.as_deref().unwrap_or("-"),
+                    opt(&w.write_result),
+                    if w.truncated { " TRUNCATED" } else { "" },
+                    w.text,
+                )
+            }
+            // Internal kinds, joined into the ones above; never written.
+            Body::ProcessExit(_) | Body::WasmWrite(_) | Body::WasmWriteResult(_) => Ok(()),
             Body::Loss(Loss {
                 source,
                 count,

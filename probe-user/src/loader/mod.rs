@@ -6,26 +6,30 @@ pub mod btf;
 pub mod offsets;
 pub mod tracefs;
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{
+        MapData, PerCpuArray, PerCpuValues, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{RawTracePoint, TracePoint},
     util::nr_cpus,
 };
 use probe_common::{
-    AgentConfig, KernelOffsets, SOFTIRQ_UNKNOWN, TaskOffsets, TcpResetLayout, globals, maps,
+    AgentConfig, EXE_NAME_LEN, KernelOffsets, SOFTIRQ_UNKNOWN, TaskOffsets, TcpResetLayout,
+    WriteLayout, globals, maps,
 };
 use thiserror::Error;
 use tracing::{debug, warn};
 
 use self::{
     btf::Btf,
-    offsets::{kernel_offsets, reset_layout, task_offsets},
+    offsets::{kernel_offsets, reset_layout, task_offsets, write_layout},
     tracefs::Format,
 };
-use crate::decode::SymbolTables;
+use crate::{decode::SymbolTables, runtimes::RuntimePattern};
 
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -60,6 +64,9 @@ pub struct LoaderConfig {
     pub ringbuf_bytes: u32,
     /// Signals to report (bit n = signal n).
     pub signal_mask: u64,
+    /// Bytes per captured chunk of a Wasm runtime's writes; 0 disables capture.
+    pub capture_bytes: u32,
+    pub wasm_runtimes: Vec<RuntimePattern>,
 }
 
 /// Whether a program is attached, and why not.
@@ -80,17 +87,24 @@ pub struct Probe {
 /// Raw tracepoint programs, each named after its tracepoint, in attach order: softirq
 /// tracking before the programs that ask for it, the exit hook before the signal hook that
 /// fills its watch list.
-const RAW_TRACEPOINTS: [&str; 4] = [
+const RAW_TRACEPOINTS: [&str; 6] = [
     "softirq_entry",
     "softirq_exit",
     "sched_process_exit",
+    "sched_process_fork",
+    "sched_process_exec",
     "signal_generate",
 ];
 
-/// The tracepoint programs: (program/function name, category, tracepoint).
-const TRACEPOINTS: [(&str, &str, &str); 2] = [
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+/// The tracepoint programs, each named after its tracepoint: (category, tracepoint). Write
+/// results are attached before the writes they complete.
+const TRACEPOINTS: [(&str, &str); 6] = [
+    ("tcp", "tcp_send_reset"),
+    ("tcp", "tcp_receive_reset"),
+    ("syscalls", "sys_exit_write"),
+    ("syscalls", "sys_exit_writev"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_writev"),
 ];
 
 impl Probe {
@@ -114,24 +128,36 @@ impl Probe {
         let task = btf.as_ref().map_or(TaskOffsets::ABSENT, task_offsets);
         debug!(?offsets, ?task, "kernel offsets from BTF");
 
-        let formats: Vec<Result<Format, String>> = TRACEPOINTS
+        let formats: HashMap<&str, Result<Format, String>> = TRACEPOINTS
             .iter()
-            .map(|(_, category, name)| {
-                tracefs.clone()?;
-                Format::read(category, name).map_err(|e| e.to_string())
+            .map(|(category, name)| {
+                let format = tracefs
+                    .clone()
+                    .and_then(|()| Format::read(category, name).map_err(|e| e.to_string()));
+                (*name, format)
             })
             .collect();
-        let layout_of = |i: usize| {
-            formats[i]
-                .as_ref()
-                .map_or(TcpResetLayout::ABSENT, reset_layout)
+        let format = |name: &str| formats.get(name).and_then(|f| f.as_ref().ok());
+        let reset = |name| format(name).map_or(TcpResetLayout::ABSENT, reset_layout);
+        let (send_layout, receive_layout) = (reset("tcp_send_reset"), reset("tcp_receive_reset"));
+        let write = |enter, exit, buf, count| {
+            format(enter).map_or(WriteLayout::ABSENT, |f| {
+                write_layout(f, format(exit), buf, count)
+            })
         };
-        let (send_layout, receive_layout) = (layout_of(0), layout_of(1));
-        debug!(?send_layout, ?receive_layout, "tracepoint layouts");
+        let write_l = write("sys_enter_write", "sys_exit_write", "buf", "count");
+        let writev_l = write("sys_enter_writev", "sys_exit_writev", "vec", "vlen");
+        debug!(
+            ?send_layout,
+            ?receive_layout,
+            ?write_l,
+            ?writev_l,
+            "tracepoint layouts"
+        );
 
         let agent = AgentConfig {
             agent_tgid: std::process::id(),
-            _reserved: 0,
+            capture_bytes: config.capture_bytes,
             signal_mask: config.signal_mask,
         };
         let ebpf = EbpfLoader::new()
@@ -140,11 +166,13 @@ impl Probe {
             .override_global(globals::TASK_OFFSETS, &task, true)
             .override_global(globals::SEND_RESET_LAYOUT, &send_layout, true)
             .override_global(globals::RECEIVE_RESET_LAYOUT, &receive_layout, true)
+            .override_global(globals::WRITE_LAYOUT, &write_l, true)
+            .override_global(globals::WRITEV_LAYOUT, &writev_l, true)
             .map_max_entries(maps::EVENTS, size)
             .load(OBJECT)
             .map_err(LoaderError::Load)?;
 
-        let tables = SymbolTables::resolve(btf.as_ref(), formats[0].as_ref().ok());
+        let tables = SymbolTables::resolve(btf.as_ref(), format("tcp_send_reset"));
         let mut probe = Self {
             ebpf,
             programs: Vec::new(),
@@ -152,6 +180,9 @@ impl Probe {
         };
         if let Err(e) = probe.seed_softirq_state() {
             warn!("{e}; resets will name no task");
+        }
+        if let Err(e) = probe.set_runtimes(&config.wasm_runtimes) {
+            warn!("{e}; no Wasm runtime will be recognised at exec");
         }
         for name in RAW_TRACEPOINTS {
             let result = probe.attach_raw_tracepoint(name);
@@ -161,18 +192,34 @@ impl Probe {
                 result,
             });
         }
-        for (i, (program, category, name)) in TRACEPOINTS.iter().enumerate() {
-            let result = match &formats[i] {
+        for (category, name) in TRACEPOINTS {
+            let result = match &formats[name] {
                 Err(e) => Err(e.clone()),
-                Ok(_) => probe.attach_tracepoint(program, category, name),
+                Ok(_) => probe.attach_tracepoint(name, category, name),
             };
             probe.programs.push(ProgramStatus {
-                program,
+                program: name,
                 hook: name,
                 result,
             });
         }
         Ok(probe)
+    }
+
+    /// Loads the runtime patterns into the exec matcher (index = position in the list).
+    fn set_runtimes(&mut self, runtimes: &[RuntimePattern]) -> Result<(), String> {
+        let map = self
+            .ebpf
+            .map_mut(maps::WASM_RUNTIMES)
+            .ok_or_else(|| format!("map {} missing", maps::WASM_RUNTIMES))?;
+        let mut trie: LpmTrie<_, [u8; EXE_NAME_LEN], u32> =
+            LpmTrie::try_from(map).map_err(|e| format!("map {}: {e}", maps::WASM_RUNTIMES))?;
+        for (i, pattern) in runtimes.iter().enumerate() {
+            let (bits, data) = pattern.key();
+            trie.insert(&Key::new(bits, data), i as u32, 0)
+                .map_err(|e| format!("adding runtime {}: {e}", pattern.name))?;
+        }
+        Ok(())
     }
 
     /// Marks every CPU's softirq state unknown until the softirq hooks have run there.
@@ -198,7 +245,9 @@ impl Probe {
             .ok_or_else(|| format!("program {name} missing from the kernel object"))?
             .try_into()
             .map_err(|e| format!("{name}: {e}"))?;
+        let started = std::time::Instant::now();
         prog.load().map_err(|e| format!("loading {name}: {e}"))?;
+        debug!(program = name, elapsed = ?started.elapsed(), "verified");
         prog.attach(name)
             .map_err(|e| format!("attaching {name} to raw tracepoint {name}: {e}"))?;
         Ok(())
@@ -216,7 +265,9 @@ impl Probe {
             .ok_or_else(|| format!("program {program} missing from the kernel object"))?
             .try_into()
             .map_err(|e| format!("{program}: {e}"))?;
+        let started = std::time::Instant::now();
         prog.load().map_err(|e| format!("loading {program}: {e}"))?;
+        debug!(program, elapsed = ?started.elapsed(), "verified");
         prog.attach(category, name)
             .map_err(|e| format!("attaching {program} to {category}:{name}: {e}"))?;
         Ok(())

@@ -1,7 +1,7 @@
 //! Kernel layouts handed to the programs as globals: struct member offsets from BTF,
 //! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
 
-use probe_common::{ABSENT, KernelOffsets, TaskOffsets, TcpResetLayout};
+use probe_common::{ABSENT, KernelOffsets, TaskOffsets, TcpResetLayout, WriteLayout};
 
 use super::{btf::Btf, tracefs::Format};
 
@@ -101,5 +101,26 @@ pub fn task_offsets(btf: &Btf) -> TaskOffsets {
             .enumerator("TRACE_SIGNAL_IGNORED")
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(1),
+        group_leader: m("task_struct", "group_leader"),
+        bprm_file: m("linux_binprm", "file"),
+        file_dentry: m("file", "f_path.dentry"),
+        dentry_name: m("dentry", "d_name.name"),
+        files: m("task_struct", "files"),
+        files_fdt: m("files_struct", "fdt"),
+        fdt_fd: m("fdtable", "fd"),
+        file_inode: m("file", "f_inode"),
+        inode_mode: m("inode", "i_mode"),
+        inode_rdev: m("inode", "i_rdev"),
+    }
+}
+
+/// Offsets of a `syscalls:sys_enter_write` / `sys_enter_writev` record, plus `ret` of the
+/// matching `sys_exit_*` record.
+pub fn write_layout(enter: &Format, exit: Option<&Format>, buf: &str, count: &str) -> WriteLayout {
+    WriteLayout {
+        fd: off(enter.offset("fd")),
+        buf: off(enter.offset(buf)),
+        count: off(enter.offset(count)),
+        exit_ret: off(exit.and_then(|f| f.offset("ret"))),
     }
 }

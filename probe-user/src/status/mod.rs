@@ -194,7 +194,7 @@ impl AgentState {
         let mut events = serde_json::Map::new();
         let mut losses = serde_json::Map::new();
         // Families are read through the text encoding's source of truth: the counters.
-        for kind in ["tcp_reset", "core_signal", "loss"] {
+        for kind in ["tcp_reset", "core_signal", "wasm_output", "loss"] {
             let n = self
                 .metrics
                 .events
@@ -203,18 +203,25 @@ impl AgentState {
             events.insert(kind.into(), n.into());
         }
         for source in ["ringbuf", "channel", "decode"] {
-            let total: u64 = ["tcp_reset", "core_signal", "process_exit", "unknown"]
-                .iter()
-                .map(|kind| {
-                    self.metrics
-                        .losses
-                        .get_or_create(&LossLabel {
-                            source: source.into(),
-                            kind: (*kind).into(),
-                        })
-                        .get()
-                })
-                .sum();
+            let total: u64 = [
+                "tcp_reset",
+                "core_signal",
+                "process_exit",
+                "wasm_write",
+                "wasm_write_result",
+                "unknown",
+            ]
+            .iter()
+            .map(|kind| {
+                self.metrics
+                    .losses
+                    .get_or_create(&LossLabel {
+                        source: source.into(),
+                        kind: (*kind).into(),
+                    })
+                    .get()
+            })
+            .sum();
             losses.insert(source.into(), total.into());
         }
         serde_json::json!({

@@ -1,0 +1,243 @@
+//! Shared state and body of the Wasm output hooks. A process is selected when it execs a
+//! runtime (WASM_RUNTIMES, longest-prefix match on the executable's basename), inherits the
+//! selection at fork, loses it when it execs something else (crun exec'ing a normal
+//! container's entrypoint) and at exit. A process in a cgroup of WASM_CGROUPS is selected too.
+//! Writes of selected processes to fd 1 and 2 are copied in chunks; the result follows from
+//! the exit hook.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap},
+    programs::TracePointContext,
+};
+use probe_common::{
+    EXE_NAME_LEN, EventHeader, HDR_CGROUP, HDR_TASK, MAX_WRITE_CHUNKS, RUNTIME_BY_CGROUP,
+    WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteLayout, WriteResultEvent,
+    kind,
+};
+
+use crate::common::{EVENTS, agent, count_loss, new_header, read_field, read_kernel, task_offsets};
+
+#[map]
+pub static WASM_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static WASM_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+pub static WASM_RUNTIMES: LpmTrie<[u8; EXE_NAME_LEN], u32> = LpmTrie::with_max_entries(256, 0);
+
+#[map]
+static WASM_INFLIGHT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// iovecs of one writev that are copied.
+const MAX_IOVECS: u64 = 4;
+
+/// The runtime index of the current process if it is selected. The hot path for every write
+/// to fd 1/2 on the node: one hash lookup, plus one for the cgroup when not selected by pid.
+#[inline(always)]
+fn selected(tgid: u32) -> Option<u32> {
+    // SAFETY: the value is copied out at once.
+    if let Some(runtime) = unsafe { WASM_PIDS.get(&tgid) } {
+        return Some(*runtime);
+    }
+    // SAFETY: helper without preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: as above.
+    unsafe { WASM_CGROUPS.get(&cgroup) }.map(|_| RUNTIME_BY_CGROUP)
+}
+
+/// `sys_enter_write` / `sys_enter_writev`.
+#[inline(always)]
+pub fn capture(ctx: &TracePointContext, layout: &WriteLayout, vectored: bool) {
+    // A load-time constant: with capture disabled the verifier drops everything below.
+    let config = agent();
+    if config.capture_bytes == 0 {
+        return;
+    }
+    let Some(fd) = read_field::<u64>(ctx, layout.fd) else {
+        return;
+    };
+    if fd != 1 && fd != 2 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(runtime) = selected(tgid) else {
+        return;
+    };
+    if tgid == config.agent_tgid {
+        return;
+    }
+    let chunk = if config.capture_bytes as usize > WRITE_CHUNK {
+        WRITE_CHUNK as u64
+    } else {
+        u64::from(config.capture_bytes)
+    };
+    let w = Writer {
+        header: writer_header(kind::WASM_WRITE, pid_tgid),
+        fd: fd as u32,
+        runtime,
+        chunk,
+    };
+    let buf: u64 = read_field(ctx, layout.buf).unwrap_or(0);
+    let count: u64 = read_field(ctx, layout.count).unwrap_or(0);
+    if vectored {
+        let mut total = 0u64;
+        for i in 0..MAX_IOVECS {
+            if i >= count {
+                break;
+            }
+            total += iovec(buf, i).1;
+        }
+        let mut offset = 0u64;
+        for i in 0..MAX_IOVECS {
+            if i >= count {
+                break;
+            }
+            let (base, len) = iovec(buf, i);
+            let more = i + 1 == MAX_IOVECS && count > MAX_IOVECS;
+            w.copy::<CHUNKS_PER_IOVEC>(base, len, offset, total, more);
+            offset += len;
+        }
+    } else {
+        w.copy::<{ MAX_WRITE_CHUNKS as usize }>(buf, count, 0, count, false);
+    }
+    let _ = WASM_INFLIGHT.insert(pid_tgid as u32, fd as u32, 0);
+}
+
+/// Chunks per iovec of a writev (MAX_IOVECS * CHUNKS_PER_IOVEC = MAX_WRITE_CHUNKS).
+const CHUNKS_PER_IOVEC: usize = 4;
+
+#[inline(always)]
+fn iovec(vec: u64, i: u64) -> (u64, u64) {
+    // struct iovec { void *iov_base; size_t iov_len; } (uapi).
+    // SAFETY: bpf_probe_read_user validates the address.
+    unsafe { bpf_probe_read_user((vec + i * 16) as *const [u64; 2]) }
+        .map_or((0, 0), |v| (v[0], v[1]))
+}
+
+/// Header of an event about the current writer: pid/tid, the process's comm (its group
+/// leader's, not the writing thread's), cgroup.
+#[inline(always)]
+fn writer_header(kind: u32, pid_tgid: u64) -> EventHeader {
+    let mut header = new_header(kind);
+    header.pid = (pid_tgid >> 32) as u32;
+    header.tid = pid_tgid as u32;
+    header.flags = HDR_TASK | HDR_CGROUP;
+    // SAFETY: helpers without preconditions.
+    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let t = task_offsets();
+    // SAFETY: as above.
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read_kernel(task, t.group_leader).unwrap_or(0);
+    header.comm = match read_kernel::<[u8; 16]>(leader, t.comm) {
+        Some(comm) => comm,
+        None => bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    header
+}
+
+struct Writer {
+    header: EventHeader,
+    fd: u32,
+    runtime: u32,
+    chunk: u64,
+}
+
+impl Writer {
+    /// Copies `len` bytes at user address `src` (at `base` within a write of `total` bytes)
+    /// in at most `N` chunks. The loop carries only its index, so the verifier prunes well.
+    #[inline(always)]
+    fn copy<const N: usize>(&self, src: u64, len: u64, base: u64, total: u64, more_after: bool) {
+        for i in 0..N {
+            let off = i as u64 * self.chunk;
+            if off >= len {
+                break;
+            }
+            let left = len - off;
+            let n = if left < self.chunk { left } else { self.chunk };
+            let end = off + n >= len;
+            let truncated = (i + 1 == N && !end) || (end && more_after);
+            self.emit(src + off, base + off, total, n as usize, truncated);
+        }
+    }
+
+    #[inline(always)]
+    fn emit(&self, src: u64, offset: u64, total: u64, n: usize, truncated: bool) {
+        let Some(mut entry) = EVENTS.reserve::<WriteEvent>(0) else {
+            count_loss(kind::WASM_WRITE);
+            return;
+        };
+        let ev = entry.as_mut_ptr();
+        let mut flags = if truncated { WRITE_TRUNCATED } else { 0 };
+        let n = if n > WRITE_CHUNK { WRITE_CHUNK } else { n };
+        // SAFETY: `ev` points at a reserved WriteEvent; fields are written before submit.
+        unsafe {
+            if let Some(dst) = (*ev).data.get_mut(..n)
+                && bpf_probe_read_user_buf(src as *const u8, dst).is_err()
+            {
+                flags |= WRITE_UNREADABLE;
+            }
+            (*ev).header = self.header;
+            (*ev).fd = self.fd;
+            (*ev).flags = flags;
+            (*ev).total_len = total;
+            (*ev).offset = offset;
+            (*ev).chunk_len = n as u32;
+            (*ev).runtime = self.runtime;
+        }
+        entry.submit(0);
+    }
+}
+
+/// Mode and rdev of the inode behind the current task's `fd` ((0, 0) when closed): known in
+/// the kernel even when the process is gone before userspace could look at /proc.
+#[inline(always)]
+fn fd_inode(fd: u32) -> (u32, u32) {
+    let t = task_offsets();
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read_kernel(task, t.files).unwrap_or(0);
+    let fdt: u64 = read_kernel(files, t.files_fdt).unwrap_or(0);
+    let fds: u64 = read_kernel(fdt, t.fdt_fd).unwrap_or(0);
+    let file: u64 = if fds == 0 {
+        0
+    } else {
+        read_kernel(fds + u64::from(fd) * 8, 0).unwrap_or(0)
+    };
+    let inode: u64 = read_kernel(file, t.file_inode).unwrap_or(0);
+    (
+        u32::from(read_kernel::<u16>(inode, t.inode_mode).unwrap_or(0)),
+        read_kernel::<u32>(inode, t.inode_rdev).unwrap_or(0),
+    )
+}
+
+/// `sys_exit_write` / `sys_exit_writev`: the result of a captured write. One lookup for
+/// every other write on the node.
+#[inline(always)]
+pub fn result(ctx: &TracePointContext, layout: &WriteLayout) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(fd) = (unsafe { WASM_INFLIGHT.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = WASM_INFLIGHT.remove(&tid);
+    let (file_mode, file_rdev) = fd_inode(fd);
+    let ev = WriteResultEvent {
+        header: writer_header(kind::WASM_WRITE_RESULT, pid_tgid),
+        fd,
+        file_mode,
+        result: read_field::<i64>(ctx, layout.exit_ret).unwrap_or(0),
+        file_rdev,
+        _reserved: 0,
+    };
+    if EVENTS.output::<WriteResultEvent>(&ev, 0).is_err() {
+        count_loss(kind::WASM_WRITE_RESULT);
+    }
+}

@@ -1,0 +1,215 @@
+//! `cargo xtask bench [--quick]`: costs measured as ratios against a baseline in the same run
+//! (never absolute timings in tests). Scenarios so far:
+//! - write path of processes that are not selected for capture: `dd bs=1` to /dev/null
+//!   (one 1-byte write(2) to fd 1 per byte: the worst case for the write hooks' fast path),
+//!   throughput with and without the probe, alternating rounds, median and spread;
+//! - in-kernel cost of every attached program (kernel.bpf_stats_enabled): ns per run.
+//!
+//! Prints a table and writes target/bench/results.json.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::setup::{apt_install, is_root};
+
+struct Agent(Child);
+
+impl Agent {
+    fn start(bin: &Path) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .args([
+                "--output",
+                "json",
+                "--http-addr",
+                "none",
+                "--log-level",
+                "info",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the probe")?;
+        let stderr = child.stderr.take().context("probe stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("ready:") => break,
+                Some(Ok(_)) => {}
+                _ => bail!("the probe exited before it was ready"),
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Bytes per second of `dd bs=1` into /dev/null.
+fn write_loop(bytes: u64) -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=1",
+            &format!("count={bytes}"),
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .context("running dd")?;
+    if !status.success() {
+        bail!("dd failed: {status}");
+    }
+    Ok(bytes as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> f64 {
+    let max = v.iter().copied().fold(f64::MIN, f64::max);
+    let min = v.iter().copied().fold(f64::MAX, f64::min);
+    max - min
+}
+
+/// (program name, run count, total run time ns) of the probe's programs, from bpftool.
+fn program_stats() -> Result<Vec<(String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool")?;
+    let progs: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).context("parsing bpftool output")?;
+    Ok(progs
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_owned(),
+                p["run_cnt"].as_u64().unwrap_or(0),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+            ))
+        })
+        .collect())
+}
+
+pub fn bench(bin: &Path, quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load BPF programs: run them as root");
+    }
+    apt_install(&["bpftool"])?;
+    let rounds = if quick { 3 } else { 7 };
+    let bytes: u64 = if quick { 1_000_000 } else { 3_000_000 };
+    let stats_sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let old_stats = std::fs::read_to_string(stats_sysctl).unwrap_or_else(|_| "0".into());
+
+    let mut baseline = Vec::new();
+    let mut probed = Vec::new();
+    let kernel;
+    write_loop(bytes / 10)?; // warm-up
+    for _ in 0..rounds {
+        baseline.push(write_loop(bytes)?);
+        let agent = Agent::start(bin)?;
+        probed.push(write_loop(bytes)?);
+        drop(agent);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // In-kernel cost: its own round, since the statistics slow every program down.
+    {
+        let _agent = Agent::start(bin)?;
+        std::fs::write(stats_sysctl, "1").context("enabling kernel.bpf_stats_enabled")?;
+        write_loop(bytes)?;
+        kernel = program_stats()?;
+        std::fs::write(stats_sysctl, old_stats.trim()).ok();
+    }
+    let (base, with) = (median(baseline.clone()), median(probed.clone()));
+    let ratio = with / base;
+
+    println!(
+        "\n== write path of a process that is not selected (dd bs=1 > /dev/null, {bytes} writes, {rounds} rounds)"
+    );
+    println!("{:<28} {:>14} {:>14}", "", "median B/s", "spread B/s");
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "without probe",
+        base,
+        spread(&baseline)
+    );
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "with probe",
+        with,
+        spread(&probed)
+    );
+    println!(
+        "{:<28} {:>14.4}   (target >= 0.97)",
+        "throughput ratio", ratio
+    );
+
+    let ours = [
+        "tcp_send_reset",
+        "tcp_receive_reset",
+        "softirq_entry",
+        "softirq_exit",
+        "signal_generate",
+        "sched_process_exi",
+        "sched_process_for",
+        "sched_process_exe",
+        "sys_enter_write",
+        "sys_enter_writev",
+        "sys_exit_write",
+        "sys_exit_writev",
+    ];
+    println!(
+        "\n== in-kernel cost per program during one more with-probe write loop (kernel.bpf_stats_enabled)"
+    );
+    println!("{:<20} {:>14} {:>12}", "program", "runs", "ns/run");
+    let mut kernel_json = Vec::new();
+    for (name, runs, ns) in kernel.iter().filter(|(n, ..)| {
+        ours.iter()
+            .any(|o| n.starts_with(o) || o.starts_with(n.as_str()))
+    }) {
+        let per = if *runs > 0 {
+            *ns as f64 / *runs as f64
+        } else {
+            0.0
+        };
+        println!("{name:<20} {runs:>14} {per:>12.1}");
+        kernel_json.push(serde_json::json!({"program": name, "runs": runs, "ns_per_run": per}));
+    }
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let doc = serde_json::json!({
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                     "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
+        "write_path": { "writes": bytes, "rounds": rounds,
+                        "baseline_bytes_per_s": baseline, "probe_bytes_per_s": probed,
+                        "median_ratio": ratio },
+        "kernel_programs": kernel_json,
+    });
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("\nresults: {}", path.display());
+    Ok(())
+}
