@@ -160,3 +160,32 @@ fn busy_writer_that_is_no_runtime_is_not_captured() {
         "nothing was selected"
     );
 }
+
+#[test]
+fn capture_can_be_disabled_and_then_costs_no_syscall_hook() {
+    if !require_root("sys_enter_write::capture_can_be_disabled_and_then_costs_no_syscall_hook") {
+        return;
+    }
+    let dir = TempDir::new("wasm-off");
+    let probe = Probe::start(&["--capture-bytes", "0"]);
+    let status: Value =
+        serde_json::from_str(&http_get(probe.http_addr(), "/health/status").2).unwrap();
+    for hook in [
+        "sys_enter_write",
+        "sys_enter_writev",
+        "sys_exit_write",
+        "sys_exit_writev",
+    ] {
+        let p = status["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["program"] == hook)
+            .unwrap();
+        assert_eq!(p["attached"], false, "{hook}");
+        assert_eq!(p["error"], "disabled by --capture-bytes 0");
+    }
+    let (pid, _) = run_module(&dir, &[(1, b"not captured\n".to_vec())], Stdio::piped());
+    let records = probe.stop();
+    assert_eq!(wasm_lines(&records, pid), Vec::<Value>::new());
+}

@@ -21,7 +21,7 @@ use crate::setup::{apt_install, is_root};
 struct Agent(Child);
 
 impl Agent {
-    fn start(bin: &Path) -> Result<Self> {
+    fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
         let mut child = Command::new(bin)
             .args([
                 "--output",
@@ -31,6 +31,7 @@ impl Agent {
                 "--log-level",
                 "info",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -125,18 +126,22 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
 
     let mut baseline = Vec::new();
     let mut probed = Vec::new();
+    let mut no_capture = Vec::new();
     let kernel;
     write_loop(bytes / 10)?; // warm-up
     for _ in 0..rounds {
         baseline.push(write_loop(bytes)?);
-        let agent = Agent::start(bin)?;
+        let agent = Agent::start(bin, &[])?;
         probed.push(write_loop(bytes)?);
+        drop(agent);
+        let agent = Agent::start(bin, &["--capture-bytes", "0"])?;
+        no_capture.push(write_loop(bytes)?);
         drop(agent);
         std::thread::sleep(Duration::from_millis(200));
     }
     // In-kernel cost: its own round, since the statistics slow every program down.
     {
-        let _agent = Agent::start(bin)?;
+        let _agent = Agent::start(bin, &[])?;
         std::fs::write(stats_sysctl, "1").context("enabling kernel.bpf_stats_enabled")?;
         write_loop(bytes)?;
         kernel = program_stats()?;
@@ -144,6 +149,7 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     }
     let (base, with) = (median(baseline.clone()), median(probed.clone()));
     let ratio = with / base;
+    let without_capture = median(no_capture.clone());
 
     println!(
         "\n== write path of a process that is not selected (dd bs=1 > /dev/null, {bytes} writes, {rounds} rounds)"
@@ -164,6 +170,17 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     println!(
         "{:<28} {:>14.4}   (target >= 0.97)",
         "throughput ratio", ratio
+    );
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "with probe, capture off",
+        without_capture,
+        spread(&no_capture)
+    );
+    println!(
+        "{:<28} {:>14.4}   (syscall hooks not attached)",
+        "ratio, capture off",
+        without_capture / base
     );
 
     let ours = [
@@ -205,7 +222,9 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
                      "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
         "write_path": { "writes": bytes, "rounds": rounds,
                         "baseline_bytes_per_s": baseline, "probe_bytes_per_s": probed,
-                        "median_ratio": ratio },
+                        "median_ratio": ratio,
+                        "capture_off_bytes_per_s": no_capture,
+                        "capture_off_median_ratio": without_capture / base },
         "kernel_programs": kernel_json,
     });
     let path = dir.join("results.json");

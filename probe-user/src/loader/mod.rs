@@ -194,6 +194,11 @@ impl Probe {
         }
         for (category, name) in TRACEPOINTS {
             let result = match &formats[name] {
+                // Any syscall tracepoint sends every task through the kernel's traced syscall
+                // path: with capture off, do not pay for it at all.
+                _ if category == "syscalls" && config.capture_bytes == 0 => {
+                    Err("disabled by --capture-bytes 0".to_owned())
+                }
                 Err(e) => Err(e.clone()),
                 Ok(_) => probe.attach_tracepoint(name, category, name),
             };
