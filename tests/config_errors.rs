@@ -4,31 +4,19 @@
 
 use probe_tests::*;
 
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("probe-{}-{name}", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// Writes `text` to `name` in `dir` and returns the path as a string.
+fn file(dir: &TempDir, name: &str, text: &str) -> String {
+    let path = dir.0.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
 }
 
 #[test]
 fn bad_configuration_exits_2_naming_the_field() {
-    let bad_value = TempFile::new("bad-value.toml", "output = \"xml\"\n");
-    let unknown_key = TempFile::new("unknown-key.toml", "outptu = \"json\"\n");
-    let unreadable = TempFile::new("unreadable.toml", "");
-    std::fs::remove_file(&unreadable.0).unwrap();
+    let dir = TempDir::new("config-errors");
+    let bad_value = file(&dir, "bad-value.toml", "output = \"xml\"\n");
+    let unknown_key = file(&dir, "unknown-key.toml", "outptu = \"json\"\n");
+    let unreadable = dir.0.join("missing.toml").to_str().unwrap().to_owned();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--output", "xml"], "--output"),
         (vec!["--http-addr", "http://[::1"], "--http-addr"),
@@ -37,9 +25,9 @@ fn bad_configuration_exits_2_naming_the_field() {
         (vec!["--ringbuf-bytes", "1000"], "--ringbuf-bytes"),
         (vec!["--loss-interval", "-1s"], "--loss-interval"),
         (vec!["--signals", "SIGSEGV,SIGFOO"], "SIGFOO"),
-        (vec!["--config", unreadable.path()], "--config"),
-        (vec!["--config", bad_value.path()], "--output"),
-        (vec!["--config", unknown_key.path()], "outptu"),
+        (vec!["--config", &unreadable], "--config"),
+        (vec!["--config", &bad_value], "--output"),
+        (vec!["--config", &unknown_key], "outptu"),
     ];
     for (args, field) in cases {
         let out = run_probe(&args);
@@ -54,9 +42,14 @@ fn bad_configuration_exits_2_naming_the_field() {
 
 #[test]
 fn environment_and_config_file_are_honoured() {
-    let file = TempFile::new("good.toml", "queue-size = 77\nsignals = [\"SIGSEGV\"]\n");
+    let dir = TempDir::new("config-good");
+    let good = file(
+        &dir,
+        "good.toml",
+        "queue-size = 77\nsignals = [\"SIGSEGV\"]\n",
+    );
     let out = probe_command()
-        .args(["--config", file.path(), "--print-config"])
+        .args(["--config", &good, "--print-config"])
         .env("PROBE_OUTPUT", "json")
         .output()
         .unwrap();

@@ -148,10 +148,10 @@ fn daemonset_mounts_every_host_path_the_agent_reads() {
     // The ConfigMap is valid for the real binary, and listens where the probes look.
     let cm = find(&docs, "base/configmap.yaml", "ConfigMap");
     let toml_text = cm["data"]["probe.toml"].as_str().unwrap();
-    let file = std::env::temp_dir().join(format!("probe-cm-{}.toml", std::process::id()));
+    let dir = TempDir::new("configmap");
+    let file = dir.0.join("probe.toml");
     std::fs::write(&file, toml_text).unwrap();
     let out = run_probe(&["--config", file.to_str().unwrap(), "--print-config"]);
-    let _ = std::fs::remove_file(&file);
     assert!(
         out.status.success(),
         "{}",

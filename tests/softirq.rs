@@ -2,7 +2,7 @@
 //! softirq is never blamed on the task that was interrupted, one built by a task names it.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr},
     time::Duration,
 };
 
@@ -23,14 +23,9 @@ fn softirq_resets_name_no_task_process_resets_do() {
     let client = refused_connect(ip, port);
 
     // A close() with SO_LINGER {1, 0}: the reset is built by this thread, in the syscall.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (_accepted, _) = listener.accept().unwrap();
-    let linger_port = stream.local_addr().unwrap().port();
-    socket2::SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(stream);
+    let pair = LingerPair::connect();
+    let linger_port = pair.client_port;
+    let _accepted = pair.reset();
 
     probe
         .wait_for(Duration::from_secs(10), |r| {
@@ -48,10 +43,7 @@ fn softirq_resets_name_no_task_process_resets_do() {
     assert_eq!(softirq[0]["tid"], Value::Null);
     assert_eq!(softirq[0]["comm"], Value::Null);
 
-    let task: Vec<Value> = resets_on_port(&records, linger_port)
-        .into_iter()
-        .filter(|r| r["direction"] == "sent")
-        .collect();
+    let task = resets(&records, linger_port, "sent");
     assert_eq!(task.len(), 1, "{task:#?}");
     assert_eq!(task[0]["pid"], std::process::id());
     assert_eq!(task[0]["tid"], tid);

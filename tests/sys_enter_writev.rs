@@ -40,3 +40,38 @@ fn writev_parts_are_joined() {
     assert!(records.iter().all(|r| r["write_result"] == total));
     assert_eq!(records[0]["comm"], "wasmer");
 }
+
+#[test]
+fn a_write_over_the_hard_cap_is_truncated_and_flagged() {
+    if !require_root("sys_enter_writev::a_write_over_the_hard_cap_is_truncated_and_flagged") {
+        return;
+    }
+    let dir = TempDir::new("truncate");
+    let wasmer = dir.copy_as(WRITER, "wasmer");
+    // 1 KiB chunks, 16 of them at most: 16 KiB of a 20000-byte write are copied.
+    let mut probe = Probe::start(&["--capture-bytes", "1024"]);
+    let out = Command::new(&wasmer)
+        .args(["write", "20000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 20001);
+    probe
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "wasm_output" && r["runtime"] == "wasmer"
+        })
+        .expect("no record");
+    let records: Vec<Value> = probe
+        .stop()
+        .into_iter()
+        .filter(|r| r["kind"] == "wasm_output" && r["runtime"] == "wasmer")
+        .collect();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(r["truncated"], true);
+    assert_eq!(r["write_result"], 20001);
+    let expected: String = (0..16 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    assert_eq!(r["text"], expected);
+}

@@ -1,7 +1,7 @@
 //! Root e2e: `tcp:tcp_receive_reset` (probe-ebpf/src/tcp_receive_reset.rs).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     time::Duration,
 };
@@ -16,16 +16,10 @@ fn peer_of_a_linger_close_receives_the_reset() {
         return;
     }
     let mut probe = Probe::start(&[]);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_port = listener.local_addr().unwrap().port();
-    let client = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
-    let (accepted, _) = listener.accept().unwrap();
-    let client_port = client.local_addr().unwrap().port();
-    let cookie = socket_cookie(accepted.as_raw_fd());
-    socket2::SockRef::from(&client)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(client);
+    let pair = LingerPair::connect();
+    let (client_port, server_port) = (pair.client_port, pair.server_port);
+    let cookie = socket_cookie(pair.accepted.as_raw_fd());
+    let accepted = pair.reset();
     probe
         .wait_for(WAIT, |r| {
             r["direction"] == "received" && r["dport"] == client_port
@@ -34,10 +28,7 @@ fn peer_of_a_linger_close_receives_the_reset() {
     let records = probe.stop();
     drop(accepted);
 
-    let received: Vec<Value> = resets_on_port(&records, client_port)
-        .into_iter()
-        .filter(|r| r["direction"] == "received")
-        .collect();
+    let received = resets(&records, client_port, "received");
     assert_eq!(
         received.len(),
         1,
@@ -77,10 +68,7 @@ fn refused_client_receives_the_reset(ip: IpAddr, family: &str) {
         .expect("the client's reset was not reported");
     let records = probe.stop();
 
-    let received: Vec<Value> = resets_on_port(&records, port)
-        .into_iter()
-        .filter(|r| r["direction"] == "received")
-        .collect();
+    let received = resets(&records, port, "received");
     assert_eq!(
         received.len(),
         1,
@@ -132,10 +120,7 @@ fn v4_mapped_ipv6_socket_is_shown_as_ipv4() {
         })
         .expect("the client's reset was not reported");
     let records = probe.stop();
-    let received: Vec<Value> = resets_on_port(&records, port)
-        .into_iter()
-        .filter(|r| r["direction"] == "received")
-        .collect();
+    let received = resets(&records, port, "received");
     assert_eq!(received.len(), 1, "{received:#?}");
     let r = &received[0];
     assert_eq!(r["family"], "ipv4");

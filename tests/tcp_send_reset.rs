@@ -1,7 +1,7 @@
 //! Root e2e: `tcp:tcp_send_reset` (probe-ebpf/src/tcp_send_reset.rs).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -22,10 +22,7 @@ fn closed_port_sends_one_no_socket_reset(ip: IpAddr, family: &str) {
         .expect("the client's reset was not reported");
     let records = probe.stop();
 
-    let sent: Vec<Value> = resets_on_port(&records, port)
-        .into_iter()
-        .filter(|r| r["direction"] == "sent")
-        .collect();
+    let sent = resets(&records, port, "sent");
     assert_eq!(sent.len(), 1, "exactly one sent reset expected: {sent:#?}");
     let r = &sent[0];
     // The responder's view: local = the closed port, remote = the client.
@@ -76,17 +73,11 @@ fn linger_zero_close_names_the_closing_task() {
         return;
     }
     let mut probe = Probe::start(&[]);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_port = listener.local_addr().unwrap().port();
-    let client = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
-    let (accepted, _) = listener.accept().unwrap();
-    let client_port = client.local_addr().unwrap().port();
-    let cookie = socket_cookie(client.as_raw_fd());
-    socket2::SockRef::from(&client)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
+    let pair = LingerPair::connect();
+    let (client_port, server_port) = (pair.client_port, pair.server_port);
+    let cookie = socket_cookie(pair.client.as_raw_fd());
     let (tid, comm) = current_thread();
-    drop(client);
+    let accepted = pair.reset();
     probe
         .wait_for(WAIT, |r| {
             r["direction"] == "received" && r["dport"] == client_port
@@ -95,10 +86,7 @@ fn linger_zero_close_names_the_closing_task() {
     let records = probe.stop();
     drop(accepted);
 
-    let sent: Vec<Value> = resets_on_port(&records, client_port)
-        .into_iter()
-        .filter(|r| r["direction"] == "sent")
-        .collect();
+    let sent = resets(&records, client_port, "sent");
     assert_eq!(sent.len(), 1, "exactly one sent reset expected: {sent:#?}");
     let r = &sent[0];
     assert_eq!(r["family"], "ipv4");

@@ -1,17 +1,26 @@
 //! Test helper for the writev tests: `writer writev PART...` writes all parts to stdout with
 //! one writev(2); `writer writev-closed PART...` closes stdout first (Rust's runtime reopens a
 //! closed fd 1 as /dev/null at start, so the test cannot close it for us). Copied under a
-//! runtime's name (e.g. `wasmer`) so the probe selects it.
+//! runtime's name (e.g. `wasmer`) so the probe selects it. `writer write N` writes N bytes
+//! ('a'..'z' repeated) and a newline with one write(2).
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("write") => {
+            let n: usize = args[1].parse().expect("a byte count");
+            let mut buf: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            buf.push(b'\n');
+            // SAFETY: a valid buffer.
+            let w = unsafe { libc::write(1, buf.as_ptr().cast(), buf.len()) };
+            std::process::exit(if w == buf.len() as isize { 0 } else { 1 });
+        }
         Some("writev") => {}
         // SAFETY: closing our own stdout.
         Some("writev-closed") => unsafe {
             libc::close(1);
         },
-        _ => panic!("usage: writer writev|writev-closed PART..."),
+        _ => panic!("usage: writer write N | writev PART... | writev-closed PART..."),
     }
     let parts: Vec<Vec<u8>> = args[1..]
         .iter()

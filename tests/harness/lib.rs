@@ -211,6 +211,47 @@ pub fn resets_on_port(records: &[Value], port: u16) -> Vec<Value> {
         .collect()
 }
 
+/// Resets on `port` in `direction` ("sent" or "received").
+pub fn resets(records: &[Value], port: u16, direction: &str) -> Vec<Value> {
+    resets_on_port(records, port)
+        .into_iter()
+        .filter(|r| r["direction"] == direction)
+        .collect()
+}
+
+/// An established loopback connection whose client end closes with SO_LINGER {1, 0}.
+pub struct LingerPair {
+    pub client: std::net::TcpStream,
+    pub accepted: std::net::TcpStream,
+    pub client_port: u16,
+    pub server_port: u16,
+}
+
+impl LingerPair {
+    pub fn connect() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", server_port)).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let client_port = client.local_addr().expect("addr").port();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        Self {
+            client,
+            accepted,
+            client_port,
+            server_port,
+        }
+    }
+
+    /// Closes the client end (the reset goes out) and returns the still-open server end.
+    pub fn reset(self) -> std::net::TcpStream {
+        drop(self.client);
+        self.accepted
+    }
+}
+
 /// The network namespace inode of this process.
 pub fn own_netns() -> u64 {
     use std::os::unix::fs::MetadataExt as _;
