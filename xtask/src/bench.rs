@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::setup::{apt_install, is_root};
+use crate::{
+    bench_net,
+    setup::{apt_install, is_root},
+};
 
 struct Agent(Child);
 
@@ -118,7 +121,8 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load BPF programs: run them as root");
     }
-    apt_install(&["bpftool"])?;
+    apt_install(&["bpftool", "nginx-light", "wrk"])
+        .or_else(|_| apt_install(&["bpftool", "nginx", "wrk"]))?;
     let rounds = if quick { 3 } else { 7 };
     let bytes: u64 = if quick { 1_000_000 } else { 3_000_000 };
     let stats_sysctl = "/proc/sys/kernel/bpf_stats_enabled";
@@ -217,6 +221,76 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
+
+    // Loopback HTTP: nginx + wrk, alternating rounds.
+    let (http_rounds, http_secs) = if quick { (3, 3) } else { (5, 5) };
+    let nginx = bench_net::Nginx::start(&dir.join("nginx"))?;
+    let (mut http_base, mut http_probe) = (Vec::new(), Vec::new());
+    for _ in 0..http_rounds {
+        http_base.push(bench_net::http_rps(http_secs)?);
+        let agent = Agent::start(bin, &[])?;
+        http_probe.push(bench_net::http_rps(http_secs)?);
+        drop(agent);
+    }
+    drop(nginx);
+    let http_ratio = median(http_probe.clone()) / median(http_base.clone());
+    println!("\n== loopback HTTP (nginx, wrk -t2 -c32, {http_secs} s, {http_rounds} rounds)");
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "without probe (req/s)",
+        median(http_base.clone()),
+        spread(&http_base)
+    );
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "with probe (req/s)",
+        median(http_probe.clone()),
+        spread(&http_probe)
+    );
+    println!(
+        "{:<28} {:>14.4}   (target >= 0.99)",
+        "requests/s ratio", http_ratio
+    );
+
+    // Reset storm.
+    let storm = bench_net::reset_storm(bin, Duration::from_secs(if quick { 5 } else { 15 }))?;
+    let unaccounted = storm.generated as i64 - storm.delivered as i64 - storm.lost as i64;
+    println!(
+        "\n== reset storm (refused loopback connects from 2 threads, {:.1} s)",
+        storm.seconds
+    );
+    println!(
+        "{:<28} {:>14.0}",
+        "resets generated / s",
+        storm.generated as f64 / storm.seconds
+    );
+    println!("{:<28} {:>14}", "generated", storm.generated);
+    println!(
+        "{:<28} {:>14} ({:.4})",
+        "delivered (fraction)",
+        storm.delivered,
+        storm.delivered as f64 / storm.generated.max(1) as f64
+    );
+    println!("{:<28} {:>14}", "lost, counted", storm.lost);
+    println!("{:<28} {:>14}   (target 0)", "unaccounted", unaccounted);
+    println!(
+        "{:<28} {:>14.3}   (target < 1)",
+        "agent CPU s / M events", storm.cpu_s_per_million
+    );
+    println!(
+        "{:<28} {:>14.1}   (target < 64)",
+        "agent peak RSS (MiB)", storm.peak_rss_mib
+    );
+
+    // Latency from the kernel event to the JSON line.
+    let (p50, p99) = bench_net::json_latency(bin, if quick { 300 } else { 1000 })?;
+    println!("\n== latency, kernel event -> JSON line read by a consumer");
+    println!("{:<28} {:>14.3}", "p50 (ms)", p50);
+    println!("{:<28} {:>14.3}   (target < 100)", "p99 (ms)", p99);
+    println!(
+        "{:<28} {:>14}",
+        "to the OTLP receiver", "n/a: no OTLP exporter yet"
+    );
     let doc = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
                      "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
@@ -226,6 +300,15 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
                         "capture_off_bytes_per_s": no_capture,
                         "capture_off_median_ratio": without_capture / base },
         "kernel_programs": kernel_json,
+        "http": { "rounds": http_rounds, "seconds": http_secs, "baseline_rps": http_base,
+                  "probe_rps": http_probe, "median_ratio": http_ratio },
+        "reset_storm": { "seconds": storm.seconds, "generated": storm.generated,
+                         "delivered": storm.delivered, "lost": storm.lost,
+                         "unaccounted": unaccounted,
+                         "agent_cpu_s_per_million_events": storm.cpu_s_per_million,
+                         "agent_peak_rss_mib": storm.peak_rss_mib },
+        "json_latency_ms": { "p50": p50, "p99": p99 },
+        "otlp_latency_ms": null,
     });
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;

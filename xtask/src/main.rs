@@ -2,6 +2,7 @@
 //! set the machine up first (`cargo xtask setup`).
 
 mod bench;
+mod bench_net;
 mod setup;
 
 use std::{

@@ -1,0 +1,266 @@
+//! Network scenarios of `cargo xtask bench`: a reset storm (delivered vs lost vs generated,
+//! agent CPU per million events, peak RSS), kernel-to-JSON latency, and loopback HTTP
+//! throughput (nginx + wrk) with and without the probe.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The agent with its JSON output read line by line, each stamped on arrival (ns since the
+/// Unix epoch).
+pub struct Observed {
+    child: Child,
+    pub lines: mpsc::Receiver<(u64, String)>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Observed {
+    pub fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .args([
+                "--output",
+                "json",
+                "--http-addr",
+                "none",
+                "--loss-interval",
+                "1s",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the probe")?;
+        let mut log = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        loop {
+            match log.next() {
+                Some(Ok(l)) if l.contains("ready:") => break,
+                Some(Ok(_)) => {}
+                _ => bail!("the probe exited before it was ready"),
+            }
+        }
+        std::thread::spawn(move || log.for_each(drop));
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send((now_ns(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, wait, and every line it printed.
+    pub fn stop(mut self) -> Vec<(u64, String)> {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.lines.iter().collect()
+    }
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // After the comm: state is field 3 of the file, utime 14, stime 15.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// VmHWM (peak resident set) of `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A loopback port with nothing listening, below the ephemeral range (so no client gets it).
+fn closed_port() -> Result<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
+    let low: u16 = range.split_whitespace().next().context("range")?.parse()?;
+    (10_000..low)
+        .rev()
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .context("no free port below the ephemeral range")
+}
+
+fn on_port(line: &str, port: u16) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    (v["kind"] == "tcp_reset" && (v["sport"] == port || v["dport"] == port)).then_some(v)
+}
+
+pub struct Storm {
+    pub seconds: f64,
+    pub generated: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub cpu_s_per_million: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Refused connects from two threads as fast as they go for `duration`.
+pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
+    let port = closed_port()?;
+    let agent = Observed::start(bin, &[])?;
+    let cpu0 = cpu_seconds(agent.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let connects = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, connects) = (stop.clone(), connects.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if TcpStream::connect(("127.0.0.1", port)).is_err() {
+                        connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().for_each(|w| drop(w.join()));
+    let seconds = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = cpu_seconds(agent.pid()) - cpu0;
+    let rss = peak_rss_mib(agent.pid());
+    let lines = agent.stop();
+    let delivered = lines
+        .iter()
+        .filter(|(_, l)| on_port(l, port).is_some())
+        .count() as u64;
+    let lost: u64 = lines
+        .iter()
+        .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "loss")
+        .filter_map(|v| v["count"].as_u64())
+        .sum();
+    Ok(Storm {
+        seconds,
+        generated: 2 * connects.load(Ordering::Relaxed),
+        delivered,
+        lost,
+        cpu_s_per_million: if delivered > 0 {
+            cpu / (delivered as f64 / 1e6)
+        } else {
+            0.0
+        },
+        peak_rss_mib: rss,
+    })
+}
+
+/// p50 and p99, in ms, from kernel event time to the moment its JSON line was read.
+pub fn json_latency(bin: &Path, events: u32) -> Result<(f64, f64)> {
+    let port = closed_port()?;
+    let agent = Observed::start(bin, &[])?;
+    for _ in 0..events {
+        let _ = TcpStream::connect(("127.0.0.1", port));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut latencies: Vec<f64> = agent
+        .stop()
+        .iter()
+        .filter_map(|(at, l)| {
+            let v = on_port(l, port)?;
+            let t = v["time_unix_nano"].as_u64()?;
+            Some(at.saturating_sub(t) as f64 / 1e6)
+        })
+        .collect();
+    if latencies.is_empty() {
+        bail!("no reset reached the JSON sink");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok((pick(0.5), pick(0.99)))
+}
+
+/// Requests per second of wrk against a local nginx.
+pub fn http_rps(seconds: u32) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c32",
+            &format!("-d{seconds}s"),
+            "http://127.0.0.1:18080/",
+        ])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {text}"))
+}
+
+/// A loopback nginx answering 200 "ok", stopped when dropped.
+pub struct Nginx(Child);
+
+impl Nginx {
+    pub fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off;\n  client_body_temp_path {d}/tmp;\n  server {{ listen 127.0.0.1:18080; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", 18080)).is_ok() {
+                return Ok(Self(child));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nginx did not listen on 127.0.0.1:18080")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
+        let _ = self.0.wait();
+    }
+}
