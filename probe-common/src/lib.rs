@@ -160,14 +160,19 @@ pub struct AgentConfig {
     pub capture_bytes: u32,
     /// Signals to report: bit `n` set for signal number `n` (1..=63).
     pub signal_mask: u64,
+    /// Unread ring-buffer bytes at which a submit wakes the reader (it also polls).
+    pub wakeup_bytes: u32,
+    pub _reserved: u32,
 }
-const _: () = assert!(size_of::<AgentConfig>() == 16);
+const _: () = assert!(size_of::<AgentConfig>() == 24);
 
 impl AgentConfig {
     pub const DEFAULT: Self = Self {
         agent_tgid: 0,
         capture_bytes: 0,
         signal_mask: 0,
+        wakeup_bytes: 0,
+        _reserved: 0,
     };
 }
 

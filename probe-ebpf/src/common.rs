@@ -94,6 +94,23 @@ pub fn offsets() -> KernelOffsets {
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
 }
 
+/// `bpf_ringbuf_output`/`submit` flags (uapi): no wake-up of the reader, or a forced one.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query`: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Wake the reader only once WAKEUP_BYTES wait unread; below that it polls on a short timer
+/// (`pipeline::POLL_EVERY`). One wake-up per batch instead of one per event.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(agent().wakeup_bytes) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Counts one event of `kind` that could not be written to the ring buffer.
 #[inline(always)]
 pub fn count_loss(kind: u32) {

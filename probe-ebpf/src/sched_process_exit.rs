@@ -7,7 +7,10 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{ExitEvent, kind};
 
 use crate::{
-    common::{EVENTS, count_loss, describe_task, new_header, offsets, read_kernel, task_offsets},
+    common::{
+        EVENTS, count_loss, describe_task, new_header, offsets, read_kernel, task_offsets,
+        wakeup_flags,
+    },
     signal_generate::CRASH_WATCH,
     wasm_capture::WASM_PIDS,
 };
@@ -49,7 +52,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         },
     };
     describe_task(&mut ev.header, task, &t, &offsets());
-    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ExitEvent>(&ev, wakeup_flags()).is_err() {
         count_loss(kind::PROCESS_EXIT);
     }
     0

@@ -14,6 +14,7 @@ use probe_common::{ABSENT, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, Si
 use crate::{
     common::{
         EVENTS, agent, count_loss, describe_task, new_header, offsets, read_kernel, task_offsets,
+        wakeup_flags,
     },
     softirq::in_softirq,
 };
@@ -99,7 +100,7 @@ fn emit(ctx: &RawTracePointContext, sig: u32, agent_tgid: u32) {
     if ev.flags & SIG_HANDLER != 0 && ev.handler == 0 && ev.result != t.result_ignored {
         let _ = CRASH_WATCH.insert(ev.header.pid, sig, 0);
     }
-    if EVENTS.output::<SignalEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<SignalEvent>(&ev, wakeup_flags()).is_err() {
         count_loss(kind::CORE_SIGNAL);
     }
 }

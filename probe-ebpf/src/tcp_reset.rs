@@ -9,6 +9,7 @@ use probe_common::{
 
 use crate::common::{
     EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, read_field, read_kernel,
+    wakeup_flags,
 };
 
 pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
@@ -79,7 +80,7 @@ pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
         set_netns(&mut ev.header, net, &off);
     }
 
-    if EVENTS.output::<TcpResetEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<TcpResetEvent>(&ev, wakeup_flags()).is_err() {
         count_loss(kind::TCP_RESET);
     }
 }

@@ -20,7 +20,9 @@ use probe_common::{
     kind,
 };
 
-use crate::common::{EVENTS, agent, count_loss, new_header, read_field, read_kernel, task_offsets};
+use crate::common::{
+    EVENTS, agent, count_loss, new_header, read_field, read_kernel, task_offsets, wakeup_flags,
+};
 
 #[map]
 pub static WASM_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
@@ -191,7 +193,7 @@ impl Writer {
             (*ev).chunk_len = n as u32;
             (*ev).runtime = self.runtime;
         }
-        entry.submit(0);
+        entry.submit(wakeup_flags());
     }
 }
 
@@ -237,7 +239,10 @@ pub fn result(ctx: &TracePointContext, layout: &WriteLayout) {
         file_rdev,
         _reserved: 0,
     };
-    if EVENTS.output::<WriteResultEvent>(&ev, 0).is_err() {
+    if EVENTS
+        .output::<WriteResultEvent>(&ev, wakeup_flags())
+        .is_err()
+    {
         count_loss(kind::WASM_WRITE_RESULT);
     }
 }

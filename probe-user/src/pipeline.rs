@@ -58,28 +58,49 @@ pub async fn read_events(
     // and `as_raw_fd` always returns that same fd.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| PipelineError::Poll(e.into()))?;
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
+            // Below the wake-up threshold the kernel does not notify: poll.
+            _ = poll.tick() => {
+                drain(fd.get_mut(), &tx, &tables, &counters, usize::MAX);
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(PipelineError::Poll)?;
-                drain(guard.get_inner_mut(), &tx, &tables, &counters);
-                guard.clear_ready();
+                if drain(guard.get_inner_mut(), &tx, &tables, &counters, BATCH) {
+                    guard.clear_ready();
+                }
             }
             _ = shutdown.wait_for(|stop| *stop) => {
-                drain(fd.get_mut(), &tx, &tables, &counters);
+                drain(fd.get_mut(), &tx, &tables, &counters, usize::MAX);
                 return Ok(());
             }
         }
+        // Let the consumer (on the same thread) take this batch.
+        tokio::task::yield_now().await;
     }
 }
 
+/// How often the reader looks at the ring buffer without being woken (the kernel wakes it
+/// only once a sixteenth of the buffer is unread): the bound on added latency.
+pub const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// Records handled per wake-up before the reader yields.
+const BATCH: usize = 1024;
+
+/// Moves up to `limit` records from the ring buffer to the channel; true when it is empty.
 fn drain(
     ring: &mut RingBuf<MapData>,
     tx: &mpsc::Sender<Decoded>,
     tables: &SymbolTables,
     counters: &Counters,
-) {
-    while let Some(item) = ring.next() {
+    limit: usize,
+) -> bool {
+    for _ in 0..limit {
+        let Some(item) = ring.next() else {
+            return true;
+        };
         match decode(&item, tables) {
             Ok(event) => {
                 if tx.try_send(event).is_err() {
@@ -92,6 +113,7 @@ fn drain(
             }
         }
     }
+    false
 }
 
 /// Totals of kernel-side losses per slot (slot = event kind).

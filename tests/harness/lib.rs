@@ -42,6 +42,8 @@ fn probe_bin() -> PathBuf {
 pub struct Probe {
     child: Child,
     records: mpsc::Receiver<Value>,
+    /// The thread parsing stdout: joined (EOF) before the records are collected at exit.
+    stdout: Option<thread::JoinHandle<()>>,
     stderr: Option<thread::JoinHandle<String>>,
     seen: Vec<Value>,
     http: Option<std::net::SocketAddr>,
@@ -65,7 +67,7 @@ impl Probe {
             .expect("spawning the probe");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, records) = mpsc::channel();
-        thread::spawn(move || {
+        let stdout = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
@@ -97,6 +99,7 @@ impl Probe {
         let mut probe = Self {
             child,
             records,
+            stdout: Some(stdout),
             stderr: Some(stderr),
             seen: Vec::new(),
             http: None,
@@ -148,6 +151,9 @@ impl Probe {
             thread::sleep(Duration::from_millis(10));
         };
         let took = start.elapsed();
+        if let Some(reader) = self.stdout.take() {
+            reader.join().expect("the stdout reader panicked");
+        }
         let log = self.log();
         if !status.success() {
             let _ = writeln!(std::io::stderr(), "probe log:\n{log}");

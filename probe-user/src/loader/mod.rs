@@ -159,6 +159,9 @@ impl Probe {
             agent_tgid: std::process::id(),
             capture_bytes: config.capture_bytes,
             signal_mask: config.signal_mask,
+            // A sixteenth of the buffer: a burst wakes the reader well before it is full.
+            wakeup_bytes: size / 16,
+            _reserved: 0,
         };
         let ebpf = EbpfLoader::new()
             .override_global(globals::AGENT, &agent, true)
