@@ -8,59 +8,17 @@
 //! Prints a table and writes target/bench/results.json.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench_net,
+    bench_net::{self, Observed},
     setup::{apt_install, is_root},
 };
-
-struct Agent(Child);
-
-impl Agent {
-    fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
-        let mut child = Command::new(bin)
-            .args([
-                "--output",
-                "json",
-                "--http-addr",
-                "none",
-                "--log-level",
-                "info",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the probe")?;
-        let stderr = child.stderr.take().context("probe stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("ready:") => break,
-                Some(Ok(_)) => {}
-                _ => bail!("the probe exited before it was ready"),
-            }
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok(Self(child))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
 
 /// Bytes per second of `dd bs=1` into /dev/null.
 fn write_loop(bytes: u64) -> Result<f64> {
@@ -135,17 +93,17 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     write_loop(bytes / 10)?; // warm-up
     for _ in 0..rounds {
         baseline.push(write_loop(bytes)?);
-        let agent = Agent::start(bin, &[])?;
+        let agent = Observed::start(bin, &[])?;
         probed.push(write_loop(bytes)?);
         drop(agent);
-        let agent = Agent::start(bin, &["--capture-bytes", "0"])?;
+        let agent = Observed::start(bin, &["--capture-bytes", "0"])?;
         no_capture.push(write_loop(bytes)?);
         drop(agent);
         std::thread::sleep(Duration::from_millis(200));
     }
     // In-kernel cost: its own round, since the statistics slow every program down.
     {
-        let _agent = Agent::start(bin, &[])?;
+        let _agent = Observed::start(bin, &[])?;
         std::fs::write(stats_sysctl, "1").context("enabling kernel.bpf_stats_enabled")?;
         write_loop(bytes)?;
         kernel = program_stats()?;
@@ -228,7 +186,7 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     let (mut http_base, mut http_probe) = (Vec::new(), Vec::new());
     for _ in 0..http_rounds {
         http_base.push(bench_net::http_rps(http_secs)?);
-        let agent = Agent::start(bin, &[])?;
+        let agent = Observed::start(bin, &[])?;
         http_probe.push(bench_net::http_rps(http_secs)?);
         drop(agent);
     }

@@ -74,10 +74,23 @@ impl Observed {
 
     /// SIGTERM, wait, and every line it printed.
     pub fn stop(mut self) -> Vec<(u64, String)> {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        self.lines.iter().collect()
+        self.terminate();
+        let (_, rx) = mpsc::channel();
+        std::mem::replace(&mut self.lines, rx).iter().collect()
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 
