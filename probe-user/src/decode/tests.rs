@@ -282,3 +282,69 @@ fn fd_kinds_from_inode_mode_and_rdev() {
     assert_eq!(fd_kind(0o020666, (1 << 20) | 5), Some("char_device"));
     assert_eq!(fd_kind(0, 0), None);
 }
+
+fn write_event(chunk_len: u32) -> WriteEvent {
+    let mut data = [0u8; WRITE_CHUNK];
+    data[..6].copy_from_slice(b"hello\n");
+    WriteEvent {
+        header: EventHeader {
+            kind: kind::WASM_WRITE,
+            ..header(HDR_TASK | HDR_CGROUP)
+        },
+        fd: 2,
+        flags: WRITE_TRUNCATED,
+        total_len: 70_000,
+        offset: 4096,
+        chunk_len,
+        runtime: 1,
+        data,
+    }
+}
+
+#[test]
+fn wasm_write_round_trip_and_bad_chunk_length() {
+    let d = decode(&bytes_of(&write_event(6)), &tables()).unwrap();
+    assert_eq!(d.common.comm.as_deref(), Some("curl"));
+    assert_eq!(
+        d.body,
+        Body::WasmWrite(WasmWrite {
+            fd: 2,
+            runtime: 1,
+            offset: 4096,
+            total_len: 70_000,
+            truncated: true,
+            unreadable: false,
+            data: b"hello\n".to_vec(),
+        })
+    );
+    assert_eq!(
+        decode(&bytes_of(&write_event(5000)), &tables()),
+        Err(DecodeError::ChunkLen(5000))
+    );
+    assert!(decode(&bytes_of(&write_event(6))[..200], &tables()).is_err());
+}
+
+#[test]
+fn wasm_write_result_round_trip() {
+    let ev = WriteResultEvent {
+        header: EventHeader {
+            kind: kind::WASM_WRITE_RESULT,
+            ..header(HDR_TASK)
+        },
+        fd: 1,
+        file_mode: 0o020666,
+        result: -32,
+        file_rdev: (1 << 20) | 3,
+        _reserved: 0,
+    };
+    let d = decode(&bytes_of(&ev), &tables()).unwrap();
+    assert_eq!(
+        d.body,
+        Body::WasmWriteResult(WasmWriteResult {
+            fd: 1,
+            result: -32,
+            fd_kind: Some("/dev/null"),
+        })
+    );
+    assert!(decode(&bytes_of(&ev)[..70], &tables()).is_err());
+}

@@ -65,6 +65,66 @@ mod tests {
     }
 
     #[test]
+    fn core_signal_and_wasm_output_contract() {
+        use crate::record::{Body, CoreSignal, Handler, RlimitCore, Stream, WasmOutput};
+        let mut r = reset_record();
+        r.kind = "core_signal";
+        r.body = Body::CoreSignal(CoreSignal {
+            signal: 11,
+            signal_name: "SIGSEGV".into(),
+            origin: crate::signals::Origin::Kernel,
+            si_code: "SEGV_MAPERR".into(),
+            sender_pid: Some(1234),
+            sender_comm: Some("redis-cli".into()),
+            result: "delivered".into(),
+            handler: Some(Handler::Default),
+            core_dumped: Some(true),
+            core_suppressed_by: None,
+            rlimit_core: Some(RlimitCore(u64::MAX)),
+            dumpable: Some(1),
+            core_pattern: Some("core".into()),
+            core_uses_pid: Some(false),
+            exit_code: Some(139),
+        });
+        let v = render(&r);
+        assert_eq!(v["kind"], "core_signal");
+        assert_eq!(v["rlimit_core"], "unlimited");
+        assert_eq!(v["origin"], "kernel");
+        assert_eq!(v["handler"], "default");
+        assert_eq!(v["core_dumped"], true);
+        assert_eq!(v["core_suppressed_by"], serde_json::Value::Null);
+        assert_eq!(v["exit_code"], 139);
+        assert_eq!(v["pid"], 1234);
+
+        r.kind = "wasm_output";
+        r.body = Body::WasmOutput(WasmOutput {
+            stream: Stream::Stderr,
+            runtime: "wasmtime".into(),
+            text: "\\xff".into(),
+            data_b64: Some("/w==".into()),
+            truncated: false,
+            write_result: Some(2),
+            fd_target: Some("/dev/null".into()),
+        });
+        let v = render(&r);
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        for key in [
+            "stream",
+            "runtime",
+            "text",
+            "data_b64",
+            "truncated",
+            "write_result",
+            "fd_target",
+        ] {
+            assert!(keys.contains(&key), "{key} missing: {keys:?}");
+        }
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["data_b64"], "/w==");
+        assert_eq!(v["fd_target"], "/dev/null");
+    }
+
+    #[test]
     fn loss_contract_with_nulls() {
         assert_eq!(
             render(&loss_record()),

@@ -263,6 +263,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn wasm_output_line() {
+        use crate::record::{Stream, WasmOutput};
+        let mut r = reset_record();
+        r.kind = "wasm_output";
+        r.body = Body::WasmOutput(WasmOutput {
+            stream: Stream::Stdout,
+            runtime: "wasmtime".into(),
+            text: "héllo".into(),
+            data_b64: None,
+            truncated: true,
+            write_result: Some(6),
+            fd_target: Some("pipe".into()),
+        });
+        assert_eq!(
+            render(&r, false),
+            "2023-11-14T22:13:20.123Z WASM stdout redis-cli[1234] runtime=wasmtime fd=pipe result=6 TRUNCATED | héllo\n"
+        );
+    }
+
+    #[test]
     fn colour_only_when_asked() {
         let coloured = render(&reset_record(), true);
         assert!(

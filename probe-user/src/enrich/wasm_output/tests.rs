@@ -1,0 +1,181 @@
+//! Unit tests of line reassembly, flushing and escaping.
+
+use super::*;
+
+fn common(pid: u32, tid: u32) -> Common {
+    Common {
+        pid: Some(pid),
+        tid: Some(tid),
+        comm: Some("wasmtime".into()),
+        ..Common::none()
+    }
+}
+
+fn chunk(fd: u32, data: &[u8], truncated: bool) -> WasmWrite {
+    WasmWrite {
+        fd,
+        runtime: 1,
+        offset: 0,
+        total_len: data.len() as u64,
+        truncated,
+        unreadable: false,
+        data: data.to_vec(),
+    }
+}
+
+fn assembler() -> WasmAssembler {
+    WasmAssembler::new(
+        vec!["wasmedge".into(), "wasmtime".into()],
+        Duration::from_millis(500),
+        Box::new(|_, fd| {
+            Some(if fd == 1 {
+                "pipe".into()
+            } else {
+                "/dev/null".into()
+            })
+        }),
+    )
+}
+
+fn write(a: &mut WasmAssembler, fd: u32, data: &[u8], now: Instant) -> Vec<String> {
+    a.on_chunk(common(10, 11), chunk(fd, data, false));
+    a.on_result(
+        &common(10, 11),
+        fd,
+        data.len() as i64,
+        Some(if fd == 1 { "pipe" } else { "/dev/null" }),
+        now,
+    )
+    .into_iter()
+    .map(|(_, o)| o.text)
+    .collect()
+}
+
+#[test]
+fn lines_across_writes_and_chunks() {
+    let mut a = assembler();
+    let t = Instant::now();
+    assert_eq!(write(&mut a, 1, b"hel", t), Vec::<String>::new());
+    assert_eq!(write(&mut a, 1, b"lo\n\nwor", t), vec!["hello", ""]);
+    // Two chunks of one write.
+    a.on_chunk(common(10, 11), chunk(1, b"ld\nx", false));
+    a.on_chunk(common(10, 11), chunk(1, b"y\n", false));
+    let out = a.on_result(&common(10, 11), 1, 6, Some("pipe"), t);
+    let texts: Vec<&str> = out.iter().map(|(_, o)| o.text.as_str()).collect();
+    assert_eq!(texts, ["world", "xy"]);
+    let (c, o) = &out[0];
+    assert_eq!(c.pid, Some(10));
+    assert_eq!(
+        (o.stream, o.runtime.as_str(), o.write_result),
+        (Stream::Stdout, "wasmtime", Some(6))
+    );
+    assert_eq!(o.fd_target.as_deref(), Some("pipe"));
+    assert!(!o.truncated);
+}
+
+#[test]
+fn streams_are_separate_and_partial_writes_count_only_written_bytes() {
+    let mut a = assembler();
+    let t = Instant::now();
+    assert_eq!(write(&mut a, 2, b"err", t), Vec::<String>::new());
+    assert_eq!(write(&mut a, 1, b"out\n", t), vec!["out"]);
+    a.on_chunk(common(10, 11), chunk(2, b"or\nlost\n", false));
+    let out = a.on_result(&common(10, 11), 2, 3, Some("/dev/null"), t);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.text, "error");
+    assert_eq!(out[0].1.stream, Stream::Stderr);
+    assert_eq!(out[0].1.fd_target.as_deref(), Some("/dev/null"));
+}
+
+#[test]
+fn failed_writes_report_errno_and_the_attempted_bytes() {
+    let mut a = assembler();
+    a.on_chunk(common(10, 11), chunk(1, b"to a closed pipe\n", false));
+    let out = a.on_result(&common(10, 11), 1, -32, None, Instant::now());
+    assert_eq!(out[0].1.text, "to a closed pipe");
+    assert_eq!(out[0].1.write_result, Some(-32));
+    assert_eq!(
+        out[0].1.fd_target, None,
+        "the kernel saw no file behind the fd"
+    );
+}
+
+#[test]
+fn partial_lines_flush_after_idle_and_at_exit() {
+    let mut a = assembler();
+    let t = Instant::now();
+    write(&mut a, 1, b"prompt> ", t);
+    assert!(a.flush_idle(t + Duration::from_millis(100)).is_empty());
+    let out = a.flush_idle(t + Duration::from_millis(500));
+    assert_eq!(out[0].1.text, "prompt> ");
+    assert!(
+        a.flush_idle(t + Duration::from_secs(5)).is_empty(),
+        "flushed once"
+    );
+    write(&mut a, 2, b"bye", t);
+    let out = a.on_exit(10);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.text, "bye");
+    assert_eq!(a.buffered(), 0);
+}
+
+#[test]
+fn truncated_writes_are_flagged() {
+    let mut a = assembler();
+    a.on_chunk(common(10, 11), chunk(1, b"abc", true));
+    let out = a.on_result(&common(10, 11), 1, 100_000, Some("pipe"), Instant::now());
+    assert_eq!(out.len(), 1);
+    assert!(out[0].1.truncated);
+    assert_eq!(out[0].1.text, "abc");
+}
+
+fn unescape(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') {
+            out.push(u8::from_str_radix(&text[i + 2..i + 4], 16).unwrap());
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn escaping_round_trip() {
+    assert_eq!(
+        render("héllo ✓ 日本".as_bytes()),
+        ("héllo ✓ 日本".into(), None)
+    );
+    assert_eq!(render(b"back\\slash"), ("back\\slash".into(), None));
+    for raw in [
+        &b"\xff\xfeA\\x41"[..],
+        b"ok \xc3\x28 \\ end",
+        b"\x80",
+        b"caf\xc3\xa9\xff",
+    ] {
+        let (text, b64) = render(raw);
+        assert_eq!(unescape(&text), raw, "{text}");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.unwrap())
+            .unwrap();
+        assert_eq!(decoded, raw);
+    }
+    assert_eq!(render(b"\xffA").0, "\\xffA");
+}
+
+#[test]
+fn fd_targets() {
+    assert_eq!(classify_fd_target("pipe:[4711]"), "pipe");
+    assert_eq!(classify_fd_target("socket:[1]"), "socket");
+    assert_eq!(classify_fd_target("/dev/pts/3"), "tty");
+    assert_eq!(classify_fd_target("/dev/null"), "/dev/null");
+    assert_eq!(classify_fd_target("/var/log/app.log"), "/var/log/app.log");
+}

@@ -1,0 +1,149 @@
+//! Loopback traffic and the reset records it makes; identity of this test process.
+
+use std::time::Duration;
+
+use crate::Value;
+
+/// Records of `kind:"tcp_reset"` whose local or remote port is `port`.
+pub fn resets_on_port(records: &[Value], port: u16) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "tcp_reset" && (r["sport"] == port || r["dport"] == port))
+        .cloned()
+        .collect()
+}
+
+/// Resets on `port` in `direction` ("sent" or "received").
+pub fn resets(records: &[Value], port: u16, direction: &str) -> Vec<Value> {
+    resets_on_port(records, port)
+        .into_iter()
+        .filter(|r| r["direction"] == direction)
+        .collect()
+}
+
+/// An established loopback connection whose client end closes with SO_LINGER {1, 0}.
+pub struct LingerPair {
+    pub client: std::net::TcpStream,
+    pub accepted: std::net::TcpStream,
+    pub client_port: u16,
+    pub server_port: u16,
+}
+
+impl LingerPair {
+    pub fn connect() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_port = listener.local_addr().expect("addr").port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", server_port)).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let client_port = client.local_addr().expect("addr").port();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        Self {
+            client,
+            accepted,
+            client_port,
+            server_port,
+        }
+    }
+
+    /// Closes the client end (the reset goes out) and returns the still-open server end.
+    pub fn reset(self) -> std::net::TcpStream {
+        drop(self.client);
+        self.accepted
+    }
+}
+
+/// The network namespace inode of this process.
+pub fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").expect("netns").ino()
+}
+
+/// The cgroup v2 id (inode of the cgroup directory) of this process.
+pub fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+        .expect("cgroup directory")
+        .ino()
+}
+
+/// The calling thread's id and kernel task name.
+pub fn current_thread() -> (u32, String) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("comm");
+    (tid, comm.trim_end().to_owned())
+}
+
+/// SO_COOKIE of a socket (generating it if the kernel had not yet).
+pub fn socket_cookie(fd: std::os::fd::RawFd) -> u64 {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "getsockopt(SO_COOKIE): {}",
+        std::io::Error::last_os_error()
+    );
+    cookie
+}
+
+/// A port on `ip` with nothing listening, below the ephemeral range so that no client socket
+/// can be given the same port (which would make a TCP self-connect instead of a refusal).
+pub fn closed_port(ip: std::net::IpAddr) -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("ip_local_port_range");
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("ephemeral range");
+    // Spread tests over the range below it; a port that binds is free at this moment.
+    let seed = std::process::id() as u16 ^ current_thread().0 as u16;
+    let span = low.saturating_sub(10_000).max(1);
+    (0..span)
+        .map(|i| 10_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % span))
+        .find(|&p| std::net::TcpListener::bind((ip, p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
+/// Connects from a bound client socket to `ip:port` where nothing listens; returns the client
+/// port. The connect must be refused.
+pub fn refused_connect(ip: std::net::IpAddr, port: u16) -> u16 {
+    use socket2::{Domain, Socket, Type};
+    let domain = if ip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, None).expect("socket");
+    s.bind(&std::net::SocketAddr::new(ip, 0).into())
+        .expect("bind");
+    let client_port = s
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    let err = s
+        .connect(&std::net::SocketAddr::new(ip, port).into())
+        .expect_err("connect to a closed port must fail");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    client_port
+}
