@@ -48,17 +48,7 @@ fn environment_and_config_file_are_honoured() {
         "good.toml",
         "queue-size = 77\nsignals = [\"SIGSEGV\"]\n",
     );
-    let out = probe_command()
-        .args(["--config", &good, "--print-config"])
-        .env("PROBE_OUTPUT", "json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let config = print_config(std::path::Path::new(&good), &[("PROBE_OUTPUT", "json")]);
     assert_eq!(config["queue-size"], 77);
     assert_eq!(config["signals"], serde_json::json!(["SIGSEGV"]));
     assert_eq!(config["output"], "json");

@@ -151,13 +151,7 @@ fn daemonset_mounts_every_host_path_the_agent_reads() {
     let dir = TempDir::new("configmap");
     let file = dir.0.join("probe.toml");
     std::fs::write(&file, toml_text).unwrap();
-    let out = run_probe(&["--config", file.to_str().unwrap(), "--print-config"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let config = print_config(&file, &[]);
     assert_eq!(config["http-addr"], format!("0.0.0.0:{port}"));
     let mount = container["volumeMounts"]
         .as_array()

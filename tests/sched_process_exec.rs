@@ -2,7 +2,7 @@
 //! selected when it execs a runtime and deselected when it execs something else, the way
 //! crun runs its Wasm handler in-process but exec's a normal container's entrypoint.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use probe_tests::*;
 
@@ -15,7 +15,7 @@ fn selected_at_exec_deselected_when_it_execs_something_else() {
     let dir = TempDir::new("exec");
     let crun = dir.copy_as("/bin/sh", "crun");
     let notruntime = dir.copy_as("/bin/sh", "shell");
-    let mut probe = Probe::start(&[]);
+    let probe = Probe::start(&[]);
     let out = Command::new(&crun)
         .args(["-c", "echo as-crun; exec /bin/echo after-exec"])
         .output()
@@ -28,16 +28,12 @@ fn selected_at_exec_deselected_when_it_execs_something_else() {
         .output()
         .unwrap();
     assert_eq!(other.stdout, b"not-a-runtime\n");
-    probe
-        .wait_for(Duration::from_secs(10), |r| {
+    let records = wasm_outputs(
+        probe.stop_when("the line written as crun", |r| {
             r["kind"] == "wasm_output" && r["text"] == "as-crun"
-        })
-        .expect("the runtime's line was not reported");
-    let records: Vec<Value> = probe
-        .stop()
-        .into_iter()
-        .filter(|r| r["kind"] == "wasm_output")
-        .collect();
+        }),
+        |_| true,
+    );
     assert_eq!(
         records.len(),
         1,

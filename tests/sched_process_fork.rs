@@ -1,7 +1,7 @@
 //! Root e2e: `sched_process_fork` (probe-ebpf/src/sched_process_fork.rs): children of a
 //! selected runtime process are selected too.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use probe_tests::*;
 
@@ -12,7 +12,7 @@ fn children_of_a_runtime_are_captured() {
     }
     let dir = TempDir::new("fork");
     let spin = dir.copy_as("/bin/sh", "spin");
-    let mut probe = Probe::start(&[]);
+    let probe = Probe::start(&[]);
     let child = Command::new(&spin)
         .args(["-c", "(echo from-child; true); echo from-parent"])
         .stdout(std::process::Stdio::piped())
@@ -21,16 +21,12 @@ fn children_of_a_runtime_are_captured() {
     let parent = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.stdout, b"from-child\nfrom-parent\n");
-    probe
-        .wait_for(Duration::from_secs(10), |r| {
+    let records = wasm_outputs(
+        probe.stop_when("the runtime's output", |r| {
             r["kind"] == "wasm_output" && r["text"] == "from-parent"
-        })
-        .expect("no record");
-    let records: Vec<Value> = probe
-        .stop()
-        .into_iter()
-        .filter(|r| r["kind"] == "wasm_output" && r["runtime"] == "spin")
-        .collect();
+        }),
+        |r| r["runtime"] == "spin",
+    );
     assert_eq!(records.len(), 2, "{records:#?}");
     assert_eq!(records[0]["text"], "from-child");
     assert_ne!(records[0]["pid"], parent, "written by the forked child");

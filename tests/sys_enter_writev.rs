@@ -1,7 +1,7 @@
 //! Root e2e: `syscalls:sys_enter_writev` (probe-ebpf/src/sys_enter_writev.rs): the iovecs of
 //! one writev by a runtime, joined in order.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use probe_tests::*;
 
@@ -14,23 +14,19 @@ fn writev_parts_are_joined() {
     }
     let dir = TempDir::new("writev");
     let wasmer = dir.copy_as(WRITER, "wasmer");
-    let mut probe = Probe::start(&[]);
+    let probe = Probe::start(&[]);
     let out = Command::new(&wasmer)
         .args(["writev", "first part, ", "second ✓ part\\n", "third\\n"])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, "first part, second ✓ part\nthird\n".as_bytes());
-    probe
-        .wait_for(Duration::from_secs(10), |r| {
+    let records = wasm_outputs(
+        probe.stop_when("the runtime's output", |r| {
             r["kind"] == "wasm_output" && r["text"] == "third"
-        })
-        .expect("no record");
-    let records: Vec<Value> = probe
-        .stop()
-        .into_iter()
-        .filter(|r| r["kind"] == "wasm_output" && r["runtime"] == "wasmer")
-        .collect();
+        }),
+        |r| r["runtime"] == "wasmer",
+    );
     let texts: Vec<&str> = records
         .iter()
         .map(|r| r["text"].as_str().unwrap())
@@ -49,23 +45,19 @@ fn a_write_over_the_hard_cap_is_truncated_and_flagged() {
     let dir = TempDir::new("truncate");
     let wasmer = dir.copy_as(WRITER, "wasmer");
     // 1 KiB chunks, 16 of them at most: 16 KiB of a 20000-byte write are copied.
-    let mut probe = Probe::start(&["--capture-bytes", "1024"]);
+    let probe = Probe::start(&["--capture-bytes", "1024"]);
     let out = Command::new(&wasmer)
         .args(["write", "20000"])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 20001);
-    probe
-        .wait_for(Duration::from_secs(10), |r| {
+    let records = wasm_outputs(
+        probe.stop_when("the runtime's output", |r| {
             r["kind"] == "wasm_output" && r["runtime"] == "wasmer"
-        })
-        .expect("no record");
-    let records: Vec<Value> = probe
-        .stop()
-        .into_iter()
-        .filter(|r| r["kind"] == "wasm_output" && r["runtime"] == "wasmer")
-        .collect();
+        }),
+        |r| r["runtime"] == "wasmer",
+    );
     assert_eq!(records.len(), 1, "{records:#?}");
     let r = &records[0];
     assert_eq!(r["truncated"], true);

@@ -1,7 +1,7 @@
 //! Root e2e: `syscalls:sys_exit_writev` (probe-ebpf/src/sys_exit_writev.rs): the result of a
 //! captured writev, here into a closed stdout.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use probe_tests::*;
 
@@ -14,22 +14,18 @@ fn writev_into_a_closed_stdout_reports_ebadf() {
     }
     let dir = TempDir::new("writev-ebadf");
     let wasmer = dir.copy_as(WRITER, "wasmer");
-    let mut probe = Probe::start(&[]);
+    let probe = Probe::start(&[]);
     let status = Command::new(&wasmer)
         .args(["writev-closed", "nobody ", "hears\\n"])
         .status()
         .unwrap();
     assert!(!status.success(), "writev must fail");
-    probe
-        .wait_for(Duration::from_secs(10), |r| {
+    let records = wasm_outputs(
+        probe.stop_when("the runtime's output", |r| {
             r["kind"] == "wasm_output" && r["text"] == "nobody hears"
-        })
-        .expect("no record");
-    let records: Vec<Value> = probe
-        .stop()
-        .into_iter()
-        .filter(|r| r["kind"] == "wasm_output" && r["text"] == "nobody hears")
-        .collect();
+        }),
+        |r| r["text"] == "nobody hears",
+    );
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(records[0]["write_result"], -(libc::EBADF as i64));
     assert_eq!(records[0]["fd_target"], Value::Null);

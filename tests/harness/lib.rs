@@ -163,6 +163,15 @@ impl Probe {
         (status, took, all)
     }
 
+    /// Waits (up to 10 s) for a record satisfying `until`, then stops the agent and returns
+    /// every record. Panics naming `what` when the record does not come.
+    pub fn stop_when(mut self, what: &str, until: impl Fn(&Value) -> bool) -> Vec<Value> {
+        if self.wait_for(Duration::from_secs(10), until).is_none() {
+            panic!("{what} was not reported");
+        }
+        self.stop()
+    }
+
     /// Waits (up to `timeout`) until some record satisfies `pred`; returns it.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
@@ -242,6 +251,24 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<(String, St
 /// A command for the agent binary.
 pub fn probe_command() -> Command {
     Command::new(probe_bin())
+}
+
+/// The effective configuration the agent derives from config file `path` (plus `envs`),
+/// asserting that it accepts it.
+pub fn print_config(path: &std::path::Path, envs: &[(&str, &str)]) -> Value {
+    let out = probe_command()
+        .arg("--config")
+        .arg(path)
+        .arg("--print-config")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("running the probe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--print-config prints JSON")
 }
 
 /// Runs the agent binary with `args` to completion (for flags that exit at once).

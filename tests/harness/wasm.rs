@@ -20,6 +20,14 @@ pub fn wasm_lines(records: &[Value], pid: u32) -> Vec<Value> {
         .collect()
 }
 
+/// `wasm_output` records that satisfy `keep`, in order.
+pub fn wasm_outputs(records: Vec<Value>, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    records
+        .into_iter()
+        .filter(|r| r["kind"] == "wasm_output" && keep(r))
+        .collect()
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 

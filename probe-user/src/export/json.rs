@@ -28,7 +28,7 @@ impl<W: Write + Send> Sink for JsonSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::terminal::tests::{loss_record, reset_record};
+    use crate::export::terminal::tests::{core_signal_record, loss_record, reset_record};
 
     fn render(r: &Record) -> serde_json::Value {
         let mut sink = JsonSink::new(Vec::new());
@@ -66,26 +66,17 @@ mod tests {
 
     #[test]
     fn core_signal_and_wasm_output_contract() {
-        use crate::record::{Body, CoreSignal, Handler, RlimitCore, Stream, WasmOutput};
-        let mut r = reset_record();
-        r.kind = "core_signal";
-        r.body = Body::CoreSignal(CoreSignal {
-            signal: 11,
-            signal_name: "SIGSEGV".into(),
-            origin: crate::signals::Origin::Kernel,
-            si_code: "SEGV_MAPERR".into(),
-            sender_pid: Some(1234),
-            sender_comm: Some("redis-cli".into()),
-            result: "delivered".into(),
-            handler: Some(Handler::Default),
-            core_dumped: Some(true),
-            core_suppressed_by: None,
-            rlimit_core: Some(RlimitCore(u64::MAX)),
-            dumpable: Some(1),
-            core_pattern: Some("core".into()),
-            core_uses_pid: Some(false),
-            exit_code: Some(139),
-        });
+        use crate::record::{Body, CoreSignal, RlimitCore, Stream, WasmOutput};
+        let mut r = core_signal_record();
+        if let Body::CoreSignal(c) = &mut r.body {
+            *c = CoreSignal {
+                core_dumped: Some(true),
+                core_suppressed_by: None,
+                rlimit_core: Some(RlimitCore(u64::MAX)),
+                exit_code: Some(139),
+                ..c.clone()
+            };
+        }
         let v = render(&r);
         assert_eq!(v["kind"], "core_signal");
         assert_eq!(v["rlimit_core"], "unlimited");

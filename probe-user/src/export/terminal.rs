@@ -183,6 +183,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// A SIGSEGV of redis-cli that wrote no core because RLIMIT_CORE was 0.
+    pub(crate) fn core_signal_record() -> Record {
+        use crate::record::{CoreSignal, Handler, RlimitCore};
+        let mut r = reset_record();
+        r.kind = "core_signal";
+        r.body = Body::CoreSignal(CoreSignal {
+            signal: 11,
+            signal_name: "SIGSEGV".into(),
+            origin: crate::signals::Origin::Kernel,
+            si_code: "SEGV_MAPERR".into(),
+            sender_pid: Some(1234),
+            sender_comm: Some("redis-cli".into()),
+            result: "delivered".into(),
+            handler: Some(Handler::Default),
+            core_dumped: Some(false),
+            core_suppressed_by: Some("rlimit_core=0".into()),
+            rlimit_core: Some(RlimitCore(0)),
+            dumpable: Some(1),
+            core_pattern: Some("core".into()),
+            core_uses_pid: Some(false),
+            exit_code: Some(11),
+        });
+        r
+    }
+
     pub(crate) fn loss_record() -> Record {
         Record {
             time_unix_nano: 1_700_000_000_000_000_000,
@@ -236,26 +261,7 @@ pub(crate) mod tests {
 
     #[test]
     fn core_signal_line() {
-        use crate::record::{CoreSignal, Handler, RlimitCore};
-        let mut r = reset_record();
-        r.kind = "core_signal";
-        r.body = Body::CoreSignal(CoreSignal {
-            signal: 11,
-            signal_name: "SIGSEGV".into(),
-            origin: crate::signals::Origin::Kernel,
-            si_code: "SEGV_MAPERR".into(),
-            sender_pid: Some(1234),
-            sender_comm: Some("redis-cli".into()),
-            result: "delivered".into(),
-            handler: Some(Handler::Default),
-            core_dumped: Some(false),
-            core_suppressed_by: Some("rlimit_core=0".into()),
-            rlimit_core: Some(RlimitCore(0)),
-            dumpable: Some(1),
-            core_pattern: Some("core".into()),
-            core_uses_pid: Some(false),
-            exit_code: Some(11),
-        });
+        let r = core_signal_record();
         assert_eq!(
             render(&r, false),
             "2023-11-14T22:13:20.123Z SIGSEGV      redis-cli[1234] SEGV_MAPERR origin=kernel sender=redis-cli[1234] result=delivered no core (rlimit_core=0) rlimit_core=0 core_pattern=\"core\" exit_code=11 cgroup=4711 netns=4026531840\n"
