@@ -107,6 +107,7 @@ fn daemonset_mounts_every_host_path_the_agent_reads() {
     let ds = find(&docs, "base/daemonset.yaml", "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], req["host_pid"]);
+    assert_eq!(pod["hostNetwork"], req["host_network"]);
     let container = &pod["containers"][0];
     for path in strings(&req["host_paths"]) {
         let volume = pod["volumes"]

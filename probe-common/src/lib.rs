@@ -28,6 +28,9 @@ pub mod maps {
     /// Per-CPU `u32` at index 0: 1 while the CPU serves a softirq, 0 when not (set by the
     /// softirq_entry/exit hooks), [`crate::SOFTIRQ_UNKNOWN`] until those hooks first ran there.
     pub const IN_SOFTIRQ: &str = "IN_SOFTIRQ";
+    /// Per-CPU LRU hash: [`crate::DropKey`] -> [`crate::DropCount`], the in-kernel aggregation
+    /// of packet drops.
+    pub const DROP_FLOWS: &str = "DROP_FLOWS";
 }
 
 /// Names of the read-only globals the loader sets before the programs are loaded.
@@ -46,6 +49,8 @@ pub mod globals {
     pub const WRITE_LAYOUT: &str = "WRITE_LAYOUT";
     /// [`crate::WriteLayout`] of `syscalls:sys_enter_writev`.
     pub const WRITEV_LAYOUT: &str = "WRITEV_LAYOUT";
+    /// [`crate::SkbOffsets`].
+    pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
 }
 
 /// Value the loader puts in every CPU's `IN_SOFTIRQ` slot before attaching: until the softirq
@@ -66,6 +71,8 @@ pub mod kind {
     pub const WASM_WRITE: u32 = 4;
     /// The result of that write ([`crate::WriteResultEvent`]).
     pub const WASM_WRITE_RESULT: u32 = 5;
+    /// TCP packets dropped by the kernel, per flow and drop reason ([`crate::PacketDropEvent`]).
+    pub const PACKET_DROP: u32 = 6;
 }
 
 /// Slots of the per-CPU loss counter map. One per event kind (index = kind).
@@ -276,7 +283,9 @@ pub struct WriteResultEvent {
 }
 const _: () = assert!(size_of::<WriteResultEvent>() == 80);
 
+mod drops;
 mod layouts;
+pub use drops::*;
 pub use layouts::*;
 
 #[cfg(feature = "user")]
@@ -294,4 +303,8 @@ mod pod {
     unsafe impl aya::Pod for super::WriteEvent {}
     unsafe impl aya::Pod for super::WriteResultEvent {}
     unsafe impl aya::Pod for super::WriteLayout {}
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DropCount {}
+    unsafe impl aya::Pod for super::PacketDropEvent {}
+    unsafe impl aya::Pod for super::SkbOffsets {}
 }

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod common;
+mod kfree_skb;
 mod sched_process_exec;
 mod sched_process_exit;
 mod sched_process_fork;

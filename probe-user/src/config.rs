@@ -89,6 +89,33 @@ pub struct Cli {
           value_parser = parse_runtime_list)]
     pub wasm_runtimes: Runtimes,
 
+    /// Watch conntrack expiries and settings in the agent's own network namespace (the host's
+    /// in a hostNetwork DaemonSet).
+    #[arg(long, env = "PROBE_CONNTRACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub conntrack: bool,
+
+    /// More network namespaces to watch, by path (/run/netns/NAME, /proc/PID/ns/net);
+    /// repeatable or comma-separated.
+    #[arg(long, env = "PROBE_CONNTRACK_NETNS", value_delimiter = ',')]
+    pub conntrack_netns: Vec<PathBuf>,
+
+    /// How often the conntrack sysctls of each watched namespace are re-read.
+    #[arg(long, env = "PROBE_CONNTRACK_SETTINGS_INTERVAL", allow_hyphen_values = true,
+          default_value = "10s", value_parser = parse_positive_duration)]
+    pub conntrack_settings_interval: Duration,
+
+    /// How long after a conntrack expiry a reset or drop on the same flow joins it into a
+    /// finding.
+    #[arg(long, env = "PROBE_CONNTRACK_WINDOW", allow_hyphen_values = true, default_value = "60s",
+          value_parser = parse_positive_duration)]
+    pub conntrack_window: Duration,
+
+    /// Turn on net.netfilter.nf_conntrack_timestamp in watched namespaces where it is off, so
+    /// expiries carry established_for_s (false: never change a node setting).
+    #[arg(long, env = "PROBE_CONNTRACK_TIMESTAMPS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub conntrack_timestamps: bool,
+
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax).
     #[arg(long, env = "PROBE_LOG", default_value = "info")]
     pub log_level: String,
@@ -201,6 +228,11 @@ impl Cli {
             "core-wait": humantime::format_duration(self.core_wait).to_string(),
             "capture-bytes": self.capture_bytes,
             "wasm-runtimes": self.wasm_runtimes.names(),
+            "conntrack": self.conntrack,
+            "conntrack-netns": self.conntrack_netns,
+            "conntrack-settings-interval": humantime::format_duration(self.conntrack_settings_interval).to_string(),
+            "conntrack-window": humantime::format_duration(self.conntrack_window).to_string(),
+            "conntrack-timestamps": self.conntrack_timestamps,
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),
             "http-addr": self.http_addr.0.map_or_else(|| "none".to_owned(), |a| a.to_string()),
@@ -363,6 +395,9 @@ mod tests {
             &["probe", "--capture-bytes", "5000"],
             &["probe", "--capture-bytes", "-1"],
             &["probe", "--wasm-runtimes", "/bin/wasmtime"],
+            &["probe", "--conntrack", "maybe"],
+            &["probe", "--conntrack-window", "0s"],
+            &["probe", "--conntrack-settings-interval", "never"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err().to_string();
             let flag = args[1].split('=').next().unwrap();

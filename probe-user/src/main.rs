@@ -2,6 +2,7 @@
 //! and the status endpoints.
 
 mod config;
+mod conntrack;
 mod decode;
 mod enrich;
 mod export;
@@ -25,7 +26,9 @@ use crate::{
     config::{Cli, Color, LogFormat, Output},
     enrich::{
         Enricher,
+        conntrack::FlowCorrelator,
         core_signal::CoreJoin,
+        drops::DropTotals,
         wasm_output::{self, WasmAssembler},
     },
     export::{JsonSink, Sink, TerminalSink},
@@ -38,6 +41,8 @@ use crate::{
 const CORE_JOIN_CAPACITY: usize = 4096;
 /// A partial Wasm output line goes out after this long without more output.
 const WASM_LINE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Expired conntrack flows held at once while waiting for a follow-up.
+const CONNTRACK_FLOWS: usize = 16384;
 
 fn main() -> ExitCode {
     let cli = match Cli::load(std::env::args_os().collect()) {
@@ -129,9 +134,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ring = probe.take_events()?;
     let kernel_losses = probe.take_losses()?;
     let tables = Arc::new(probe.tables.clone());
+    let drop_flows = match probe.take_drop_flows() {
+        Ok(map) => Some(Box::new(map) as Box<dyn enrich::drops::DropMap>),
+        Err(e) => {
+            warn!("{e}; packet drop counts after a flow's last record will be missing");
+            None
+        }
+    };
 
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(cli.queue_size as usize);
+    let conntrack_tasks = conntrack::start(
+        &conntrack::ConntrackConfig {
+            host: cli.conntrack,
+            netns: cli.conntrack_netns.clone(),
+            settings_interval: cli.conntrack_settings_interval,
+            timestamps: cli.conntrack_timestamps,
+        },
+        tx.clone(),
+        counters.clone(),
+        state.clone(),
+        stop_rx.clone(),
+    )
+    .await;
     let reader = tokio::spawn(pipeline::read_events(
         ring,
         tx,
@@ -154,6 +179,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             WASM_LINE_IDLE,
             wasm_output::proc_fd_resolver(),
         ),
+        drops: DropTotals::new(drop_flows),
+        flows: FlowCorrelator::new(cli.conntrack_window, CONNTRACK_FLOWS),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));
@@ -177,6 +204,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(cli.shutdown_timeout, async {
         reader.await.context("reader task")??;
+        for task in conntrack_tasks {
+            task.await.context("conntrack task")?;
+        }
         consumer.await.context("consumer task")??;
         if let Some(http) = http {
             http.await.context("http task")??;

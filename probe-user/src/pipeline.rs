@@ -22,9 +22,12 @@ use tracing::debug;
 
 use crate::{
     decode::{Common, Decoded, Kind, SymbolTables, decode},
-    enrich::{Enricher, core_signal::CoreJoin, wasm_output::WasmAssembler},
+    enrich::{
+        Enricher, boottime_ns, conntrack::FlowCorrelator, core_signal::CoreJoin, drops::DropTotals,
+        wasm_output::WasmAssembler,
+    },
     export::Sink,
-    record::{Body, Loss, LossSource, Record, WasmOutput},
+    record::{Body, Finding, Loss, LossSource, Record, WasmOutput},
     status::{AgentState, KindLabel, LossLabel},
 };
 
@@ -43,7 +46,12 @@ pub struct Counters {
     pub channel_drops: AtomicU64,
     /// Records that failed the checked decode.
     pub decode_errors: AtomicU64,
+    /// ctnetlink overruns (ENOBUFS): conntrack events the kernel could not queue for us.
+    pub netlink_overruns: AtomicU64,
 }
+
+/// Loss slot of netlink overruns (their events are conntrack expiries).
+const NETLINK_SLOT: u32 = u32::MAX - 1;
 
 /// Reads the ring buffer until `shutdown` turns true, then drains what is left and returns
 /// (dropping the sender, which ends the consumer).
@@ -167,6 +175,11 @@ impl LossTracker {
             u32::MAX,
             self.counters.decode_errors.load(Ordering::Relaxed),
         ));
+        current.push((
+            LossSource::Netlink,
+            NETLINK_SLOT,
+            self.counters.netlink_overruns.load(Ordering::Relaxed),
+        ));
         current
             .into_iter()
             .filter_map(|(source, slot, total)| {
@@ -182,12 +195,16 @@ impl LossTracker {
 }
 
 fn slot_kind(slot: u32) -> Option<&'static str> {
+    if slot == NETLINK_SLOT {
+        return Some("conntrack_expiry");
+    }
     match Kind::try_from(slot).ok()? {
         Kind::TcpReset => Some("tcp_reset"),
         Kind::CoreSignal => Some("core_signal"),
         Kind::ProcessExit => Some("process_exit"),
         Kind::WasmWrite => Some("wasm_write"),
         Kind::WasmWriteResult => Some("wasm_write_result"),
+        Kind::PacketDrop => Some("packet_drop"),
     }
 }
 
@@ -199,12 +216,16 @@ pub struct Stages {
     pub loss_interval: Duration,
     pub core_join: CoreJoin,
     pub wasm: WasmAssembler,
+    pub drops: DropTotals,
+    pub flows: FlowCorrelator,
     pub state: Arc<AgentState>,
 }
 
 impl Stages {
     fn write(&mut self, records: Vec<Record>) -> std::io::Result<()> {
+        let now = Instant::now();
         for record in &records {
+            self.flows.observe(record, now);
             self.sink.write(record)?;
             self.state
                 .metrics
@@ -268,6 +289,17 @@ impl Stages {
                         .on_result(&event.common, r.fd, r.result, r.fd_kind, Instant::now());
                 self.wasm_records(lines)
             }
+            Body::PacketDrop(drop) => self
+                .drops
+                .on_event(event.common, drop, Instant::now())
+                .map(|(common, drop)| {
+                    self.enricher.kernel_event(Decoded {
+                        common,
+                        body: Body::PacketDrop(drop),
+                    })
+                })
+                .into_iter()
+                .collect(),
             Body::CoreSignal(_) => self
                 .core_join
                 .on_signal(self.enricher.kernel_event(event), Instant::now())
@@ -276,6 +308,47 @@ impl Stages {
             _ => vec![self.enricher.kernel_event(event)],
         };
         self.write(records)
+    }
+
+    /// Timed work: core signals whose wait ran out, idle Wasm lines, drop tails, findings.
+    fn timed(&mut self, now: Instant) -> std::io::Result<()> {
+        let mut due = self.core_join.expire(now);
+        let idle = self.wasm.flush_idle(now);
+        due.extend(self.wasm_records(idle));
+        for (common, drop) in self.drops.sweep(now, boottime_ns()) {
+            due.push(self.enricher.kernel_event(Decoded {
+                common,
+                body: Body::PacketDrop(drop),
+            }));
+        }
+        self.write(due)?;
+        let findings = self.flows.due(now, self.enricher.node());
+        let records = self.finding_records(findings);
+        self.write(records)?;
+        self.state
+            .metrics
+            .conntrack_flows_evicted
+            .inner()
+            .store(self.flows.evictions, Ordering::Relaxed);
+        self.sink.flush()
+    }
+
+    fn finding_records(&self, findings: Vec<(Option<u32>, Finding)>) -> Vec<Record> {
+        findings
+            .into_iter()
+            .map(|(netns, f)| {
+                let mut r = self.enricher.agent_record(Body::Finding(f));
+                r.common.netns = netns;
+                r
+            })
+            .collect()
+    }
+
+    fn timed_work_pending(&self, now: Instant) -> bool {
+        self.core_join.pending() > 0
+            || self.wasm.buffered() > 0
+            || self.flows.pending() > 0
+            || self.drops.active(now)
     }
 
     fn update_gauges(&self, queue_depth: usize) {
@@ -316,13 +389,8 @@ async fn consume_loop(
         tokio::select! {
             biased;
             _ = tick.tick() => stages.report_losses().map_err(PipelineError::Sink)?,
-            _ = join_tick.tick(), if stages.core_join.pending() > 0 || stages.wasm.buffered() > 0 => {
-                let now = Instant::now();
-                let mut due = stages.core_join.expire(now);
-                let idle = stages.wasm.flush_idle(now);
-                due.extend(stages.wasm_records(idle));
-                stages.write(due).map_err(PipelineError::Sink)?;
-                stages.sink.flush().map_err(PipelineError::Sink)?;
+            _ = join_tick.tick(), if stages.timed_work_pending(Instant::now()) => {
+                stages.timed(Instant::now()).map_err(PipelineError::Sink)?;
                 stages.update_gauges(rx.len());
             }
             event = rx.recv() => {
@@ -339,6 +407,25 @@ async fn consume_loop(
     let lines = stages.wasm.drain();
     held.extend(stages.wasm_records(lines));
     stages.write(held).map_err(PipelineError::Sink)?;
+    let tail: Vec<Record> = stages
+        .drops
+        .final_sweep(Instant::now(), boottime_ns())
+        .into_iter()
+        .map(|(common, drop)| {
+            stages.enricher.kernel_event(Decoded {
+                common,
+                body: Body::PacketDrop(drop),
+            })
+        })
+        .collect();
+    stages.write(tail).map_err(PipelineError::Sink)?;
+    // Findings with evidence go out now instead of after their grace period.
+    let findings = stages.flows.due(
+        Instant::now() + Duration::from_secs(3600),
+        stages.enricher.node(),
+    );
+    let records = stages.finding_records(findings);
+    stages.write(records).map_err(PipelineError::Sink)?;
     stages.report_losses().map_err(PipelineError::Sink)
 }
 

@@ -30,6 +30,10 @@ pub enum Body {
     WasmWrite(WasmWrite),
     /// Internal: completes a `WasmWrite`, never written.
     WasmWriteResult(WasmWriteResult),
+    PacketDrop(PacketDrop),
+    ConntrackExpiry(ConntrackExpiry),
+    ConntrackSettings(ConntrackSettings),
+    Finding(Finding),
     Loss(Loss),
 }
 
@@ -43,6 +47,10 @@ impl Body {
             Self::WasmOutput(_) => "wasm_output",
             Self::WasmWrite(_) => "wasm_write",
             Self::WasmWriteResult(_) => "wasm_write_result",
+            Self::PacketDrop(_) => "packet_drop",
+            Self::ConntrackExpiry(_) => "conntrack_expiry",
+            Self::ConntrackSettings(_) => "conntrack_settings",
+            Self::Finding(_) => "finding",
             Self::Loss(_) => "loss",
         }
     }
@@ -198,6 +206,99 @@ pub struct TcpReset {
     pub socket_cookie: Option<u64>,
 }
 
+/// `kind:"packet_drop"`: TCP packets of one flow the kernel dropped for one reason since the
+/// previous record of that flow and reason. `saddr:sport` is the packet's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PacketDrop {
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// `enum skb_drop_reason` name without its prefix ("NO_SOCKET", "NETFILTER_DROP", ...).
+    pub reason: String,
+    /// Packets dropped since the previous record (the decoder puts the kernel's running total
+    /// here; the drop stage turns it into the increase).
+    pub count: u64,
+    /// The kernel aggregation key, for reading the total after the last record.
+    #[serde(skip)]
+    pub key: probe_common::DropKey,
+}
+
+/// `kind:"conntrack_expiry"`: an established TCP conntrack entry was destroyed without FIN or
+/// RST: its timeout ran out (or it was deleted by hand). The common `netns` is the watched
+/// namespace's inode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConntrackExpiry {
+    /// The watched namespace: "host" or the `--conntrack-netns` path.
+    pub netns_path: String,
+    pub proto: String,
+    pub tcp_state: Option<String>,
+    pub orig_saddr: IpAddr,
+    pub orig_sport: u16,
+    pub orig_daddr: IpAddr,
+    pub orig_dport: u16,
+    pub reply_saddr: IpAddr,
+    pub reply_sport: u16,
+    pub reply_daddr: IpAddr,
+    pub reply_dport: u16,
+    /// The namespace's timeout for the entry's state when the event arrived, in seconds.
+    pub timeout_s: Option<u64>,
+    /// The sysctl that timeout comes from.
+    pub timeout_sysctl: Option<String>,
+    /// From the entry's creation to its destruction (needs `nf_conntrack_timestamp`).
+    pub established_for_s: Option<f64>,
+    pub zone: u16,
+    pub mark: u32,
+    /// Named `ip_conntrack_status` bits (ASSURED, SEEN_REPLY, SRC_NAT, DST_NAT, ...).
+    pub status: Vec<String>,
+    pub conntrack_id: Option<u32>,
+    /// Per direction, when `nf_conntrack_acct` is on.
+    pub orig_packets: Option<u64>,
+    pub orig_bytes: Option<u64>,
+    pub reply_packets: Option<u64>,
+    pub reply_bytes: Option<u64>,
+    /// When the entry was created, when its timeout ran out, and when the kernel reaped it
+    /// (lazily: at the flow's next packet or a GC pass), with `nf_conntrack_timestamp` on.
+    pub start_unix_nano: Option<u64>,
+    pub stop_unix_nano: Option<u64>,
+    pub destroyed_unix_nano: Option<u64>,
+}
+
+/// `kind:"conntrack_settings"`: the conntrack sysctls of a watched namespace, at start and
+/// whenever one changes (`nf_conntrack_count` changes alone do not count as a change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConntrackSettings {
+    pub netns_path: String,
+    /// One key per sysctl, named as the sysctl (`net.netfilter.nf_conntrack_max`); numbers
+    /// where the value is one.
+    #[serde(flatten)]
+    pub sysctls: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `kind:"finding"`: observations joined into a cause a person can act on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// "conntrack_expiry_reset", "conntrack_expiry_drop", "conntrack_table_full".
+    pub finding: &'static str,
+    /// One sentence naming the cause and what to do.
+    pub summary: String,
+    /// The records the finding joins, as they were written.
+    pub evidence: Vec<serde_json::Value>,
+    pub netns_path: Option<String>,
+    /// The flow as its client sent it (conntrack original direction).
+    pub saddr: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub daddr: Option<IpAddr>,
+    pub dport: Option<u16>,
+    /// Where the flow really went (the reply direction's source: a DNAT backend).
+    pub backend_addr: Option<IpAddr>,
+    pub backend_port: Option<u16>,
+    pub timeout_s: Option<u64>,
+    pub timeout_sysctl: Option<String>,
+    pub established_for_s: Option<f64>,
+}
+
 /// Where events were lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -208,6 +309,9 @@ pub enum LossSource {
     Channel,
     /// A record from the kernel failed the checked decode.
     Decode,
+    /// The kernel could not queue a conntrack event on the agent's netlink socket (ENOBUFS);
+    /// `count` is the number of overruns (each lost one or more events).
+    Netlink,
 }
 
 impl LossSource {
@@ -217,6 +321,7 @@ impl LossSource {
             Self::Ringbuf => "ringbuf",
             Self::Channel => "channel",
             Self::Decode => "decode",
+            Self::Netlink => "netlink",
         }
     }
 }

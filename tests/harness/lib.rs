@@ -58,6 +58,10 @@ impl Probe {
         if !args.contains(&"--http-addr") {
             cmd.args(["--http-addr", "127.0.0.1:0"]);
         }
+        // Tests leave the host's sysctls alone (the agent's default turns timestamps on).
+        if !args.contains(&"--conntrack-timestamps") {
+            cmd.args(["--conntrack-timestamps", "false"]);
+        }
         let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
@@ -190,6 +194,11 @@ impl Probe {
         None
     }
 
+    /// Every record received so far (by `wait_for`).
+    pub fn seen(&self) -> &[Value] {
+        &self.seen
+    }
+
     /// SIGTERM, wait for a clean exit (the agent drains its pipeline first), and return every
     /// record it printed.
     pub fn stop(self) -> Vec<Value> {
@@ -281,7 +290,8 @@ pub fn run_probe(args: &[&str]) -> std::process::Output {
 }
 
 mod net;
+mod netns;
 mod process;
 mod wasm;
 
-pub use self::{net::*, process::*, wasm::*};
+pub use self::{net::*, netns::*, process::*, wasm::*};

@@ -160,6 +160,9 @@ pub fn test_peers(target_dir: &Path) -> Result<std::path::PathBuf> {
             "xtask: warning: could not install kubectl ({e:#}); the kustomize check is skipped"
         );
     }
+    // Real peers of the conntrack tests: a Redis server behind an iptables DNAT.
+    apt_install(&["redis-server", "iptables"])
+        .context("installing redis-server and iptables for the conntrack tests")?;
     let dir = target_dir.join("test-peers").join("wasmtime");
     let bin = dir.join("wasmtime_cli").join("wasmtime");
     if !bin.is_file() {

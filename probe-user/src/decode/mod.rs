@@ -9,9 +9,9 @@ use std::{
 };
 
 use probe_common::{
-    EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, REASON_NONE, SIG_DUMPABLE,
-    SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent, WRITE_CHUNK, WRITE_TRUNCATED,
-    WRITE_UNREADABLE, WriteEvent, WriteResultEvent, direction, family, kind,
+    EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, PacketDropEvent, REASON_NONE,
+    SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent, WRITE_CHUNK,
+    WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent, direction, family, kind,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -19,8 +19,8 @@ use thiserror::Error;
 use crate::{
     loader::{btf::Btf, tracefs::Format},
     record::{
-        Body, CoreSignal, Direction, Family, Handler, ProcessExit, RlimitCore, TcpReset, WasmWrite,
-        WasmWriteResult,
+        Body, CoreSignal, Direction, Family, Handler, PacketDrop, ProcessExit, RlimitCore,
+        TcpReset, WasmWrite, WasmWriteResult,
     },
     signals::{origin, si_code_name, signal_name},
 };
@@ -51,6 +51,7 @@ pub enum Kind {
     ProcessExit,
     WasmWrite,
     WasmWriteResult,
+    PacketDrop,
 }
 
 impl TryFrom<u32> for Kind {
@@ -62,6 +63,7 @@ impl TryFrom<u32> for Kind {
             kind::PROCESS_EXIT => Ok(Self::ProcessExit),
             kind::WASM_WRITE => Ok(Self::WasmWrite),
             kind::WASM_WRITE_RESULT => Ok(Self::WasmWriteResult),
+            kind::PACKET_DROP => Ok(Self::PacketDrop),
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -98,6 +100,8 @@ pub struct SymbolTables {
     pub reset_reasons: HashMap<u32, String>,
     /// `enum trace_signal_result` value -> lower-case name ("delivered").
     pub signal_results: HashMap<u32, String>,
+    /// `enum skb_drop_reason` value -> name without the prefix ("NO_SOCKET").
+    pub drop_reasons: HashMap<u32, String>,
 }
 
 impl SymbolTables {
@@ -114,6 +118,8 @@ impl SymbolTables {
                     .into_iter()
                     .map(|(k, v)| (k, v.to_ascii_lowercase()))
                     .collect();
+            tables.drop_reasons =
+                to_u32_keys(btf.enum_names_with("SKB_DROP_REASON_NO_SOCKET", "SKB_DROP_REASON_"));
         }
         if let Some(pairs) = send_reset.and_then(|f| f.symbols.get("reason")) {
             for (value, name) in pairs {
@@ -244,6 +250,13 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
                 }),
             })
         }
+        Kind::PacketDrop => {
+            let ev: PacketDropEvent = read_pod(bytes, "packet_drop event")?;
+            Ok(Decoded {
+                common: common(&ev.header),
+                body: Body::PacketDrop(packet_drop(&ev, tables)?),
+            })
+        }
         Kind::ProcessExit => {
             let ev: ExitEvent = read_pod(bytes, "process_exit event")?;
             Ok(Decoded {
@@ -362,6 +375,32 @@ fn tcp_reset(ev: &TcpResetEvent, tables: &SymbolTables) -> Result<TcpReset, Deco
         tcp_state: tables.state(ev.state),
         reason: tables.reason(ev.reason),
         socket_cookie: (ev.socket_cookie != 0).then_some(ev.socket_cookie),
+    })
+}
+
+fn packet_drop(ev: &PacketDropEvent, tables: &SymbolTables) -> Result<PacketDrop, DecodeError> {
+    let k = &ev.key;
+    let fam = Family::try_from(k.family)?;
+    let (saddr, daddr) = match fam {
+        Family::Ipv4 => (ipv4(&k.saddr), ipv4(&k.daddr)),
+        Family::Ipv6 => (
+            IpAddr::V6(Ipv6Addr::from(k.saddr)),
+            IpAddr::V6(Ipv6Addr::from(k.daddr)),
+        ),
+    };
+    Ok(PacketDrop {
+        family: fam,
+        saddr,
+        sport: k.sport,
+        daddr,
+        dport: k.dport,
+        reason: tables
+            .drop_reasons
+            .get(&k.reason)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{}", k.reason)),
+        count: ev.total,
+        key: *k,
     })
 }
 

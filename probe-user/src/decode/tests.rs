@@ -7,6 +7,7 @@ fn tables() -> SymbolTables {
         tcp_states: HashMap::from([(1, "ESTABLISHED".into()), (7, "CLOSE".into())]),
         reset_reasons: HashMap::from([(1, "NO_SOCKET".into())]),
         signal_results: HashMap::new(),
+        drop_reasons: HashMap::from([(3, "NO_SOCKET".into())]),
     }
 }
 
@@ -347,4 +348,69 @@ fn wasm_write_result_round_trip() {
         })
     );
     assert!(decode(&bytes_of(&ev)[..70], &tables()).is_err());
+}
+
+fn drop_event(family: u16, reason: u32) -> PacketDropEvent {
+    let mut h = header(HDR_NETNS);
+    h.kind = kind::PACKET_DROP;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == family::INET {
+        saddr[..4].copy_from_slice(&[10, 77, 1, 2]);
+        daddr[..4].copy_from_slice(&[10, 77, 9, 9]);
+    } else {
+        saddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        daddr = "fd00::9".parse::<Ipv6Addr>().unwrap().octets();
+    }
+    PacketDropEvent {
+        header: h,
+        key: probe_common::DropKey {
+            saddr,
+            daddr,
+            sport: 40000,
+            dport: 6379,
+            family,
+            _pad: 0,
+            reason,
+            netns: 4026531840,
+        },
+        total: 12,
+    }
+}
+
+#[test]
+fn packet_drop_round_trip() {
+    let ev = drop_event(family::INET, 3);
+    let d = decode(&bytes_of(&ev), &tables()).unwrap();
+    let Body::PacketDrop(p) = d.body else {
+        panic!("{:?}", d.body)
+    };
+    assert_eq!(p.saddr, "10.77.1.2".parse::<IpAddr>().unwrap());
+    assert_eq!(p.daddr, "10.77.9.9".parse::<IpAddr>().unwrap());
+    assert_eq!((p.sport, p.dport, p.count), (40000, 6379, 12));
+    assert_eq!(p.reason, "NO_SOCKET");
+    assert_eq!(p.key, ev.key);
+    assert_eq!(d.common.netns, Some(4026531840));
+    assert_eq!(d.common.pid, None);
+
+    let v6 = decode(&bytes_of(&drop_event(family::INET6, 99)), &tables()).unwrap();
+    let Body::PacketDrop(p) = v6.body else {
+        panic!()
+    };
+    assert_eq!(p.family, Family::Ipv6);
+    assert_eq!(p.daddr, "fd00::9".parse::<IpAddr>().unwrap());
+    assert_eq!(p.reason, "REASON_99", "unknown reasons keep their number");
+
+    let bad = drop_event(7, 3);
+    assert_eq!(
+        decode(&bytes_of(&bad), &tables()),
+        Err(DecodeError::Family(7))
+    );
+    let ev = drop_event(family::INET, 3);
+    let bytes = bytes_of(&ev);
+    let short = &bytes[..100];
+    assert!(matches!(
+        decode(short, &tables()),
+        Err(DecodeError::Short { need: 112, .. })
+    ));
 }

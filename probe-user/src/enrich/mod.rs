@@ -1,7 +1,9 @@
 //! Enrichment: turns decoded kernel events into records with wall-clock time, the node name
 //! and node settings that explain them (core_pattern). Kubernetes metadata joins here.
 
+pub mod conntrack;
 pub mod core_signal;
+pub mod drops;
 pub mod wasm_output;
 
 use crate::{
@@ -32,6 +34,10 @@ impl Enricher {
             node: node.into(),
             boot_to_wall_ns,
         }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Wall-clock ns of a kernel `bpf_ktime_get_boot_ns()` timestamp.
@@ -70,6 +76,11 @@ pub fn read_sysctl(name: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/sys/{name}"))
         .ok()
         .map(|v| v.trim_end_matches('\n').to_owned())
+}
+
+/// Now on the kernel's event clock (CLOCK_BOOTTIME), for records made in userspace.
+pub fn boottime_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap_or(0)
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i64 {

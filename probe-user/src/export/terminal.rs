@@ -125,6 +125,60 @@ impl<W: Write + Send> Sink for TerminalSink<W> {
                     w.text,
                 )
             }
+            Body::PacketDrop(d) => {
+                let (c, c_end) = self.paint(YELLOW);
+                writeln!(
+                    self.out,
+                    "{dim}{time}{dim_end} {c}DROP        {c_end} {} -> {} reason={} count={} netns={}",
+                    endpoint(&d.saddr, d.sport),
+                    endpoint(&d.daddr, d.dport),
+                    d.reason,
+                    d.count,
+                    opt(&r.common.netns),
+                )
+            }
+            Body::ConntrackExpiry(x) => {
+                let (c, c_end) = self.paint(YELLOW);
+                writeln!(
+                    self.out,
+                    "{dim}{time}{dim_end} {c}CT expired  {c_end} {} -> {} reply {} -> {} state={} timeout={}s ({}) established_for={}s netns={}",
+                    endpoint(&x.orig_saddr, x.orig_sport),
+                    endpoint(&x.orig_daddr, x.orig_dport),
+                    endpoint(&x.reply_saddr, x.reply_sport),
+                    endpoint(&x.reply_daddr, x.reply_dport),
+                    opt(&x.tcp_state),
+                    opt(&x.timeout_s),
+                    x.timeout_sysctl.as_deref().unwrap_or("-"),
+                    x.established_for_s
+                        .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
+                    x.netns_path,
+                )
+            }
+            Body::ConntrackSettings(s) => {
+                let get = |k: &str| {
+                    s.sysctls
+                        .get(&format!("net.netfilter.{k}"))
+                        .map_or_else(|| "-".to_owned(), ToString::to_string)
+                };
+                writeln!(
+                    self.out,
+                    "{dim}{time} CT settings  netns={} tcp_timeout_established={} tcp_loose={} count/max={}/{} timestamp={}{dim_end}",
+                    s.netns_path,
+                    get("nf_conntrack_tcp_timeout_established"),
+                    get("nf_conntrack_tcp_loose"),
+                    get("nf_conntrack_count"),
+                    get("nf_conntrack_max"),
+                    get("nf_conntrack_timestamp"),
+                )
+            }
+            Body::Finding(f) => {
+                let (c, c_end) = self.paint(MAGENTA_BOLD);
+                writeln!(
+                    self.out,
+                    "{dim}{time}{dim_end} {c}FINDING     {}{c_end} {}",
+                    f.finding, f.summary
+                )
+            }
             // Internal kinds, joined into the ones above; never written.
             Body::ProcessExit(_) | Body::WasmWrite(_) | Body::WasmWriteResult(_) => Ok(()),
             Body::Loss(Loss {

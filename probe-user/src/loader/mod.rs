@@ -18,15 +18,15 @@ use aya::{
     util::nr_cpus,
 };
 use probe_common::{
-    AgentConfig, EXE_NAME_LEN, KernelOffsets, SOFTIRQ_UNKNOWN, TaskOffsets, TcpResetLayout,
-    WriteLayout, globals, maps,
+    AgentConfig, EXE_NAME_LEN, KernelOffsets, SOFTIRQ_UNKNOWN, SkbOffsets, TaskOffsets,
+    TcpResetLayout, WriteLayout, globals, maps,
 };
 use thiserror::Error;
 use tracing::{debug, warn};
 
 use self::{
     btf::Btf,
-    offsets::{kernel_offsets, reset_layout, task_offsets, write_layout},
+    offsets::{kernel_offsets, reset_layout, skb_offsets, task_offsets, write_layout},
     tracefs::Format,
 };
 use crate::{decode::SymbolTables, runtimes::RuntimePattern};
@@ -87,9 +87,10 @@ pub struct Probe {
 /// Raw tracepoint programs, each named after its tracepoint, in attach order: softirq
 /// tracking before the programs that ask for it, the exit hook before the signal hook that
 /// fills its watch list.
-const RAW_TRACEPOINTS: [&str; 6] = [
+const RAW_TRACEPOINTS: [&str; 7] = [
     "softirq_entry",
     "softirq_exit",
+    "kfree_skb",
     "sched_process_exit",
     "sched_process_fork",
     "sched_process_exec",
@@ -126,7 +127,8 @@ impl Probe {
         };
         let offsets = btf.as_ref().map_or(KernelOffsets::ABSENT, kernel_offsets);
         let task = btf.as_ref().map_or(TaskOffsets::ABSENT, task_offsets);
-        debug!(?offsets, ?task, "kernel offsets from BTF");
+        let skb = btf.as_ref().map_or(SkbOffsets::ABSENT, skb_offsets);
+        debug!(?offsets, ?task, ?skb, "kernel offsets from BTF");
 
         let formats: HashMap<&str, Result<Format, String>> = TRACEPOINTS
             .iter()
@@ -167,6 +169,7 @@ impl Probe {
             .override_global(globals::AGENT, &agent, true)
             .override_global(globals::KERNEL_OFFSETS, &offsets, true)
             .override_global(globals::TASK_OFFSETS, &task, true)
+            .override_global(globals::SKB_OFFSETS, &skb, true)
             .override_global(globals::SEND_RESET_LAYOUT, &send_layout, true)
             .override_global(globals::RECEIVE_RESET_LAYOUT, &receive_layout, true)
             .override_global(globals::WRITE_LAYOUT, &write_l, true)
@@ -298,6 +301,19 @@ impl Probe {
         })
     }
 
+    /// Takes the drop aggregation map out, for the agent's read of totals after the last
+    /// record of a flow.
+    pub fn take_drop_flows(&mut self) -> Result<DropFlows, LoaderError> {
+        let map = self
+            .ebpf
+            .take_map(maps::DROP_FLOWS)
+            .ok_or(LoaderError::MissingMap(maps::DROP_FLOWS))?;
+        DropFlows::try_from(map).map_err(|source| LoaderError::Map {
+            name: maps::DROP_FLOWS,
+            source,
+        })
+    }
+
     pub fn take_losses(&mut self) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
         let map = self
             .ebpf
@@ -309,6 +325,10 @@ impl Probe {
         })
     }
 }
+
+/// The in-kernel drop aggregation (`maps::DROP_FLOWS`).
+pub type DropFlows =
+    aya::maps::PerCpuHashMap<MapData, probe_common::DropKey, probe_common::DropCount>;
 
 /// The kernel wants a power-of-two multiple of the page size.
 pub fn check_ringbuf_bytes(size: u32) -> Result<(), LoaderError> {

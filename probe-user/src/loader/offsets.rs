@@ -1,7 +1,7 @@
 //! Kernel layouts handed to the programs as globals: struct member offsets from BTF,
 //! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
 
-use probe_common::{ABSENT, KernelOffsets, TaskOffsets, TcpResetLayout, WriteLayout};
+use probe_common::{ABSENT, KernelOffsets, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout};
 
 use super::{btf::Btf, tracefs::Format};
 
@@ -37,6 +37,22 @@ pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
         dev_net: off(btf.member_offset("net_device", "nd_net.net")),
         mini_sock_states: mask(&["TCP_TIME_WAIT", "TCP_NEW_SYN_RECV"]),
         task_mm: off(btf.member_offset("task_struct", "mm")),
+        _reserved: 0,
+    }
+}
+
+/// `struct sk_buff` members for the drop hook.
+pub fn skb_offsets(btf: &Btf) -> SkbOffsets {
+    let m = |path: &str| off(btf.member_offset("sk_buff", path));
+    SkbOffsets {
+        head: m("head"),
+        network_header: m("network_header"),
+        protocol: m("protocol"),
+        sk: m("sk"),
+        no_socket_reason: btf
+            .enumerator("SKB_DROP_REASON_NO_SOCKET")
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(ABSENT),
         _reserved: 0,
     }
 }

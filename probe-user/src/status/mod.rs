@@ -45,6 +45,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub program_attached: Family<ProgramLabel, Gauge>,
     pub pending_core_signals: Gauge,
+    pub conntrack_flows_evicted: Counter,
 }
 
 impl Metrics {
@@ -80,8 +81,15 @@ impl Metrics {
             "Core-dumping signals waiting for their target's exit",
             pending_core_signals.clone(),
         );
+        let conntrack_flows_evicted = Counter::default();
+        registry.register(
+            "conntrack_flows_evicted",
+            "Expired conntrack flows forgotten (LRU) before a follow-up could join them",
+            conntrack_flows_evicted.clone(),
+        );
         Self {
             registry,
+            conntrack_flows_evicted,
             events,
             losses,
             queue_depth,
@@ -122,6 +130,7 @@ pub struct AgentState {
     exporter: Mutex<ExporterReport>,
     config: serde_json::Value,
     ready: AtomicBool,
+    conntrack: Mutex<Vec<crate::conntrack::WatchReport>>,
 }
 
 impl AgentState {
@@ -137,7 +146,12 @@ impl AgentState {
             }),
             config,
             ready: AtomicBool::new(false),
+            conntrack: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn set_conntrack(&self, reports: Vec<crate::conntrack::WatchReport>) {
+        *self.conntrack.lock().unwrap_or_else(|e| e.into_inner()) = reports;
     }
 
     pub fn set_programs(&self, programs: &[ProgramStatus]) {
@@ -194,7 +208,16 @@ impl AgentState {
         let mut events = serde_json::Map::new();
         let mut losses = serde_json::Map::new();
         // Families are read through the text encoding's source of truth: the counters.
-        for kind in ["tcp_reset", "core_signal", "wasm_output", "loss"] {
+        for kind in [
+            "tcp_reset",
+            "core_signal",
+            "wasm_output",
+            "packet_drop",
+            "conntrack_expiry",
+            "conntrack_settings",
+            "finding",
+            "loss",
+        ] {
             let n = self
                 .metrics
                 .events
@@ -202,13 +225,15 @@ impl AgentState {
                 .get();
             events.insert(kind.into(), n.into());
         }
-        for source in ["ringbuf", "channel", "decode"] {
+        for source in ["ringbuf", "channel", "decode", "netlink"] {
             let total: u64 = [
                 "tcp_reset",
                 "core_signal",
                 "process_exit",
                 "wasm_write",
                 "wasm_write_result",
+                "packet_drop",
+                "conntrack_expiry",
                 "unknown",
             ]
             .iter()
@@ -232,6 +257,10 @@ impl AgentState {
             "losses": losses,
             "queue_depth": self.metrics.queue_depth.get(),
             "core_signals_pending": self.metrics.pending_core_signals.get(),
+            "conntrack": {
+                "watches": self.conntrack.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                "flows_evicted": self.metrics.conntrack_flows_evicted.get(),
+            },
             "kubernetes": { "state": "not_implemented", "note": "pod enrichment is not built yet" },
             "exporter": exporter,
             "config": self.config,
@@ -246,7 +275,9 @@ pub fn requirements() -> serde_json::Value {
     serde_json::json!({
         "host_paths": [crate::loader::VMLINUX_BTF_DIR, crate::loader::tracefs::TRACEFS],
         "host_pid": true,
-        "capabilities": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"],
+        // Conntrack expiries of the node: ctnetlink in the host network namespace.
+        "host_network": true,
+        "capabilities": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE", "NET_ADMIN"],
         "api_resources": [],
     })
 }

@@ -1,0 +1,495 @@
+//! Conntrack expiries and settings, per watched network namespace. No BPF hook into conntrack
+//! loads on the target kernels (and there is no conntrack tracepoint), so expiries come from
+//! ctnetlink DESTROY events: an established TCP entry destroyed without FIN/RST ran out its
+//! timeout. Entries expire lazily (at the flow's next packet or the GC pass), which is also when
+//! the event arrives.
+//!
+//! Each namespace gets an OS thread that enters it (`setns`), creates the netlink socket there
+//! (a socket stays in the namespace it was created in) and then re-reads the namespace's
+//! conntrack sysctls periodically (/proc/sys/net shows the reading thread's namespace); an
+//! async task reads the socket.
+
+pub mod netlink;
+pub mod settings;
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use netlink_sys::Socket;
+use thiserror::Error;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{debug, info, warn};
+
+use self::{
+    netlink::{Destroyed, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY},
+    settings::{FullAlarm, SYSCTL_DIR, Settings},
+};
+use crate::{
+    decode::{Common, Decoded},
+    enrich::boottime_ns,
+    pipeline::Counters,
+    record::{Body, ConntrackExpiry, ConntrackSettings, Finding},
+    status::AgentState,
+};
+
+/// Socket receive buffer asked for (SO_RCVBUFFORCE, else SO_RCVBUF capped by rmem_max).
+const RCVBUF_BYTES: i32 = 8 << 20;
+
+#[derive(Debug, Error)]
+pub enum ConntrackError {
+    #[error("opening network namespace {path}: {source}")]
+    OpenNetns {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("entering network namespace {path} (setns; needs CAP_SYS_ADMIN): {source}")]
+    Setns {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "subscribing to ctnetlink destroy events in {netns}: {source} (needs CAP_NET_ADMIN and a kernel with nf_conntrack_netlink)"
+    )]
+    Subscribe {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("conntrack is not available in {netns}: {SYSCTL_DIR}: {source}")]
+    NoConntrack {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the watcher thread for {0} ended before it was set up")]
+    Thread(String),
+}
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct ConntrackConfig {
+    /// The agent's own namespace (the host's, in a hostNetwork DaemonSet).
+    pub host: bool,
+    /// More namespaces, by path (/run/netns/NAME, /proc/PID/ns/net).
+    pub netns: Vec<PathBuf>,
+    pub settings_interval: Duration,
+    /// Turn on `nf_conntrack_timestamp` where it is off, so expiries carry their age.
+    pub timestamps: bool,
+}
+
+impl ConntrackConfig {
+    fn watches(&self) -> Vec<(String, Option<PathBuf>)> {
+        let mut out = Vec::new();
+        if self.host {
+            out.push(("host".to_owned(), None));
+        }
+        out.extend(
+            self.netns
+                .iter()
+                .map(|p| (p.display().to_string(), Some(p.clone()))),
+        );
+        out
+    }
+}
+
+/// One watched namespace, as the status document shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WatchReport {
+    pub netns: String,
+    pub inode: Option<u32>,
+    pub subscribed: bool,
+    pub error: Option<String>,
+}
+
+/// Where records go: the pipeline's channel (a full channel is counted as a channel drop).
+#[derive(Clone)]
+struct Out {
+    tx: mpsc::Sender<Decoded>,
+    counters: Arc<Counters>,
+}
+
+impl Out {
+    fn send(&self, netns_inode: u32, body: Body) -> bool {
+        let event = Decoded {
+            common: Common {
+                ktime_ns: boottime_ns(),
+                netns: Some(netns_inode),
+                ..Common::none()
+            },
+            body,
+        };
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.channel_drops.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Starts a watcher per namespace; returns when each is subscribed or has failed (failures
+/// are logged with their cause and shown in /health/status; the others run on).
+pub async fn start(
+    config: &ConntrackConfig,
+    tx: mpsc::Sender<Decoded>,
+    counters: Arc<Counters>,
+    state: Arc<AgentState>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let out = Out { tx, counters };
+    let mut tasks = Vec::new();
+    let mut reports = Vec::new();
+    for (label, path) in config.watches() {
+        match start_one(config, &label, path, out.clone(), stop.clone()).await {
+            Ok((inode, task)) => {
+                info!(netns = label, inode, "conntrack: watching destroy events");
+                reports.push(WatchReport {
+                    netns: label,
+                    inode: Some(inode),
+                    subscribed: true,
+                    error: None,
+                });
+                tasks.push(task);
+            }
+            Err(e) => {
+                warn!("conntrack: {e}; expiries in that namespace will not be seen");
+                reports.push(WatchReport {
+                    netns: label,
+                    inode: None,
+                    subscribed: false,
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+    }
+    state.set_conntrack(reports);
+    tasks
+}
+
+struct Setup {
+    socket: Socket,
+    inode: u32,
+    settings: Arc<Mutex<Settings>>,
+}
+
+async fn start_one(
+    config: &ConntrackConfig,
+    label: &str,
+    path: Option<PathBuf>,
+    out: Out,
+    stop: watch::Receiver<bool>,
+) -> Result<(u32, tokio::task::JoinHandle<()>), ConntrackError> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let thread_label = label.to_owned();
+    let (interval, timestamps) = (config.settings_interval, config.timestamps);
+    let thread_out = out.clone();
+    let thread_stop = stop.clone();
+    std::thread::Builder::new()
+        .name("conntrack-netns".into())
+        .spawn(move || {
+            let setup = enter_and_subscribe(&thread_label, path, timestamps);
+            let shared = setup.as_ref().ok().map(|s| (s.inode, s.settings.clone()));
+            if ready_tx.send(setup).is_err() {
+                return;
+            }
+            if let Some((inode, settings)) = shared {
+                watch_settings(
+                    &thread_label,
+                    inode,
+                    &settings,
+                    interval,
+                    &thread_out,
+                    &thread_stop,
+                );
+            }
+        })
+        .map_err(|e| ConntrackError::Thread(format!("{label}: {e}")))?;
+    let setup = ready_rx
+        .await
+        .map_err(|_| ConntrackError::Thread(label.to_owned()))??;
+    let inode = setup.inode;
+    let task = tokio::spawn(read_destroys(label.to_owned(), setup, out, stop));
+    Ok((inode, task))
+}
+
+/// In the watcher thread: enter the namespace, subscribe, read the settings once.
+fn enter_and_subscribe(
+    label: &str,
+    path: Option<PathBuf>,
+    timestamps: bool,
+) -> Result<Setup, ConntrackError> {
+    if let Some(path) = &path {
+        let file = File::open(path).map_err(|source| ConntrackError::OpenNetns {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // SAFETY: a valid fd; setns changes only this thread's network namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(ConntrackError::Setns {
+                path: path.display().to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    let inode = netns_inode().unwrap_or(0);
+    let mut current = Settings::read(std::path::Path::new(SYSCTL_DIR)).map_err(|source| {
+        ConntrackError::NoConntrack {
+            netns: label.to_owned(),
+            source,
+        }
+    })?;
+    if timestamps && current.0.get("nf_conntrack_timestamp").map(String::as_str) == Some("0") {
+        match std::fs::write(format!("{SYSCTL_DIR}/nf_conntrack_timestamp"), "1") {
+            Ok(()) => {
+                info!(
+                    netns = label,
+                    "conntrack: enabled net.netfilter.nf_conntrack_timestamp (expiries carry established_for_s; --conntrack-timestamps false leaves it)"
+                );
+                current
+                    .0
+                    .insert("nf_conntrack_timestamp".into(), "1".into());
+            }
+            Err(e) => warn!(
+                netns = label,
+                "conntrack: cannot enable nf_conntrack_timestamp ({e}); established_for_s will be null"
+            ),
+        }
+    }
+    let socket = subscribe().map_err(|source| ConntrackError::Subscribe {
+        netns: label.to_owned(),
+        source,
+    })?;
+    Ok(Setup {
+        socket,
+        inode,
+        settings: Arc::new(Mutex::new(current)),
+    })
+}
+
+fn subscribe() -> std::io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.add_membership(NFNLGRP_CONNTRACK_DESTROY)?;
+    let fd = socket.as_raw_fd();
+    let size = RCVBUF_BYTES;
+    // SAFETY: setsockopt with a pointer to an int of the right size.
+    let forced = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        socket.set_rx_buf_sz(size)?;
+    }
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+/// The inode of the calling thread's network namespace.
+fn netns_inode() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    u32::try_from(meta.ino()).ok()
+}
+
+/// In the watcher thread: the first `conntrack_settings` record, then one per change, and a
+/// finding when the table fills up. Ends when the agent stops.
+fn watch_settings(
+    label: &str,
+    inode: u32,
+    shared: &Mutex<Settings>,
+    interval: Duration,
+    out: &Out,
+    stop: &watch::Receiver<bool>,
+) {
+    let mut alarm = FullAlarm::default();
+    let mut last = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut first = true;
+    loop {
+        if first || {
+            let now = Settings::read(std::path::Path::new(SYSCTL_DIR)).unwrap_or_default();
+            let changed = now.differs_from(&last);
+            last = now.clone();
+            *shared.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            changed
+        } {
+            first = false;
+            let body = Body::ConntrackSettings(ConntrackSettings {
+                netns_path: label.to_owned(),
+                sysctls: last.to_json(),
+            });
+            if !out.send(inode, body) {
+                return;
+            }
+        }
+        if let Some(ratio) = last.fill_ratio()
+            && alarm.check(ratio)
+            && !out.send(inode, Body::Finding(table_full(label, &last, ratio)))
+        {
+            return;
+        }
+        // Sleep in short steps so shutdown is not held up by the interval.
+        let mut slept = Duration::ZERO;
+        while slept < interval {
+            if *stop.borrow() {
+                return;
+            }
+            let step = Duration::from_millis(100).min(interval - slept);
+            std::thread::sleep(step);
+            slept += step;
+        }
+    }
+}
+
+fn table_full(label: &str, s: &Settings, ratio: f64) -> Finding {
+    let count = s.get_u64("nf_conntrack_count").unwrap_or(0);
+    let max = s.get_u64("nf_conntrack_max").unwrap_or(0);
+    Finding {
+        finding: "conntrack_table_full",
+        summary: format!(
+            "The conntrack table of {label} is {:.0} % full ({count} of net.netfilter.nf_conntrack_max={max}); \
+             when it is full new connections are dropped. Raise nf_conntrack_max or shorten the timeouts that keep idle entries.",
+            ratio * 100.0
+        ),
+        evidence: vec![serde_json::json!({
+            "net.netfilter.nf_conntrack_count": count,
+            "net.netfilter.nf_conntrack_max": max,
+        })],
+        netns_path: Some(label.to_owned()),
+        saddr: None,
+        sport: None,
+        daddr: None,
+        dport: None,
+        backend_addr: None,
+        backend_port: None,
+        timeout_s: None,
+        timeout_sysctl: None,
+        established_for_s: None,
+    }
+}
+
+/// Reads DESTROY events until the agent stops; expiries become records. An overrun (ENOBUFS:
+/// the kernel could not queue events for us) is counted as a loss; the socket stays
+/// subscribed and reading goes on.
+async fn read_destroys(label: String, setup: Setup, out: Out, mut stop: watch::Receiver<bool>) {
+    let Setup {
+        socket,
+        inode,
+        settings,
+    } = setup;
+    // SAFETY: the socket owns its fd for as long as the AsyncFd owns the socket, and
+    // `as_raw_fd` always returns that same fd.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(
+                netns = label,
+                "conntrack: registering the netlink socket: {e}"
+            );
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let mut guard = tokio::select! {
+            guard = fd.readable_mut() => match guard {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!(netns = label, "conntrack: polling the netlink socket: {e}");
+                    return;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        loop {
+            let mut slice: &mut [u8] = &mut buf[..];
+            match guard.get_inner().recv(&mut slice, 0) {
+                Ok(n) => {
+                    let n = n.min(buf.len());
+                    for parsed in netlink::parse_datagram(&buf[..n]) {
+                        match parsed {
+                            Ok(d) if d.is_expiry() => {
+                                let s = settings.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                                let body = Body::ConntrackExpiry(expiry(&label, &d, &s));
+                                if !out.send(inode, body) {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                debug!(netns = label, "conntrack: dropping a message: {e}");
+                                out.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    out.counters
+                        .netlink_overruns
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(netns = label, "conntrack: netlink overrun (ENOBUFS)");
+                }
+                Err(e) => {
+                    warn!(netns = label, "conntrack: reading the netlink socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The record of an expired entry, with the timeout its namespace applies to its state.
+pub fn expiry(label: &str, d: &Destroyed, s: &Settings) -> ConntrackExpiry {
+    let sysctl = d.tcp_state.and_then(netlink::tcp_timeout_sysctl);
+    ConntrackExpiry {
+        netns_path: label.to_owned(),
+        proto: netlink::proto_name(d.orig.proto),
+        tcp_state: d.tcp_state.map(netlink::tcp_state_name),
+        orig_saddr: d.orig.src,
+        orig_sport: d.orig.sport,
+        orig_daddr: d.orig.dst,
+        orig_dport: d.orig.dport,
+        reply_saddr: d.reply.src,
+        reply_sport: d.reply.sport,
+        reply_daddr: d.reply.dst,
+        reply_dport: d.reply.dport,
+        timeout_s: sysctl.and_then(|name| s.get_u64(name)),
+        timeout_sysctl: sysctl.map(str::to_owned),
+        established_for_s: d
+            .start_ns
+            .zip(d.stop_ns)
+            .filter(|(start, stop)| stop >= start && *start > 0)
+            .map(|(start, stop)| (stop - start) as f64 / 1e9),
+        zone: d.zone,
+        mark: d.mark,
+        status: d.status_names(),
+        conntrack_id: d.id,
+        orig_packets: d.counters_orig.map(|c| c.0),
+        orig_bytes: d.counters_orig.map(|c| c.1),
+        reply_packets: d.counters_reply.map(|c| c.0),
+        reply_bytes: d.counters_reply.map(|c| c.1),
+        start_unix_nano: d.start_ns,
+        stop_unix_nano: d.stop_ns,
+        destroyed_unix_nano: d.event_ns,
+    }
+}

@@ -1,0 +1,404 @@
+//! Root e2e: conntrack expiries (ctnetlink DESTROY events, probe-user/src/conntrack) joined with
+//! what happened next. The idle-Redis failure, reproduced: a client netns, a router netns that
+//! DNATs a "service" address to a server netns running a real redis-server, and the router's
+//! `nf_conntrack_tcp_timeout_established` lowered to a few seconds.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use probe_tests::*;
+
+const CLIENT: &str = "10.77.1.2";
+const SERVICE: &str = "10.77.9.9";
+const BACKEND: &str = "10.77.2.2";
+const TIMEOUT_SYSCTL: &str = "net.netfilter.nf_conntrack_tcp_timeout_established";
+const SHORT_TIMEOUT: u64 = 3;
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Topology {
+    client: Netns,
+    router: Netns,
+    server: Netns,
+    redis: Child,
+}
+
+impl Topology {
+    fn new() -> Self {
+        Self::with_invalid_drop(false)
+    }
+
+    /// `invalid_drop`: the router drops INVALID packets, as kube-proxy's KUBE-FORWARD and
+    /// many host firewalls do; the connection then dies silently instead of with a reset.
+    fn with_invalid_drop(invalid_drop: bool) -> Self {
+        let (client, router, server) = (Netns::new("cli"), Netns::new("rtr"), Netns::new("srv"));
+        veth(&client, "c0", "10.77.1.2/24", &router, "rc", "10.77.1.1/24");
+        veth(&server, "s0", "10.77.2.2/24", &router, "rs", "10.77.2.1/24");
+        client.ip(&["route", "add", "default", "via", "10.77.1.1"]);
+        server.ip(&["route", "add", "default", "via", "10.77.2.1"]);
+        router.sysctl("net.ipv4.ip_forward", "1");
+        // The service address is the router's own: a packet that misses the DNAT meets the
+        // router's TCP stack, which has no socket for it (as on a node where the ClusterIP
+        // is local, e.g. kube-proxy IPVS mode).
+        router.ip(&["addr", "add", "10.77.9.9/32", "dev", "lo"]);
+        router.exec(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            SERVICE,
+            "-p",
+            "tcp",
+            "--dport",
+            "6379",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "10.77.2.2:6379",
+        ]);
+        // Strict TCP tracking: a mid-stream packet without an entry is INVALID, not picked up.
+        router.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
+        if invalid_drop {
+            router.exec(&[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "INVALID",
+                "-j",
+                "DROP",
+            ]);
+        }
+        let redis = server
+            .command("redis-server")
+            .args([
+                "--bind",
+                BACKEND,
+                "--port",
+                "6379",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server (`cargo xtask test` installs it)");
+        let topo = Self {
+            client,
+            router,
+            server,
+            redis,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while topo
+            .server
+            .enter(|| TcpStream::connect((BACKEND, 6379)).is_err())
+        {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        topo
+    }
+
+    /// A client connection to the service, PINGed once.
+    fn connect(&self) -> (TcpStream, u16) {
+        let mut conn = self
+            .client
+            .enter(|| TcpStream::connect((SERVICE, 6379)).expect("connect to the service"));
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(ping(&mut conn).expect("first PING"), "+PONG\r\n");
+        let port = conn.local_addr().unwrap().port();
+        (conn, port)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = self.redis.kill();
+        let _ = self.redis.wait();
+    }
+}
+
+fn ping(conn: &mut TcpStream) -> std::io::Result<String> {
+    conn.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 64];
+    let n = conn.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn of_kind<'a>(records: &'a [Value], kind: &str, port: u16) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| {
+            r["kind"] == kind
+                && (r["orig_sport"] == port || r["sport"] == port || r["dport"] == port)
+        })
+        .collect()
+}
+
+#[test]
+fn idle_redis_connection_dies_when_its_dnat_entry_expires() {
+    if !require_root("conntrack_expiry::idle_redis_connection_dies_when_its_dnat_entry_expires") {
+        return;
+    }
+    assert!(
+        have("redis-server") && have("iptables"),
+        "redis-server and iptables are needed (`cargo xtask test` installs them)"
+    );
+    let topo = Topology::new();
+    let path = topo.router.path();
+    let mut probe = Probe::start(&[
+        "--conntrack",
+        "false",
+        "--conntrack-netns",
+        &path,
+        "--conntrack-settings-interval",
+        "500ms",
+        "--conntrack-timestamps",
+        "true",
+    ]);
+    let settings_with = |value: u64| {
+        let path = path.clone();
+        move |r: &Value| {
+            r["kind"] == "conntrack_settings"
+                && r["netns_path"] == path
+                && r[TIMEOUT_SYSCTL] == value
+        }
+    };
+    probe
+        .wait_for(WAIT, settings_with(432_000))
+        .expect("the router's settings with the default timeout");
+
+    // Default timeout: an idle connection survives.
+    let (mut calm, calm_port) = topo.connect();
+    std::thread::sleep(Duration::from_secs(SHORT_TIMEOUT + 2));
+    assert_eq!(ping(&mut calm).expect("PING after idling"), "+PONG\r\n");
+    drop(calm);
+
+    // The drifted node: the same idle time now outlives the entry.
+    topo.router
+        .sysctl(TIMEOUT_SYSCTL, &SHORT_TIMEOUT.to_string());
+    probe
+        .wait_for(WAIT, settings_with(SHORT_TIMEOUT))
+        .expect("conntrack_settings did not show the changed timeout");
+    let (mut idle, port) = topo.connect();
+    std::thread::sleep(Duration::from_secs(SHORT_TIMEOUT + 2));
+    let err = ping(&mut idle).expect_err("the PING after the expiry must fail");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    probe
+        .wait_for(WAIT, |r| r["kind"] == "finding" && r["sport"] == port)
+        .expect("no finding for the expired flow");
+    let records = probe.stop();
+
+    let expiries = of_kind(&records, "conntrack_expiry", port);
+    assert_eq!(expiries.len(), 1, "{expiries:#?}");
+    let x = expiries[0];
+    for (key, want) in [
+        ("netns_path", Value::from(path.as_str())),
+        ("netns", Value::from(topo.router.inode())),
+        ("proto", "tcp".into()),
+        ("tcp_state", "ESTABLISHED".into()),
+        ("orig_saddr", CLIENT.into()),
+        ("orig_sport", port.into()),
+        ("orig_daddr", SERVICE.into()),
+        ("orig_dport", 6379.into()),
+        ("reply_saddr", BACKEND.into()),
+        ("reply_sport", 6379.into()),
+        ("reply_daddr", CLIENT.into()),
+        ("reply_dport", port.into()),
+        ("timeout_s", SHORT_TIMEOUT.into()),
+        (
+            "timeout_sysctl",
+            "nf_conntrack_tcp_timeout_established".into(),
+        ),
+        ("zone", 0.into()),
+        ("mark", 0.into()),
+    ] {
+        assert_eq!(x[key], want, "{key} in {x:#}");
+    }
+    assert!(
+        x["status"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("DST_NAT")),
+        "{x:#}"
+    );
+    // One PING, then idle: the timeout ran out 3 s after the entry was created.
+    let lived = x["established_for_s"].as_f64().expect("established_for_s");
+    assert!((3.0..3.5).contains(&lived), "{lived}");
+
+    let findings = of_kind(&records, "finding", port);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    let f = findings[0];
+    assert_eq!(f["finding"], "conntrack_expiry_reset");
+    assert_eq!(f["node"], x["node"]);
+    assert_eq!(f["netns"], x["netns"]);
+    for (key, want) in [
+        ("saddr", Value::from(CLIENT)),
+        ("sport", port.into()),
+        ("daddr", SERVICE.into()),
+        ("dport", 6379.into()),
+        ("backend_addr", BACKEND.into()),
+        ("backend_port", 6379.into()),
+        ("timeout_s", SHORT_TIMEOUT.into()),
+    ] {
+        assert_eq!(f[key], want, "{key} in {f:#}");
+    }
+    let summary = f["summary"].as_str().unwrap();
+    for needle in [
+        format!("{TIMEOUT_SYSCTL}={SHORT_TIMEOUT} s"),
+        format!("{CLIENT}:{port} -> {SERVICE}:6379 (DNAT to {BACKEND}:6379)"),
+        format!("On node {}", x["node"].as_str().unwrap()),
+        "reset".to_owned(),
+    ] {
+        assert!(summary.contains(&needle), "{needle:?} not in {summary:?}");
+    }
+    let evidence = f["evidence"].as_array().unwrap();
+    assert_eq!(evidence[0], *x, "the expiry is the first evidence");
+    // The router's reset to the client and the client's receipt of it.
+    let resets: Vec<&Value> = evidence
+        .iter()
+        .filter(|e| e["kind"] == "tcp_reset")
+        .collect();
+    assert!(
+        resets.iter().any(|r| r["direction"] == "sent"
+            && r["saddr"] == SERVICE
+            && r["daddr"] == CLIENT
+            && r["dport"] == port
+            && r["netns"] == topo.router.inode()),
+        "{evidence:#?}"
+    );
+    assert!(
+        resets.iter().any(|r| r["direction"] == "received"
+            && r["saddr"] == CLIENT
+            && r["sport"] == port
+            && r["netns"] == topo.client.inode()),
+        "{evidence:#?}"
+    );
+    // The packet that found no entry was not DNAT'ed and met no socket on the router.
+    assert!(
+        resets
+            .iter()
+            .any(|r| r["direction"] == "sent" && r["reason"] == "NO_SOCKET"),
+        "{evidence:#?}"
+    );
+
+    // The connection that idled under the default timeout: no expiry, no finding.
+    assert!(of_kind(&records, "conntrack_expiry", calm_port).is_empty());
+    assert!(of_kind(&records, "finding", calm_port).is_empty());
+    drop(idle);
+}
+
+#[test]
+fn a_namespace_that_cannot_be_watched_is_reported_and_the_rest_runs() {
+    if !require_root(
+        "conntrack_expiry::a_namespace_that_cannot_be_watched_is_reported_and_the_rest_runs",
+    ) {
+        return;
+    }
+    let ns = Netns::new("ok");
+    let missing = "/run/netns/pt-does-not-exist";
+    let mut probe = Probe::start(&[
+        "--conntrack",
+        "false",
+        "--conntrack-netns",
+        &format!("{missing},{}", ns.path()),
+    ]);
+    let good = ns.path();
+    probe
+        .wait_for(WAIT, |r| {
+            r["kind"] == "conntrack_settings" && r["netns_path"] == good
+        })
+        .expect("the namespace that exists is watched");
+    let (status, _, body) = http_get(probe.http_addr(), "/health/status");
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let watches = doc["conntrack"]["watches"].as_array().unwrap();
+    assert_eq!(watches.len(), 2, "{watches:#?}");
+    assert_eq!(watches[0]["netns"], missing);
+    assert_eq!(watches[0]["subscribed"], false);
+    let error = watches[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(missing) && error.contains("No such file"),
+        "{error}"
+    );
+    assert_eq!(watches[1]["subscribed"], true);
+    assert_eq!(watches[1]["inode"], ns.inode());
+    probe.stop();
+}
+
+#[test]
+fn with_invalid_packets_dropped_the_connection_dies_silently() {
+    if !require_root("conntrack_expiry::with_invalid_packets_dropped_the_connection_dies_silently")
+    {
+        return;
+    }
+    assert!(
+        have("redis-server") && have("iptables"),
+        "redis-server and iptables are needed (`cargo xtask test` installs them)"
+    );
+    let topo = Topology::with_invalid_drop(true);
+    topo.router
+        .sysctl(TIMEOUT_SYSCTL, &SHORT_TIMEOUT.to_string());
+    let path = topo.router.path();
+    let mut probe = Probe::start(&["--conntrack", "false", "--conntrack-netns", &path]);
+    let (mut idle, port) = topo.connect();
+    std::thread::sleep(Duration::from_secs(SHORT_TIMEOUT + 2));
+    idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let err = ping(&mut idle).expect_err("no answer after the expiry");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    let finding = probe
+        .wait_for(WAIT, |r| r["kind"] == "finding" && r["sport"] == port)
+        .expect("no finding for the silently dropped flow");
+    let records = probe.stop();
+    drop(idle);
+
+    assert_eq!(finding["finding"], "conntrack_expiry_drop");
+    assert_eq!(finding["timeout_s"], SHORT_TIMEOUT);
+    assert!(
+        finding["summary"]
+            .as_str()
+            .unwrap()
+            .contains("dropped (NETFILTER_DROP)"),
+        "{finding:#}"
+    );
+    // The PING and its retransmissions, counted per flow in the kernel.
+    let drops: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "packet_drop" && r["sport"] == port)
+        .collect();
+    assert!(!drops.is_empty());
+    for d in &drops {
+        assert_eq!(d["reason"], "NETFILTER_DROP");
+        assert_eq!(
+            (d["saddr"].as_str(), d["daddr"].as_str()),
+            (Some(CLIENT), Some(SERVICE))
+        );
+        assert_eq!(d["dport"], 6379);
+        assert_eq!(d["netns"], topo.router.inode());
+    }
+    assert!(
+        of_kind(&records, "tcp_reset", port).is_empty(),
+        "a silent death: no reset"
+    );
+    // Without timestamps (left off here) the age is unknown, and the finding says so by
+    // omission rather than guessing.
+    assert_eq!(finding["established_for_s"], Value::Null);
+}
