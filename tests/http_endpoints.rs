@@ -61,6 +61,7 @@ fn every_endpoint_answers_and_counters_move() {
     assert_eq!(
         names,
         [
+            "kfree_skb",
             "sched_process_exec",
             "sched_process_exit",
             "sched_process_fork",

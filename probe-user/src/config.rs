@@ -17,6 +17,12 @@ pub enum Output {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KubeMode {
+    Auto,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -115,6 +121,24 @@ pub struct Cli {
     #[arg(long, env = "PROBE_CONNTRACK_TIMESTAMPS", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub conntrack_timestamps: bool,
+
+    /// Kubernetes enrichment: `auto` uses KUBECONFIG, ~/.kube/config or the in-cluster service
+    /// account when there is one (and runs on without when there is none); `off` never connects.
+    #[arg(long, value_enum, env = "PROBE_KUBERNETES", default_value_t = KubeMode::Auto)]
+    pub kubernetes: KubeMode,
+
+    /// `k8s.cluster.name` of every event (default: from well-known node labels, else none).
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+
+    /// Pod labels copied onto events as `k8s.pod.labels`.
+    #[arg(
+        long,
+        env = "PROBE_K8S_POD_LABELS",
+        value_delimiter = ',',
+        default_value = "app,app.kubernetes.io/name,app.kubernetes.io/instance,app.kubernetes.io/version,app.kubernetes.io/component"
+    )]
+    pub k8s_pod_labels: Vec<String>,
 
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax).
     #[arg(long, env = "PROBE_LOG", default_value = "info")]
@@ -233,6 +257,9 @@ impl Cli {
             "conntrack-settings-interval": humantime::format_duration(self.conntrack_settings_interval).to_string(),
             "conntrack-window": humantime::format_duration(self.conntrack_window).to_string(),
             "conntrack-timestamps": self.conntrack_timestamps,
+            "kubernetes": format!("{:?}", self.kubernetes).to_lowercase(),
+            "cluster-name": self.cluster_name,
+            "k8s-pod-labels": self.k8s_pod_labels,
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),
             "http-addr": self.http_addr.0.map_or_else(|| "none".to_owned(), |a| a.to_string()),

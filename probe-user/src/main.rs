@@ -23,12 +23,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Cli, Color, LogFormat, Output},
+    config::{Cli, Color, KubeMode, LogFormat, Output},
     enrich::{
         Enricher,
         conntrack::FlowCorrelator,
         core_signal::CoreJoin,
         drops::DropTotals,
+        k8s::{K8sCache, K8sConfig, attrs::K8sEnricher},
         wasm_output::{self, WasmAssembler},
     },
     export::{JsonSink, Sink, TerminalSink},
@@ -157,6 +158,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stop_rx.clone(),
     )
     .await;
+    let node = cli
+        .node_name
+        .clone()
+        .unwrap_or_else(enrich::default_node_name);
+    let k8s_cache = K8sCache::new();
+    state.set_kubernetes(k8s_cache.clone());
+    let k8s_tasks = match cli.kubernetes {
+        KubeMode::Off => {
+            info!("kubernetes: enrichment off (--kubernetes off)");
+            Vec::new()
+        }
+        KubeMode::Auto => {
+            enrich::k8s::start(
+                K8sConfig {
+                    node: node.clone(),
+                    cluster_name: cli.cluster_name.clone(),
+                    labels: cli.k8s_pod_labels.clone(),
+                },
+                k8s_cache.clone(),
+                stop_rx.clone(),
+            )
+            .await
+        }
+    };
     let reader = tokio::spawn(pipeline::read_events(
         ring,
         tx,
@@ -164,10 +189,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         counters.clone(),
         stop_rx,
     ));
-    let node = cli
-        .node_name
-        .clone()
-        .unwrap_or_else(enrich::default_node_name);
     let stages = Stages {
         enricher: Enricher::new(node.clone()),
         sink: sink(&cli),
@@ -181,6 +202,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         drops: DropTotals::new(drop_flows),
         flows: FlowCorrelator::new(cli.conntrack_window, CONNTRACK_FLOWS),
+        k8s: K8sEnricher::new(k8s_cache, enrich::k8s::cgroup::cgroup2_root()),
+        held: std::collections::VecDeque::new(),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));
@@ -204,8 +227,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(cli.shutdown_timeout, async {
         reader.await.context("reader task")??;
-        for task in conntrack_tasks {
-            task.await.context("conntrack task")?;
+        for task in conntrack_tasks.into_iter().chain(k8s_tasks) {
+            task.await.context("conntrack/kubernetes task")?;
         }
         consumer.await.context("consumer task")??;
         if let Some(http) = http {

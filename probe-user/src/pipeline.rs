@@ -23,7 +23,11 @@ use tracing::debug;
 use crate::{
     decode::{Common, Decoded, Kind, SymbolTables, decode},
     enrich::{
-        Enricher, boottime_ns, conntrack::FlowCorrelator, core_signal::CoreJoin, drops::DropTotals,
+        Enricher, boottime_ns,
+        conntrack::FlowCorrelator,
+        core_signal::CoreJoin,
+        drops::DropTotals,
+        k8s::attrs::{K8sEnricher, Verdict},
         wasm_output::WasmAssembler,
     },
     export::Sink,
@@ -218,12 +222,51 @@ pub struct Stages {
     pub wasm: WasmAssembler,
     pub drops: DropTotals,
     pub flows: FlowCorrelator,
+    pub k8s: K8sEnricher,
+    /// Records of pods the Kubernetes cache does not know yet, with their deadline.
+    pub held: std::collections::VecDeque<(Instant, Record)>,
     pub state: Arc<AgentState>,
 }
 
+/// How long a record waits for its pod to reach the cache.
+const HOLD_FOR: Duration = Duration::from_secs(2);
+/// Records held at once; beyond that they go out unenriched.
+const HOLD_MAX: usize = 4096;
+
 impl Stages {
+    /// Enriches with Kubernetes metadata (holding records whose pod is not cached yet), then
+    /// writes.
     fn write(&mut self, records: Vec<Record>) -> std::io::Result<()> {
         let now = Instant::now();
+        let mut ready = Vec::with_capacity(records.len());
+        for mut record in records {
+            match self.k8s.enrich(&mut record, now) {
+                Verdict::PodNotCached(_) if self.held.len() < HOLD_MAX => {
+                    self.held.push_back((now + HOLD_FOR, record));
+                }
+                _ => ready.push(record),
+            }
+        }
+        self.emit(ready, now)
+    }
+
+    /// Held records whose pod arrived, or whose wait is over (`all`: every one, at shutdown).
+    fn release_held(&mut self, now: Instant, all: bool) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        let mut keep = std::collections::VecDeque::new();
+        while let Some((deadline, mut record)) = self.held.pop_front() {
+            let verdict = self.k8s.enrich(&mut record, now);
+            if verdict == Verdict::Done || all || now >= deadline {
+                out.push(record);
+            } else {
+                keep.push_back((deadline, record));
+            }
+        }
+        self.held = keep;
+        self.emit(out, now)
+    }
+
+    fn emit(&mut self, records: Vec<Record>, now: Instant) -> std::io::Result<()> {
         for record in &records {
             self.flows.observe(record, now);
             self.sink.write(record)?;
@@ -310,8 +353,10 @@ impl Stages {
         self.write(records)
     }
 
-    /// Timed work: core signals whose wait ran out, idle Wasm lines, drop tails, findings.
+    /// Timed work: core signals whose wait ran out, idle Wasm lines, drop tails, findings,
+    /// records waiting for their pod.
     fn timed(&mut self, now: Instant) -> std::io::Result<()> {
+        self.release_held(now, false)?;
         let mut due = self.core_join.expire(now);
         let idle = self.wasm.flush_idle(now);
         due.extend(self.wasm_records(idle));
@@ -349,6 +394,7 @@ impl Stages {
             || self.wasm.buffered() > 0
             || self.flows.pending() > 0
             || self.drops.active(now)
+            || !self.held.is_empty()
     }
 
     fn update_gauges(&self, queue_depth: usize) {
@@ -426,6 +472,9 @@ async fn consume_loop(
     );
     let records = stages.finding_records(findings);
     stages.write(records).map_err(PipelineError::Sink)?;
+    stages
+        .release_held(Instant::now(), true)
+        .map_err(PipelineError::Sink)?;
     stages.report_losses().map_err(PipelineError::Sink)
 }
 

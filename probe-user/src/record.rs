@@ -16,6 +16,9 @@ pub struct Record {
     pub common: Common,
     #[serde(flatten)]
     pub body: Body,
+    /// Kubernetes keys (`k8s.pod.name`, ...), when the event belongs to a pod.
+    #[serde(flatten)]
+    pub k8s: Option<Box<crate::enrich::k8s::attrs::K8sAttrs>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

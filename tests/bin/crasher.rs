@@ -1,5 +1,5 @@
 //! Test helper for the signal e2e tests: crashes (or survives) in a chosen way.
-//! Usage: crasher segv | abort | handle-segv | sleep
+//! Usage: crasher segv | abort | handle-segv | sleep | reset-then-segv HOST:PORT
 //! It sets RLIMIT_CORE from CRASHER_RLIMIT_CORE ("0" or "unlimited") first when given.
 
 use std::time::Duration;
@@ -46,6 +46,32 @@ fn main() {
             std::process::exit(i32::from(v));
         }
         Some("abort") => std::process::abort(),
+        Some("reset-then-segv") => {
+            // A connection closed with SO_LINGER {1, 0}: this process sends a reset...
+            let to = std::env::args().nth(2).expect("HOST:PORT");
+            let conn = std::net::TcpStream::connect(to).expect("connect");
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt with a valid linger struct.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&conn),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+            drop(conn);
+            // ...then crashes.
+            let addr = std::hint::black_box(8usize) as *const u8;
+            // SAFETY: deliberately not; this is the crash under test.
+            let v = unsafe { std::ptr::read_volatile(addr) };
+            std::process::exit(i32::from(v));
+        }
         Some("handle-segv") => {
             // SAFETY: installs a valid handler.
             unsafe { libc::signal(libc::SIGSEGV, on_segv as *const () as libc::sighandler_t) };

@@ -53,7 +53,18 @@ impl Probe {
     /// Starts the agent with `--output json` plus `args` and waits until it is attached. The
     /// HTTP endpoints listen on a free loopback port unless `args` say otherwise.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `start` with extra environment variables (e.g. KUBECONFIG).
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut cmd = Command::new(probe_bin());
+        cmd.env_remove("KUBECONFIG");
+        cmd.envs(envs.iter().copied());
+        if !args.contains(&"--kubernetes") && !envs.iter().any(|(k, _)| *k == "KUBECONFIG") {
+            // No cluster for tests that do not bring their fake.
+            cmd.args(["--kubernetes", "off"]);
+        }
         cmd.args(["--output", "json", "--log-level", "info"]);
         if !args.contains(&"--http-addr") {
             cmd.args(["--http-addr", "127.0.0.1:0"]);
@@ -289,9 +300,10 @@ pub fn run_probe(args: &[&str]) -> std::process::Output {
         .expect("running the probe")
 }
 
+mod kube_fake;
 mod net;
 mod netns;
 mod process;
 mod wasm;
 
-pub use self::{net::*, netns::*, process::*, wasm::*};
+pub use self::{kube_fake::*, net::*, netns::*, process::*, wasm::*};

@@ -60,6 +60,18 @@ pub fn own_netns() -> u64 {
     std::fs::metadata("/proc/self/ns/net").expect("netns").ino()
 }
 
+/// Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+pub fn cgroup2_root() -> std::path::PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+        })
+        .expect("no cgroup2 mount")
+}
+
 /// The cgroup v2 id (inode of the cgroup directory) of this process.
 pub fn own_cgroup_id() -> u64 {
     use std::os::unix::fs::MetadataExt as _;
@@ -68,7 +80,7 @@ pub fn own_cgroup_id() -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .expect("a cgroup v2 line");
-    std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+    std::fs::metadata(cgroup2_root().join(path.trim_start_matches('/')))
         .expect("cgroup directory")
         .ino()
 }

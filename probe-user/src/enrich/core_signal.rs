@@ -150,6 +150,7 @@ mod tests {
     fn signal(pid: u32, handler: Option<Handler>, rlimit: u64) -> Record {
         Record {
             time_unix_nano: 1,
+            k8s: None,
             kind: "core_signal",
             node: "n".into(),
             common: Common {

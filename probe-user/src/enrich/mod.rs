@@ -4,6 +4,7 @@
 pub mod conntrack;
 pub mod core_signal;
 pub mod drops;
+pub mod k8s;
 pub mod wasm_output;
 
 use crate::{
@@ -56,6 +57,7 @@ impl Enricher {
             node: self.node.clone(),
             common: event.common,
             body: event.body,
+            k8s: None,
         }
     }
 
@@ -67,6 +69,7 @@ impl Enricher {
             node: self.node.clone(),
             common: Common::none(),
             body,
+            k8s: None,
         }
     }
 }

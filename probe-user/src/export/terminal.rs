@@ -213,6 +213,7 @@ pub(crate) mod tests {
     pub(crate) fn reset_record() -> Record {
         Record {
             time_unix_nano: 1_700_000_000_123_456_789,
+            k8s: None,
             kind: "tcp_reset",
             node: "node-1".into(),
             common: Common {
@@ -265,6 +266,7 @@ pub(crate) mod tests {
     pub(crate) fn loss_record() -> Record {
         Record {
             time_unix_nano: 1_700_000_000_000_000_000,
+            k8s: None,
             kind: "loss",
             node: "node-1".into(),
             common: Common::none(),

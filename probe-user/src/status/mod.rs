@@ -131,6 +131,7 @@ pub struct AgentState {
     config: serde_json::Value,
     ready: AtomicBool,
     conntrack: Mutex<Vec<crate::conntrack::WatchReport>>,
+    kubernetes: Mutex<Option<std::sync::Arc<crate::enrich::k8s::K8sCache>>>,
 }
 
 impl AgentState {
@@ -147,7 +148,12 @@ impl AgentState {
             config,
             ready: AtomicBool::new(false),
             conntrack: Mutex::new(Vec::new()),
+            kubernetes: Mutex::new(None),
         }
+    }
+
+    pub fn set_kubernetes(&self, cache: std::sync::Arc<crate::enrich::k8s::K8sCache>) {
+        *self.kubernetes.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
     }
 
     pub fn set_conntrack(&self, reports: Vec<crate::conntrack::WatchReport>) {
@@ -261,7 +267,12 @@ impl AgentState {
                 "watches": self.conntrack.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 "flows_evicted": self.metrics.conntrack_flows_evicted.get(),
             },
-            "kubernetes": { "state": "not_implemented", "note": "pod enrichment is not built yet" },
+            "kubernetes": self
+                .kubernetes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|c| serde_json::to_value(c.status()).unwrap_or_default()),
             "exporter": exporter,
             "config": self.config,
         })
@@ -278,6 +289,8 @@ pub fn requirements() -> serde_json::Value {
         // Conntrack expiries of the node: ctnetlink in the host network namespace.
         "host_network": true,
         "capabilities": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE", "NET_ADMIN"],
-        "api_resources": [],
+        // Pods of this node, Services and EndpointSlices (list/watch); this node (get), for
+        // the cluster name in its labels.
+        "api_resources": ["endpointslices", "nodes", "pods", "services"],
     })
 }

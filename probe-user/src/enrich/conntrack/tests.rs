@@ -17,6 +17,7 @@ fn record(body: Body) -> Record {
         node: "node-3".into(),
         common: Common::none(),
         body,
+        k8s: None,
     }
 }
 

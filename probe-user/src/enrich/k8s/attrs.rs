@@ -1,0 +1,183 @@
+//! Applies the caches to records: the pod an event belongs to (by cgroup id, then pid, then
+//! its local address) and, for network events, the peer's pod or Service. Keys are spelled as
+//! OpenTelemetry semantic conventions spell them; the peer's carry a `peer.` prefix.
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Instant};
+
+use serde::Serialize;
+
+use super::{K8sCache, cgroup, index::PodInfo};
+use crate::record::{Body, Record};
+
+/// Kubernetes keys of a record; absent (not null) when the event is not a pod's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct K8sAttrs {
+    #[serde(rename = "k8s.cluster.name", skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    #[serde(rename = "k8s.node.name", skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(rename = "k8s.namespace.name", skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(rename = "k8s.pod.name", skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(rename = "k8s.pod.uid", skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(rename = "k8s.container.name", skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(rename = "container.id", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(rename = "container.runtime", skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<String>,
+    /// `k8s.deployment.name`, `k8s.replicaset.name`, `k8s.statefulset.name`,
+    /// `k8s.daemonset.name`, `k8s.job.name`, `k8s.cronjob.name`.
+    #[serde(flatten)]
+    pub workload: BTreeMap<&'static str, String>,
+    #[serde(rename = "k8s.pod.labels", skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(
+        rename = "peer.k8s.namespace.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub peer_namespace: Option<String>,
+    #[serde(rename = "peer.k8s.pod.name", skip_serializing_if = "Option::is_none")]
+    pub peer_pod_name: Option<String>,
+    #[serde(
+        rename = "peer.k8s.service.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub peer_service_name: Option<String>,
+    /// The workload of a peer pod on this node (`peer.k8s.deployment.name`, ...).
+    #[serde(flatten)]
+    pub peer_workload: BTreeMap<String, String>,
+}
+
+/// Why a record is held back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Done,
+    /// The event's cgroup is a pod's that the cache does not know yet: hold it briefly.
+    PodNotCached(String),
+}
+
+pub struct K8sEnricher {
+    cache: Arc<K8sCache>,
+    cgroups: cgroup::CgroupPaths,
+}
+
+impl K8sEnricher {
+    pub fn new(cache: Arc<K8sCache>, cgroup_root: std::path::PathBuf) -> Self {
+        Self {
+            cache,
+            cgroups: cgroup::CgroupPaths::new(cgroup_root),
+        }
+    }
+
+    /// Whether the caches have anything to offer (enrichment on and synced once).
+    pub fn active(&self) -> bool {
+        !self.cache.status().synced.is_empty()
+    }
+
+    pub fn enrich(&mut self, record: &mut Record, now: Instant) -> Verdict {
+        if !self.active() {
+            return Verdict::Done;
+        }
+        let idx = self.cache.indexes.read().unwrap_or_else(|e| e.into_inner());
+        let mut attrs = K8sAttrs::default();
+        let mut subject: Option<Arc<PodInfo>> = None;
+        // 1. The task's or socket's cgroup.
+        let path = record
+            .common
+            .cgroup_id
+            .and_then(|id| self.cgroups.path(id, now))
+            .or_else(|| record.common.pid.and_then(cgroup::path_of_pid));
+        if let Some(c) = path.as_deref().and_then(cgroup::parse) {
+            match idx.pods.get(&c.pod_uid) {
+                Some(pod) => {
+                    if let Some(id) = &c.container_id {
+                        attrs.container_id = Some(id.clone());
+                        let known = pod.containers.get(id);
+                        attrs.container_name = known.map(|(name, _)| name.clone());
+                        attrs.container_runtime = known
+                            .and_then(|(_, r)| r.clone())
+                            .or(c.runtime.map(str::to_owned));
+                    }
+                    subject = Some(pod.clone());
+                }
+                None => return Verdict::PodNotCached(c.pod_uid),
+            }
+        }
+        // 2. The local address of a network event, 3. its peer.
+        let (mut local, mut peer) = endpoints(&record.body);
+        // A dropped packet may be leaving or arriving: the pod's end is its local one.
+        if let (Body::PacketDrop(_), Some(l), Some(p)) = (&record.body, local, peer)
+            && !idx.pod_by_ip.contains_key(&l.0)
+            && idx.pod_by_ip.contains_key(&p.0)
+        {
+            (local, peer) = (Some(p), Some(l));
+        }
+        if subject.is_none() {
+            subject = local.and_then(|(ip, _)| idx.pod_by_ip.get(&ip).cloned());
+        }
+        if let Some((ip, _port)) = peer {
+            if let Some(svc) = idx.services.get(&ip) {
+                attrs.peer_service_name = Some(svc.name.clone());
+                attrs.peer_namespace = Some(svc.namespace.clone());
+            } else if let Some(pod) = idx.pod_by_ip.get(&ip) {
+                attrs.peer_pod_name = Some(pod.name.clone());
+                attrs.peer_namespace = Some(pod.namespace.clone());
+                attrs.peer_workload = pod
+                    .workload
+                    .iter()
+                    .map(|(k, v)| (format!("peer.{k}"), v.clone()))
+                    .collect();
+            } else if let Some(b) = idx.backends.get(&ip) {
+                attrs.peer_pod_name = b.pod_name.clone();
+                attrs.peer_namespace = Some(b.namespace.clone());
+                attrs.peer_service_name = b.service.clone();
+            }
+        }
+        // A DNAT'ed flow: the backend that really served it.
+        if let Body::ConntrackExpiry(x) = &record.body
+            && attrs.peer_pod_name.is_none()
+        {
+            if let Some(pod) = idx.pod_by_ip.get(&x.reply_saddr) {
+                attrs.peer_pod_name = Some(pod.name.clone());
+            } else if let Some(b) = idx.backends.get(&x.reply_saddr) {
+                attrs.peer_pod_name = b.pod_name.clone();
+            }
+        }
+        if let Some(pod) = &subject {
+            attrs.namespace = Some(pod.namespace.clone());
+            attrs.pod_name = Some(pod.name.clone());
+            attrs.pod_uid = Some(pod.uid.clone());
+            attrs.workload = pod.workload.iter().cloned().collect();
+            attrs.labels = pod.labels.clone();
+        }
+        if attrs != K8sAttrs::default() {
+            attrs.node_name = Some(record.node.clone());
+            attrs.cluster_name = self
+                .cache
+                .cluster_name
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            record.k8s = Some(Box::new(attrs));
+        }
+        Verdict::Done
+    }
+}
+
+type Endpoint = Option<(IpAddr, u16)>;
+
+/// (local, peer) endpoints of a network record.
+fn endpoints(body: &Body) -> (Endpoint, Endpoint) {
+    match body {
+        Body::TcpReset(r) => (Some((r.saddr, r.sport)), Some((r.daddr, r.dport))),
+        Body::PacketDrop(d) => (Some((d.daddr, d.dport)), Some((d.saddr, d.sport))),
+        Body::ConntrackExpiry(x) => (
+            Some((x.orig_saddr, x.orig_sport)),
+            Some((x.orig_daddr, x.orig_dport)),
+        ),
+        _ => (None, None),
+    }
+}

@@ -1,0 +1,340 @@
+//! cgroup paths -> (pod UID, container id, runtime), for the layouts kubelet and the container
+//! runtimes create: containerd, CRI-O and Docker (cri-dockerd), with the systemd and the
+//! cgroupfs cgroup drivers, in every QoS class, on cgroup v2 and v1. Also cgroup id -> path,
+//! by the directory inode (a cgroup v2 id is its directory's inode number).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on
+/// hybrid ones (read from /proc/self/mountinfo; the default when none is found).
+pub fn cgroup2_root() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                (right.split_whitespace().next()? == "cgroup2")
+                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+}
+
+/// What a container's cgroup path says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCgroup {
+    /// The pod UID with dashes (`systemd` slices spell them as underscores).
+    pub pod_uid: String,
+    /// The container id (64 hex digits), or None for the pod-level cgroup itself.
+    pub container_id: Option<String>,
+    /// `containerd`, `cri-o` or `docker`; None when the layout does not say (cgroupfs driver
+    /// with containerd or Docker: a bare id).
+    pub runtime: Option<&'static str>,
+}
+
+/// Parses a cgroup path (relative to the hierarchy root, or absolute under /sys/fs/cgroup).
+/// None when it is not under a kubepods hierarchy.
+pub fn parse(path: &str) -> Option<ContainerCgroup> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let kube = parts
+        .iter()
+        .position(|p| *p == "kubepods" || *p == "kubepods.slice")?;
+    let mut pod_uid = None;
+    let mut container = None;
+    for part in &parts[kube + 1..] {
+        if pod_uid.is_none() {
+            pod_uid = pod_segment(part);
+            continue;
+        }
+        container = Some(*part);
+        break;
+    }
+    let pod_uid = pod_uid?;
+    let (container_id, runtime) = match container {
+        None => (None, None),
+        Some(c) => {
+            let (id, runtime) = container_segment(c)?;
+            (Some(id), runtime)
+        }
+    };
+    Some(ContainerCgroup {
+        pod_uid,
+        container_id,
+        runtime,
+    })
+}
+
+/// `pod<uid>` (cgroupfs) or `kubepods[-<qos>]-pod<uid_with_underscores>.slice` (systemd).
+fn pod_segment(part: &str) -> Option<String> {
+    let raw = if let Some(slice) = part.strip_suffix(".slice") {
+        slice.rsplit_once("-pod")?.1
+    } else {
+        part.strip_prefix("pod")?
+    };
+    let uid = raw.replace('_', "-");
+    is_uid(&uid).then_some(uid)
+}
+
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope` (systemd), `crio-<id>`
+/// or a bare `<id>` (cgroupfs). `crio-conmon-<id>` is the runtime monitor, not the container.
+fn container_segment(part: &str) -> Option<(String, Option<&'static str>)> {
+    let name = part.strip_suffix(".scope").unwrap_or(part);
+    let (id, runtime) = if let Some(id) = name.strip_prefix("cri-containerd-") {
+        (id, Some("containerd"))
+    } else if let Some(id) = name.strip_prefix("crio-") {
+        (id, Some("cri-o"))
+    } else if let Some(id) = name.strip_prefix("docker-") {
+        (id, Some("docker"))
+    } else {
+        (name, None)
+    };
+    is_container_id(id).then(|| (id.to_owned(), runtime))
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn is_uid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| {
+            matches!(i, 8 | 13 | 18 | 23) == (b == b'-') && (b == b'-' || b.is_ascii_hexdigit())
+        })
+}
+
+/// The cgroup path of a process that names a pod container, from /proc/PID/cgroup: the v2
+/// (`0::`) line first, else the v1 hierarchies' (hybrid and v1 hosts, where kubelet may put
+/// containers in v1 controllers only).
+pub fn path_of_pid(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v2 = text.lines().filter_map(|l| l.strip_prefix("0::"));
+    let v1 = text.lines().filter_map(|l| l.splitn(3, ':').nth(2));
+    v2.chain(v1).find(|p| parse(p).is_some()).map(str::to_owned)
+}
+
+/// cgroup id -> path, found by walking the kubepods subtrees of the cgroup v2 mount. Misses
+/// are remembered for `negative_ttl` so a busy non-Kubernetes cgroup does not cause a walk per
+/// event; a walk happens at most once per `walk_every`.
+pub struct CgroupPaths {
+    root: PathBuf,
+    known: HashMap<u64, String>,
+    misses: HashMap<u64, Instant>,
+    last_walk: Option<Instant>,
+    walk_every: Duration,
+    negative_ttl: Duration,
+}
+
+impl CgroupPaths {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            known: HashMap::new(),
+            misses: HashMap::new(),
+            last_walk: None,
+            walk_every: Duration::from_millis(200),
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
+
+    /// The path (relative to the cgroup root, starting with `/`) of cgroup `id`.
+    pub fn path(&mut self, id: u64, now: Instant) -> Option<String> {
+        if let Some(p) = self.known.get(&id) {
+            return Some(p.clone());
+        }
+        if self
+            .misses
+            .get(&id)
+            .is_some_and(|t| now.duration_since(*t) < self.negative_ttl)
+        {
+            return None;
+        }
+        if self
+            .last_walk
+            .is_none_or(|t| now.duration_since(t) >= self.walk_every)
+        {
+            self.last_walk = Some(now);
+            self.walk();
+        }
+        match self.known.get(&id) {
+            Some(p) => Some(p.clone()),
+            None => {
+                if self.misses.len() > 65536 {
+                    self.misses.clear();
+                }
+                self.misses.insert(id, now);
+                None
+            }
+        }
+    }
+
+    /// Rebuilds the map from the cgroups that exist now: removed pods' cgroups drop out (and
+    /// cgroup ids are 64-bit kernfs ids, not reused, so a stale entry cannot mislabel).
+    fn walk(&mut self) {
+        self.known.clear();
+        for top in ["kubepods.slice", "kubepods"] {
+            let dir = self.root.join(top);
+            if dir.is_dir() {
+                self.walk_dir(&dir, 0);
+            }
+        }
+    }
+
+    fn walk_dir(&mut self, dir: &Path, depth: usize) {
+        use std::os::unix::fs::MetadataExt as _;
+        if depth > 4 {
+            return;
+        }
+        if let (Ok(meta), Ok(rel)) = (std::fs::metadata(dir), dir.strip_prefix(&self.root)) {
+            let path = format!("/{}", rel.display());
+            self.misses.remove(&meta.ino());
+            self.known.insert(meta.ino(), path);
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                self.walk_dir(&entry.path(), depth + 1);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn known_ids(&self) -> impl Iterator<Item = (&u64, &String)> {
+        self.known.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "6a5e5d5c-1f2b-4c3d-9e8f-0a1b2c3d4e5f";
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn layouts_of_every_runtime_driver_and_qos_class() {
+        let u = UID.replace('-', "_");
+        let table: Vec<(String, Option<&str>)> = vec![
+            // containerd, systemd driver, v2: burstable, besteffort, guaranteed.
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some("containerd"),
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some("containerd"),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"),
+                Some("containerd"),
+            ),
+            // CRI-O, systemd driver.
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/crio-{ID}.scope"
+                ),
+                Some("cri-o"),
+            ),
+            // Docker (cri-dockerd), systemd driver.
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/docker-{ID}.scope"
+                ),
+                Some("docker"),
+            ),
+            // cgroupfs driver: containerd and Docker use the bare id, CRI-O prefixes it.
+            (format!("/kubepods/burstable/pod{UID}/{ID}"), None),
+            (format!("/kubepods/besteffort/pod{UID}/{ID}"), None),
+            (format!("/kubepods/pod{UID}/{ID}"), None),
+            (
+                format!("/kubepods/burstable/pod{UID}/crio-{ID}"),
+                Some("cri-o"),
+            ),
+            // cgroup v1: the same paths under a controller's hierarchy, as /proc/PID/cgroup
+            // and the mount show them.
+            (
+                format!("/sys/fs/cgroup/memory/kubepods/burstable/pod{UID}/{ID}"),
+                None,
+            ),
+            (
+                format!(
+                    "/sys/fs/cgroup/cpu,cpuacct/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/docker-{ID}.scope"
+                ),
+                Some("docker"),
+            ),
+            // kind / nested: a prefix before kubepods.
+            (
+                format!(
+                    "/kubelet.slice/kubelet-kubepods.slice/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"
+                ),
+                Some("containerd"),
+            ),
+        ];
+        for (path, runtime) in table {
+            let c = parse(&path).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(c.pod_uid, UID, "{path}");
+            assert_eq!(c.container_id.as_deref(), Some(ID), "{path}");
+            assert_eq!(c.runtime, runtime, "{path}");
+        }
+    }
+
+    #[test]
+    fn pod_level_and_foreign_paths() {
+        let u = UID.replace('-', "_");
+        let pod = parse(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"
+        ))
+        .unwrap();
+        assert_eq!((pod.pod_uid.as_str(), pod.container_id), (UID, None));
+        for path in [
+            "/".to_owned(),
+            "/user.slice/user-0.slice/session-1.scope".to_owned(),
+            "/system.slice/containerd.service".to_owned(),
+            "/kubepods.slice/kubepods-burstable.slice".to_owned(),
+            format!("/kubepods/burstable/pod{UID}/crio-conmon-{ID}"),
+            format!("/kubepods/burstable/podnot-a-uid/{ID}"),
+            format!("/kubepods/burstable/pod{UID}/{}", &ID[..63]),
+        ] {
+            assert_eq!(parse(&path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn ids_resolve_by_directory_inode_with_a_negative_cache() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::env::temp_dir().join(format!("probe-cgroup-test-{}", std::process::id()));
+        let u = UID.replace('-', "_");
+        let rel = format!("kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope");
+        std::fs::create_dir_all(root.join(&rel)).unwrap();
+        let ino = std::fs::metadata(root.join(&rel)).unwrap().ino();
+        let mut paths = CgroupPaths::new(&root);
+        let t0 = Instant::now();
+        assert_eq!(paths.path(ino, t0), Some(format!("/{rel}")));
+        // Unknown: walked once, then remembered as a miss.
+        assert_eq!(paths.path(1, t0 + Duration::from_secs(1)), None);
+        let later = format!(
+            "kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{}.scope",
+            "f".repeat(64)
+        );
+        std::fs::create_dir_all(root.join(&later)).unwrap();
+        let ino2 = std::fs::metadata(root.join(&later)).unwrap().ino();
+        assert_eq!(
+            paths.path(ino2, t0 + Duration::from_secs(2)),
+            Some(format!("/{later}"))
+        );
+        // A removed container's cgroup drops out at the next walk.
+        std::fs::remove_dir(root.join(&rel)).unwrap();
+        assert_eq!(paths.path(2, t0 + Duration::from_secs(3)), None);
+        assert!(paths.known_ids().all(|(id, _)| *id != ino));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,289 @@
+//! Kubernetes enrichment: every event knows its pod. kube-rs reflectors watch the pods of this
+//! node (field selector `spec.nodeName`), Services and EndpointSlices (cluster-wide), trimmed as
+//! they arrive, with backoff and relists; indexes built from the stores map cgroup ids,
+//! addresses and Service IPs to pods, Services and workloads. No cluster configuration or no
+//! reachable API server means enrichment off (or waiting), never a stopped agent.
+
+pub mod attrs;
+pub mod cgroup;
+pub mod index;
+
+use std::{
+    fmt::Debug,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+use serde::Serialize;
+use tokio::sync::watch as tokio_watch;
+use tracing::{info, warn};
+
+use self::index::Indexes;
+
+/// Node labels that carry the cluster's name on managed platforms (eksctl, AKS).
+pub const CLUSTER_NAME_LABELS: [&str; 2] = [
+    "alpha.eksctl.io/cluster-name",
+    "kubernetes.azure.com/cluster",
+];
+
+#[derive(Debug, Clone)]
+pub struct K8sConfig {
+    pub node: String,
+    pub cluster_name: Option<String>,
+    /// Pod labels copied onto events.
+    pub labels: Vec<String>,
+}
+
+/// What /health/status shows about the caches.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct K8sStatus {
+    /// `off` (no cluster configuration), `connecting`, `synced`, `error`.
+    pub state: String,
+    pub server: Option<String>,
+    pub node: Option<String>,
+    pub cluster_name: Option<String>,
+    pub pods: usize,
+    pub services: usize,
+    pub endpoints: usize,
+    /// Resources whose first list has been applied.
+    pub synced: std::collections::BTreeSet<&'static str>,
+    pub last_error: Option<String>,
+}
+
+/// Shared between the watch tasks (writers) and the enricher (reader).
+pub struct K8sCache {
+    pub indexes: RwLock<Indexes>,
+    pub status: Mutex<K8sStatus>,
+    pub cluster_name: RwLock<Option<String>>,
+}
+
+impl K8sCache {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            indexes: RwLock::new(Indexes::default()),
+            status: Mutex::new(K8sStatus {
+                state: "off".into(),
+                ..K8sStatus::default()
+            }),
+            cluster_name: RwLock::new(None),
+        })
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut K8sStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn status(&self) -> K8sStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Connects (KUBECONFIG, ~/.kube/config or the in-cluster service account) and starts the
+/// watches. Without a configuration, logs one line and leaves enrichment off.
+pub async fn start(
+    config: K8sConfig,
+    cache: Arc<K8sCache>,
+    stop: tokio_watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let kube_config = match kube::Config::infer().await {
+        Ok(c) => c,
+        Err(e) => {
+            info!("kubernetes: enrichment off: no cluster configuration ({e})");
+            return Vec::new();
+        }
+    };
+    let server = kube_config.cluster_url.to_string();
+    let client = match Client::try_from(kube_config) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("kubernetes: enrichment off: cannot build a client for {server}: {e}");
+            cache.set_status(|s| {
+                s.state = "error".into();
+                s.last_error = Some(e.to_string());
+            });
+            return Vec::new();
+        }
+    };
+    info!(
+        server,
+        node = config.node,
+        "kubernetes: watching pods of this node, Services, EndpointSlices"
+    );
+    *cache
+        .cluster_name
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = config.cluster_name.clone();
+    cache.set_status(|s| {
+        s.state = "connecting".into();
+        s.server = Some(server);
+        s.node = Some(config.node.clone());
+        s.cluster_name = config.cluster_name.clone();
+    });
+    let mut tasks = Vec::new();
+    if config.cluster_name.is_none() {
+        tasks.push(tokio::spawn(cluster_name_from_node(
+            client.clone(),
+            config.node.clone(),
+            cache.clone(),
+        )));
+    }
+    let labels = config.labels.clone();
+    let pods_cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node));
+    tasks.push(tokio::spawn(run_watch(
+        "pods",
+        Api::<Pod>::all(client.clone()),
+        pods_cfg,
+        index::trim_pod,
+        cache.clone(),
+        stop.clone(),
+        move |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<Pod>]| {
+            idx.set_pods(all, &labels);
+            st.pods = all.len();
+        },
+    )));
+    tasks.push(tokio::spawn(run_watch(
+        "services",
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        index::trim_service,
+        cache.clone(),
+        stop.clone(),
+        |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<Service>]| {
+            idx.set_services(all);
+            st.services = all.len();
+        },
+    )));
+    tasks.push(tokio::spawn(run_watch(
+        "endpointslices",
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+        index::trim_endpoint_slice,
+        cache,
+        stop,
+        |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<EndpointSlice>]| {
+            idx.set_endpoint_slices(all);
+            st.endpoints = all.len();
+        },
+    )));
+    tasks
+}
+
+/// One reflector: watch (list, then watch from its resourceVersion; relist on 410 Gone; backoff
+/// on errors), trim, store, and rebuild the index from the store after every change.
+async fn run_watch<K>(
+    name: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    cache: Arc<K8sCache>,
+    mut stop: tokio_watch::Receiver<bool>,
+    rebuild: impl Fn(&mut Indexes, &mut K8sStatus, &[Arc<K>]) + Send + 'static,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    let mut reported_error = false;
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match next {
+            None => return,
+            Some(Ok(event)) => {
+                if matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                    continue;
+                }
+                reported_error = false;
+                let all = reader.state();
+                let mut idx = cache.indexes.write().unwrap_or_else(|e| e.into_inner());
+                cache.set_status(|st| {
+                    rebuild(&mut idx, st, &all);
+                    st.synced.insert(name);
+                    if st.synced.len() == 3 && st.state != "synced" {
+                        info!("kubernetes: caches synced");
+                        st.state = "synced".into();
+                    }
+                });
+            }
+            Some(Err(e)) => {
+                if !reported_error {
+                    warn!(
+                        "kubernetes: watch failed ({e}); retrying with backoff, events are not enriched meanwhile"
+                    );
+                    reported_error = true;
+                }
+                cache.set_status(|st| {
+                    if st.state != "synced" {
+                        st.state = "error".into();
+                    }
+                    st.last_error = Some(e.to_string());
+                });
+            }
+        }
+    }
+}
+
+/// `k8s.cluster.name` from well-known node labels, when no `--cluster-name` was given.
+async fn cluster_name_from_node(client: Client, node: String, cache: Arc<K8sCache>) {
+    let api = Api::<Node>::all(client);
+    match api.get(&node).await {
+        Ok(n) => {
+            let labels = n.metadata.labels.unwrap_or_default();
+            let name = CLUSTER_NAME_LABELS
+                .iter()
+                .find_map(|k| labels.get(*k).cloned());
+            if let Some(name) = &name {
+                info!(
+                    cluster = name,
+                    "kubernetes: cluster name from the node's labels"
+                );
+            }
+            cache.set_status(|s| s.cluster_name = name.clone());
+            *cache
+                .cluster_name
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = name;
+        }
+        Err(e) => warn!("kubernetes: reading node {node} for the cluster name: {e}"),
+    }
+}
+
+/// Waits up to `limit` for the pod cache's first sync (tests and start-up).
+#[allow(dead_code)]
+pub async fn wait_synced(cache: &K8sCache, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cache.status().state == "synced" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests;
