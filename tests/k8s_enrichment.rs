@@ -40,8 +40,10 @@ fn make_cgroup(rel: &str) -> (Cgroups, PathBuf) {
 }
 
 #[test]
-fn a_containerd_pods_reset_and_crash_carry_its_pod() {
-    if !require_root("k8s_enrichment::a_containerd_pods_reset_and_crash_carry_its_pod") {
+fn pod_events_carry_their_pod_and_a_wasm_pods_output_is_captured() {
+    if !require_root(
+        "k8s_enrichment::pod_events_carry_their_pod_and_a_wasm_pods_output_is_captured",
+    ) {
         return;
     }
     let pid = std::process::id();
@@ -72,6 +74,26 @@ fn a_containerd_pods_reset_and_crash_carry_its_pod() {
         std::fs::metadata(&scope).unwrap().ino()
     };
 
+    // A Wasm pod (RuntimeClass wasmtime): whatever its container runs is captured.
+    let wasm_uid = format!("{pid:08x}-aaaa-4c3d-9e8f-0a1b2c3d4e5f");
+    let wasm_id = format!("{:064x}", u128::from(pid) << 64);
+    fake.apply(
+        "pods",
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "wasm-hello", "namespace": "edge", "uid": wasm_uid},
+            "spec": {"nodeName": NODE, "runtimeClassName": "wasmtime",
+                "containers": [{"name": "hello", "image": "ghcr.io/x/hello:wasm"}]},
+            "status": {"containerStatuses": [{"name": "hello",
+                "containerID": format!("containerd://{wasm_id}"),
+                "image": "hello", "imageID": "", "ready": true, "restartCount": 0}]}
+        }),
+    );
+    let (_wasm_cleanup, wasm_scope) = make_cgroup(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{wasm_id}.scope",
+        wasm_uid.replace('-', "_")
+    ));
+
     let kubeconfig = fake.kubeconfig(&std::env::temp_dir());
     let probe = Probe::start_with_env(
         &["--node-name", NODE, "--conntrack", "false"],
@@ -81,8 +103,8 @@ fn a_containerd_pods_reset_and_crash_carry_its_pod() {
     loop {
         let (_, _, body) = http_get(probe.http_addr(), "/health/status");
         let doc: Value = serde_json::from_str(&body).unwrap();
-        if doc["kubernetes"]["state"] == "synced" {
-            assert_eq!(doc["kubernetes"]["pods"], 1);
+        if doc["kubernetes"]["state"] == "synced" && doc["kubernetes"]["wasm_cgroups"] == 1 {
+            assert_eq!(doc["kubernetes"]["pods"], 2);
             break;
         }
         assert!(
@@ -114,12 +136,29 @@ fn a_containerd_pods_reset_and_crash_carry_its_pod() {
         Some(11)
     );
 
+    // The Wasm pod's container writes to stdout: not a runtime executable, captured by cgroup.
+    let procs = wasm_scope.join("cgroup.procs");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "echo from the wasm pod"])
+        .stdout(Stdio::piped());
+    // SAFETY: only a write(2) of "0" into cgroup.procs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, "0"));
+    }
+    let out = cmd.output().expect("sh");
+    assert_eq!(out.stdout, b"from the wasm pod\n");
+
     let mut probe = probe;
     probe
         .wait_for(WAIT, |r| {
             r["kind"] == "core_signal" && r["pid"] == child_pid
         })
         .expect("the crash was not reported");
+    probe
+        .wait_for(WAIT, |r| {
+            r["kind"] == "wasm_output" && r["text"] == "from the wasm pod"
+        })
+        .expect("the Wasm pod's output was not captured");
     let records = probe.stop();
 
     let reset = records
@@ -148,6 +187,15 @@ fn a_containerd_pods_reset_and_crash_carry_its_pod() {
         assert_eq!(r["k8s.pod.labels"]["app"], "redis-client", "{r:#}");
     }
     assert_eq!(crash["pid"], child_pid);
+    let line = records
+        .iter()
+        .find(|r| r["kind"] == "wasm_output" && r["text"] == "from the wasm pod")
+        .unwrap();
+    assert_eq!(line["runtime"], "cgroup");
+    assert_eq!(line["stream"], "stdout");
+    assert_eq!(line["k8s.pod.name"], "wasm-hello");
+    assert_eq!(line["k8s.namespace.name"], "edge");
+    assert_eq!(line["k8s.container.name"], "hello");
     // Events of processes outside any pod carry no Kubernetes keys.
     assert!(
         records

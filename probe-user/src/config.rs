@@ -131,6 +131,16 @@ pub struct Cli {
     #[arg(long, env = "CLUSTER_NAME")]
     pub cluster_name: Option<String>,
 
+    /// RuntimeClasses of Wasm pods: their containers' stdout/stderr is captured whatever the
+    /// executable (pods with crun's `module.wasm.image/variant` annotation too).
+    #[arg(
+        long,
+        env = "PROBE_WASM_RUNTIME_CLASSES",
+        value_delimiter = ',',
+        default_value = "wasmedge,wasmtime,spin,wasmer,crun-wasm,runwasi"
+    )]
+    pub wasm_runtime_classes: Vec<String>,
+
     /// Pod labels copied onto events as `k8s.pod.labels`.
     #[arg(
         long,
@@ -260,6 +270,7 @@ impl Cli {
             "kubernetes": format!("{:?}", self.kubernetes).to_lowercase(),
             "cluster-name": self.cluster_name,
             "k8s-pod-labels": self.k8s_pod_labels,
+            "wasm-runtime-classes": self.wasm_runtime_classes,
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),
             "http-addr": self.http_addr.0.map_or_else(|| "none".to_owned(), |a| a.to_string()),

@@ -135,6 +135,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ring = probe.take_events()?;
     let kernel_losses = probe.take_losses()?;
     let tables = Arc::new(probe.tables.clone());
+    let wasm_cgroups = match probe.take_wasm_cgroups() {
+        Ok(map) => Some(Box::new(map) as Box<dyn pipeline::WasmCgroupMap>),
+        Err(e) => {
+            warn!("{e}; Wasm pods will not be captured by cgroup");
+            None
+        }
+    };
     let drop_flows = match probe.take_drop_flows() {
         Ok(map) => Some(Box::new(map) as Box<dyn enrich::drops::DropMap>),
         Err(e) => {
@@ -175,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node: node.clone(),
                     cluster_name: cli.cluster_name.clone(),
                     labels: cli.k8s_pod_labels.clone(),
+                    wasm_runtime_classes: cli.wasm_runtime_classes.clone(),
                 },
                 k8s_cache.clone(),
                 stop_rx.clone(),
@@ -204,6 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         flows: FlowCorrelator::new(cli.conntrack_window, CONNTRACK_FLOWS),
         k8s: K8sEnricher::new(k8s_cache, enrich::k8s::cgroup::cgroup2_root()),
         held: std::collections::VecDeque::new(),
+        wasm_cgroups,
+        fed_wasm_cgroups: std::collections::HashSet::new(),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));

@@ -225,7 +225,26 @@ pub struct Stages {
     pub k8s: K8sEnricher,
     /// Records of pods the Kubernetes cache does not know yet, with their deadline.
     pub held: std::collections::VecDeque<(Instant, Record)>,
+    /// The kernel's map of captured cgroups, and what the agent put there.
+    pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
+    pub fed_wasm_cgroups: std::collections::HashSet<u64>,
     pub state: Arc<AgentState>,
+}
+
+/// The kernel map of cgroups whose processes' stdout/stderr is captured.
+pub trait WasmCgroupMap: Send {
+    fn add(&mut self, id: u64) -> Result<(), String>;
+    fn remove(&mut self, id: u64) -> Result<(), String>;
+}
+
+impl WasmCgroupMap for crate::loader::WasmCgroups {
+    fn add(&mut self, id: u64) -> Result<(), String> {
+        self.insert(id, probe_common::RUNTIME_BY_CGROUP, 0)
+            .map_err(|e| e.to_string())
+    }
+    fn remove(&mut self, id: u64) -> Result<(), String> {
+        aya::maps::HashMap::remove(self, &id).map_err(|e| e.to_string())
+    }
 }
 
 /// How long a record waits for its pod to reach the cache.
@@ -357,6 +376,7 @@ impl Stages {
     /// records waiting for their pod.
     fn timed(&mut self, now: Instant) -> std::io::Result<()> {
         self.release_held(now, false)?;
+        self.feed_wasm_cgroups(now);
         let mut due = self.core_join.expire(now);
         let idle = self.wasm.flush_idle(now);
         due.extend(self.wasm_records(idle));
@@ -389,12 +409,36 @@ impl Stages {
             .collect()
     }
 
+    /// Keeps the kernel's captured cgroups equal to the Wasm pods' container cgroups.
+    fn feed_wasm_cgroups(&mut self, now: Instant) {
+        let Some(map) = self.wasm_cgroups.as_mut() else {
+            return;
+        };
+        let Some(want) = self.k8s.wasm_cgroups(now) else {
+            return;
+        };
+        for id in want.difference(&self.fed_wasm_cgroups) {
+            if let Err(e) = map.add(*id) {
+                tracing::warn!("capturing Wasm pod cgroup {id}: {e}");
+            }
+        }
+        for id in self.fed_wasm_cgroups.difference(&want) {
+            if let Err(e) = map.remove(*id) {
+                debug!("releasing cgroup {id}: {e}");
+            }
+        }
+        self.k8s.set_wasm_cgroup_count(want.len());
+        self.fed_wasm_cgroups = want;
+    }
+
     fn timed_work_pending(&self, now: Instant) -> bool {
         self.core_join.pending() > 0
             || self.wasm.buffered() > 0
             || self.flows.pending() > 0
             || self.drops.active(now)
             || !self.held.is_empty()
+            || !self.fed_wasm_cgroups.is_empty()
+            || self.k8s.has_wasm_pods()
     }
 
     fn update_gauges(&self, queue_depth: usize) {

@@ -1,5 +1,6 @@
 //! Enrichment: turns decoded kernel events into records with wall-clock time, the node name
-//! and node settings that explain them (core_pattern). Kubernetes metadata joins here.
+//! and node settings that explain them (core_pattern); Kubernetes metadata (`k8s/`), the
+//! conntrack joins, drop counts, core-signal and Wasm line assembly.
 
 pub mod conntrack;
 pub mod core_signal;

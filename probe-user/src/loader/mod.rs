@@ -314,6 +314,18 @@ impl Probe {
         })
     }
 
+    /// Takes the map of cgroups whose processes are captured (fed for Wasm pods).
+    pub fn take_wasm_cgroups(&mut self) -> Result<WasmCgroups, LoaderError> {
+        let map = self
+            .ebpf
+            .take_map(maps::WASM_CGROUPS)
+            .ok_or(LoaderError::MissingMap(maps::WASM_CGROUPS))?;
+        WasmCgroups::try_from(map).map_err(|source| LoaderError::Map {
+            name: maps::WASM_CGROUPS,
+            source,
+        })
+    }
+
     pub fn take_losses(&mut self) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
         let map = self
             .ebpf
@@ -325,6 +337,9 @@ impl Probe {
         })
     }
 }
+
+/// cgroup id -> runtime index (`maps::WASM_CGROUPS`).
+pub type WasmCgroups = aya::maps::HashMap<MapData, u64, u32>;
 
 /// The in-kernel drop aggregation (`maps::DROP_FLOWS`).
 pub type DropFlows =

@@ -62,19 +62,66 @@ pub enum Verdict {
 pub struct K8sEnricher {
     cache: Arc<K8sCache>,
     cgroups: cgroup::CgroupPaths,
+    last_wasm_scan: Option<Instant>,
 }
+
+/// How often the cgroups of Wasm pods are looked for (new containers, removed ones).
+const WASM_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl K8sEnricher {
     pub fn new(cache: Arc<K8sCache>, cgroup_root: std::path::PathBuf) -> Self {
         Self {
             cache,
             cgroups: cgroup::CgroupPaths::new(cgroup_root),
+            last_wasm_scan: None,
         }
+    }
+
+    /// Whether any pod of this node is a Wasm pod.
+    pub fn has_wasm_pods(&self) -> bool {
+        self.cache
+            .has_wasm_pods
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The cgroup ids of the Wasm pods' containers as they exist now; None when it is not
+    /// time to look again yet.
+    pub fn wasm_cgroups(&mut self, now: Instant) -> Option<std::collections::HashSet<u64>> {
+        if self
+            .last_wasm_scan
+            .is_some_and(|t| now.duration_since(t) < WASM_SCAN_EVERY)
+        {
+            return None;
+        }
+        self.last_wasm_scan = Some(now);
+        let idx = self.cache.indexes.read().unwrap_or_else(|e| e.into_inner());
+        if !idx.pods.values().any(|p| p.wasm) {
+            return Some(Default::default());
+        }
+        self.cgroups.refresh(now);
+        let ids = self
+            .cgroups
+            .known_ids()
+            .filter_map(|(id, path)| {
+                let c = cgroup::parse(path)?;
+                c.container_id.as_ref()?;
+                idx.pods.get(&c.pod_uid).filter(|p| p.wasm).map(|_| *id)
+            })
+            .collect();
+        Some(ids)
+    }
+
+    pub fn set_wasm_cgroup_count(&self, n: usize) {
+        self.cache
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wasm_cgroups = n;
     }
 
     /// Whether the caches have anything to offer (enrichment on and synced once).
     pub fn active(&self) -> bool {
-        !self.cache.status().synced.is_empty()
+        self.cache.active.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn enrich(&mut self, record: &mut Record, now: Instant) -> Verdict {

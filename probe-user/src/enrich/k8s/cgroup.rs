@@ -140,6 +140,17 @@ impl CgroupPaths {
         }
     }
 
+    /// Walks now unless a walk happened within `walk_every` (new containers of known pods).
+    pub fn refresh(&mut self, now: Instant) {
+        if self
+            .last_walk
+            .is_none_or(|t| now.duration_since(t) >= self.walk_every)
+        {
+            self.last_walk = Some(now);
+            self.walk();
+        }
+    }
+
     /// The path (relative to the cgroup root, starting with `/`) of cgroup `id`.
     pub fn path(&mut self, id: u64, now: Instant) -> Option<String> {
         if let Some(p) = self.known.get(&id) {
@@ -203,7 +214,6 @@ impl CgroupPaths {
         }
     }
 
-    #[cfg(test)]
     pub fn known_ids(&self) -> impl Iterator<Item = (&u64, &String)> {
         self.known.iter()
     }

@@ -28,7 +28,13 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
     pub host_network: bool,
     pub runtime_class: Option<String>,
+    /// A Wasm pod: its RuntimeClass is one of `--wasm-runtime-classes`, or it carries crun's
+    /// `module.wasm.image/variant` annotation. Its cgroups are fed to the capture map.
+    pub wasm: bool,
 }
+
+/// crun's annotation for a Wasm container image.
+pub const WASM_ANNOTATION: &str = "module.wasm.image/variant";
 
 /// A Service, by one of its cluster IPs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +60,11 @@ pub struct Indexes {
 }
 
 impl Indexes {
-    pub fn set_pods(&mut self, pods: &[Arc<Pod>], labels: &[String]) {
+    pub fn set_pods(&mut self, pods: &[Arc<Pod>], labels: &[String], wasm_classes: &[String]) {
         self.pods.clear();
         self.pod_by_ip.clear();
         for pod in pods {
-            let Some(info) = pod_info(pod, labels) else {
+            let Some(info) = pod_info(pod, labels, wasm_classes) else {
                 continue;
             };
             let info = Arc::new(info);
@@ -160,7 +166,7 @@ pub fn trim_endpoint_slice(slice: &mut EndpointSlice) {
     slice.metadata.annotations = None;
 }
 
-fn pod_info(pod: &Pod, wanted_labels: &[String]) -> Option<PodInfo> {
+fn pod_info(pod: &Pod, wanted_labels: &[String], wasm_classes: &[String]) -> Option<PodInfo> {
     let m = &pod.metadata;
     let labels_all = m.labels.clone().unwrap_or_default();
     let mut containers = HashMap::new();
@@ -194,6 +200,13 @@ fn pod_info(pod: &Pod, wanted_labels: &[String]) -> Option<PodInfo> {
         })
         .unwrap_or_default();
     let spec = pod.spec.as_ref();
+    let runtime_class = spec.and_then(|s| s.runtime_class_name.clone());
+    let wasm = runtime_class
+        .as_ref()
+        .is_some_and(|c| wasm_classes.iter().any(|w| w == c))
+        || m.annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(WASM_ANNOTATION));
     Some(PodInfo {
         name: m.name.clone()?,
         namespace: m.namespace.clone().unwrap_or_default(),
@@ -206,7 +219,8 @@ fn pod_info(pod: &Pod, wanted_labels: &[String]) -> Option<PodInfo> {
         containers,
         ips,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        runtime_class: spec.and_then(|s| s.runtime_class_name.clone()),
+        runtime_class,
+        wasm,
     })
 }
 
@@ -322,7 +336,7 @@ mod tests {
             "status": {"podIP": "192.168.0.10"}
         })));
         let mut idx = Indexes::default();
-        idx.set_pods(&[p, host], &["app".to_owned()]);
+        idx.set_pods(&[p, host], &["app".to_owned()], &[]);
         let web = &idx.pods["u-1"];
         assert_eq!(web.name, "web-1");
         assert_eq!(web.labels, BTreeMap::from([("app".into(), "web".into())]));

@@ -10,7 +10,10 @@ pub mod index;
 
 use std::{
     fmt::Debug,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -41,6 +44,8 @@ pub struct K8sConfig {
     pub cluster_name: Option<String>,
     /// Pod labels copied onto events.
     pub labels: Vec<String>,
+    /// RuntimeClasses whose pods run Wasm.
+    pub wasm_runtime_classes: Vec<String>,
 }
 
 /// What /health/status shows about the caches.
@@ -54,6 +59,8 @@ pub struct K8sStatus {
     pub pods: usize,
     pub services: usize,
     pub endpoints: usize,
+    /// cgroups of Wasm pods in the kernel's capture map.
+    pub wasm_cgroups: usize,
     /// Resources whose first list has been applied.
     pub synced: std::collections::BTreeSet<&'static str>,
     pub last_error: Option<String>,
@@ -64,6 +71,9 @@ pub struct K8sCache {
     pub indexes: RwLock<Indexes>,
     pub status: Mutex<K8sStatus>,
     pub cluster_name: RwLock<Option<String>>,
+    /// Cheap flags for the per-event path: some cache has data; some pod is a Wasm pod.
+    pub active: AtomicBool,
+    pub has_wasm_pods: AtomicBool,
 }
 
 impl K8sCache {
@@ -75,6 +85,8 @@ impl K8sCache {
                 ..K8sStatus::default()
             }),
             cluster_name: RwLock::new(None),
+            active: AtomicBool::new(false),
+            has_wasm_pods: AtomicBool::new(false),
         })
     }
 
@@ -140,6 +152,7 @@ pub async fn start(
         )));
     }
     let labels = config.labels.clone();
+    let wasm_classes = config.wasm_runtime_classes.clone();
     let pods_cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node));
     tasks.push(tokio::spawn(run_watch(
         "pods",
@@ -149,7 +162,7 @@ pub async fn start(
         cache.clone(),
         stop.clone(),
         move |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<Pod>]| {
-            idx.set_pods(all, &labels);
+            idx.set_pods(all, &labels, &wasm_classes);
             st.pods = all.len();
         },
     )));
@@ -222,6 +235,10 @@ async fn run_watch<K>(
                 let mut idx = cache.indexes.write().unwrap_or_else(|e| e.into_inner());
                 cache.set_status(|st| {
                     rebuild(&mut idx, st, &all);
+                    cache.active.store(true, Ordering::Relaxed);
+                    cache
+                        .has_wasm_pods
+                        .store(idx.pods.values().any(|p| p.wasm), Ordering::Relaxed);
                     st.synced.insert(name);
                     if st.synced.len() == 3 && st.state != "synced" {
                         info!("kubernetes: caches synced");

@@ -81,6 +81,7 @@ async fn the_cache_follows_list_watch_bookmarks_and_a_relist() {
             node: NODE.into(),
             cluster_name: None,
             labels: vec!["app".into()],
+            wasm_runtime_classes: vec![],
         },
         cache.clone(),
         stop_rx,
@@ -240,7 +241,7 @@ async fn an_unreachable_api_server_leaves_enrichment_off_and_says_why() {
         cache.clone(),
         rx,
         |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<Pod>]| {
-            idx.set_pods(all, &[]);
+            idx.set_pods(all, &[], &[]);
             st.pods = all.len();
         },
     ));
