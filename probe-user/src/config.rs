@@ -14,6 +14,8 @@ pub enum Output {
     Terminal,
     /// JSON Lines on stdout (the contract in the README).
     Json,
+    /// OTLP spans and log records to a collector (`--otlp-*`); combines with the others.
+    Otlp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,9 +43,54 @@ pub enum Color {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "probe", version)]
 pub struct Cli {
-    /// Where events go.
-    #[arg(long, value_enum, env = "PROBE_OUTPUT", default_value_t = Output::Terminal)]
-    pub output: Output,
+    /// Where events go, comma-separated: terminal or json (stdout), and/or otlp.
+    #[arg(
+        long,
+        value_enum,
+        env = "PROBE_OUTPUT",
+        value_delimiter = ',',
+        default_value = "terminal"
+    )]
+    pub output: Vec<Output>,
+
+    /// OTLP collector endpoint (default http://localhost:4317 for grpc, :4318 for
+    /// http/protobuf; the signal paths /v1/traces and /v1/logs are added for HTTP).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport.
+    #[arg(
+        long,
+        value_enum,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "grpc"
+    )]
+    pub otlp_protocol: crate::export::otlp::Protocol,
+
+    /// Headers sent with every export, KEY=VALUE, comma-separated (e.g. an API key).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_delimiter = ',')]
+    pub otlp_headers: Vec<String>,
+
+    /// Timeout of one export: milliseconds (as OTEL_EXPORTER_OTLP_TIMEOUT has it) or a
+    /// duration such as 10s.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", allow_hyphen_values = true,
+          default_value = "10000", value_parser = parse_otlp_timeout)]
+    pub otlp_timeout: Duration,
+
+    /// Spans (and, separately, log records) waiting for the collector at most; more are
+    /// dropped and counted.
+    #[arg(long, env = "PROBE_OTLP_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub otlp_queue_size: u32,
+
+    /// service.name of the OTLP resource.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "node-probe")]
+    pub service_name: String,
+
+    /// More resource attributes, KEY=VALUE, comma-separated.
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", value_delimiter = ',',
+          value_parser = parse_key_value)]
+    pub resource_attributes: Vec<(String, String)>,
 
     /// Colour of the terminal output.
     #[arg(long, value_enum, env = "PROBE_COLOR", default_value_t = Color::Auto)]
@@ -251,7 +298,15 @@ impl Cli {
             .map(crate::signals::signal_name)
             .collect();
         json!({
-            "output": format!("{:?}", self.output).to_lowercase(),
+            "output": self.output.iter().map(|o| format!("{o:?}").to_lowercase()).collect::<Vec<_>>().join(","),
+            "otlp-endpoint": self.otlp_endpoint,
+            "otlp-protocol": match self.otlp_protocol {
+                crate::export::otlp::Protocol::Grpc => "grpc",
+                crate::export::otlp::Protocol::HttpProtobuf => "http/protobuf",
+            },
+            "otlp-timeout": humantime::format_duration(self.otlp_timeout).to_string(),
+            "otlp-queue-size": self.otlp_queue_size,
+            "service-name": self.service_name,
             "color": format!("{:?}", self.color).to_lowercase(),
             "node-name": self.node_name,
             "ringbuf-bytes": self.ringbuf_bytes,
@@ -319,6 +374,21 @@ fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+fn parse_otlp_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => parse_positive_duration(s),
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.trim().is_empty())
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 5s, 500ms)"))?;
     if d.is_zero() {
@@ -334,7 +404,11 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = Cli::try_parse_from(["probe"]).unwrap();
-        assert_eq!(cli.output, Output::Terminal);
+        assert_eq!(cli.output, [Output::Terminal]);
+        let cli = Cli::try_parse_from(["probe", "--output", "json,otlp", "--otlp-timeout", "2500"])
+            .unwrap();
+        assert_eq!(cli.output, [Output::Json, Output::Otlp]);
+        assert_eq!(cli.otlp_timeout, Duration::from_millis(2500));
         assert_eq!(cli.ringbuf_bytes, 4 << 20);
         assert_eq!(cli.loss_interval, Duration::from_secs(5));
         assert_eq!(cli.signals.count_ones(), 10);
@@ -376,7 +450,7 @@ mod tests {
     fn config_file_fills_defaults_but_flags_win() {
         let f = file("output = \"json\"\nqueue-size = 128\nsignals = [\"SIGSEGV\", \"SIGABRT\"]\n");
         let cli = load(&["probe", "--config", f.arg(), "--queue-size", "64"]).unwrap();
-        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.output, [Output::Json]);
         assert_eq!(cli.queue_size, 64, "the command line beats the file");
         assert_eq!(cli.signals, (1 << 11) | (1 << 6));
         let eff = cli.effective();
@@ -434,6 +508,9 @@ mod tests {
             &["probe", "--capture-bytes", "-1"],
             &["probe", "--wasm-runtimes", "/bin/wasmtime"],
             &["probe", "--conntrack", "maybe"],
+            &["probe", "--otlp-protocol", "http/json"],
+            &["probe", "--otlp-timeout", "0"],
+            &["probe", "--resource-attributes", "novalue"],
             &["probe", "--conntrack-window", "0s"],
             &["probe", "--conntrack-settings-interval", "never"],
         ] {

@@ -100,7 +100,16 @@ fn init_logging(cli: &Cli) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let sink_names = vec![format!("{:?}", cli.output).to_lowercase()];
+    if cli.output.contains(&Output::Json) && cli.output.contains(&Output::Terminal) {
+        bail!(
+            "--output: terminal and json both write to stdout; choose one (otlp combines with either)"
+        );
+    }
+    let sink_names = cli
+        .output
+        .iter()
+        .map(|o| format!("{o:?}").to_lowercase())
+        .collect();
     let state = Arc::new(AgentState::new(cli.effective(), sink_names));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -197,9 +206,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         counters.clone(),
         stop_rx,
     ));
+    let mut sinks: Vec<Box<dyn Sink>> = stdout_sink(&cli).into_iter().collect();
+    let mut otlp_task = None;
+    if cli.output.contains(&Output::Otlp) {
+        let config = export::otlp::OtlpConfig {
+            endpoint: cli.otlp_endpoint.clone(),
+            protocol: cli.otlp_protocol,
+            headers: cli.otlp_headers.clone(),
+            timeout: cli.otlp_timeout,
+            queue_size: cli.otlp_queue_size as usize,
+            resource: export::otlp::resource(
+                &cli.service_name,
+                &node,
+                cli.cluster_name.as_deref(),
+                &cli.resource_attributes,
+            ),
+        };
+        let (otlp, task) = export::otlp::OtlpSink::start(&config, state.clone())?;
+        sinks.push(Box::new(otlp));
+        otlp_task = Some(task);
+    }
+    let sink: Box<dyn Sink> = if sinks.len() == 1 {
+        sinks.remove(0)
+    } else {
+        Box::new(export::Fanout(sinks))
+    };
     let stages = Stages {
         enricher: Enricher::new(node.clone()),
-        sink: sink(&cli),
+        sink,
         losses: LossTracker::new(Box::new(kernel_losses), counters),
         loss_interval: cli.loss_interval,
         core_join: CoreJoin::new(cli.core_wait, CORE_JOIN_CAPACITY),
@@ -241,6 +275,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             task.await.context("conntrack/kubernetes task")?;
         }
         consumer.await.context("consumer task")??;
+        // The sink went with the consumer: the export task sends what is left, then ends.
+        if let Some(task) = otlp_task {
+            task.await.context("otlp export task")?;
+        }
         if let Some(http) = http {
             http.await.context("http task")??;
         }
@@ -253,19 +291,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn sink(cli: &Cli) -> Box<dyn Sink> {
+/// The stdout sink (terminal or JSON), if one was asked for.
+fn stdout_sink(cli: &Cli) -> Option<Box<dyn Sink>> {
     let out = export::stdout();
-    match cli.output {
-        Output::Json => Box::new(JsonSink::new(out)),
-        Output::Terminal => {
-            let color = match cli.color {
-                Color::Always => true,
-                Color::Never => false,
-                Color::Auto => {
-                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-                }
-            };
-            Box::new(TerminalSink::new(out, color))
-        }
+    if cli.output.contains(&Output::Json) {
+        return Some(Box::new(JsonSink::new(out)));
     }
+    if cli.output.contains(&Output::Terminal) {
+        let color = match cli.color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
+        };
+        return Some(Box::new(TerminalSink::new(out, color)));
+    }
+    None
 }

@@ -2,6 +2,7 @@
 //! Lines. Both write to any `io::Write` so they are tested on buffers.
 
 pub mod json;
+pub mod otlp;
 pub mod terminal;
 
 use std::io::{self, Write};
@@ -13,6 +14,25 @@ pub use self::{json::JsonSink, terminal::TerminalSink};
 pub trait Sink: Send {
     fn write(&mut self, record: &Record) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Several sinks at once (stdout and OTLP).
+pub struct Fanout(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Fanout {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        for s in &mut self.0 {
+            s.write(record)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        for s in &mut self.0 {
+            s.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// Stdout, buffered; flushed by the pipeline whenever its queue runs empty.

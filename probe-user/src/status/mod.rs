@@ -33,6 +33,11 @@ pub struct LossLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabel {
     pub program: String,
 }
@@ -46,6 +51,8 @@ pub struct Metrics {
     pub program_attached: Family<ProgramLabel, Gauge>,
     pub pending_core_signals: Gauge,
     pub conntrack_flows_evicted: Counter,
+    otlp_exported: Family<SignalLabel, Counter>,
+    otlp_dropped: Family<SignalLabel, Counter>,
 }
 
 impl Metrics {
@@ -87,8 +94,22 @@ impl Metrics {
             "Expired conntrack flows forgotten (LRU) before a follow-up could join them",
             conntrack_flows_evicted.clone(),
         );
+        let otlp_exported = Family::<SignalLabel, Counter>::default();
+        registry.register(
+            "otlp_exported",
+            "Spans and log records the OTLP collector accepted, by signal",
+            otlp_exported.clone(),
+        );
+        let otlp_dropped = Family::<SignalLabel, Counter>::default();
+        registry.register(
+            "otlp_dropped",
+            "Spans and log records dropped (queue full while the collector was down or slow)",
+            otlp_dropped.clone(),
+        );
         Self {
             registry,
+            otlp_exported,
+            otlp_dropped,
             conntrack_flows_evicted,
             events,
             losses,
@@ -96,6 +117,22 @@ impl Metrics {
             program_attached,
             pending_core_signals,
         }
+    }
+
+    pub fn otlp_exported(&self, signal: &str) -> Counter {
+        self.otlp_exported
+            .get_or_create(&SignalLabel {
+                signal: signal.into(),
+            })
+            .clone()
+    }
+
+    pub fn otlp_dropped(&self, signal: &str) -> Counter {
+        self.otlp_dropped
+            .get_or_create(&SignalLabel {
+                signal: signal.into(),
+            })
+            .clone()
     }
 
     /// The Prometheus/OpenMetrics text exposition.
@@ -274,6 +311,12 @@ impl AgentState {
                 .as_ref()
                 .map(|c| serde_json::to_value(c.status()).unwrap_or_default()),
             "exporter": exporter,
+            "otlp": {
+                "exported_spans": self.metrics.otlp_exported("spans").get(),
+                "exported_logs": self.metrics.otlp_exported("logs").get(),
+                "dropped_spans": self.metrics.otlp_dropped("spans").get(),
+                "dropped_logs": self.metrics.otlp_dropped("logs").get(),
+            },
             "config": self.config,
         })
     }
