@@ -73,7 +73,8 @@ fn every_endpoint_answers_and_counters_move() {
             "sys_exit_write",
             "sys_exit_writev",
             "tcp_receive_reset",
-            "tcp_send_reset"
+            "tcp_send_reset",
+            "tcp_sendmsg_locked"
         ]
     );
     assert!(

@@ -4,9 +4,7 @@
 //! collector outage costs bounded memory, every dropped span is counted, export resumes.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -14,77 +12,8 @@ use probe_tests::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Receiver {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-    grpc: String,
-    http: String,
-}
-
-impl Receiver {
-    fn start(ports: Option<(u16, u16)>) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_otlp_receiver"));
-        if let Some((g, h)) = ports {
-            cmd.args([g.to_string(), h.to_string()]);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("otlp_receiver");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        stdout.read_line(&mut first).unwrap();
-        let addrs: Value = serde_json::from_str(&first).expect("receiver address line");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                if tx
-                    .send(serde_json::from_str::<Value>(&line).unwrap())
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            grpc: addrs["grpc"].as_str().unwrap().to_owned(),
-            http: addrs["http"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
-            return v.clone();
-        }
-        let deadline = Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok(v) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            self.seen.push(v.clone());
-            if pred(&v) {
-                return v;
-            }
-        }
-        panic!("the receiver did not get {what}; it got {:#?}", self.seen);
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn export_once(protocol: &str) {
-    let mut receiver = Receiver::start(None);
+    let mut receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
     let endpoint = match protocol {
         "grpc" => format!("http://{}", receiver.grpc),
         _ => format!("http://{}", receiver.http),
@@ -190,7 +119,7 @@ fn a_collector_outage_is_bounded_counted_and_survived() {
     if !require_root("otlp_export::a_collector_outage_is_bounded_counted_and_survived") {
         return;
     }
-    let receiver = Receiver::start(None);
+    let receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
     let grpc = receiver.grpc.clone();
     let ports: Vec<u16> = [&receiver.grpc, &receiver.http]
         .iter()
@@ -231,7 +160,10 @@ fn a_collector_outage_is_bounded_counted_and_survived() {
     );
 
     // The collector comes back on the same address: the queue drains, new spans flow.
-    let mut receiver = Receiver::start(Some((ports[0], ports[1])));
+    let mut receiver = OtlpReceiver::start(
+        env!("CARGO_BIN_EXE_otlp_receiver"),
+        Some((ports[0], ports[1])),
+    );
     let pair = LingerPair::connect();
     let client_port = pair.client_port;
     let _server_end = pair.reset();

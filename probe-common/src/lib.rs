@@ -51,6 +51,8 @@ pub mod globals {
     pub const WRITEV_LAYOUT: &str = "WRITEV_LAYOUT";
     /// [`crate::SkbOffsets`].
     pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
+    /// [`crate::SendLayout`].
+    pub const SEND_LAYOUT: &str = "SEND_LAYOUT";
 }
 
 /// Value the loader puts in every CPU's `IN_SOFTIRQ` slot before attaching: until the softirq
@@ -73,6 +75,8 @@ pub mod kind {
     pub const WASM_WRITE_RESULT: u32 = 5;
     /// TCP packets dropped by the kernel, per flow and drop reason ([`crate::PacketDropEvent`]).
     pub const PACKET_DROP: u32 = 6;
+    /// The head of an HTTP/1.x request sent on a TCP socket ([`crate::HttpRequestEvent`]).
+    pub const HTTP_REQUEST: u32 = 7;
 }
 
 /// Slots of the per-CPU loss counter map. One per event kind (index = kind).
@@ -284,8 +288,10 @@ pub struct WriteResultEvent {
 const _: () = assert!(size_of::<WriteResultEvent>() == 80);
 
 mod drops;
+mod http;
 mod layouts;
 pub use drops::*;
+pub use http::*;
 pub use layouts::*;
 
 #[cfg(feature = "user")]
@@ -307,4 +313,6 @@ mod pod {
     unsafe impl aya::Pod for super::DropCount {}
     unsafe impl aya::Pod for super::PacketDropEvent {}
     unsafe impl aya::Pod for super::SkbOffsets {}
+    unsafe impl aya::Pod for super::HttpRequestEvent {}
+    unsafe impl aya::Pod for super::SendLayout {}
 }

@@ -17,6 +17,7 @@ mod sys_exit_writev;
 mod tcp_receive_reset;
 mod tcp_reset;
 mod tcp_send_reset;
+mod tcp_sendmsg_locked;
 mod wasm_capture;
 
 #[cfg(not(test))]

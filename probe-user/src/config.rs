@@ -197,6 +197,12 @@ pub struct Cli {
     )]
     pub k8s_pod_labels: Vec<String>,
 
+    /// Read the W3C traceparent of plaintext HTTP/1.x requests on the TCP send path, so kernel
+    /// events of that connection join the request's trace (false: the hook is not attached).
+    #[arg(long, env = "PROBE_HTTP_TRACE_CONTEXT", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub http_trace_context: bool,
+
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax).
     #[arg(long, env = "PROBE_LOG", default_value = "info")]
     pub log_level: String,
@@ -325,6 +331,7 @@ impl Cli {
             "kubernetes": format!("{:?}", self.kubernetes).to_lowercase(),
             "cluster-name": self.cluster_name,
             "k8s-pod-labels": self.k8s_pod_labels,
+            "http-trace-context": self.http_trace_context,
             "wasm-runtime-classes": self.wasm_runtime_classes,
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),

@@ -130,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         signal_mask: cli.signals,
         capture_bytes: cli.capture_bytes,
         wasm_runtimes: cli.wasm_runtimes.0.clone(),
+        http_trace_context: cli.http_trace_context,
     })?;
     state.set_programs(&probe.programs);
     for p in &probe.programs {
@@ -248,6 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         held: std::collections::VecDeque::new(),
         wasm_cgroups,
         fed_wasm_cgroups: std::collections::HashSet::new(),
+        traces: enrich::trace_context::TraceContexts::new(CONNTRACK_FLOWS),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));

@@ -28,6 +28,7 @@ use crate::{
         core_signal::CoreJoin,
         drops::DropTotals,
         k8s::attrs::{K8sEnricher, Verdict},
+        trace_context::TraceContexts,
         wasm_output::WasmAssembler,
     },
     export::Sink,
@@ -209,6 +210,7 @@ fn slot_kind(slot: u32) -> Option<&'static str> {
         Kind::WasmWrite => Some("wasm_write"),
         Kind::WasmWriteResult => Some("wasm_write_result"),
         Kind::PacketDrop => Some("packet_drop"),
+        Kind::HttpRequest => Some("http_request"),
     }
 }
 
@@ -228,6 +230,7 @@ pub struct Stages {
     /// The kernel's map of captured cgroups, and what the agent put there.
     pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
     pub fed_wasm_cgroups: std::collections::HashSet<u64>,
+    pub traces: TraceContexts,
     pub state: Arc<AgentState>,
 }
 
@@ -285,7 +288,10 @@ impl Stages {
         self.emit(out, now)
     }
 
-    fn emit(&mut self, records: Vec<Record>, now: Instant) -> std::io::Result<()> {
+    fn emit(&mut self, mut records: Vec<Record>, now: Instant) -> std::io::Result<()> {
+        for record in &mut records {
+            self.traces.apply(record, now);
+        }
         for record in &records {
             self.flows.observe(record, now);
             self.sink.write(record)?;
@@ -340,6 +346,10 @@ impl Stages {
                     records.extend(self.wasm_records(lines));
                 }
                 records
+            }
+            Body::HttpRequest(req) => {
+                self.traces.on_request(&req, Instant::now());
+                Vec::new()
             }
             Body::WasmWrite(chunk) => {
                 self.wasm.on_chunk(event.common, chunk);

@@ -19,6 +19,39 @@ pub struct Record {
     /// Kubernetes keys (`k8s.pod.name`, ...), when the event belongs to a pod.
     #[serde(flatten)]
     pub k8s: Option<Box<crate::enrich::k8s::attrs::K8sAttrs>>,
+    /// The W3C trace context of the HTTP request last sent on the event's connection.
+    #[serde(flatten)]
+    pub trace: Option<TraceRef>,
+}
+
+/// `traceparent` of a request: `00-<trace-id>-<parent-id>-<flags>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+}
+
+/// The request a record belongs to: `trace_id` and `parent_span_id` (the client's span), hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceRef {
+    pub trace_id: String,
+    pub parent_span_id: String,
+    #[serde(skip)]
+    pub parent: TraceParent,
+}
+
+/// The head of an HTTP/1.x request sent on a TCP socket (internal: feeds the trace
+/// contexts, never written). `saddr:sport` is the sender's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpRequest {
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    #[serde(skip)]
+    pub traceparent: Option<TraceParent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,6 +67,8 @@ pub enum Body {
     /// Internal: completes a `WasmWrite`, never written.
     WasmWriteResult(WasmWriteResult),
     PacketDrop(PacketDrop),
+    /// Internal: the trace context of a connection, never written.
+    HttpRequest(HttpRequest),
     ConntrackExpiry(ConntrackExpiry),
     ConntrackSettings(ConntrackSettings),
     Finding(Finding),
@@ -51,6 +86,7 @@ impl Body {
             Self::WasmWrite(_) => "wasm_write",
             Self::WasmWriteResult(_) => "wasm_write_result",
             Self::PacketDrop(_) => "packet_drop",
+            Self::HttpRequest(_) => "http_request",
             Self::ConntrackExpiry(_) => "conntrack_expiry",
             Self::ConntrackSettings(_) => "conntrack_settings",
             Self::Finding(_) => "finding",

@@ -303,7 +303,8 @@ pub fn run_probe(args: &[&str]) -> std::process::Output {
 mod kube_fake;
 mod net;
 mod netns;
+mod otlp;
 mod process;
 mod wasm;
 
-pub use self::{kube_fake::*, net::*, netns::*, process::*, wasm::*};
+pub use self::{kube_fake::*, net::*, netns::*, otlp::*, process::*, wasm::*};

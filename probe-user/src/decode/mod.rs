@@ -9,9 +9,10 @@ use std::{
 };
 
 use probe_common::{
-    EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, PacketDropEvent, REASON_NONE,
-    SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent, WRITE_CHUNK,
-    WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent, direction, family, kind,
+    EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, HttpRequestEvent, PacketDropEvent,
+    REASON_NONE, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent,
+    WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent, direction,
+    family, kind,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -19,8 +20,8 @@ use thiserror::Error;
 use crate::{
     loader::{btf::Btf, tracefs::Format},
     record::{
-        Body, CoreSignal, Direction, Family, Handler, PacketDrop, ProcessExit, RlimitCore,
-        TcpReset, WasmWrite, WasmWriteResult,
+        Body, CoreSignal, Direction, Family, Handler, HttpRequest, PacketDrop, ProcessExit,
+        RlimitCore, TcpReset, TraceParent, WasmWrite, WasmWriteResult,
     },
     signals::{origin, si_code_name, signal_name},
 };
@@ -52,6 +53,7 @@ pub enum Kind {
     WasmWrite,
     WasmWriteResult,
     PacketDrop,
+    HttpRequest,
 }
 
 impl TryFrom<u32> for Kind {
@@ -64,6 +66,7 @@ impl TryFrom<u32> for Kind {
             kind::WASM_WRITE => Ok(Self::WasmWrite),
             kind::WASM_WRITE_RESULT => Ok(Self::WasmWriteResult),
             kind::PACKET_DROP => Ok(Self::PacketDrop),
+            kind::HTTP_REQUEST => Ok(Self::HttpRequest),
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -257,6 +260,13 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
                 body: Body::PacketDrop(packet_drop(&ev, tables)?),
             })
         }
+        Kind::HttpRequest => {
+            let ev: HttpRequestEvent = read_pod(bytes, "http_request event")?;
+            Ok(Decoded {
+                common: common(&ev.header),
+                body: Body::HttpRequest(http_request(&ev)?),
+            })
+        }
         Kind::ProcessExit => {
             let ev: ExitEvent = read_pod(bytes, "process_exit event")?;
             Ok(Decoded {
@@ -402,6 +412,79 @@ fn packet_drop(ev: &PacketDropEvent, tables: &SymbolTables) -> Result<PacketDrop
         count: ev.total,
         key: *k,
     })
+}
+
+fn http_request(ev: &HttpRequestEvent) -> Result<HttpRequest, DecodeError> {
+    let fam = Family::try_from(ev.family)?;
+    let (saddr, daddr) = match fam {
+        Family::Ipv4 => (ipv4(&ev.saddr), ipv4(&ev.daddr)),
+        Family::Ipv6 => {
+            let (s, d) = (Ipv6Addr::from(ev.saddr), Ipv6Addr::from(ev.daddr));
+            match (s.to_ipv4_mapped(), d.to_ipv4_mapped()) {
+                (Some(s4), Some(d4)) => (IpAddr::V4(s4), IpAddr::V4(d4)),
+                _ => (IpAddr::V6(s), IpAddr::V6(d)),
+            }
+        }
+    };
+    let len = (ev.len as usize).min(ev.data.len());
+    Ok(HttpRequest {
+        family: fam,
+        saddr,
+        sport: ev.sport,
+        daddr,
+        dport: ev.dport,
+        traceparent: traceparent(&ev.data[..len]),
+    })
+}
+
+/// The `traceparent` header of an HTTP/1.x request head (version 00; an invalid value is no
+/// context, never a guess).
+pub fn traceparent(head: &[u8]) -> Option<TraceParent> {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(head.len());
+    for line in head[..end].split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !line[..colon].eq_ignore_ascii_case(b"traceparent") {
+            continue;
+        }
+        let value = std::str::from_utf8(&line[colon + 1..]).ok()?.trim();
+        let parts: Vec<&str> = value.split('-').collect();
+        let [version, trace, span, flags] = parts[..] else {
+            return None;
+        };
+        let hex = |s: &str, n: usize| -> Option<Vec<u8>> {
+            if s.len() != 2 * n
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return None;
+            }
+            (0..n)
+                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        };
+        if version != "00" {
+            return None;
+        }
+        let trace_id: [u8; 16] = hex(trace, 16)?.try_into().ok()?;
+        let span_id: [u8; 8] = hex(span, 8)?.try_into().ok()?;
+        let flags = hex(flags, 1)?[0];
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        return Some(TraceParent {
+            trace_id,
+            span_id,
+            flags,
+        });
+    }
+    None
 }
 
 fn ipv4(raw: &[u8; 16]) -> IpAddr {

@@ -151,6 +151,7 @@ mod tests {
         Record {
             time_unix_nano: 1,
             k8s: None,
+            trace: None,
             kind: "core_signal",
             node: "n".into(),
             common: Common {

@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod core_signal;
 pub mod drops;
 pub mod k8s;
+pub mod trace_context;
 pub mod wasm_output;
 
 use crate::{
@@ -59,6 +60,7 @@ impl Enricher {
             common: event.common,
             body: event.body,
             k8s: None,
+            trace: None,
         }
     }
 
@@ -71,6 +73,7 @@ impl Enricher {
             common: Common::none(),
             body,
             k8s: None,
+            trace: None,
         }
     }
 }

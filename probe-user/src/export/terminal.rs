@@ -180,7 +180,10 @@ impl<W: Write + Send> Sink for TerminalSink<W> {
                 )
             }
             // Internal kinds, joined into the ones above; never written.
-            Body::ProcessExit(_) | Body::WasmWrite(_) | Body::WasmWriteResult(_) => Ok(()),
+            Body::ProcessExit(_)
+            | Body::WasmWrite(_)
+            | Body::WasmWriteResult(_)
+            | Body::HttpRequest(_) => Ok(()),
             Body::Loss(Loss {
                 source,
                 count,
@@ -214,6 +217,7 @@ pub(crate) mod tests {
         Record {
             time_unix_nano: 1_700_000_000_123_456_789,
             k8s: None,
+            trace: None,
             kind: "tcp_reset",
             node: "node-1".into(),
             common: Common {
@@ -267,6 +271,7 @@ pub(crate) mod tests {
         Record {
             time_unix_nano: 1_700_000_000_000_000_000,
             k8s: None,
+            trace: None,
             kind: "loss",
             node: "node-1".into(),
             common: Common::none(),

@@ -18,7 +18,7 @@ use aya::{
     util::nr_cpus,
 };
 use probe_common::{
-    AgentConfig, EXE_NAME_LEN, KernelOffsets, SOFTIRQ_UNKNOWN, SkbOffsets, TaskOffsets,
+    AgentConfig, EXE_NAME_LEN, KernelOffsets, SOFTIRQ_UNKNOWN, SendLayout, SkbOffsets, TaskOffsets,
     TcpResetLayout, WriteLayout, globals, maps,
 };
 use thiserror::Error;
@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use self::{
     btf::Btf,
-    offsets::{kernel_offsets, reset_layout, skb_offsets, task_offsets, write_layout},
+    offsets::{kernel_offsets, reset_layout, send_layout, skb_offsets, task_offsets, write_layout},
     tracefs::Format,
 };
 use crate::{decode::SymbolTables, runtimes::RuntimePattern};
@@ -67,6 +67,8 @@ pub struct LoaderConfig {
     /// Bytes per captured chunk of a Wasm runtime's writes; 0 disables capture.
     pub capture_bytes: u32,
     pub wasm_runtimes: Vec<RuntimePattern>,
+    /// Read HTTP/1.x request heads on the TCP send path (for their traceparent).
+    pub http_trace_context: bool,
 }
 
 /// Whether a program is attached, and why not.
@@ -87,10 +89,11 @@ pub struct Probe {
 /// Raw tracepoint programs, each named after its tracepoint, in attach order: softirq
 /// tracking before the programs that ask for it, the exit hook before the signal hook that
 /// fills its watch list.
-const RAW_TRACEPOINTS: [&str; 7] = [
+const RAW_TRACEPOINTS: [&str; 8] = [
     "softirq_entry",
     "softirq_exit",
     "kfree_skb",
+    "tcp_sendmsg_locked",
     "sched_process_exit",
     "sched_process_fork",
     "sched_process_exec",
@@ -128,6 +131,7 @@ impl Probe {
         let offsets = btf.as_ref().map_or(KernelOffsets::ABSENT, kernel_offsets);
         let task = btf.as_ref().map_or(TaskOffsets::ABSENT, task_offsets);
         let skb = btf.as_ref().map_or(SkbOffsets::ABSENT, skb_offsets);
+        let send = btf.as_ref().map_or(SendLayout::ABSENT, send_layout);
         debug!(?offsets, ?task, ?skb, "kernel offsets from BTF");
 
         let formats: HashMap<&str, Result<Format, String>> = TRACEPOINTS
@@ -170,6 +174,7 @@ impl Probe {
             .override_global(globals::KERNEL_OFFSETS, &offsets, true)
             .override_global(globals::TASK_OFFSETS, &task, true)
             .override_global(globals::SKB_OFFSETS, &skb, true)
+            .override_global(globals::SEND_LAYOUT, &send, true)
             .override_global(globals::SEND_RESET_LAYOUT, &send_layout, true)
             .override_global(globals::RECEIVE_RESET_LAYOUT, &receive_layout, true)
             .override_global(globals::WRITE_LAYOUT, &write_l, true)
@@ -191,7 +196,11 @@ impl Probe {
             warn!("{e}; no Wasm runtime will be recognised at exec");
         }
         for name in RAW_TRACEPOINTS {
-            let result = probe.attach_raw_tracepoint(name);
+            let result = if name == "tcp_sendmsg_locked" && !config.http_trace_context {
+                Err("disabled by --http-trace-context false".to_owned())
+            } else {
+                probe.attach_raw_tracepoint(name)
+            };
             probe.programs.push(ProgramStatus {
                 program: name,
                 hook: name,

@@ -1,7 +1,9 @@
 //! Kernel layouts handed to the programs as globals: struct member offsets from BTF,
 //! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
 
-use probe_common::{ABSENT, KernelOffsets, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout};
+use probe_common::{
+    ABSENT, KernelOffsets, SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout,
+};
 
 use super::{btf::Btf, tracefs::Format};
 
@@ -38,6 +40,32 @@ pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
         mini_sock_states: mask(&["TCP_TIME_WAIT", "TCP_NEW_SYN_RECV"]),
         task_mm: off(btf.member_offset("task_struct", "mm")),
         _reserved: 0,
+    }
+}
+
+/// `struct msghdr` / `iov_iter` / `sock_common` members for the send hook.
+pub fn send_layout(btf: &Btf) -> SendLayout {
+    let m = |s: &str, path: &str| off(btf.member_offset(s, path));
+    let e = |name: &str| {
+        btf.enumerator(name)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(ABSENT)
+    };
+    SendLayout {
+        msg_iter: m("msghdr", "msg_iter"),
+        iter_type: m("iov_iter", "iter_type"),
+        iov_offset: m("iov_iter", "iov_offset"),
+        iter_ptr: m("iov_iter", "ubuf"),
+        count: m("iov_iter", "count"),
+        iter_ubuf: e("ITER_UBUF"),
+        iter_iovec: e("ITER_IOVEC"),
+        skc_family: m("sock_common", "skc_family"),
+        skc_rcv_saddr: m("sock_common", "skc_rcv_saddr"),
+        skc_daddr: m("sock_common", "skc_daddr"),
+        skc_num: m("sock_common", "skc_num"),
+        skc_dport: m("sock_common", "skc_dport"),
+        skc_v6_rcv_saddr: m("sock_common", "skc_v6_rcv_saddr"),
+        skc_v6_daddr: m("sock_common", "skc_v6_daddr"),
     }
 }
 

@@ -18,6 +18,7 @@ fn record(body: Body) -> Record {
         common: Common::none(),
         body,
         k8s: None,
+        trace: None,
     }
 }
 

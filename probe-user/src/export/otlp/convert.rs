@@ -50,7 +50,11 @@ pub fn layer(record: &Value) -> &'static str {
 /// dotted semantic-convention names (`k8s.pod.name`) stay as they are.
 fn attribute_name(kind: &str, key: &str) -> Option<Cow<'static, str>> {
     let fixed: &'static str = match (kind, key) {
-        (_, "time_unix_nano" | "kind" | "evidence" | "summary" | "text" | "data_b64") => {
+        (
+            _,
+            "time_unix_nano" | "kind" | "evidence" | "summary" | "text" | "data_b64" | "trace_id"
+            | "parent_span_id",
+        ) => {
             return None;
         }
         (_, "node") => "k8s.node.name",
@@ -208,6 +212,16 @@ pub fn spans(record: &Record, scope: &InstrumentationScope) -> Vec<SpanData> {
     let Some(name) = span_name(&json) else {
         return Vec::new();
     };
+    // Inside the request's trace, as a child of the client's span, when the connection
+    // carried a traceparent; a trace of its own otherwise.
+    let (trace_id, parent, remote) = match &record.trace {
+        Some(t) => (
+            TraceId::from_bytes(t.parent.trace_id),
+            SpanId::from_bytes(t.parent.span_id),
+            true,
+        ),
+        None => (trace_id, SpanId::INVALID, false),
+    };
     let status = match &record.body {
         Body::TcpReset(r) if r.direction == Direction::Received => {
             Status::error("connection reset by peer")
@@ -215,15 +229,17 @@ pub fn spans(record: &Record, scope: &InstrumentationScope) -> Vec<SpanData> {
         Body::CoreSignal(c) => Status::error(format!("{} {}", c.signal_name, c.si_code)),
         _ => Status::Unset,
     };
-    vec![span(
+    let mut s = span(
         Cow::Borrowed(name),
         trace_id,
-        SpanId::INVALID,
+        parent,
         time(record.time_unix_nano),
         attributes(&json),
         status,
         scope,
-    )]
+    );
+    s.parent_span_is_remote = remote;
+    vec![s]
 }
 
 /// Whether a record becomes a log record.

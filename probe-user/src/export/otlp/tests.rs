@@ -163,6 +163,7 @@ fn a_finding_is_a_parent_span_with_its_evidence_as_children() {
             established_for_s: None,
         }),
         k8s: Some(Box::new(K8sAttrs::default())),
+        trace: None,
     };
     let out = spans(&record, &InstrumentationScope::builder("t").build());
     assert_eq!(out.len(), 3);

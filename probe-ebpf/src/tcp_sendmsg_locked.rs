@@ -1,0 +1,134 @@
+//! `tcp_sendmsg_locked` (raw tracepoint): data a task sends on a TCP socket. Only the start of
+//! a plaintext HTTP/1.x request is of interest (its W3C `traceparent` header ties kernel events
+//! on that connection to the request's trace): every other send leaves after one 8-byte read
+//! of the user buffer. The head (up to `HTTP_HEAD` bytes) goes to the agent, which parses it.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use probe_common::{ABSENT, HDR_NETNS, HTTP_HEAD, HttpRequestEvent, SendLayout, family, kind};
+
+use crate::common::{
+    EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, read_kernel, wakeup_flags,
+};
+
+#[unsafe(no_mangle)]
+static SEND_LAYOUT: SendLayout = SendLayout::ABSENT;
+
+/// Request methods, as the first 4 bytes of a request line, little-endian.
+const METHODS: [u32; 7] = [
+    u32::from_le_bytes(*b"GET "),
+    u32::from_le_bytes(*b"POST"),
+    u32::from_le_bytes(*b"PUT "),
+    u32::from_le_bytes(*b"HEAD"),
+    u32::from_le_bytes(*b"DELE"),
+    u32::from_le_bytes(*b"PATC"),
+    u32::from_le_bytes(*b"OPTI"),
+];
+
+#[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
+    //          int size_goal)
+    let sk: u64 = ctx.arg(0);
+    let msg: u64 = ctx.arg(1);
+    // SAFETY: a plain read of a global; volatile so the loader's value is not constant-folded.
+    let l = unsafe { core::ptr::read_volatile(&SEND_LAYOUT) };
+    if l.msg_iter == ABSENT {
+        return 0;
+    }
+    let Some((src, count)) = user_data(msg, &l) else {
+        return 0;
+    };
+    if count < 16 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_user validates the address.
+    let Ok(first) = (unsafe { bpf_probe_read_user(src as *const u32) }) else {
+        return 0;
+    };
+    if !METHODS.contains(&first) {
+        return 0;
+    }
+    emit(sk, src, count, &l);
+    0
+}
+
+/// The user buffer and byte count of the send (single-buffer and iovec sends).
+#[inline(always)]
+fn user_data(msg: u64, l: &SendLayout) -> Option<(u64, u64)> {
+    let iter = msg + u64::from(l.msg_iter);
+    let iter_type = u32::from(read_kernel::<u8>(iter, l.iter_type)?);
+    let offset: u64 = read_kernel(iter, l.iov_offset).unwrap_or(0);
+    let count: u64 = read_kernel(iter, l.count)?;
+    let ptr: u64 = read_kernel(iter, l.iter_ptr)?;
+    if iter_type == l.iter_ubuf {
+        Some((ptr + offset, count))
+    } else if iter_type == l.iter_iovec {
+        // The first iovec: { iov_base, iov_len } (uapi layout).
+        let base: u64 = read_kernel(ptr, 0)?;
+        let len: u64 = read_kernel(ptr, 8)?;
+        let len = if len > offset { len - offset } else { 0 };
+        Some((base + offset, if len < count { len } else { count }))
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn emit(sk: u64, src: u64, count: u64, l: &SendLayout) {
+    let Some(mut entry) = EVENTS.reserve::<HttpRequestEvent>(0) else {
+        count_loss(kind::HTTP_REQUEST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let off = offsets();
+    let mut header = new_header(kind::HTTP_REQUEST);
+    if let TaskContext::Agent = fill_task(&mut header, &off) {
+        entry.discard(0);
+        return;
+    }
+    let net: u64 = read_kernel(sk, off.sk_net).unwrap_or(0);
+    if let Some(inum) = read_kernel::<u32>(net, off.net_inum) {
+        header.netns = inum;
+        header.flags |= HDR_NETNS;
+    }
+    let fam: u16 = read_kernel(sk, l.skc_family).unwrap_or(0);
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if fam == family::INET {
+        let s: [u8; 4] = read_kernel(sk, l.skc_rcv_saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = read_kernel(sk, l.skc_daddr).unwrap_or([0; 4]);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else {
+        saddr = read_kernel(sk, l.skc_v6_rcv_saddr).unwrap_or([0; 16]);
+        daddr = read_kernel(sk, l.skc_v6_daddr).unwrap_or([0; 16]);
+    }
+    let n = if count > HTTP_HEAD as u64 {
+        HTTP_HEAD
+    } else {
+        count as usize
+    };
+    // SAFETY: `ev` points at a reserved event; every field is written before submit.
+    unsafe {
+        let mut len = n as u32;
+        if let Some(dst) = (*ev).data.get_mut(..n)
+            && bpf_probe_read_user_buf(src as *const u8, dst).is_err()
+        {
+            len = 0;
+        }
+        (*ev).header = header;
+        (*ev).saddr = saddr;
+        (*ev).daddr = daddr;
+        (*ev).sport = read_kernel::<u16>(sk, l.skc_num).unwrap_or(0);
+        (*ev).dport = u16::from_be(read_kernel::<u16>(sk, l.skc_dport).unwrap_or(0));
+        (*ev).family = fam;
+        (*ev)._pad = 0;
+        (*ev).len = len;
+        (*ev)._reserved = 0;
+    }
+    entry.submit(wakeup_flags());
+}

@@ -1,0 +1,145 @@
+//! The horizontal tie: the W3C trace context of the HTTP/1.x request last sent on a connection
+//! (captured on the TCP send path), put on the kernel events of that connection so they land
+//! inside the request's trace. A request without a traceparent clears the connection's
+//! context: an event is never given the context of an unrelated request.
+
+use std::{
+    num::NonZeroUsize,
+    time::{Duration, Instant},
+};
+
+use lru::LruCache;
+
+use super::conntrack::FlowKey;
+use crate::record::{Body, HttpRequest, Record, TraceParent, TraceRef};
+
+/// How long a connection's context lasts after its request was sent.
+const TTL: Duration = Duration::from_secs(600);
+
+pub struct TraceContexts {
+    flows: LruCache<FlowKey, (TraceParent, Instant)>,
+}
+
+impl TraceContexts {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            flows: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+        }
+    }
+
+    pub fn on_request(&mut self, req: &HttpRequest, now: Instant) {
+        let key = FlowKey::new(req.saddr, req.sport, req.daddr, req.dport);
+        match req.traceparent {
+            Some(tp) => {
+                self.flows.put(key, (tp, now));
+            }
+            None => {
+                self.flows.pop(&key);
+            }
+        }
+    }
+
+    /// Sets `record.trace` for events on a connection with a known context.
+    pub fn apply(&mut self, record: &mut Record, now: Instant) {
+        let key = match &record.body {
+            Body::TcpReset(r) => FlowKey::new(r.saddr, r.sport, r.daddr, r.dport),
+            Body::PacketDrop(d) => FlowKey::new(d.saddr, d.sport, d.daddr, d.dport),
+            Body::ConntrackExpiry(x) => {
+                FlowKey::new(x.orig_saddr, x.orig_sport, x.orig_daddr, x.orig_dport)
+            }
+            _ => return,
+        };
+        let Some((tp, at)) = self.flows.get(&key).copied() else {
+            return;
+        };
+        if now.duration_since(at) > TTL {
+            self.flows.pop(&key);
+            return;
+        }
+        record.trace = Some(TraceRef {
+            trace_id: hex(&tp.trace_id),
+            parent_span_id: hex(&tp.span_id),
+            parent: tp,
+        });
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::{
+        decode::Common,
+        record::{Direction, Family, TcpReset},
+    };
+
+    fn request(port: u16, tp: Option<TraceParent>) -> HttpRequest {
+        HttpRequest {
+            family: Family::Ipv4,
+            saddr: IpAddr::from([127, 0, 0, 1]),
+            sport: port,
+            daddr: IpAddr::from([127, 0, 0, 1]),
+            dport: 8080,
+            traceparent: tp,
+        }
+    }
+
+    fn reset(port: u16) -> Record {
+        let body = Body::TcpReset(TcpReset {
+            direction: Direction::Received,
+            family: Family::Ipv4,
+            saddr: IpAddr::from([127, 0, 0, 1]),
+            sport: port,
+            daddr: IpAddr::from([127, 0, 0, 1]),
+            dport: 8080,
+            tcp_state: None,
+            reason: None,
+            socket_cookie: None,
+        });
+        Record {
+            time_unix_nano: 1,
+            kind: body.kind(),
+            node: "n".into(),
+            common: Common::none(),
+            body,
+            k8s: None,
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn events_join_the_last_request_of_their_connection_only() {
+        let tp = TraceParent {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+            flags: 1,
+        };
+        let mut c = TraceContexts::new(16);
+        let t0 = Instant::now();
+        c.on_request(&request(40000, Some(tp)), t0);
+        let mut r = reset(40000);
+        c.apply(&mut r, t0);
+        let t = r.trace.unwrap();
+        assert_eq!(t.trace_id, "ab".repeat(16));
+        assert_eq!(t.parent_span_id, "01".repeat(8));
+        // Another connection: nothing.
+        let mut other = reset(40001);
+        c.apply(&mut other, t0);
+        assert_eq!(other.trace, None);
+        // The next request on the connection carries no context: neither does the event.
+        c.on_request(&request(40000, None), t0);
+        let mut again = reset(40000);
+        c.apply(&mut again, t0);
+        assert_eq!(again.trace, None);
+        // Contexts expire.
+        c.on_request(&request(40002, Some(tp)), t0);
+        let mut late = reset(40002);
+        c.apply(&mut late, t0 + TTL + Duration::from_secs(1));
+        assert_eq!(late.trace, None);
+    }
+}

@@ -1,0 +1,92 @@
+//! Root e2e: `tcp_sendmsg_locked` (probe-ebpf/src/tcp_sendmsg_locked.rs), the horizontal tie. A
+//! client sends an HTTP/1.1 request carrying a known traceparent to a loopback server that
+//! answers by resetting (SO_LINGER 0): the received reset is in that trace, a child of the
+//! client's span, in the JSON record and in the OTLP span. Without a traceparent, the reset
+//! starts a trace of its own.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use probe_tests::*;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+/// Sends `head` and returns the client port once the server's reset arrived.
+fn request_answered_by_reset(head: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 2048];
+        let n = conn.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"GET /checkout HTTP/1.1"));
+        socket2::SockRef::from(&conn)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(conn);
+    });
+    let mut client = TcpStream::connect(addr).unwrap();
+    let port = client.local_addr().unwrap().port();
+    client.write_all(head.as_bytes()).unwrap();
+    server.join().unwrap();
+    let mut buf = [0u8; 16];
+    let err = client.read(&mut buf).expect_err("the server resets");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    port
+}
+
+#[test]
+fn a_reset_joins_the_trace_of_the_request_it_broke() {
+    if !require_root("tcp_sendmsg_locked::a_reset_joins_the_trace_of_the_request_it_broke") {
+        return;
+    }
+    let mut receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
+    let mut probe = Probe::start(&[
+        "--output",
+        "json,otlp",
+        "--otlp-endpoint",
+        &format!("http://{}", receiver.grpc),
+    ]);
+    let traced = request_answered_by_reset(concat!(
+        "GET /checkout HTTP/1.1\r\nHost: shop\r\n",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+    ));
+    let plain = request_answered_by_reset("GET /checkout HTTP/1.1\r\nHost: shop\r\n\r\n");
+    let received = |port: u16| {
+        move |r: &Value| {
+            r["kind"] == "tcp_reset" && r["direction"] == "received" && r["sport"] == port
+        }
+    };
+    let record = probe
+        .wait_for(Duration::from_secs(10), received(traced))
+        .expect("the traced reset");
+    let server_side = probe
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "tcp_reset" && r["direction"] == "sent" && r["dport"] == traced
+        })
+        .expect("the server's sent reset");
+    let untraced = probe
+        .wait_for(Duration::from_secs(10), received(plain))
+        .expect("the untraced reset");
+    let span = receiver.wait_for("the traced reset span", |s| {
+        s["name"] == "tcp.reset.received" && s["attributes"]["network.local.port"] == traced
+    });
+    let own = receiver.wait_for("the untraced reset span", |s| {
+        s["name"] == "tcp.reset.received" && s["attributes"]["network.local.port"] == plain
+    });
+    probe.stop();
+
+    assert_eq!(record["trace_id"], TRACE);
+    assert_eq!(record["parent_span_id"], PARENT);
+    assert_eq!(span["trace_id"], TRACE);
+    assert_eq!(span["parent_span_id"], PARENT);
+    // The server's reset is on the same connection: in the same trace.
+    assert_eq!(server_side["trace_id"], TRACE);
+    assert_eq!(untraced.get("trace_id"), None, "{untraced:#}");
+    assert_ne!(own["trace_id"], TRACE);
+    assert_eq!(own["parent_span_id"], "");
+}
