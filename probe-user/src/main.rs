@@ -244,12 +244,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wasm_output::proc_fd_resolver(),
         ),
         drops: DropTotals::new(drop_flows),
-        flows: FlowCorrelator::new(cli.conntrack_window, CONNTRACK_FLOWS),
+        flows: {
+            let mut flows = FlowCorrelator::new(cli.conntrack_window, CONNTRACK_FLOWS);
+            // Without a watched namespace there are no expiries to join.
+            flows.enabled = !conntrack_tasks.is_empty();
+            flows
+        },
         k8s: K8sEnricher::new(k8s_cache, enrich::k8s::cgroup::cgroup2_root()),
         held: std::collections::VecDeque::new(),
         wasm_cgroups,
         fed_wasm_cgroups: std::collections::HashSet::new(),
         traces: enrich::trace_context::TraceContexts::new(CONNTRACK_FLOWS),
+        event_counters: std::collections::HashMap::new(),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));

@@ -231,6 +231,8 @@ pub struct Stages {
     pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
     pub fed_wasm_cgroups: std::collections::HashSet<u64>,
     pub traces: TraceContexts,
+    /// The `probe_events_total` counter of each kind (no label allocation per record).
+    pub event_counters: HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
     pub state: Arc<AgentState>,
 }
 
@@ -292,16 +294,23 @@ impl Stages {
         for record in &mut records {
             self.traces.apply(record, now);
         }
-        for record in &records {
-            self.flows.observe(record, now);
-            self.sink.write(record)?;
-            self.state
-                .metrics
-                .events
-                .get_or_create(&KindLabel {
-                    kind: record.kind.into(),
+        for record in records {
+            self.sink.write(&record)?;
+            let state = &self.state;
+            self.event_counters
+                .entry(record.kind)
+                .or_insert_with(|| {
+                    state
+                        .metrics
+                        .events
+                        .get_or_create(&KindLabel {
+                            kind: record.kind.into(),
+                        })
+                        .clone()
                 })
                 .inc();
+            // Last: the correlator keeps the records it needs (moved, not copied).
+            self.flows.observe(record, now);
         }
         Ok(())
     }

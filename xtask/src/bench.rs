@@ -75,7 +75,7 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
         .collect())
 }
 
-pub fn bench(bin: &Path, quick: bool) -> Result<()> {
+pub fn bench(bin: &Path, receiver: &Path, quick: bool) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load BPF programs: run them as root");
     }
@@ -158,6 +158,8 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
         "sys_enter_writev",
         "sys_exit_write",
         "sys_exit_writev",
+        "kfree_skb",
+        "tcp_sendmsg_loc",
     ];
     println!(
         "\n== in-kernel cost per program during one more with-probe write loop (kernel.bpf_stats_enabled)"
@@ -183,13 +185,18 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     // Loopback HTTP: nginx + wrk, alternating rounds.
     let (http_rounds, http_secs) = if quick { (3, 3) } else { (5, 5) };
     let nginx = bench_net::Nginx::start(&dir.join("nginx"))?;
-    let (mut http_base, mut http_probe) = (Vec::new(), Vec::new());
+    let (mut http_base, mut http_probe, mut http_nocap) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..http_rounds {
         http_base.push(bench_net::http_rps(http_secs)?);
         let agent = Observed::start(bin, &[])?;
         http_probe.push(bench_net::http_rps(http_secs)?);
         drop(agent);
+        // Without the syscall hooks of Wasm capture (the traced-syscall path).
+        let agent = Observed::start(bin, &["--capture-bytes", "0"])?;
+        http_nocap.push(bench_net::http_rps(http_secs)?);
+        drop(agent);
     }
+    let http_nocap_ratio = median(http_nocap.clone()) / median(http_base.clone());
     drop(nginx);
     let http_ratio = median(http_probe.clone()) / median(http_base.clone());
     println!("\n== loopback HTTP (nginx, wrk -t2 -c32, {http_secs} s, {http_rounds} rounds)");
@@ -208,6 +215,10 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     println!(
         "{:<28} {:>14.4}   (target >= 0.99)",
         "requests/s ratio", http_ratio
+    );
+    println!(
+        "{:<28} {:>14.4}",
+        "ratio, --capture-bytes 0", http_nocap_ratio
     );
 
     // Reset storm.
@@ -245,10 +256,10 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
     println!("\n== latency, kernel event -> JSON line read by a consumer");
     println!("{:<28} {:>14.3}", "p50 (ms)", p50);
     println!("{:<28} {:>14.3}   (target < 100)", "p99 (ms)", p99);
-    println!(
-        "{:<28} {:>14}",
-        "to the OTLP receiver", "n/a: no OTLP exporter yet"
-    );
+    let (otlp50, otlp99) = bench_net::otlp_latency(bin, receiver, if quick { 300 } else { 1000 })?;
+    println!("\n== latency, kernel event -> span decoded by an OTLP receiver (gRPC)");
+    println!("{:<28} {:>14.3}", "p50 (ms)", otlp50);
+    println!("{:<28} {:>14.3}", "p99 (ms)", otlp99);
     let doc = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
                      "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
@@ -259,14 +270,15 @@ pub fn bench(bin: &Path, quick: bool) -> Result<()> {
                         "capture_off_median_ratio": without_capture / base },
         "kernel_programs": kernel_json,
         "http": { "rounds": http_rounds, "seconds": http_secs, "baseline_rps": http_base,
-                  "probe_rps": http_probe, "median_ratio": http_ratio },
+                  "probe_rps": http_probe, "median_ratio": http_ratio,
+                  "capture_off_rps": http_nocap, "capture_off_median_ratio": http_nocap_ratio },
         "reset_storm": { "seconds": storm.seconds, "generated": storm.generated,
                          "delivered": storm.delivered, "lost": storm.lost,
                          "unaccounted": unaccounted,
                          "agent_cpu_s_per_million_events": storm.cpu_s_per_million,
                          "agent_peak_rss_mib": storm.peak_rss_mib },
         "json_latency_ms": { "p50": p50, "p99": p99 },
-        "otlp_latency_ms": null,
+        "otlp_latency_ms": { "p50": otlp50, "p99": otlp99 },
     });
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;

@@ -221,6 +221,60 @@ pub fn json_latency(bin: &Path, events: u32) -> Result<(f64, f64)> {
     Ok((pick(0.5), pick(0.99)))
 }
 
+/// p50 and p99, in ms, from kernel event time to the moment the test OTLP receiver
+/// (tests/bin/otlp_receiver.rs) decoded its span, over gRPC.
+pub fn otlp_latency(bin: &Path, receiver: &Path, events: u32) -> Result<(f64, f64)> {
+    let mut rx = Command::new(receiver)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", receiver.display()))?;
+    let mut out = BufReader::new(rx.stdout.take().context("receiver stdout")?).lines();
+    let first = out.next().context("receiver address")??;
+    let addrs: serde_json::Value = serde_json::from_str(&first)?;
+    let grpc = addrs["grpc"].as_str().context("grpc address")?.to_owned();
+    let (tx, spans) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.map_while(Result::ok) {
+            if tx.send((now_ns(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let port = closed_port()?;
+    let endpoint = format!("http://{grpc}");
+    let agent = Observed::start(
+        bin,
+        &["--output", "json,otlp", "--otlp-endpoint", &endpoint],
+    )?;
+    for _ in 0..events {
+        let _ = TcpStream::connect(("127.0.0.1", port));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    drop(agent);
+    let _ = rx.kill();
+    let _ = rx.wait();
+    let mut latencies: Vec<f64> = spans
+        .try_iter()
+        .filter_map(|(at, l)| {
+            let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+            let a = &v["attributes"];
+            (v["name"] == "tcp.reset.sent"
+                && (a["network.local.port"] == port || a["network.peer.port"] == port))
+                .then_some(())?;
+            let t = v["start_time_unix_nano"].as_u64()?;
+            Some(at.saturating_sub(t) as f64 / 1e6)
+        })
+        .collect();
+    if latencies.is_empty() {
+        bail!("no reset span reached the OTLP receiver");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok((pick(0.5), pick(0.99)))
+}
+
 /// Requests per second of wrk against a local nginx.
 pub fn http_rps(seconds: u32) -> Result<f64> {
     let out = Command::new("wrk")

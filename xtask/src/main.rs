@@ -53,7 +53,17 @@ fn main() -> Result<()> {
         Cmd::Test { filter } => test(filter.as_deref()),
         Cmd::Bench { quick } => {
             let route = setup::setup()?;
-            bench::bench(&build_agent(&route)?, quick)
+            let agent = build_agent(&route)?;
+            run_checked(cargo(&route).args([
+                "build",
+                "--release",
+                "--package",
+                "probe-tests",
+                "--bin",
+                "otlp_receiver",
+            ]))?;
+            let receiver = target_dir().join("release").join("otlp_receiver");
+            bench::bench(&agent, &receiver, quick)
         }
     }
 }

@@ -47,7 +47,14 @@ pub struct FlowCorrelator {
     recent: LruCache<FlowKey, Vec<(Instant, Record)>>,
     /// Expired flows forgotten to make room, before any finding.
     pub evictions: u64,
+    /// Off when no conntrack namespace is watched: then nothing is remembered per event.
+    pub enabled: bool,
 }
+
+/// Flows whose recent resets/drops are remembered for an expiry that arrives after them, and
+/// records kept per flow: bounded so a reset storm costs little memory.
+const RECENT_FLOWS: usize = 4096;
+const RECENT_PER_FLOW: usize = 4;
 
 impl FlowCorrelator {
     pub fn new(window: Duration, capacity: usize) -> Self {
@@ -56,8 +63,9 @@ impl FlowCorrelator {
             window,
             expired: LruCache::new(cap),
             aliases: LruCache::new(cap),
-            recent: LruCache::new(cap),
+            recent: LruCache::new(cap.min(NonZeroUsize::new(RECENT_FLOWS).expect("non-zero"))),
             evictions: 0,
+            enabled: true,
         }
     }
 
@@ -66,33 +74,33 @@ impl FlowCorrelator {
         self.expired.len()
     }
 
-    /// Looks at a record as it is written.
-    pub fn observe(&mut self, record: &Record, now: Instant) {
+    /// Looks at a record after it was written; keeps it (moved) when it may be evidence.
+    pub fn observe(&mut self, record: Record, now: Instant) {
+        if !self.enabled {
+            return;
+        }
         match &record.body {
-            Body::ConntrackExpiry(e) => self.on_expiry(record, e, now),
+            Body::ConntrackExpiry(e) => {
+                let e = e.clone();
+                self.on_expiry(record, &e, now);
+            }
             Body::TcpReset(r) => {
-                self.on_followup(
-                    FlowKey::new(r.saddr, r.sport, r.daddr, r.dport),
-                    record,
-                    now,
-                );
+                let key = FlowKey::new(r.saddr, r.sport, r.daddr, r.dport);
+                self.on_followup(key, record, now);
             }
             Body::PacketDrop(d) => {
-                self.on_followup(
-                    FlowKey::new(d.saddr, d.sport, d.daddr, d.dport),
-                    record,
-                    now,
-                );
+                let key = FlowKey::new(d.saddr, d.sport, d.daddr, d.dport);
+                self.on_followup(key, record, now);
             }
             _ => {}
         }
     }
 
-    fn on_expiry(&mut self, record: &Record, e: &ConntrackExpiry, now: Instant) {
+    fn on_expiry(&mut self, record: Record, e: &ConntrackExpiry, now: Instant) {
         let orig = FlowKey::new(e.orig_saddr, e.orig_sport, e.orig_daddr, e.orig_dport);
         let reply = FlowKey::new(e.reply_saddr, e.reply_sport, e.reply_daddr, e.reply_dport);
         let mut entry = Expired {
-            record: record.clone(),
+            record,
             expiry: e.clone(),
             seen: now,
             evidence: Vec::new(),
@@ -121,19 +129,19 @@ impl FlowCorrelator {
         }
     }
 
-    fn on_followup(&mut self, key: FlowKey, record: &Record, now: Instant) {
+    fn on_followup(&mut self, key: FlowKey, record: Record, now: Instant) {
         let orig = self.aliases.get(&key).copied().unwrap_or(key);
         if let Some(entry) = self.expired.get_mut(&orig)
             && now.duration_since(entry.seen) <= self.window
         {
-            entry.evidence.push(record.clone());
+            entry.evidence.push(record);
             entry.due.get_or_insert(now + GRACE);
             return;
         }
         let list = self.recent.get_or_insert_mut(key, Vec::new);
         list.retain(|(t, _)| now.duration_since(*t) <= RECENT);
-        if list.len() < 16 {
-            list.push((now, record.clone()));
+        if list.len() < RECENT_PER_FLOW {
+            list.push((now, record));
         }
     }
 

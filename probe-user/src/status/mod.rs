@@ -277,6 +277,7 @@ impl AgentState {
                 "wasm_write_result",
                 "packet_drop",
                 "conntrack_expiry",
+                "http_request",
                 "unknown",
             ]
             .iter()

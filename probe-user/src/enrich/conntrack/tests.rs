@@ -95,18 +95,18 @@ const WINDOW: Duration = Duration::from_secs(60);
 fn expiry_then_reset_and_drop_yield_one_reset_finding() {
     let mut c = FlowCorrelator::new(WINDOW, 16);
     let t0 = Instant::now();
-    c.observe(&expiry(40000), t0);
+    c.observe(expiry(40000), t0);
     // The router answered the client's next packet with a reset, seen from both ends.
     c.observe(
-        &drop(("10.77.1.2", 40000), ("10.77.9.9", 6379), "NO_SOCKET"),
+        drop(("10.77.1.2", 40000), ("10.77.9.9", 6379), "NO_SOCKET"),
         t0,
     );
     c.observe(
-        &reset(("10.77.9.9", 6379), ("10.77.1.2", 40000), Direction::Sent),
+        reset(("10.77.9.9", 6379), ("10.77.1.2", 40000), Direction::Sent),
         t0,
     );
     c.observe(
-        &reset(
+        reset(
             ("10.77.1.2", 40000),
             ("10.77.9.9", 6379),
             Direction::Received,
@@ -145,10 +145,10 @@ fn expiry_then_reset_and_drop_yield_one_reset_finding() {
 fn followups_on_the_backend_side_of_the_nat_join_too() {
     let mut c = FlowCorrelator::new(WINDOW, 16);
     let t0 = Instant::now();
-    c.observe(&expiry(40001), t0);
+    c.observe(expiry(40001), t0);
     // The backend's reset toward the client (reply tuple endpoints).
     c.observe(
-        &reset(("10.77.2.2", 6379), ("10.77.1.2", 40001), Direction::Sent),
+        reset(("10.77.2.2", 6379), ("10.77.1.2", 40001), Direction::Sent),
         t0,
     );
     let found = c.due(t0 + GRACE, "n");
@@ -161,27 +161,27 @@ fn a_reset_seen_before_the_expiry_still_joins() {
     let mut c = FlowCorrelator::new(WINDOW, 16);
     let t0 = Instant::now();
     c.observe(
-        &reset(
+        reset(
             ("10.77.1.2", 40002),
             ("10.77.9.9", 6379),
             Direction::Received,
         ),
         t0,
     );
-    c.observe(&expiry(40002), t0 + Duration::from_millis(20));
+    c.observe(expiry(40002), t0 + Duration::from_millis(20));
     let found = c.due(t0 + Duration::from_millis(20) + GRACE, "n");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].1.evidence.len(), 2);
     // Too old to join: a reset 6 s before the expiry.
     c.observe(
-        &reset(
+        reset(
             ("10.77.1.2", 40003),
             ("10.77.9.9", 6379),
             Direction::Received,
         ),
         t0,
     );
-    c.observe(&expiry(40003), t0 + Duration::from_secs(6));
+    c.observe(expiry(40003), t0 + Duration::from_secs(6));
     assert!(c.due(t0 + Duration::from_secs(8), "n").is_empty());
 }
 
@@ -189,9 +189,9 @@ fn a_reset_seen_before_the_expiry_still_joins() {
 fn drops_alone_are_the_drop_variant() {
     let mut c = FlowCorrelator::new(WINDOW, 16);
     let t0 = Instant::now();
-    c.observe(&expiry(40004), t0);
+    c.observe(expiry(40004), t0);
     c.observe(
-        &drop(("10.77.1.2", 40004), ("10.77.9.9", 6379), "NETFILTER_DROP"),
+        drop(("10.77.1.2", 40004), ("10.77.9.9", 6379), "NETFILTER_DROP"),
         t0 + Duration::from_secs(30),
     );
     let found = c.due(t0 + Duration::from_secs(31), "n");
@@ -203,10 +203,10 @@ fn drops_alone_are_the_drop_variant() {
 fn window_and_unrelated_flows() {
     let mut c = FlowCorrelator::new(WINDOW, 16);
     let t0 = Instant::now();
-    c.observe(&expiry(40005), t0);
+    c.observe(expiry(40005), t0);
     // Another client port: not this flow.
     c.observe(
-        &reset(
+        reset(
             ("10.77.1.2", 40006),
             ("10.77.9.9", 6379),
             Direction::Received,
@@ -215,7 +215,7 @@ fn window_and_unrelated_flows() {
     );
     // This flow, but after the window.
     c.observe(
-        &reset(
+        reset(
             ("10.77.1.2", 40005),
             ("10.77.9.9", 6379),
             Direction::Received,
@@ -231,13 +231,13 @@ fn the_flow_table_is_bounded_and_counts_evictions() {
     let mut c = FlowCorrelator::new(WINDOW, 2);
     let t0 = Instant::now();
     for port in [1, 2, 3, 4] {
-        c.observe(&expiry(port), t0);
+        c.observe(expiry(port), t0);
     }
     assert_eq!(c.pending(), 2);
     assert_eq!(c.evictions, 2);
     // The newest two are still joinable.
     c.observe(
-        &reset(("10.77.1.2", 4), ("10.77.9.9", 6379), Direction::Received),
+        reset(("10.77.1.2", 4), ("10.77.9.9", 6379), Direction::Received),
         t0,
     );
     assert_eq!(c.due(t0 + GRACE, "n").len(), 1);
