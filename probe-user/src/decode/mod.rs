@@ -360,21 +360,7 @@ fn comm(raw: &[u8]) -> String {
 
 fn tcp_reset(ev: &TcpResetEvent, tables: &SymbolTables) -> Result<TcpReset, DecodeError> {
     let direction = Direction::try_from(ev.direction)?;
-    let mut fam = Family::try_from(ev.family)?;
-    let (saddr, daddr) = match fam {
-        Family::Ipv4 => (ipv4(&ev.saddr), ipv4(&ev.daddr)),
-        Family::Ipv6 => {
-            let (s, d) = (Ipv6Addr::from(ev.saddr), Ipv6Addr::from(ev.daddr));
-            // A v4 connection on a dual-stack socket: show it as the IPv4 it is.
-            match (s.to_ipv4_mapped(), d.to_ipv4_mapped()) {
-                (Some(s4), Some(d4)) => {
-                    fam = Family::Ipv4;
-                    (IpAddr::V4(s4), IpAddr::V4(d4))
-                }
-                _ => (IpAddr::V6(s), IpAddr::V6(d)),
-            }
-        }
-    };
+    let (fam, saddr, daddr) = socket_addresses(ev.family, &ev.saddr, &ev.daddr)?;
     Ok(TcpReset {
         direction,
         family: fam,
@@ -415,17 +401,7 @@ fn packet_drop(ev: &PacketDropEvent, tables: &SymbolTables) -> Result<PacketDrop
 }
 
 fn http_request(ev: &HttpRequestEvent) -> Result<HttpRequest, DecodeError> {
-    let fam = Family::try_from(ev.family)?;
-    let (saddr, daddr) = match fam {
-        Family::Ipv4 => (ipv4(&ev.saddr), ipv4(&ev.daddr)),
-        Family::Ipv6 => {
-            let (s, d) = (Ipv6Addr::from(ev.saddr), Ipv6Addr::from(ev.daddr));
-            match (s.to_ipv4_mapped(), d.to_ipv4_mapped()) {
-                (Some(s4), Some(d4)) => (IpAddr::V4(s4), IpAddr::V4(d4)),
-                _ => (IpAddr::V6(s), IpAddr::V6(d)),
-            }
-        }
-    };
+    let (fam, saddr, daddr) = socket_addresses(ev.family, &ev.saddr, &ev.daddr)?;
     let len = (ev.len as usize).min(ev.data.len());
     Ok(HttpRequest {
         family: fam,
@@ -485,6 +461,25 @@ pub fn traceparent(head: &[u8]) -> Option<TraceParent> {
         });
     }
     None
+}
+
+/// A socket's family and addresses; a v4 connection on a dual-stack socket (v4-mapped IPv6
+/// addresses) is shown as the IPv4 it is.
+fn socket_addresses(
+    family: u16,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+) -> Result<(Family, IpAddr, IpAddr), DecodeError> {
+    Ok(match Family::try_from(family)? {
+        Family::Ipv4 => (Family::Ipv4, ipv4(saddr), ipv4(daddr)),
+        Family::Ipv6 => {
+            let (s, d) = (Ipv6Addr::from(*saddr), Ipv6Addr::from(*daddr));
+            match (s.to_ipv4_mapped(), d.to_ipv4_mapped()) {
+                (Some(s4), Some(d4)) => (Family::Ipv4, IpAddr::V4(s4), IpAddr::V4(d4)),
+                _ => (Family::Ipv6, IpAddr::V6(s), IpAddr::V6(d)),
+            }
+        }
+    })
 }
 
 fn ipv4(raw: &[u8; 16]) -> IpAddr {

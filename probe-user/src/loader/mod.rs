@@ -300,50 +300,34 @@ impl Probe {
     /// Takes the event ring buffer out (it outlives the programs, so it can be drained after
     /// they are detached).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
-        let map = self
-            .ebpf
-            .take_map(maps::EVENTS)
-            .ok_or(LoaderError::MissingMap(maps::EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| LoaderError::Map {
-            name: maps::EVENTS,
-            source,
-        })
+        self.take(maps::EVENTS)
     }
 
     /// Takes the drop aggregation map out, for the agent's read of totals after the last
     /// record of a flow.
     pub fn take_drop_flows(&mut self) -> Result<DropFlows, LoaderError> {
-        let map = self
-            .ebpf
-            .take_map(maps::DROP_FLOWS)
-            .ok_or(LoaderError::MissingMap(maps::DROP_FLOWS))?;
-        DropFlows::try_from(map).map_err(|source| LoaderError::Map {
-            name: maps::DROP_FLOWS,
-            source,
-        })
+        self.take(maps::DROP_FLOWS)
     }
 
     /// Takes the map of cgroups whose processes are captured (fed for Wasm pods).
     pub fn take_wasm_cgroups(&mut self) -> Result<WasmCgroups, LoaderError> {
-        let map = self
-            .ebpf
-            .take_map(maps::WASM_CGROUPS)
-            .ok_or(LoaderError::MissingMap(maps::WASM_CGROUPS))?;
-        WasmCgroups::try_from(map).map_err(|source| LoaderError::Map {
-            name: maps::WASM_CGROUPS,
-            source,
-        })
+        self.take(maps::WASM_CGROUPS)
     }
 
     pub fn take_losses(&mut self) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
+        self.take(maps::LOSSES)
+    }
+
+    /// Takes map `name` out of the object (it outlives the programs) as a typed map.
+    fn take<T>(&mut self, name: &'static str) -> Result<T, LoaderError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
         let map = self
             .ebpf
-            .take_map(maps::LOSSES)
-            .ok_or(LoaderError::MissingMap(maps::LOSSES))?;
-        PerCpuArray::try_from(map).map_err(|source| LoaderError::Map {
-            name: maps::LOSSES,
-            source,
-        })
+            .take_map(name)
+            .ok_or(LoaderError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| LoaderError::Map { name, source })
     }
 }
 
