@@ -45,6 +45,9 @@ pub struct DropTotals {
     tracked: LruCache<DropKey, Tracked>,
     map: Option<Box<dyn DropMap>>,
     last_sweep: Option<Instant>,
+    /// When the newest kernel record arrived: `active` is asked once per pipeline loop, so it
+    /// must not scan the tracked keys.
+    newest_record: Option<Instant>,
 }
 
 impl DropTotals {
@@ -53,6 +56,7 @@ impl DropTotals {
             tracked: LruCache::new(NonZeroUsize::new(TRACKED_KEYS).expect("non-zero")),
             map,
             last_sweep: None,
+            newest_record: None,
         }
     }
 
@@ -78,6 +82,7 @@ impl DropTotals {
             Some(p) if total >= p => total - p,
             _ => total,
         };
+        self.newest_record = Some(now);
         self.tracked.put(
             drop.key,
             Tracked {
@@ -136,9 +141,8 @@ impl DropTotals {
     pub fn active(&self, now: Instant) -> bool {
         self.map.is_some()
             && self
-                .tracked
-                .iter()
-                .any(|(_, t)| now.duration_since(t.last_record) <= TAIL_WINDOW)
+                .newest_record
+                .is_some_and(|t| now.duration_since(t) <= TAIL_WINDOW)
     }
 }
 
