@@ -137,6 +137,29 @@ fn ping(conn: &mut TcpStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Without a finding: passes (loudly "unsupported") only where the agent itself reports that
+/// this kernel's conntrack destroy events carry no TCP state, and it then made no expiry up.
+fn expiries_untold_here(probe: Probe, port: u16, what: &str) {
+    let status: Value =
+        serde_json::from_str(&http_get(probe.http_addr(), "/health/status").2).unwrap();
+    let untold = status["conntrack"]["destroys_without_tcp_state"]
+        .as_u64()
+        .unwrap_or(0);
+    if untold == 0 {
+        panic!("{what}; records: {:#?}", probe.seen());
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "\n!!!!! conntrack_expiry: unsupported on this kernel: its destroy events carry no TCP state ({untold} seen) !!!!!\n"
+        )
+        .as_bytes(),
+    );
+    let records = probe.stop();
+    assert!(of_kind(&records, "conntrack_expiry", port).is_empty());
+    assert!(of_kind(&records, "finding", port).is_empty());
+}
+
 fn of_kind<'a>(records: &'a [Value], kind: &str, port: u16) -> Vec<&'a Value> {
     records
         .iter()
@@ -168,6 +191,7 @@ fn idle_redis_connection_dies_when_its_dnat_entry_expires() {
         "--conntrack-timestamps",
         "true",
     ]);
+    let no_socket = probe.expect_if("reset_reason", "NO_SOCKET".into());
     let settings_with = |value: u64| {
         let path = path.clone();
         move |r: &Value| {
@@ -196,9 +220,15 @@ fn idle_redis_connection_dies_when_its_dnat_entry_expires() {
     std::thread::sleep(Duration::from_secs(SHORT_TIMEOUT + 2));
     let err = ping(&mut idle).expect_err("the PING after the expiry must fail");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
-    probe
+    if probe
         .wait_for(WAIT, |r| r["kind"] == "finding" && r["sport"] == port)
-        .expect("no finding for the expired flow");
+        .is_none()
+    {
+        panic!(
+            "no finding for the expired flow; records: {:#?}",
+            probe.seen()
+        );
+    }
     let records = probe.stop();
 
     let expiries = of_kind(&records, "conntrack_expiry", port);
@@ -291,7 +321,7 @@ fn idle_redis_connection_dies_when_its_dnat_entry_expires() {
     assert!(
         resets
             .iter()
-            .any(|r| r["direction"] == "sent" && r["reason"] == "NO_SOCKET"),
+            .any(|r| r["direction"] == "sent" && r["reason"] == no_socket),
         "{evidence:#?}"
     );
 
@@ -354,6 +384,8 @@ fn with_invalid_packets_dropped_the_connection_dies_silently() {
         .sysctl(TIMEOUT_SYSCTL, &SHORT_TIMEOUT.to_string());
     let path = topo.router.path();
     let mut probe = Probe::start(&["--conntrack", "false", "--conntrack-netns", &path]);
+    // Kernels before 5.17 give no drop reason: null, and the finding says so.
+    let reason = probe.expect_if("drop_reason", "NETFILTER_DROP".into());
     let (mut idle, port) = topo.connect();
     std::thread::sleep(Duration::from_secs(SHORT_TIMEOUT + 2));
     idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -365,19 +397,21 @@ fn with_invalid_packets_dropped_the_connection_dies_silently() {
         ),
         "{err}"
     );
-    let finding = probe
-        .wait_for(WAIT, |r| r["kind"] == "finding" && r["sport"] == port)
-        .expect("no finding for the silently dropped flow");
+    let Some(finding) = probe.wait_for(WAIT, |r| r["kind"] == "finding" && r["sport"] == port)
+    else {
+        expiries_untold_here(probe, port, "no finding for the silently dropped flow");
+        return;
+    };
     let records = probe.stop();
     drop(idle);
 
     assert_eq!(finding["finding"], "conntrack_expiry_drop");
     assert_eq!(finding["timeout_s"], SHORT_TIMEOUT);
     assert!(
-        finding["summary"]
-            .as_str()
-            .unwrap()
-            .contains("dropped (NETFILTER_DROP)"),
+        finding["summary"].as_str().unwrap().contains(&format!(
+            "dropped ({})",
+            reason.as_str().unwrap_or("unknown reason")
+        )),
         "{finding:#}"
     );
     // The PING and its retransmissions, counted per flow in the kernel.
@@ -387,7 +421,7 @@ fn with_invalid_packets_dropped_the_connection_dies_silently() {
         .collect();
     assert!(!drops.is_empty());
     for d in &drops {
-        assert_eq!(d["reason"], "NETFILTER_DROP");
+        assert_eq!(d["reason"], reason);
         assert_eq!(
             (d["saddr"].as_str(), d["daddr"].as_str()),
             (Some(CLIENT), Some(SERVICE))

@@ -45,42 +45,55 @@ fn every_endpoint_answers_and_counters_move() {
     );
     let status: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["ready"], true);
-    let programs: Vec<(String, bool)> = status["programs"]
-        .as_array()
-        .unwrap()
+    // Every capability, each with the hook this kernel gives it or what is lost and why;
+    // the programs of a chosen hook are attached.
+    let capabilities = status["capabilities"].as_array().unwrap();
+    let names: Vec<&str> = capabilities
         .iter()
-        .map(|p| {
-            (
-                p["program"].as_str().unwrap().to_owned(),
-                p["attached"] == true,
-            )
-        })
+        .map(|c| c["capability"].as_str().unwrap())
         .collect();
-    let mut names: Vec<&str> = programs.iter().map(|(n, _)| n.as_str()).collect();
-    names.sort_unstable();
     assert_eq!(
         names,
         [
-            "kfree_skb",
-            "sched_process_exec",
-            "sched_process_exit",
-            "sched_process_fork",
-            "signal_generate",
-            "softirq_entry",
-            "softirq_exit",
-            "sys_enter_write",
-            "sys_enter_writev",
-            "sys_exit_write",
-            "sys_exit_writev",
-            "tcp_receive_reset",
-            "tcp_send_reset",
-            "tcp_sendmsg_locked"
+            "softirq_context",
+            "process_exit",
+            "process_fork",
+            "process_exec",
+            "core_signal",
+            "reset_sent",
+            "reset_sent_unowned",
+            "reset_reason",
+            "reset_received",
+            "drops",
+            "drop_reason",
+            "http_request_head",
+            "write_result",
+            "wasm_write",
+            "wasm_writev"
         ]
     );
-    assert!(
-        programs.iter().all(|(_, attached)| *attached),
-        "{programs:?}"
-    );
+    let programs = status["programs"].as_array().unwrap();
+    for c in capabilities {
+        assert_ne!(c["hook"].is_null(), c["error"].is_null(), "{c}");
+        for p in c["programs"].as_array().unwrap() {
+            let report = programs
+                .iter()
+                .find(|r| r["program"] == *p)
+                .unwrap_or_else(|| panic!("{p} of {c} not in {programs:?}"));
+            assert_eq!(report["attached"], true, "{report}");
+        }
+    }
+    // The resets this test makes need these on every kernel of the matrix.
+    for (needed, hook) in [
+        ("reset_sent", "tracepoint tcp:tcp_send_reset"),
+        ("reset_received", "tracepoint tcp:tcp_receive_reset"),
+    ] {
+        let c = capabilities
+            .iter()
+            .find(|c| c["capability"] == needed)
+            .unwrap();
+        assert_eq!(c["hook"], hook, "{c}");
+    }
     assert_eq!(status["config"]["output"], "json");
     assert_eq!(status["config"]["http-addr"], "127.0.0.1:0");
     assert_eq!(status["exporter"]["state"], "running");
@@ -98,6 +111,14 @@ fn every_endpoint_answers_and_counters_move() {
             &metrics,
             "probe_program_attached",
             ("program", "tcp_send_reset")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "probe_capability",
+            ("capability", "reset_received")
         ),
         Some(1.0)
     );

@@ -160,10 +160,21 @@ fn a_collector_outage_is_bounded_counted_and_survived() {
     );
 
     // The collector comes back on the same address: the queue drains, new spans flow.
+    let exported_before = metric(http, "probe_otlp_exported_total", "spans");
     let mut receiver = OtlpReceiver::start(
         env!("CARGO_BIN_EXE_otlp_receiver"),
         Some((ports[0], ports[1])),
     );
+    // Export resumes at the next retry (backoff up to 5 s); until the queue drained, new spans
+    // may find it full and be dropped (counted), so the new reset is made after that.
+    let resumed = Instant::now() + Duration::from_secs(30);
+    while metric(http, "probe_otlp_exported_total", "spans") == exported_before {
+        assert!(
+            Instant::now() < resumed,
+            "export did not resume after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let pair = LingerPair::connect();
     let client_port = pair.client_port;
     let _server_end = pair.reset();

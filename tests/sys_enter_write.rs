@@ -170,21 +170,30 @@ fn capture_can_be_disabled_and_then_costs_no_syscall_hook() {
     let probe = Probe::start(&["--capture-bytes", "0"]);
     let status: Value =
         serde_json::from_str(&http_get(probe.http_addr(), "/health/status").2).unwrap();
-    for hook in [
-        "sys_enter_write",
-        "sys_enter_writev",
-        "sys_exit_write",
-        "sys_exit_writev",
-    ] {
-        let p = status["programs"]
+    // The capabilities are off, and their programs were never loaded.
+    for capability in ["wasm_write", "wasm_writev", "write_result"] {
+        let c = status["capabilities"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|p| p["program"] == hook)
-            .unwrap();
-        assert_eq!(p["attached"], false, "{hook}");
-        assert_eq!(p["error"], "disabled by --capture-bytes 0");
+            .find(|c| c["capability"] == capability)
+            .unwrap_or_else(|| panic!("no capability {capability} in {status}"));
+        assert_eq!(c["hook"], Value::Null, "{capability}");
+        assert!(
+            c["error"]
+                .as_str()
+                .unwrap()
+                .ends_with("disabled by --capture-bytes 0"),
+            "{c}"
+        );
     }
+    let programs = status["programs"].as_array().unwrap();
+    assert!(
+        !programs
+            .iter()
+            .any(|p| p["program"].as_str().unwrap().starts_with("sys_")),
+        "{programs:?}"
+    );
     let (pid, _) = run_module(&dir, &[(1, b"not captured\n".to_vec())], Stdio::piped());
     let records = probe.stop();
     assert_eq!(wasm_lines(&records, pid), Vec::<Value>::new());

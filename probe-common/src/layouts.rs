@@ -137,7 +137,8 @@ pub struct KernelOffsets {
     pub mini_sock_states: u32,
     /// `struct task_struct::mm`: NULL for kernel threads.
     pub task_mm: u32,
-    pub _reserved: u32,
+    /// `struct sock_common::skc_family` (u16): where a tracepoint record has no `family`.
+    pub sk_family: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 48);
 
@@ -154,7 +155,7 @@ impl KernelOffsets {
         dev_net: ABSENT,
         mini_sock_states: 0,
         task_mm: ABSENT,
-        _reserved: 0,
+        sk_family: ABSENT,
     };
 }
 

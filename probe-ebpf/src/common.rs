@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    ABSENT, AgentConfig, EventHeader, HDR_CGROUP, HDR_NETNS, HDR_TASK, KernelOffsets, LOSS_SLOTS,
-    TaskOffsets,
+    ABSENT, AgentConfig, DropKey, EventHeader, HDR_CGROUP, HDR_NETNS, HDR_TASK, KernelOffsets,
+    LOSS_SLOTS, SkbOffsets, TaskOffsets, family,
 };
 
 use crate::softirq::in_softirq;
@@ -31,6 +31,83 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::ABSENT;
 
 #[unsafe(no_mangle)]
 static TASK_OFFSETS: TaskOffsets = TaskOffsets::ABSENT;
+
+#[unsafe(no_mangle)]
+static SKB_OFFSETS: SkbOffsets = SkbOffsets::ABSENT;
+
+#[inline(always)]
+pub fn skb_offsets() -> SkbOffsets {
+    // SAFETY: a plain read of a global; volatile so the loader's value is not constant-folded.
+    unsafe { core::ptr::read_volatile(&SKB_OFFSETS) }
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+/// `network_header` value of an skb whose network header was never set.
+const UNSET_HEADER: u16 = 0xffff;
+
+/// The TCP/IP 4-tuple of the packet in `skb` as it travels (source first), with `reason` and
+/// the network namespace of its device (else of its socket). `None` for non-TCP packets, an
+/// unset network header, or IPv6 with extension headers before TCP.
+#[inline(always)]
+pub fn skb_flow(skb: u64, o: &SkbOffsets, reason: u32) -> Option<DropKey> {
+    let proto = u16::from_be(read_kernel::<u16>(skb, o.protocol)?);
+    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
+        return None;
+    }
+    let head: u64 = read_kernel(skb, o.head)?;
+    let nh: u16 = read_kernel(skb, o.network_header)?;
+    if head == 0 || nh == UNSET_HEADER {
+        return None;
+    }
+    let ip = head + u64::from(nh);
+    let mut key = DropKey {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        _pad: 0,
+        reason,
+        netns: 0,
+    };
+    let l4 = if proto == ETH_P_IP {
+        let version_ihl: u8 = read_kernel(ip, 0)?;
+        if version_ihl >> 4 != 4 || read_kernel::<u8>(ip, 9)? != IPPROTO_TCP {
+            return None;
+        }
+        let s: [u8; 4] = read_kernel(ip, 12)?;
+        let d: [u8; 4] = read_kernel(ip, 16)?;
+        key.saddr[..4].copy_from_slice(&s);
+        key.daddr[..4].copy_from_slice(&d);
+        key.family = family::INET;
+        ip + u64::from(version_ihl & 0xf) * 4
+    } else {
+        // Only TCP right after the fixed header: extension headers are not followed.
+        let version: u8 = read_kernel(ip, 0)?;
+        if version >> 4 != 6 || read_kernel::<u8>(ip, 6)? != IPPROTO_TCP {
+            return None;
+        }
+        key.saddr = read_kernel(ip, 8)?;
+        key.daddr = read_kernel(ip, 24)?;
+        key.family = family::INET6;
+        ip + 40
+    };
+    let ports: [u8; 4] = read_kernel(l4, 0)?;
+    key.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    key.dport = u16::from_be_bytes([ports[2], ports[3]]);
+
+    let k = offsets();
+    let dev: u64 = read_kernel(skb, k.skb_dev).unwrap_or(0);
+    let mut net: u64 = read_kernel(dev, k.dev_net).unwrap_or(0);
+    if net == 0 {
+        let sk: u64 = read_kernel(skb, o.sk).unwrap_or(0);
+        net = read_kernel(sk, k.sk_net).unwrap_or(0);
+    }
+    key.netns = read_kernel(net, k.net_inum).unwrap_or(0);
+    Some(key)
+}
 
 #[inline(always)]
 pub fn task_offsets() -> TaskOffsets {
@@ -118,6 +195,17 @@ pub fn count_loss(kind: u32) {
         // SAFETY: per-CPU slot, programs do not migrate while running.
         unsafe { *slot += 1 }
     }
+}
+
+/// `n` limited to `0..=max` in a form every verifier of the kernel matrix follows. The compiler
+/// may fold a plain `min` into arithmetic whose range older verifiers (5.10, 6.1) track as
+/// possibly negative ("R2 min value is negative"); a volatile reload hides what the compiler
+/// knows, so the mask and the comparison below stay in the program for the verifier to see.
+#[inline(always)]
+pub fn clamp_len(n: u64, max: u64) -> u64 {
+    // SAFETY: a read of a local.
+    let v = unsafe { core::ptr::read_volatile(&n) } & (max.next_power_of_two() * 2 - 1);
+    if v > max { max } else { v }
 }
 
 /// Reads a `T` at `base + off` in kernel memory; `None` when the offset is unknown on this

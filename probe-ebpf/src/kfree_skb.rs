@@ -12,103 +12,56 @@ use aya_ebpf::{
 };
 use probe_common::{
     DROP_RECORDS_PER_SEC, DROP_REPORT_INTERVAL_NS, DropCount, DropKey, HDR_NETNS, PacketDropEvent,
-    SkbOffsets, family, kind,
+    REASON_NONE, SkbOffsets, kind,
 };
 
-use crate::common::{
-    EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, read_kernel, wakeup_flags,
+use crate::{
+    common::{
+        EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, skb_flow, skb_offsets,
+        wakeup_flags,
+    },
+    tcp_reset::RESET_SKB,
 };
 
 #[map]
 pub static DROP_FLOWS: LruPerCpuHashMap<DropKey, DropCount> =
     LruPerCpuHashMap::with_max_entries(8192, 0);
 
-#[unsafe(no_mangle)]
-static SKB_OFFSETS: SkbOffsets = SkbOffsets::ABSENT;
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
-/// `network_header` value of an skb whose network header was never set.
-const UNSET_HEADER: u16 = 0xffff;
-
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
-    // TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason,
-    //          struct sock *rx_sk)
-    let skb: u64 = ctx.arg(0);
+    // TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)
+    let o = skb_offsets();
     let reason = ctx.arg::<u64>(2) as u32;
-    // SAFETY: a plain read of a global; volatile so the loader's value is not constant-folded.
-    let o = unsafe { core::ptr::read_volatile(&SKB_OFFSETS) };
-    if reason == o.no_socket_reason {
-        return 0;
-    }
-    let Some(proto_be) = read_kernel::<u16>(skb, o.protocol) else {
-        return 0;
-    };
-    let proto = u16::from_be(proto_be);
-    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
-        return 0;
-    }
-    if let Some(key) = flow_key(skb, &o, proto, reason) {
-        count(&key);
+    if reason != o.no_socket_reason {
+        drop_seen(ctx.arg(0), &o, reason);
     }
     0
 }
 
-#[inline(always)]
-fn flow_key(skb: u64, o: &SkbOffsets, proto: u16, reason: u32) -> Option<DropKey> {
-    let head: u64 = read_kernel(skb, o.head)?;
-    let nh: u16 = read_kernel(skb, o.network_header)?;
-    if head == 0 || nh == UNSET_HEADER {
-        return None;
+/// The same tracepoint where it has no drop reason (`TP_PROTO(struct sk_buff *skb, void
+/// *location)`): a raw tracepoint program may not read past the tracepoint's arguments, so
+/// this one reads only the skb.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb_noreason(ctx: RawTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    // A segment just answered with a reset (no socket): reported as that reset, not a drop.
+    if let Some(slot) = RESET_SKB.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        let answered = unsafe { &mut *slot };
+        if *answered == skb {
+            *answered = 0;
+            return 0;
+        }
     }
-    let ip = head + u64::from(nh);
-    let mut key = DropKey {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        family: 0,
-        _pad: 0,
-        reason,
-        netns: 0,
-    };
-    let l4 = if proto == ETH_P_IP {
-        let version_ihl: u8 = read_kernel(ip, 0)?;
-        if version_ihl >> 4 != 4 || read_kernel::<u8>(ip, 9)? != IPPROTO_TCP {
-            return None;
-        }
-        let s: [u8; 4] = read_kernel(ip, 12)?;
-        let d: [u8; 4] = read_kernel(ip, 16)?;
-        key.saddr[..4].copy_from_slice(&s);
-        key.daddr[..4].copy_from_slice(&d);
-        key.family = family::INET;
-        ip + u64::from(version_ihl & 0xf) * 4
-    } else {
-        // Only TCP right after the fixed header: extension headers are not followed.
-        let version: u8 = read_kernel(ip, 0)?;
-        if version >> 4 != 6 || read_kernel::<u8>(ip, 6)? != IPPROTO_TCP {
-            return None;
-        }
-        key.saddr = read_kernel(ip, 8)?;
-        key.daddr = read_kernel(ip, 24)?;
-        key.family = family::INET6;
-        ip + 40
-    };
-    let ports: [u8; 4] = read_kernel(l4, 0)?;
-    key.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    key.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    drop_seen(skb, &skb_offsets(), REASON_NONE);
+    0
+}
 
-    let k = offsets();
-    let dev: u64 = read_kernel(skb, k.skb_dev).unwrap_or(0);
-    let mut net: u64 = read_kernel(dev, k.dev_net).unwrap_or(0);
-    if net == 0 {
-        let sk: u64 = read_kernel(skb, o.sk).unwrap_or(0);
-        net = read_kernel(sk, k.sk_net).unwrap_or(0);
+#[inline(always)]
+fn drop_seen(skb: u64, o: &SkbOffsets, reason: u32) {
+    if let Some(key) = skb_flow(skb, o, reason) {
+        count(&key);
     }
-    key.netns = read_kernel(net, k.net_inum).unwrap_or(0);
-    Some(key)
 }
 
 #[inline(always)]

@@ -18,6 +18,8 @@ mod tcp_receive_reset;
 mod tcp_reset;
 mod tcp_send_reset;
 mod tcp_sendmsg_locked;
+mod tcp_v4_send_reset;
+mod tcp_v6_send_reset;
 mod wasm_capture;
 
 #[cfg(not(test))]

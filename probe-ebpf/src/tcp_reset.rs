@@ -1,17 +1,18 @@
 //! Shared body of the two TCP reset hooks: builds a `TcpResetEvent` from a tracepoint record
 //! whose field offsets the loader read from tracefs, and from the socket (BTF offsets).
 
-use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TracePointContext};
 use probe_common::{
     ABSENT, EventHeader, HDR_CGROUP, HDR_NETNS, KernelOffsets, REASON_NONE, TcpResetEvent,
-    TcpResetLayout, family, kind,
+    TcpResetLayout, direction, family, kind,
 };
 
 use crate::common::{
     EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, read_field, read_kernel,
-    wakeup_flags,
+    skb_flow, skb_offsets, wakeup_flags,
 };
 
+#[inline(always)]
 pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
     let off = offsets();
     let mut ev = TcpResetEvent {
@@ -47,7 +48,13 @@ pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
             &mut dst_family,
         );
     } else {
-        ev.family = read_field(ctx, layout.family).unwrap_or(0);
+        ev.family = match read_field(ctx, layout.family) {
+            Some(family) => family,
+            // 5.10 records have no family: the socket's (these records always have one).
+            None => {
+                read_kernel(read_field(ctx, layout.skaddr).unwrap_or(0), off.sk_family).unwrap_or(0)
+            }
+        };
         ev.sport = read_field(ctx, layout.sport).unwrap_or(0);
         ev.dport = read_field(ctx, layout.dport).unwrap_or(0);
         if ev.family == family::INET {
@@ -80,6 +87,56 @@ pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
         set_netns(&mut ev.header, net, &off);
     }
 
+    if EVENTS.output::<TcpResetEvent>(&ev, wakeup_flags()).is_err() {
+        count_loss(kind::TCP_RESET);
+    }
+}
+
+/// Per CPU: the segment last answered with a reset for want of a socket (see `emit_unowned`).
+#[map]
+pub static RESET_SKB: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A RST this host sends in answer to the segment in `skb`, for a socket `sk` that is NULL or
+/// not a full socket (TIME_WAIT, NEW_SYN_RECV): the case kernels before 6.10 do not pass to
+/// `tcp:tcp_send_reset`. Built from the segment's headers, reversed so the local end comes
+/// first; full sockets are left to the tracepoint.
+#[inline(always)]
+pub fn emit_unowned(sk: u64, skb: u64) {
+    let off = offsets();
+    let sk_state: u8 = read_kernel(sk, off.sk_state).unwrap_or(0);
+    if sk != 0 && (sk_state >= 32 || (1u32 << sk_state) & off.mini_sock_states == 0) {
+        return;
+    }
+    let Some(flow) = skb_flow(skb, &skb_offsets(), REASON_NONE) else {
+        return;
+    };
+    if sk == 0 {
+        // The kernel frees this segment next, as a drop: kfree_skb without a reason argument
+        // skips it, as NO_SOCKET drops are skipped where reasons exist.
+        if let Some(slot) = RESET_SKB.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; the free follows in the same softirq on this CPU.
+            unsafe { *slot = skb }
+        }
+    }
+    let mut ev = TcpResetEvent {
+        header: new_header(kind::TCP_RESET),
+        socket_cookie: 0,
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+        family: flow.family,
+        direction: direction::SENT,
+        state: u32::from(sk_state),
+        reason: REASON_NONE,
+    };
+    if let TaskContext::Agent = fill_task(&mut ev.header, &off) {
+        return;
+    }
+    if flow.netns != 0 {
+        ev.header.netns = flow.netns;
+        ev.header.flags |= HDR_NETNS;
+    }
     if EVENTS.output::<TcpResetEvent>(&ev, wakeup_flags()).is_err() {
         count_loss(kind::TCP_RESET);
     }

@@ -5,13 +5,14 @@
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use probe_common::{ABSENT, HDR_NETNS, HTTP_HEAD, HttpRequestEvent, SendLayout, family, kind};
 
 use crate::common::{
-    EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, read_kernel, wakeup_flags,
+    EVENTS, TaskContext, clamp_len, count_loss, fill_task, new_header, offsets, read_kernel,
+    wakeup_flags,
 };
 
 #[unsafe(no_mangle)]
@@ -32,28 +33,47 @@ const METHODS: [u32; 7] = [
 pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
     //          int size_goal)
-    let sk: u64 = ctx.arg(0);
-    let msg: u64 = ctx.arg(1);
+    on_send(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// The function itself, where the kernel has no such tracepoint (before 6.13):
+/// `int tcp_sendmsg_locked(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[fentry(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked_fentry(ctx: FEntryContext) -> u32 {
+    on_send(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[kprobe(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        on_send(sk, msg);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_send(sk: u64, msg: u64) {
     // SAFETY: a plain read of a global; volatile so the loader's value is not constant-folded.
     let l = unsafe { core::ptr::read_volatile(&SEND_LAYOUT) };
     if l.msg_iter == ABSENT {
-        return 0;
+        return;
     }
     let Some((src, count)) = user_data(msg, &l) else {
-        return 0;
+        return;
     };
     if count < 16 {
-        return 0;
+        return;
     }
     // SAFETY: bpf_probe_read_user validates the address.
     let Ok(first) = (unsafe { bpf_probe_read_user(src as *const u32) }) else {
-        return 0;
+        return;
     };
     if !METHODS.contains(&first) {
-        return 0;
+        return;
     }
     emit(sk, src, count, &l);
-    0
 }
 
 /// The user buffer and byte count of the send (single-buffer and iovec sends).
@@ -107,11 +127,7 @@ fn emit(sk: u64, src: u64, count: u64, l: &SendLayout) {
         saddr = read_kernel(sk, l.skc_v6_rcv_saddr).unwrap_or([0; 16]);
         daddr = read_kernel(sk, l.skc_v6_daddr).unwrap_or([0; 16]);
     }
-    let n = if count > HTTP_HEAD as u64 {
-        HTTP_HEAD
-    } else {
-        count as usize
-    };
+    let n = clamp_len(count, HTTP_HEAD as u64) as usize;
     // SAFETY: `ev` points at a reserved event; every field is written before submit.
     unsafe {
         let mut len = n as u32;

@@ -227,6 +227,11 @@ pub struct Cli {
     /// Print what the agent needs from its host (paths, API resources) as JSON and exit.
     #[arg(long, env = "PROBE_PRINT_REQUIREMENTS")]
     pub print_requirements: bool,
+
+    /// Load and attach every program, print which hook serves each capability on this kernel
+    /// (or why none does), detach and exit: 0 when every capability has a hook, 1 otherwise.
+    #[arg(long, env = "PROBE_CHECK_KERNEL")]
+    pub check_kernel: bool,
 }
 
 /// `--wasm-runtimes`.

@@ -61,6 +61,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&cli);
+    if cli.check_kernel {
+        return check_kernel(&cli);
+    }
     // One thread: the reader hands batches to the consumer without cross-thread wake-ups
     // (which were a third of the agent's CPU under a reset storm).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -79,6 +82,37 @@ fn main() -> ExitCode {
             error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--check-kernel`: load and attach everything, print the capability table, detach.
+fn check_kernel(cli: &Cli) -> ExitCode {
+    match Probe::load(&loader_config(cli)) {
+        Ok(probe) => {
+            print!("{}", probe.capability_table());
+            let missing = probe.missing_capabilities();
+            if missing == 0 {
+                println!("every capability has a hook on this kernel");
+                ExitCode::SUCCESS
+            } else {
+                println!("{missing} capability(ies) without a hook on this kernel");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn loader_config(cli: &Cli) -> LoaderConfig {
+    LoaderConfig {
+        ringbuf_bytes: cli.ringbuf_bytes,
+        signal_mask: cli.signals,
+        capture_bytes: cli.capture_bytes,
+        wasm_runtimes: cli.wasm_runtimes.0.clone(),
+        http_trace_context: cli.http_trace_context,
     }
 }
 
@@ -125,20 +159,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut probe = Probe::load(&LoaderConfig {
-        ringbuf_bytes: cli.ringbuf_bytes,
-        signal_mask: cli.signals,
-        capture_bytes: cli.capture_bytes,
-        wasm_runtimes: cli.wasm_runtimes.0.clone(),
-        http_trace_context: cli.http_trace_context,
-    })?;
-    state.set_programs(&probe.programs);
-    for p in &probe.programs {
-        match &p.result {
-            Ok(()) => info!(program = p.program, hook = p.hook, "attached"),
-            Err(why) => warn!(program = p.program, hook = p.hook, "not attached: {why}"),
-        }
-    }
+    let mut probe = Probe::load(&loader_config(&cli))?;
+    state.set_programs(probe.program_reports());
+    state.set_capabilities(probe.capability_reports());
+    probe.log_capabilities();
     if probe.attached() == 0 {
         bail!("no kernel program could be attached (see the warnings above)");
     }

@@ -53,6 +53,9 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     /// ctnetlink overruns (ENOBUFS): conntrack events the kernel could not queue for us.
     pub netlink_overruns: AtomicU64,
+    /// TCP conntrack DESTROY events without the entry's TCP state (kernels whose destroy
+    /// events carry none: an expiry cannot be told from other ends there).
+    pub conntrack_destroys_without_state: AtomicU64,
 }
 
 /// Loss slot of netlink overruns (their events are conntrack expiries).
@@ -317,6 +320,12 @@ impl Stages {
 
     /// Loss records for what was lost since the last report, then a flush.
     fn report_losses(&mut self) -> std::io::Result<()> {
+        self.state.metrics.conntrack_destroys_without_state.set(
+            self.losses
+                .counters
+                .conntrack_destroys_without_state
+                .load(Ordering::Relaxed) as i64,
+        );
         let mut records = Vec::new();
         for loss in self.losses.poll() {
             let labels = LossLabel {

@@ -254,8 +254,9 @@ pub struct PacketDrop {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
-    /// `enum skb_drop_reason` name without its prefix ("NO_SOCKET", "NETFILTER_DROP", ...).
-    pub reason: String,
+    /// `enum skb_drop_reason` name without its prefix ("NO_SOCKET", "NETFILTER_DROP", ...);
+    /// null where the kernel gives no drop reason (before 5.17).
+    pub reason: Option<String>,
     /// Packets dropped since the previous record (the decoder puts the kernel's running total
     /// here; the drop stage turns it into the increase).
     pub count: u64,

@@ -119,7 +119,8 @@ impl Probe {
             seen: Vec::new(),
             http: None,
         };
-        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+        // Generous: verifying every program takes tens of seconds on old kernels under qemu TCG.
+        match ready_rx.recv_timeout(Duration::from_secs(240)) {
             Ok(http) => probe.http = http,
             Err(_) => {
                 let _ = probe.child.kill();
@@ -135,6 +136,41 @@ impl Probe {
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.http
             .expect("the probe logged no 'http: listening on' line")
+    }
+
+    /// The hook serving `capability` on this kernel as the agent reports it in
+    /// /health/status (None when no hook works here).
+    pub fn hook(&self, capability: &str) -> Option<String> {
+        let status: Value = serde_json::from_str(&http_get(self.http_addr(), "/health/status").2)
+            .expect("/health/status is JSON");
+        let c = status["capabilities"]
+            .as_array()
+            .expect("capabilities in /health/status")
+            .iter()
+            .find(|c| c["capability"] == capability)
+            .unwrap_or_else(|| panic!("no capability {capability} in /health/status"))
+            .clone();
+        match c["hook"].as_str() {
+            Some(hook) => Some(hook.to_owned()),
+            None => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n!!!!! {capability}: unsupported on this kernel: {} !!!!!\n",
+                    c["error"].as_str().unwrap_or("no hook")
+                );
+                None
+            }
+        }
+    }
+
+    /// `expected` where this kernel can tell it (the capability has a hook), null where it
+    /// cannot (printed loudly): what a test asserts for a field such as a reset's reason.
+    pub fn expect_if(&self, capability: &str, expected: Value) -> Value {
+        if self.hook(capability).is_some() {
+            expected
+        } else {
+            Value::Null
+        }
     }
 
     /// The agent's pid.

@@ -1,6 +1,6 @@
 //! Loopback traffic and the reset records it makes; identity of this test process.
 
-use std::time::Duration;
+use std::{io::Write as _, time::Duration};
 
 use crate::Value;
 
@@ -158,4 +158,45 @@ pub fn refused_connect(ip: std::net::IpAddr, port: u16) -> u16 {
         .expect_err("connect to a closed port must fail");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     client_port
+}
+
+/// Resets sent without a socket, whichever hook serves them on this kernel (the all-resets
+/// tracepoint of 6.10+, else fentry/kprobe on `tcp_v4_send_reset`/`tcp_v6_send_reset`): three
+/// SYNs to a closed port give exactly three `sent` resets, each once (the tracepoint and the
+/// function hook never both report one), with the exact 4-tuple and no task, socket or state.
+pub fn unowned_resets_are_reported_once_each(ip: std::net::IpAddr, family: &str) {
+    let mut probe = crate::Probe::start(&[]);
+    let hook = probe
+        .hook("reset_sent_unowned")
+        .expect("a hook for resets sent without a socket on every kernel of the matrix");
+    let _ = writeln!(
+        std::io::stderr(),
+        "resets without a socket come from: {hook}"
+    );
+    let port = closed_port(ip);
+    let clients: Vec<u16> = (0..3).map(|_| refused_connect(ip, port)).collect();
+    let last = clients[2];
+    probe
+        .wait_for(std::time::Duration::from_secs(10), |r| {
+            r["direction"] == "received" && r["sport"] == last
+        })
+        .expect("the last client's reset was not reported");
+    let records = probe.stop();
+    let sent = resets(&records, port, "sent");
+    let dports: Vec<u64> = sent.iter().map(|r| r["dport"].as_u64().unwrap()).collect();
+    assert_eq!(
+        dports,
+        clients.iter().map(|c| u64::from(*c)).collect::<Vec<_>>(),
+        "one sent reset per SYN, in order: {sent:#?}"
+    );
+    for r in &sent {
+        assert_eq!(r["family"], family);
+        assert_eq!(r["saddr"], ip.to_string());
+        assert_eq!(r["sport"], port);
+        assert_eq!(r["daddr"], ip.to_string());
+        assert_eq!(r["tcp_state"], Value::Null);
+        assert_eq!(r["socket_cookie"], Value::Null);
+        assert_eq!(r["pid"], Value::Null);
+        assert_eq!(r["netns"], own_netns());
+    }
 }

@@ -29,7 +29,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use self::{
-    netlink::{Destroyed, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY},
+    netlink::{Destroyed, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_UPDATE},
     settings::{FullAlarm, SYSCTL_DIR, Settings},
 };
 use crate::{
@@ -101,6 +101,9 @@ impl ConntrackConfig {
         out
     }
 }
+
+/// TCP states remembered per namespace where DESTROY events carry none.
+const UPDATE_STATES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(65536).expect("nonzero");
 
 /// One watched namespace, as the status document shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -282,6 +285,9 @@ fn subscribe() -> std::io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.add_membership(NFNLGRP_CONNTRACK_DESTROY)?;
+    // Until a TCP DESTROY event shows that this kernel puts the TCP state in it (then this
+    // membership is dropped), NEW/UPDATE events keep each entry's last TCP state.
+    socket.add_membership(NFNLGRP_CONNTRACK_UPDATE)?;
     let fd = socket.as_raw_fd();
     let size = RCVBUF_BYTES;
     // SAFETY: setsockopt with a pointer to an int of the right size.
@@ -406,6 +412,9 @@ async fn read_destroys(label: String, setup: Setup, out: Out, mut stop: watch::R
         }
     };
     let mut buf = vec![0u8; 256 * 1024];
+    // Last TCP state per conntrack id, from NEW/UPDATE events, while this kernel's DESTROY
+    // events are not known to carry it (5.10's do not).
+    let mut states = Some(lru::LruCache::<u32, u8>::new(UPDATE_STATES));
     loop {
         let mut guard = tokio::select! {
             guard = fd.readable_mut() => match guard {
@@ -422,8 +431,47 @@ async fn read_destroys(label: String, setup: Setup, out: Out, mut stop: watch::R
             match guard.get_inner().recv(&mut slice, 0) {
                 Ok(n) => {
                     let n = n.min(buf.len());
+                    if let Some(states) = states.as_mut() {
+                        for (id, state) in netlink::parse_updates(&buf[..n]) {
+                            states.put(id, state);
+                        }
+                    }
                     for parsed in netlink::parse_datagram(&buf[..n]) {
+                        let parsed = parsed.map(|mut d| {
+                            if d.orig.proto == netlink::IPPROTO_TCP {
+                                if d.tcp_state.is_some() {
+                                    // This kernel tells the state itself: stop following updates.
+                                    if states.take().is_some() {
+                                        let _ = guard
+                                            .get_inner()
+                                            .drop_membership(NFNLGRP_CONNTRACK_UPDATE);
+                                        debug!(
+                                            netns = label,
+                                            "conntrack: destroy events carry the TCP state"
+                                        );
+                                    }
+                                } else if let Some(states) = states.as_mut() {
+                                    d.tcp_state = d.id.and_then(|id| states.pop(&id));
+                                }
+                            }
+                            d
+                        });
                         match parsed {
+                            Ok(d)
+                                if d.orig.proto == netlink::IPPROTO_TCP
+                                    && d.tcp_state.is_none() =>
+                            {
+                                let before = out
+                                    .counters
+                                    .conntrack_destroys_without_state
+                                    .fetch_add(1, Ordering::Relaxed);
+                                if before == 0 {
+                                    warn!(
+                                        netns = label,
+                                        "conntrack: a TCP entry was destroyed with no TCP state known (not in the event, not seen in an update since the agent started): it cannot be told whether it expired"
+                                    );
+                                }
+                            }
                             Ok(d) if d.is_expiry() => {
                                 let s = settings.lock().unwrap_or_else(|e| e.into_inner()).clone();
                                 let body = Body::ConntrackExpiry(expiry(&label, &d, &s));

@@ -12,8 +12,12 @@ use thiserror::Error;
 pub const NETLINK_NETFILTER: isize = 12;
 /// `NFNLGRP_CONNTRACK_DESTROY`.
 pub const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// `NFNLGRP_CONNTRACK_UPDATE`: followed only where DESTROY events carry no TCP state.
+pub const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE`: what a DESTROY event is.
 const MSG_CT_DELETE: u16 = (1 << 8) | 2;
+/// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW`: what NEW and UPDATE events are.
+const MSG_CT_NEW: u16 = 1 << 8;
 /// `sizeof(struct nfgenmsg)`.
 const NFGENMSG_LEN: usize = 4;
 
@@ -187,7 +191,20 @@ pub fn proto_name(proto: u8) -> String {
 
 /// Parses one datagram from the socket: every DESTROY message in it (other message types are
 /// skipped; a malformed message is an error for that message only).
-pub fn parse_datagram(mut bytes: &[u8]) -> Vec<Result<Destroyed, ParseError>> {
+pub fn parse_datagram(bytes: &[u8]) -> Vec<Result<Destroyed, ParseError>> {
+    messages(bytes, MSG_CT_DELETE)
+}
+
+/// The TCP state changes in a datagram's NEW/UPDATE messages: (conntrack id, state). They have
+/// the same attributes as DESTROY messages; one without an id or a TCP state is skipped.
+pub fn parse_updates(bytes: &[u8]) -> Vec<(u32, u8)> {
+    messages(bytes, MSG_CT_NEW)
+        .into_iter()
+        .filter_map(|m| m.ok().and_then(|d| d.id.zip(d.tcp_state)))
+        .collect()
+}
+
+fn messages(mut bytes: &[u8], message_type: u16) -> Vec<Result<Destroyed, ParseError>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let msg = match NetlinkBuffer::new_checked(bytes) {
@@ -198,7 +215,7 @@ pub fn parse_datagram(mut bytes: &[u8]) -> Vec<Result<Destroyed, ParseError>> {
             }
         };
         let len = msg.length() as usize;
-        if msg.message_type() == MSG_CT_DELETE {
+        if msg.message_type() == message_type {
             out.push(parse_destroy(msg.payload()));
         }
         // Messages are 4-byte aligned within the datagram.
@@ -391,6 +408,20 @@ mod tests {
         let mut all = parse_datagram(bytes);
         assert_eq!(all.len(), 1);
         all.remove(0).unwrap()
+    }
+
+    #[test]
+    fn updates_give_id_and_tcp_state_and_destroys_are_not_updates() {
+        // The same attributes under the NEW/UPDATE message type (netlink header bytes 4-5).
+        let mut update = EXPIRED_DNAT_V4.to_vec();
+        update[4..6].copy_from_slice(&MSG_CT_NEW.to_ne_bytes());
+        let id = one(EXPIRED_DNAT_V4).id.expect("the fixture has an id");
+        assert_eq!(
+            parse_updates(&update),
+            vec![(id, TCP_CONNTRACK_ESTABLISHED)]
+        );
+        assert!(parse_datagram(&update).is_empty());
+        assert!(parse_updates(EXPIRED_DNAT_V4).is_empty());
     }
 
     #[test]

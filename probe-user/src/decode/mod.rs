@@ -390,11 +390,14 @@ fn packet_drop(ev: &PacketDropEvent, tables: &SymbolTables) -> Result<PacketDrop
         sport: k.sport,
         daddr,
         dport: k.dport,
-        reason: tables
-            .drop_reasons
-            .get(&k.reason)
-            .cloned()
-            .unwrap_or_else(|| format!("REASON_{}", k.reason)),
+        // REASON_NONE: the kernel's kfree_skb has no reason argument.
+        reason: (k.reason != REASON_NONE).then(|| {
+            tables
+                .drop_reasons
+                .get(&k.reason)
+                .cloned()
+                .unwrap_or_else(|| format!("REASON_{}", k.reason))
+        }),
         count: ev.total,
         key: *k,
     })

@@ -388,7 +388,7 @@ fn packet_drop_round_trip() {
     assert_eq!(p.saddr, "10.77.1.2".parse::<IpAddr>().unwrap());
     assert_eq!(p.daddr, "10.77.9.9".parse::<IpAddr>().unwrap());
     assert_eq!((p.sport, p.dport, p.count), (40000, 6379, 12));
-    assert_eq!(p.reason, "NO_SOCKET");
+    assert_eq!(p.reason.as_deref(), Some("NO_SOCKET"));
     assert_eq!(p.key, ev.key);
     assert_eq!(d.common.netns, Some(4026531840));
     assert_eq!(d.common.pid, None);
@@ -399,7 +399,17 @@ fn packet_drop_round_trip() {
     };
     assert_eq!(p.family, Family::Ipv6);
     assert_eq!(p.daddr, "fd00::9".parse::<IpAddr>().unwrap());
-    assert_eq!(p.reason, "REASON_99", "unknown reasons keep their number");
+    assert_eq!(
+        p.reason.as_deref(),
+        Some("REASON_99"),
+        "unknown reasons keep their number"
+    );
+    // A kernel without drop reasons: null, never a made-up name.
+    let none = decode(&bytes_of(&drop_event(family::INET, REASON_NONE)), &tables()).unwrap();
+    let Body::PacketDrop(p) = none.body else {
+        panic!()
+    };
+    assert_eq!(p.reason, None);
 
     let bad = drop_event(7, 3);
     assert_eq!(

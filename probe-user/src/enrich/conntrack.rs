@@ -181,7 +181,7 @@ fn finding(node: &str, e: &Expired) -> Finding {
         .evidence
         .iter()
         .filter_map(|r| match &r.body {
-            Body::PacketDrop(d) => Some(d.reason.as_str()),
+            Body::PacketDrop(d) => Some(d.reason.as_deref().unwrap_or("unknown reason")),
             _ => None,
         })
         .collect();

@@ -172,7 +172,7 @@ mod tests {
             sport: 5000,
             daddr: IpAddr::from([10, 0, 0, 2]),
             dport: 80,
-            reason: "NO_SOCKET".into(),
+            reason: Some("NO_SOCKET".into()),
             count: total,
             key: DropKey {
                 saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],

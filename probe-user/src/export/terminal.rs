@@ -132,7 +132,7 @@ impl<W: Write + Send> Sink for TerminalSink<W> {
                     "{dim}{time}{dim_end} {c}DROP        {c_end} {} -> {} reason={} count={} netns={}",
                     endpoint(&d.saddr, d.sport),
                     endpoint(&d.daddr, d.dport),
-                    d.reason,
+                    d.reason.as_deref().unwrap_or("-"),
                     d.count,
                     opt(&r.common.netns),
                 )

@@ -2,8 +2,11 @@
 //! tracefs `format` files for tracepoint records), sets them as globals, and attaches each
 //! program on its own so one missing hook does not stop the others.
 
+mod attach;
 pub mod btf;
+pub mod hooks;
 pub mod offsets;
+mod report;
 pub mod tracefs;
 
 use std::{collections::HashMap, path::Path};
@@ -14,7 +17,6 @@ use aya::{
         MapData, PerCpuArray, PerCpuValues, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{RawTracePoint, TracePoint},
     util::nr_cpus,
 };
 use probe_common::{
@@ -25,7 +27,9 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use self::{
+    attach::AyaKernel,
     btf::Btf,
+    hooks::{CAPABILITIES, CapabilityStatus, Switches},
     offsets::{kernel_offsets, reset_layout, send_layout, skb_offsets, task_offsets, write_layout},
     tracefs::Format,
 };
@@ -75,34 +79,22 @@ pub struct LoaderConfig {
 #[derive(Debug, Clone)]
 pub struct ProgramStatus {
     pub program: &'static str,
-    pub hook: &'static str,
+    pub hook: String,
     pub result: Result<(), String>,
 }
 
 /// Loaded programs; dropping it detaches every program.
 pub struct Probe {
     ebpf: Ebpf,
+    /// Every program the selection tried, attached or not.
     pub programs: Vec<ProgramStatus>,
+    /// Per capability: the hook chosen, or why none.
+    pub capabilities: Vec<CapabilityStatus>,
     pub tables: SymbolTables,
 }
 
-/// Raw tracepoint programs, each named after its tracepoint, in attach order: softirq
-/// tracking before the programs that ask for it, the exit hook before the signal hook that
-/// fills its watch list.
-const RAW_TRACEPOINTS: [&str; 8] = [
-    "softirq_entry",
-    "softirq_exit",
-    "kfree_skb",
-    "tcp_sendmsg_locked",
-    "sched_process_exit",
-    "sched_process_fork",
-    "sched_process_exec",
-    "signal_generate",
-];
-
-/// The tracepoint programs, each named after its tracepoint: (category, tracepoint). Write
-/// results are attached before the writes they complete.
-const TRACEPOINTS: [(&str, &str); 6] = [
+/// The tracepoint formats the loader reads: record layouts and field checks of the table.
+const FORMATS: [(&str, &str); 6] = [
     ("tcp", "tcp_send_reset"),
     ("tcp", "tcp_receive_reset"),
     ("syscalls", "sys_exit_write"),
@@ -134,7 +126,7 @@ impl Probe {
         let send = btf.as_ref().map_or(SendLayout::ABSENT, send_layout);
         debug!(?offsets, ?task, ?skb, "kernel offsets from BTF");
 
-        let formats: HashMap<&str, Result<Format, String>> = TRACEPOINTS
+        let formats: HashMap<&str, Result<Format, String>> = FORMATS
             .iter()
             .map(|(category, name)| {
                 let format = tracefs
@@ -187,6 +179,7 @@ impl Probe {
         let mut probe = Self {
             ebpf,
             programs: Vec::new(),
+            capabilities: Vec::new(),
             tables,
         };
         if let Err(e) = probe.seed_softirq_state() {
@@ -195,34 +188,18 @@ impl Probe {
         if let Err(e) = probe.set_runtimes(&config.wasm_runtimes) {
             warn!("{e}; no Wasm runtime will be recognised at exec");
         }
-        for name in RAW_TRACEPOINTS {
-            let result = if name == "tcp_sendmsg_locked" && !config.http_trace_context {
-                Err("disabled by --http-trace-context false".to_owned())
-            } else {
-                probe.attach_raw_tracepoint(name)
-            };
-            probe.programs.push(ProgramStatus {
-                program: name,
-                hook: name,
-                result,
-            });
-        }
-        for (category, name) in TRACEPOINTS {
-            let result = match &formats[name] {
-                // Any syscall tracepoint sends every task through the kernel's traced syscall
-                // path: with capture off, do not pay for it at all.
-                _ if category == "syscalls" && config.capture_bytes == 0 => {
-                    Err("disabled by --capture-bytes 0".to_owned())
-                }
-                Err(e) => Err(e.clone()),
-                Ok(_) => probe.attach_tracepoint(name, category, name),
-            };
-            probe.programs.push(ProgramStatus {
-                program: name,
-                hook: name,
-                result,
-            });
-        }
+        let switches = Switches {
+            capture: config.capture_bytes != 0,
+            http_trace_context: config.http_trace_context,
+        };
+        let mut kernel = AyaKernel {
+            ebpf: &mut probe.ebpf,
+            formats: &formats,
+            btf: None,
+            tried: Vec::new(),
+        };
+        probe.capabilities = hooks::select(CAPABILITIES, switches, &mut kernel);
+        probe.programs = kernel.tried;
         Ok(probe)
     }
 
@@ -256,41 +233,6 @@ impl Probe {
         array
             .set(0, values, 0)
             .map_err(|e| format!("seeding {}: {e}", maps::IN_SOFTIRQ))
-    }
-
-    fn attach_raw_tracepoint(&mut self, name: &str) -> Result<(), String> {
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing from the kernel object"))?
-            .try_into()
-            .map_err(|e| format!("{name}: {e}"))?;
-        let started = std::time::Instant::now();
-        prog.load().map_err(|e| format!("loading {name}: {e}"))?;
-        debug!(program = name, elapsed = ?started.elapsed(), "verified");
-        prog.attach(name)
-            .map_err(|e| format!("attaching {name} to raw tracepoint {name}: {e}"))?;
-        Ok(())
-    }
-
-    fn attach_tracepoint(
-        &mut self,
-        program: &str,
-        category: &str,
-        name: &str,
-    ) -> Result<(), String> {
-        let prog: &mut TracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing from the kernel object"))?
-            .try_into()
-            .map_err(|e| format!("{program}: {e}"))?;
-        let started = std::time::Instant::now();
-        prog.load().map_err(|e| format!("loading {program}: {e}"))?;
-        debug!(program, elapsed = ?started.elapsed(), "verified");
-        prog.attach(category, name)
-            .map_err(|e| format!("attaching {program} to {category}:{name}: {e}"))?;
-        Ok(())
     }
 
     pub fn attached(&self) -> usize {

@@ -39,26 +39,38 @@ pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
         dev_net: off(btf.member_offset("net_device", "nd_net.net")),
         mini_sock_states: mask(&["TCP_TIME_WAIT", "TCP_NEW_SYN_RECV"]),
         task_mm: off(btf.member_offset("task_struct", "mm")),
-        _reserved: 0,
+        sk_family: off(btf.member_offset("sock", "__sk_common.skc_family")),
     }
 }
 
 /// `struct msghdr` / `iov_iter` / `sock_common` members for the send hook.
 pub fn send_layout(btf: &Btf) -> SendLayout {
     let m = |s: &str, path: &str| off(btf.member_offset(s, path));
-    let e = |name: &str| {
-        btf.enumerator(name)
-            .and_then(|v| u32::try_from(v).ok())
+    let e = |name: &str| btf.enumerator(name).and_then(|v| u32::try_from(v).ok());
+    let first = |paths: &[&str]| {
+        paths
+            .iter()
+            .map(|p| m("iov_iter", p))
+            .find(|&o| o != ABSENT)
             .unwrap_or(ABSENT)
+    };
+    // Before 5.14 `iov_iter` has `unsigned int type` = ITER_* bit | direction (WRITE = 1 on
+    // the send path; `include/linux/fs.h`), and no `ubuf`; the first byte holds both.
+    let (iter_type, iter_iovec) = match m("iov_iter", "iter_type") {
+        ABSENT => (
+            m("iov_iter", "type"),
+            e("ITER_IOVEC").map_or(ABSENT, |v| v | 1),
+        ),
+        at => (at, e("ITER_IOVEC").unwrap_or(ABSENT)),
     };
     SendLayout {
         msg_iter: m("msghdr", "msg_iter"),
-        iter_type: m("iov_iter", "iter_type"),
+        iter_type,
         iov_offset: m("iov_iter", "iov_offset"),
-        iter_ptr: m("iov_iter", "ubuf"),
+        iter_ptr: first(&["ubuf", "__iov", "iov"]),
         count: m("iov_iter", "count"),
-        iter_ubuf: e("ITER_UBUF"),
-        iter_iovec: e("ITER_IOVEC"),
+        iter_ubuf: e("ITER_UBUF").unwrap_or(ABSENT),
+        iter_iovec,
         skc_family: m("sock_common", "skc_family"),
         skc_rcv_saddr: m("sock_common", "skc_rcv_saddr"),
         skc_daddr: m("sock_common", "skc_daddr"),

@@ -19,8 +19,6 @@ use prometheus_client::{
 };
 use serde::Serialize;
 
-use crate::loader::ProgramStatus;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -40,6 +38,14 @@ pub struct SignalLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabel {
     pub program: String,
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapabilityLabel {
+    pub capability: String,
+    /// The hook chosen on this kernel, `none` when no candidate works or it is disabled.
+    pub hook: String,
 }
 
 /// Prometheus metrics; also the counters the status document reports.
@@ -49,8 +55,10 @@ pub struct Metrics {
     pub losses: Family<LossLabel, Counter>,
     pub queue_depth: Gauge,
     pub program_attached: Family<ProgramLabel, Gauge>,
+    pub capability: Family<CapabilityLabel, Gauge>,
     pub pending_core_signals: Gauge,
     pub conntrack_flows_evicted: Counter,
+    pub conntrack_destroys_without_state: Gauge,
     otlp_exported: Family<SignalLabel, Counter>,
     otlp_dropped: Family<SignalLabel, Counter>,
 }
@@ -82,6 +90,12 @@ impl Metrics {
             "1 when the kernel program is attached, 0 when it could not be",
             program_attached.clone(),
         );
+        let capability = Family::<CapabilityLabel, Gauge>::default();
+        registry.register(
+            "capability",
+            "1 when the capability works on this kernel through the hook named, 0 when it does not",
+            capability.clone(),
+        );
         let pending_core_signals = Gauge::default();
         registry.register(
             "core_signals_pending",
@@ -93,6 +107,12 @@ impl Metrics {
             "conntrack_flows_evicted",
             "Expired conntrack flows forgotten (LRU) before a follow-up could join them",
             conntrack_flows_evicted.clone(),
+        );
+        let conntrack_destroys_without_state = Gauge::default();
+        registry.register(
+            "conntrack_destroys_without_state",
+            "TCP conntrack destroy events that carried no TCP state (this kernel cannot tell expiries)",
+            conntrack_destroys_without_state.clone(),
         );
         let otlp_exported = Family::<SignalLabel, Counter>::default();
         registry.register(
@@ -111,10 +131,12 @@ impl Metrics {
             otlp_exported,
             otlp_dropped,
             conntrack_flows_evicted,
+            conntrack_destroys_without_state,
             events,
             losses,
             queue_depth,
             program_attached,
+            capability,
             pending_core_signals,
         }
     }
@@ -144,6 +166,18 @@ impl Metrics {
     }
 }
 
+/// One capability of the probe on this kernel: the hook chosen, or why none works.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapabilityReport {
+    pub capability: String,
+    pub hook: Option<String>,
+    pub programs: Vec<String>,
+    /// Set when no hook works (what is lost and the kernel's reason), or it is disabled.
+    pub error: Option<String>,
+    /// Candidates tried before the chosen one, with the kernel's reason each.
+    pub tried: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProgramReport {
     pub program: String,
@@ -164,6 +198,7 @@ pub struct AgentState {
     started: SystemTime,
     pub metrics: Metrics,
     programs: Mutex<Vec<ProgramReport>>,
+    capabilities: Mutex<Vec<CapabilityReport>>,
     exporter: Mutex<ExporterReport>,
     config: serde_json::Value,
     ready: AtomicBool,
@@ -177,6 +212,7 @@ impl AgentState {
             started: SystemTime::now(),
             metrics: Metrics::new(),
             programs: Mutex::new(Vec::new()),
+            capabilities: Mutex::new(Vec::new()),
             exporter: Mutex::new(ExporterReport {
                 sinks,
                 state: "starting".into(),
@@ -197,25 +233,30 @@ impl AgentState {
         *self.conntrack.lock().unwrap_or_else(|e| e.into_inner()) = reports;
     }
 
-    pub fn set_programs(&self, programs: &[ProgramStatus]) {
-        let reports: Vec<ProgramReport> = programs
-            .iter()
-            .map(|p| ProgramReport {
-                program: p.program.into(),
-                hook: p.hook.into(),
-                attached: p.result.is_ok(),
-                error: p.result.clone().err(),
-            })
-            .collect();
+    pub fn set_programs(&self, reports: Vec<ProgramReport>) {
         for r in &reports {
             self.metrics
                 .program_attached
                 .get_or_create(&ProgramLabel {
                     program: r.program.clone(),
+                    hook: r.hook.clone(),
                 })
                 .set(i64::from(r.attached));
         }
         *self.programs.lock().unwrap_or_else(|e| e.into_inner()) = reports;
+    }
+
+    pub fn set_capabilities(&self, reports: Vec<CapabilityReport>) {
+        for r in &reports {
+            self.metrics
+                .capability
+                .get_or_create(&CapabilityLabel {
+                    capability: r.capability.clone(),
+                    hook: r.hook.clone().unwrap_or_else(|| "none".into()),
+                })
+                .set(i64::from(r.hook.is_some()));
+        }
+        *self.capabilities.lock().unwrap_or_else(|e| e.into_inner()) = reports;
     }
 
     /// Ready: programs attached and the pipeline running (enrichment has no cache yet).
@@ -296,6 +337,7 @@ impl AgentState {
         serde_json::json!({
             "ready": self.is_ready(),
             "uptime_seconds": self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            "capabilities": self.capabilities.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             "programs": programs,
             "events": events,
             "losses": losses,
@@ -304,6 +346,7 @@ impl AgentState {
             "conntrack": {
                 "watches": self.conntrack.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 "flows_evicted": self.metrics.conntrack_flows_evicted.get(),
+                "destroys_without_tcp_state": self.metrics.conntrack_destroys_without_state.get(),
             },
             "kubernetes": self
                 .kubernetes

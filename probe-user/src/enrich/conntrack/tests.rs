@@ -74,7 +74,7 @@ fn drop(src: (&str, u16), dst: (&str, u16), reason: &str) -> Record {
         sport: src.1,
         daddr: ip(dst.0),
         dport: dst.1,
-        reason: reason.into(),
+        reason: Some(reason.into()),
         count: 1,
         key: probe_common::DropKey {
             saddr: [0; 16],

@@ -1,0 +1,167 @@
+//! Loading and attaching the kernel object's programs on the running kernel, for the hook
+//! selection (`hooks::select`): one `Kernel` implementation over aya.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    programs::{FEntry, KProbe, ProgramError, RawTracePoint, TracePoint},
+};
+use tracing::{debug, warn};
+
+use super::{
+    ProgramStatus,
+    hooks::{self, Attach, HookError, Kernel},
+    tracefs::Format,
+};
+
+/// The running kernel, for the hook selection: loads and attaches programs of the object.
+pub(super) struct AyaKernel<'a> {
+    pub(super) ebpf: &'a mut Ebpf,
+    pub(super) formats: &'a HashMap<&'static str, Result<Format, String>>,
+    /// Kernel BTF for fentry programs, parsed on first use.
+    pub(super) btf: Option<Result<aya::Btf, String>>,
+    pub(super) tried: Vec<ProgramStatus>,
+}
+
+impl AyaKernel<'_> {
+    fn attach_inner(&mut self, program: &hooks::Program) -> Result<(), HookError> {
+        let name = program.name;
+        let hook = program.attach.to_string();
+        let loading = |e: ProgramError| load_error(name, &hook, e);
+        let attaching = |e: ProgramError| HookError::Attach {
+            program: name,
+            hook: hook.clone(),
+            reason: with_sources(&e),
+        };
+        let started = std::time::Instant::now();
+        if matches!(program.attach, Attach::FEntry(_)) && self.btf.is_none() {
+            self.btf = Some(aya::Btf::from_sys_fs().map_err(|e| e.to_string()));
+        }
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(HookError::Missing { program: name })?;
+        match program.attach {
+            Attach::RawTracepoint(tp) => {
+                let p: &mut RawTracePoint = prog.try_into().map_err(loading)?;
+                p.load().map_err(loading)?;
+                p.attach(tp).map_err(attaching)?;
+            }
+            Attach::Tracepoint(category, tp) => {
+                if let Some(Err(e)) = self.formats.get(tp) {
+                    return Err(HookError::Unusable {
+                        hook,
+                        reason: e.clone(),
+                    });
+                }
+                let p: &mut TracePoint = prog.try_into().map_err(loading)?;
+                p.load().map_err(loading)?;
+                p.attach(category, tp).map_err(attaching)?;
+            }
+            Attach::FEntry(function) => {
+                let btf = match &self.btf {
+                    Some(Ok(btf)) => btf,
+                    Some(Err(e)) => {
+                        return Err(HookError::Unusable {
+                            hook,
+                            reason: format!("kernel BTF: {e}"),
+                        });
+                    }
+                    None => unreachable!("parsed above"),
+                };
+                let p: &mut FEntry = prog.try_into().map_err(loading)?;
+                p.load(function, btf).map_err(loading)?;
+                p.attach().map_err(attaching)?;
+            }
+            Attach::KProbe(function) => {
+                let p: &mut KProbe = prog.try_into().map_err(loading)?;
+                p.load().map_err(loading)?;
+                p.attach(function, 0).map_err(attaching)?;
+            }
+        }
+        debug!(program = name, elapsed = ?started.elapsed(), "verified and attached");
+        Ok(())
+    }
+}
+
+/// An error and its causes, one line ("`bpf_raw_tracepoint_open` failed: Invalid argument").
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A load failure: the verifier's reason when it has one, the system error otherwise.
+fn load_error(program: &'static str, hook: &str, e: ProgramError) -> HookError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            if log.trim().is_empty() {
+                HookError::Load {
+                    program,
+                    hook: hook.into(),
+                    reason: io_error.to_string(),
+                }
+            } else {
+                debug!(program, "verifier log:\n{log}");
+                HookError::Rejected {
+                    program,
+                    hook: hook.into(),
+                    reason: hooks::verifier_reason(&log),
+                }
+            }
+        }
+        other => HookError::Load {
+            program,
+            hook: hook.into(),
+            reason: with_sources(&other),
+        },
+    }
+}
+
+impl Kernel for AyaKernel<'_> {
+    fn attach(&mut self, program: &hooks::Program) -> Result<(), HookError> {
+        let result = self.attach_inner(program);
+        self.tried.push(ProgramStatus {
+            program: program.name,
+            hook: program.attach.to_string(),
+            result: result.clone().map_err(|e| e.to_string()),
+        });
+        result
+    }
+
+    fn detach(&mut self, program: &hooks::Program) {
+        if let Some(p) = self.ebpf.program_mut(program.name) {
+            let unloaded = match p {
+                aya::programs::Program::FEntry(p) => p.unload(),
+                aya::programs::Program::KProbe(p) => p.unload(),
+                aya::programs::Program::RawTracePoint(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = unloaded {
+                warn!(program = program.name, "detaching: {e}");
+            }
+        }
+        for t in self.tried.iter_mut().filter(|t| t.program == program.name) {
+            t.result = Err("detached: another program of its hook failed".into());
+        }
+    }
+
+    fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, String> {
+        match self.formats.get(name) {
+            Some(Ok(format)) => Ok(format.offset(field).is_some()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(format!("format of {name} not read")),
+        }
+    }
+}

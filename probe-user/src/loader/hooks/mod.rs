@@ -1,0 +1,264 @@
+//! The hook table: each capability of the probe with its hooks in order of preference. The
+//! loader attaches, per capability, the first candidate whose programs all load and attach on
+//! this kernel (an attach test, not a program-type test: a kernel may accept the program type
+//! and still refuse the attach point). What no candidate provides is reported with every
+//! candidate's failure: program, hook and the kernel's reason.
+
+use std::{collections::HashMap, fmt};
+
+use thiserror::Error;
+
+mod table;
+pub use self::table::CAPABILITIES;
+
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// fentry on a kernel function (BPF trampoline).
+    FEntry(&'static str),
+    /// A raw tracepoint, by name.
+    RawTracepoint(&'static str),
+    /// A classic tracepoint: category, name.
+    Tracepoint(&'static str, &'static str),
+    /// A kprobe on a kernel function.
+    KProbe(&'static str),
+}
+
+impl fmt::Display for Attach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FEntry(func) => write!(f, "fentry {func}"),
+            Self::RawTracepoint(name) => write!(f, "raw_tp {name}"),
+            Self::Tracepoint(cat, name) => write!(f, "tracepoint {cat}:{name}"),
+            Self::KProbe(func) => write!(f, "kprobe {func}"),
+        }
+    }
+}
+
+/// A program of the kernel object and where it attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Program {
+    pub name: &'static str,
+    pub attach: Attach,
+}
+
+pub(super) const fn prog(name: &'static str, attach: Attach) -> Program {
+    Program { name, attach }
+}
+
+/// What the kernel must show before a candidate counts (besides its programs attaching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requires {
+    Nothing,
+    /// A field of a tracepoint record (category, name, field), read from its tracefs format.
+    Field(&'static str, &'static str, &'static str),
+}
+
+/// One way to provide a capability: every program must attach.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    pub programs: &'static [Program],
+    pub requires: Requires,
+}
+
+impl Candidate {
+    /// The hook as users read it: "fentry tcp_v4_send_reset + fentry tcp_v6_send_reset".
+    pub fn hook(&self) -> String {
+        let hooks: Vec<String> = self.programs.iter().map(|p| p.attach.to_string()).collect();
+        let mut text = hooks.join(" + ");
+        if let Requires::Field(_, _, field) = self.requires {
+            text.push_str(&format!(" (field {field})"));
+        }
+        text
+    }
+}
+
+/// Which flag can switch a capability off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    Always,
+    /// `--capture-bytes 0` (any syscall tracepoint slows every syscall of the node).
+    Capture,
+    /// `--http-trace-context false`.
+    HttpTraceContext,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Capability {
+    pub name: &'static str,
+    /// What users lose without it, for the warning.
+    pub lost: &'static str,
+    pub switch: Switch,
+    pub candidates: &'static [Candidate],
+}
+
+/// Why one program did not attach, or why a candidate did not count.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HookError {
+    #[error("{program}: not in the kernel object")]
+    Missing { program: &'static str },
+    #[error("{program} on {hook}: rejected by the verifier: {reason}")]
+    Rejected {
+        program: &'static str,
+        hook: String,
+        reason: String,
+    },
+    #[error("{program} on {hook}: does not load: {reason}")]
+    Load {
+        program: &'static str,
+        hook: String,
+        reason: String,
+    },
+    #[error("{program} on {hook}: does not attach: {reason}")]
+    Attach {
+        program: &'static str,
+        hook: String,
+        reason: String,
+    },
+    #[error("{hook}: {reason}")]
+    Unusable { hook: String, reason: String },
+}
+
+/// What the selection needs from the kernel (the real one in `mod.rs`, a fake in tests).
+pub trait Kernel {
+    fn attach(&mut self, program: &Program) -> Result<(), HookError>;
+    /// Detaches and unloads a program attached earlier.
+    fn detach(&mut self, program: &Program);
+    /// Whether the tracepoint record has the field (Err: the format could not be read).
+    fn has_field(&self, category: &str, name: &str, field: &str) -> Result<bool, String>;
+}
+
+/// The outcome for one capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapabilityStatus {
+    pub capability: &'static str,
+    pub lost: &'static str,
+    /// The hook used, with its programs; None when no candidate worked or it is disabled.
+    pub chosen: Option<(String, Vec<&'static str>)>,
+    /// Each candidate that failed before the chosen one (or all of them), in order.
+    pub failures: Vec<HookError>,
+    /// Switched off by a flag (the flag's text).
+    pub disabled: Option<&'static str>,
+}
+
+impl CapabilityStatus {
+    /// The kernel's last word, for the one-line warning.
+    pub fn reason(&self) -> String {
+        if let Some(flag) = self.disabled {
+            return format!("disabled by {flag}");
+        }
+        match self.failures.last() {
+            Some(e) => e.to_string(),
+            None => "no candidate hook".into(),
+        }
+    }
+}
+
+/// Flags that switch capabilities off.
+#[derive(Debug, Clone, Copy)]
+pub struct Switches {
+    pub capture: bool,
+    pub http_trace_context: bool,
+}
+
+/// Attaches, per capability, the first candidate that works. A program shared by several
+/// capabilities is attached once; its result is reused.
+pub fn select(
+    table: &[Capability],
+    switches: Switches,
+    kernel: &mut impl Kernel,
+) -> Vec<CapabilityStatus> {
+    let mut results: HashMap<&'static str, Result<(), HookError>> = HashMap::new();
+    let mut out = Vec::new();
+    for cap in table {
+        let disabled = match cap.switch {
+            Switch::Capture if !switches.capture => Some("--capture-bytes 0"),
+            Switch::HttpTraceContext if !switches.http_trace_context => {
+                Some("--http-trace-context false")
+            }
+            _ => None,
+        };
+        let mut status = CapabilityStatus {
+            capability: cap.name,
+            lost: cap.lost,
+            chosen: None,
+            failures: Vec::new(),
+            disabled,
+        };
+        if disabled.is_none() {
+            for candidate in cap.candidates {
+                match try_candidate(candidate, kernel, &mut results) {
+                    Ok(()) => {
+                        let names = candidate.programs.iter().map(|p| p.name).collect();
+                        status.chosen = Some((candidate.hook(), names));
+                        break;
+                    }
+                    Err(e) => status.failures.push(e),
+                }
+            }
+        }
+        out.push(status);
+    }
+    out
+}
+
+fn try_candidate(
+    candidate: &Candidate,
+    kernel: &mut impl Kernel,
+    results: &mut HashMap<&'static str, Result<(), HookError>>,
+) -> Result<(), HookError> {
+    if let Requires::Field(category, name, field) = candidate.requires {
+        let hook = format!("tracepoint {category}:{name}");
+        match kernel.has_field(category, name, field) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(HookError::Unusable {
+                    hook,
+                    reason: format!("its record has no `{field}` field on this kernel"),
+                });
+            }
+            Err(reason) => return Err(HookError::Unusable { hook, reason }),
+        }
+    }
+    let mut attached_now = Vec::new();
+    for program in candidate.programs {
+        let result = results
+            .entry(program.name)
+            .or_insert_with(|| {
+                let r = kernel.attach(program);
+                if r.is_ok() {
+                    attached_now.push(*program);
+                }
+                r
+            })
+            .clone();
+        if let Err(e) = result {
+            // All or nothing: what this candidate attached goes again.
+            for p in attached_now {
+                kernel.detach(&p);
+                results.remove(p.name);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The reason in a verifier log: its last line that is not a statistics line.
+pub fn verifier_reason(log: &str) -> String {
+    log.lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("max_states_per_insn")
+        })
+        .unwrap_or("(empty verifier log)")
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! The capabilities of the probe and their hooks, in order of preference (see the README's
+//! "Kernel support").
+
+use super::{Attach, Candidate, Capability, Program, Requires, Switch, prog};
+
+const SOFTIRQ_ENTRY: Program = prog("softirq_entry", Attach::RawTracepoint("softirq_entry"));
+const SEND_RESET: Program = prog(
+    "tcp_send_reset",
+    Attach::Tracepoint("tcp", "tcp_send_reset"),
+);
+const KFREE_SKB: Program = prog("kfree_skb", Attach::RawTracepoint("kfree_skb"));
+
+/// Every capability, in attach order: softirq tracking before the programs that ask for it,
+/// the exit hook before the signal hook that fills its watch list, write results before the
+/// writes they complete.
+pub const CAPABILITIES: &[Capability] = &[
+    Capability {
+        name: "softirq_context",
+        lost: "resets and drops built in softirq cannot be told from the interrupted task: no task will be named on them",
+        switch: Switch::Always,
+        candidates: &[Candidate {
+            programs: &[
+                SOFTIRQ_ENTRY,
+                prog("softirq_exit", Attach::RawTracepoint("softirq_exit")),
+            ],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "process_exit",
+        lost: "core signals will not say whether a core was written",
+        switch: Switch::Always,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "sched_process_exit",
+                Attach::RawTracepoint("sched_process_exit"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "process_fork",
+        lost: "children of Wasm runtimes will not be captured",
+        switch: Switch::Capture,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "sched_process_fork",
+                Attach::RawTracepoint("sched_process_fork"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "process_exec",
+        lost: "Wasm runtimes will not be recognised when they start",
+        switch: Switch::Capture,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "sched_process_exec",
+                Attach::RawTracepoint("sched_process_exec"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "core_signal",
+        lost: "core-dumping signals will not be reported",
+        switch: Switch::Always,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "signal_generate",
+                Attach::RawTracepoint("signal_generate"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "reset_sent",
+        lost: "TCP resets this node sends will not be reported",
+        switch: Switch::Always,
+        candidates: &[Candidate {
+            programs: &[SEND_RESET],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "reset_sent_unowned",
+        lost: "TCP resets sent without a full socket (a SYN to a closed port, TIME_WAIT answers) will not be reported",
+        switch: Switch::Always,
+        candidates: &[
+            // The all-resets event (6.10+) carries the reason and is called without a socket.
+            Candidate {
+                programs: &[SEND_RESET],
+                requires: Requires::Field("tcp", "tcp_send_reset", "reason"),
+            },
+            Candidate {
+                programs: &[
+                    prog(
+                        "tcp_v4_send_reset_fentry",
+                        Attach::FEntry("tcp_v4_send_reset"),
+                    ),
+                    prog(
+                        "tcp_v6_send_reset_fentry",
+                        Attach::FEntry("tcp_v6_send_reset"),
+                    ),
+                ],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[
+                    prog(
+                        "tcp_v4_send_reset_kprobe",
+                        Attach::KProbe("tcp_v4_send_reset"),
+                    ),
+                    prog(
+                        "tcp_v6_send_reset_kprobe",
+                        Attach::KProbe("tcp_v6_send_reset"),
+                    ),
+                ],
+                requires: Requires::Nothing,
+            },
+        ],
+    },
+    Capability {
+        name: "reset_reason",
+        lost: "resets will carry no reason (reason: null)",
+        switch: Switch::Always,
+        candidates: &[Candidate {
+            programs: &[SEND_RESET],
+            requires: Requires::Field("tcp", "tcp_send_reset", "reason"),
+        }],
+    },
+    Capability {
+        name: "reset_received",
+        lost: "TCP resets this node receives will not be reported",
+        switch: Switch::Always,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "tcp_receive_reset",
+                Attach::Tracepoint("tcp", "tcp_receive_reset"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "drops",
+        lost: "TCP packets the kernel drops will not be reported (no silent-drop findings)",
+        switch: Switch::Always,
+        candidates: &[
+            Candidate {
+                programs: &[KFREE_SKB],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[prog(
+                    "kfree_skb_noreason",
+                    Attach::RawTracepoint("kfree_skb"),
+                )],
+                requires: Requires::Nothing,
+            },
+        ],
+    },
+    Capability {
+        name: "drop_reason",
+        lost: "drops will carry no reason (reason: null)",
+        switch: Switch::Always,
+        candidates: &[Candidate {
+            programs: &[KFREE_SKB],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "http_request_head",
+        lost: "kernel events will not join the traces of the HTTP/1.x requests on their connections",
+        switch: Switch::HttpTraceContext,
+        candidates: &[
+            Candidate {
+                programs: &[prog(
+                    "tcp_sendmsg_locked",
+                    Attach::RawTracepoint("tcp_sendmsg_locked"),
+                )],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[prog(
+                    "tcp_sendmsg_locked_fentry",
+                    Attach::FEntry("tcp_sendmsg_locked"),
+                )],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[prog(
+                    "tcp_sendmsg_locked_kprobe",
+                    Attach::KProbe("tcp_sendmsg_locked"),
+                )],
+                requires: Requires::Nothing,
+            },
+        ],
+    },
+    Capability {
+        name: "write_result",
+        lost: "captured Wasm output will not say how the write ended or where fd 1/2 pointed",
+        switch: Switch::Capture,
+        candidates: &[Candidate {
+            programs: &[
+                prog(
+                    "sys_exit_write",
+                    Attach::Tracepoint("syscalls", "sys_exit_write"),
+                ),
+                prog(
+                    "sys_exit_writev",
+                    Attach::Tracepoint("syscalls", "sys_exit_writev"),
+                ),
+            ],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "wasm_write",
+        lost: "write() output of Wasm runtimes will not be captured",
+        switch: Switch::Capture,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "sys_enter_write",
+                Attach::Tracepoint("syscalls", "sys_enter_write"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
+        name: "wasm_writev",
+        lost: "writev() output of Wasm runtimes will not be captured",
+        switch: Switch::Capture,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "sys_enter_writev",
+                Attach::Tracepoint("syscalls", "sys_enter_writev"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+];

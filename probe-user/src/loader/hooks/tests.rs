@@ -1,0 +1,284 @@
+//! Hook selection against a fake kernel: candidates in order, first success wins, shared
+//! programs attach once, partial candidates are undone, failures carry program, hook and
+//! the kernel's reason.
+
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+
+/// A kernel that refuses what it is told to, the way real ones do.
+#[derive(Default)]
+struct FakeKernel {
+    refuse: HashMap<&'static str, HookError>,
+    fields: HashSet<(&'static str, &'static str)>,
+    attached: Vec<&'static str>,
+    attempts: Vec<&'static str>,
+    detached: Vec<&'static str>,
+}
+
+impl FakeKernel {
+    fn verifier_rejects(mut self, program: &'static str, hook: &str, reason: &str) -> Self {
+        self.refuse.insert(
+            program,
+            HookError::Rejected {
+                program,
+                hook: hook.into(),
+                reason: reason.into(),
+            },
+        );
+        self
+    }
+
+    fn no_attach(mut self, program: &'static str, hook: &str, reason: &str) -> Self {
+        self.refuse.insert(
+            program,
+            HookError::Attach {
+                program,
+                hook: hook.into(),
+                reason: reason.into(),
+            },
+        );
+        self
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn attach(&mut self, program: &Program) -> Result<(), HookError> {
+        self.attempts.push(program.name);
+        if let Some(e) = self.refuse.get(program.name) {
+            return Err(e.clone());
+        }
+        self.attached.push(program.name);
+        Ok(())
+    }
+
+    fn detach(&mut self, program: &Program) {
+        self.attached.retain(|p| *p != program.name);
+        self.detached.push(program.name);
+    }
+
+    fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, String> {
+        Ok(self.fields.iter().any(|(n, f)| *n == name && *f == field))
+    }
+}
+
+const ALL_ON: Switches = Switches {
+    capture: true,
+    http_trace_context: true,
+};
+
+fn status<'a>(all: &'a [CapabilityStatus], name: &str) -> &'a CapabilityStatus {
+    all.iter()
+        .find(|s| s.capability == name)
+        .unwrap_or_else(|| panic!("no capability {name}"))
+}
+
+fn chosen(all: &[CapabilityStatus], name: &str) -> Option<String> {
+    status(all, name)
+        .chosen
+        .as_ref()
+        .map(|(hook, _)| hook.clone())
+}
+
+#[test]
+fn first_candidate_that_attaches_wins() {
+    let mut kernel = FakeKernel::default().no_attach(
+        "tcp_sendmsg_locked",
+        "raw_tp tcp_sendmsg_locked",
+        "No such file or directory (os error 2)",
+    );
+    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    assert_eq!(
+        chosen(&all, "http_request_head").as_deref(),
+        Some("fentry tcp_sendmsg_locked")
+    );
+    let s = status(&all, "http_request_head");
+    assert_eq!(
+        s.failures,
+        vec![HookError::Attach {
+            program: "tcp_sendmsg_locked",
+            hook: "raw_tp tcp_sendmsg_locked".into(),
+            reason: "No such file or directory (os error 2)".into(),
+        }]
+    );
+    // The kprobe was never tried: fentry won.
+    assert!(!kernel.attempts.contains(&"tcp_sendmsg_locked_kprobe"));
+}
+
+#[test]
+fn all_candidates_failing_reports_each_in_order() {
+    let mut kernel = FakeKernel::default()
+        .no_attach("tcp_sendmsg_locked", "raw_tp tcp_sendmsg_locked", "ENOENT")
+        .verifier_rejects(
+            "tcp_sendmsg_locked_fentry",
+            "fentry tcp_sendmsg_locked",
+            "Permission denied",
+        )
+        .no_attach(
+            "tcp_sendmsg_locked_kprobe",
+            "kprobe tcp_sendmsg_locked",
+            "kprobes are not enabled",
+        );
+    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let s = status(&all, "http_request_head");
+    assert_eq!(s.chosen, None);
+    let programs: Vec<&str> = s
+        .failures
+        .iter()
+        .map(|e| match e {
+            HookError::Attach { program, .. } | HookError::Rejected { program, .. } => *program,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        programs,
+        [
+            "tcp_sendmsg_locked",
+            "tcp_sendmsg_locked_fentry",
+            "tcp_sendmsg_locked_kprobe"
+        ]
+    );
+    assert_eq!(
+        s.reason(),
+        "tcp_sendmsg_locked_kprobe on kprobe tcp_sendmsg_locked: does not attach: kprobes are not enabled"
+    );
+}
+
+#[test]
+fn a_field_requirement_moves_to_the_next_candidate() {
+    // A kernel whose tcp_send_reset has no `reason` (before 6.10): the no-socket resets need
+    // the function hooks; the reset itself still uses the tracepoint.
+    let mut kernel = FakeKernel::default();
+    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    assert_eq!(
+        chosen(&all, "reset_sent").as_deref(),
+        Some("tracepoint tcp:tcp_send_reset")
+    );
+    assert_eq!(
+        chosen(&all, "reset_sent_unowned").as_deref(),
+        Some("fentry tcp_v4_send_reset + fentry tcp_v6_send_reset")
+    );
+    assert_eq!(chosen(&all, "reset_reason"), None);
+    assert_eq!(
+        status(&all, "reset_reason").reason(),
+        "tracepoint tcp:tcp_send_reset: its record has no `reason` field on this kernel"
+    );
+
+    // With the field, the tracepoint covers both and no function hook is attached.
+    let mut kernel = FakeKernel::default();
+    kernel.fields.insert(("tcp_send_reset", "reason"));
+    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    assert_eq!(
+        chosen(&all, "reset_sent_unowned").as_deref(),
+        Some("tracepoint tcp:tcp_send_reset (field reason)")
+    );
+    assert!(chosen(&all, "reset_reason").is_some());
+    assert!(!kernel.attempts.iter().any(|p| p.contains("send_reset_")));
+}
+
+#[test]
+fn shared_programs_attach_once_and_failures_are_reused() {
+    let mut kernel = FakeKernel::default().no_attach(
+        "kfree_skb",
+        "raw_tp kfree_skb",
+        "Invalid argument (os error 22)",
+    );
+    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    assert_eq!(
+        chosen(&all, "drops").as_deref(),
+        Some("raw_tp kfree_skb"),
+        "the reason-less program on the same tracepoint"
+    );
+    assert_eq!(
+        status(&all, "drops").chosen.as_ref().map(|c| c.1.clone()),
+        Some(vec!["kfree_skb_noreason"])
+    );
+    assert_eq!(chosen(&all, "drop_reason"), None);
+    assert_eq!(
+        kernel
+            .attempts
+            .iter()
+            .filter(|p| **p == "kfree_skb")
+            .count(),
+        1
+    );
+    assert_eq!(
+        kernel
+            .attempts
+            .iter()
+            .filter(|p| **p == "tcp_send_reset")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_partial_candidate_is_undone() {
+    // fentry works for IPv4 but not for IPv6: the IPv4 program goes again, kprobes take over.
+    let mut kernel = FakeKernel::default().verifier_rejects(
+        "tcp_v6_send_reset_fentry",
+        "fentry tcp_v6_send_reset",
+        "R1 invalid mem access 'scalar'",
+    );
+    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    assert_eq!(
+        chosen(&all, "reset_sent_unowned").as_deref(),
+        Some("kprobe tcp_v4_send_reset + kprobe tcp_v6_send_reset")
+    );
+    assert_eq!(kernel.detached, ["tcp_v4_send_reset_fentry"]);
+    assert!(!kernel.attached.contains(&"tcp_v4_send_reset_fentry"));
+}
+
+#[test]
+fn switched_off_capabilities_are_not_tried() {
+    let mut kernel = FakeKernel::default();
+    let all = select(
+        CAPABILITIES,
+        Switches {
+            capture: false,
+            http_trace_context: false,
+        },
+        &mut kernel,
+    );
+    for name in ["wasm_write", "wasm_writev", "write_result", "process_exec"] {
+        assert_eq!(status(&all, name).disabled, Some("--capture-bytes 0"));
+    }
+    assert_eq!(
+        status(&all, "http_request_head").reason(),
+        "disabled by --http-trace-context false"
+    );
+    assert!(
+        !kernel
+            .attempts
+            .iter()
+            .any(|p| p.starts_with("sys_") || p.starts_with("tcp_sendmsg"))
+    );
+}
+
+#[test]
+fn every_program_of_the_table_is_named_once_with_one_hook() {
+    let mut seen: HashMap<&str, Attach> = HashMap::new();
+    for cap in CAPABILITIES {
+        assert!(!cap.candidates.is_empty(), "{}", cap.name);
+        for c in cap.candidates {
+            for p in c.programs {
+                if let Some(a) = seen.insert(p.name, p.attach) {
+                    assert_eq!(a, p.attach, "{} attached two ways", p.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn verifier_reason_is_the_last_meaningful_line() {
+    let log = "0: R1=ctx() R10=fp0\n; fun(dst, size, unsafe_ptr)\n324: (85) call bpf_probe_read_user#112\n\
+               R2 min value is negative, either use unsigned or 'var &= const'\n\
+               verification time 94800 usec\nstack depth 160+0\n\
+               processed 4850 insns (limit 1000000) max_states_per_insn 5 total_states 80\n";
+    assert_eq!(
+        verifier_reason(log),
+        "R2 min value is negative, either use unsigned or 'var &= const'"
+    );
+    assert_eq!(verifier_reason(""), "(empty verifier log)");
+}

@@ -1,0 +1,389 @@
+//! Root end-to-end tests on one or more kernels: the test executables of `probe-tests` are
+//! built once, then run one file at a time on the host and inside VMs of the kernel matrix
+//! (`vm.rs`), against the same agent binary. Prints cargo's usual test output per kernel, then
+//! one summary table (test file x kernel).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::vm;
+
+/// One built test executable (a file of `tests/`).
+pub struct TestExe {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Builds the root test executables (without running them) and lists them.
+pub fn build(mut cargo: Command, only: Option<&str>) -> Result<Vec<TestExe>> {
+    cargo.args([
+        "test",
+        "--package",
+        "probe-tests",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    if let Some(file) = only {
+        cargo.args(["--test", file]);
+    }
+    let out = cargo
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the root tests")?;
+    if !out.status.success() {
+        bail!("building the root tests failed: {}", out.status);
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(exe), Some(name)) = (
+            is_test && msg["reason"] == "compiler-artifact",
+            msg["executable"].as_str(),
+            msg["target"]["name"].as_str(),
+        ) {
+            exes.push(TestExe {
+                name: name.to_owned(),
+                path: exe.into(),
+            });
+        }
+    }
+    exes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(exes)
+}
+
+/// What one test file did on one kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FileResult {
+    pub passed: u32,
+    pub failed: u32,
+    /// Tests that printed "unsupported on this kernel" (and did not assert that part).
+    pub unsupported: u32,
+    /// The executable did not print a result line (crash, timeout).
+    pub broken: bool,
+}
+
+impl FileResult {
+    pub fn ok(&self) -> bool {
+        !self.broken && self.failed == 0
+    }
+}
+
+/// Reads libtest's output of one executable.
+pub fn parse(output: &str) -> FileResult {
+    let mut r = FileResult {
+        broken: true,
+        ..FileResult::default()
+    };
+    for line in output.lines() {
+        if line.contains("unsupported on this kernel") {
+            r.unsupported += 1;
+        }
+        if let Some(rest) = line.trim().strip_prefix("test result: ") {
+            r.broken = false;
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next())
+                    && let Ok(n) = n.parse::<u32>()
+                {
+                    match what {
+                        "passed" => r.passed += n,
+                        "failed" => r.failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Environment of the test executables (absolute paths: the guest shares this root).
+pub struct Env {
+    pub vars: Vec<(String, String)>,
+    pub filter: Option<String>,
+}
+
+/// Runs every executable here, one at a time, printing their output as cargo would.
+pub fn run_host(exes: &[TestExe], env: &Env) -> Result<BTreeMap<String, FileResult>> {
+    let mut results = BTreeMap::new();
+    for exe in exes {
+        println!("     Running {} ({})", exe.name, exe.path.display());
+        let mut cmd = Command::new(&exe.path);
+        cmd.args(["--test-threads=1"])
+            .args(env.filter.iter())
+            .envs(env.vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running {}", exe.path.display()))?;
+        // Both streams echoed as they come; stderr carries the loud unsupported lines.
+        let stderr = child.stderr.take().context("stderr")?;
+        let echo = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        let mut text = String::new();
+        for line in BufReader::new(child.stdout.take().context("stdout")?)
+            .lines()
+            .map_while(Result::ok)
+        {
+            println!("{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+        child.wait()?;
+        text.push_str(&echo.join().unwrap_or_default());
+        results.insert(exe.name.clone(), parse(&text));
+    }
+    Ok(results)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The script a guest runs: prepares what the host has and a bare VM lacks (tracefs, bpffs,
+/// loopback, a writable cache directory: the shared root is read-only), runs `probe
+/// --check-kernel`, then each executable with its output in a log file of `out_dir`.
+fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
+    let mut s = String::from(
+        "set -u\n\
+         mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing\n\
+         mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
+         ip link set lo up\n\
+         mkdir -p /run/netns\n\
+         export TMPDIR=/tmp\n\
+         export XDG_CACHE_HOME=/tmp/xdg-cache\n\
+         uname -r\n",
+    );
+    for (k, v) in &env.vars {
+        let _ = writeln!(s, "export {k}={}", shell_quote(v));
+    }
+    let _ = writeln!(
+        s,
+        "\"$PROBE_BIN\" --check-kernel > {} 2>&1",
+        shell_quote(&out_dir.join(CHECK_KERNEL).display().to_string())
+    );
+    let filter = env.filter.as_deref().map(shell_quote).unwrap_or_default();
+    for exe in exes {
+        let log = out_dir.join(format!("{}.log", exe.name));
+        let _ = writeln!(
+            s,
+            "timeout 1500 {path} --test-threads=1 {filter} > {log} 2>&1 < /dev/null",
+            path = shell_quote(&exe.path.display().to_string()),
+            log = shell_quote(&log.display().to_string()),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "touch {}",
+        shell_quote(&out_dir.join(vm::DONE_MARKER).display().to_string())
+    );
+    s
+}
+
+/// Where a run leaves `probe --check-kernel`'s table.
+const CHECK_KERNEL: &str = "check-kernel.txt";
+
+/// `probe --check-kernel` here (the VM runs it in its script).
+pub fn check_kernel_host(env: &Env) -> String {
+    let bin = env
+        .vars
+        .iter()
+        .find(|(k, _)| k == "PROBE_BIN")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    Command::new(bin)
+        .arg("--check-kernel")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The hook per capability from a `--check-kernel` table (columns split by two spaces).
+fn hooks_of(table: &str) -> BTreeMap<String, String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split("  ").map(str::trim).filter(|c| !c.is_empty());
+            let capability = cols.next()?;
+            let hook = cols.next()?;
+            (!capability.contains(' ')).then(|| (capability.to_owned(), hook.to_owned()))
+        })
+        .collect()
+}
+
+fn short_hook(hook: &str) -> String {
+    hook.replace(" (field reason)", "")
+        .replace("tracepoint syscalls:", "tp ")
+        .replace("tracepoint tcp:", "tp ")
+        .replace(" + ", "+")
+}
+
+/// capability x kernel: the hook each kernel's `--check-kernel` chose.
+pub fn hook_summary(columns: &[(String, String)]) -> String {
+    let tables: Vec<BTreeMap<String, String>> = columns.iter().map(|(_, t)| hooks_of(t)).collect();
+    let mut out = String::from("\nhooks per kernel (probe --check-kernel)\n");
+    let _ = write!(out, "{:<20}", "capability");
+    for (kernel, _) in columns {
+        let _ = write!(out, " {kernel:<34}");
+    }
+    out.push('\n');
+    // The first column's order is the table's order.
+    let order: Vec<String> = columns
+        .first()
+        .map(|(_, t)| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split("  ").next().map(str::trim).map(str::to_owned))
+                .filter(|c| !c.is_empty() && !c.contains(' '))
+                .collect()
+        })
+        .unwrap_or_default();
+    for capability in order {
+        let _ = write!(out, "{capability:<20}");
+        for t in &tables {
+            let hook = t.get(&capability).map_or("?".to_owned(), |h| short_hook(h));
+            let _ = write!(out, " {hook:<34}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Boots `kernel` and runs the executables inside; results per file from their logs.
+pub fn run_vm(
+    kernel: &vm::Kernel,
+    exes: &[TestExe],
+    env: &Env,
+    vm_dir: &Path,
+) -> Result<(BTreeMap<String, FileResult>, String)> {
+    let out_dir = vm_dir.join("runs").join(&kernel.release);
+    let _ = fs::remove_dir_all(&out_dir);
+    fs::create_dir_all(&out_dir)?;
+    let script = out_dir.join("run.sh");
+    fs::write(&script, guest_script(exes, env, &out_dir))?;
+    vm::boot(kernel, vm_dir, &script, &out_dir)?;
+    let check = fs::read_to_string(out_dir.join(CHECK_KERNEL)).unwrap_or_default();
+    println!("probe --check-kernel on {}:\n{check}", kernel.release);
+    let mut results = BTreeMap::new();
+    for exe in exes {
+        let log = fs::read_to_string(out_dir.join(format!("{}.log", exe.name))).unwrap_or_default();
+        println!(
+            "     Running {} (kernel {}, in a VM)\n{log}",
+            exe.name, kernel.release
+        );
+        results.insert(exe.name.clone(), parse(&log));
+    }
+    Ok((results, check))
+}
+
+/// The summary: one row per test file, one column per kernel.
+pub fn summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> (String, bool) {
+    let mut files: Vec<&String> = columns.iter().flat_map(|(_, r)| r.keys()).collect();
+    files.sort();
+    files.dedup();
+    let mut out =
+        String::from("\nroot e2e summary (passed/total, U = unsupported on this kernel)\n");
+    let _ = write!(out, "{:<22}", "test file");
+    for (kernel, _) in columns {
+        let _ = write!(out, " {kernel:>24}");
+    }
+    out.push('\n');
+    let mut all_ok = true;
+    for file in files {
+        let _ = write!(out, "{file:<22}");
+        for (_, results) in columns {
+            let cell = match results.get(file) {
+                None => "-".to_owned(),
+                Some(r) if r.broken => {
+                    all_ok = false;
+                    "BROKEN".to_owned()
+                }
+                Some(r) => {
+                    all_ok &= r.ok();
+                    let mut c = format!("{}/{}", r.passed, r.passed + r.failed);
+                    if r.unsupported > 0 {
+                        let _ = write!(c, " {}U", r.unsupported);
+                    }
+                    if r.failed > 0 {
+                        c.push_str(" FAIL");
+                    }
+                    c
+                }
+            };
+            let _ = write!(out, " {cell:>24}");
+        }
+        out.push('\n');
+    }
+    (out, all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_output() {
+        let out = "running 3 tests\n\
+                   !!!!! x: unsupported on this kernel: no hook !!!!!\n\
+                   test a ... ok\n\
+                   test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.0s\n";
+        assert_eq!(
+            parse(out),
+            FileResult {
+                passed: 2,
+                failed: 1,
+                unsupported: 1,
+                broken: false
+            }
+        );
+        assert!(parse("running 1 test\nthread panicked").broken);
+    }
+
+    #[test]
+    fn summary_marks_failures() {
+        let ok = FileResult {
+            passed: 2,
+            ..FileResult::default()
+        };
+        let bad = FileResult {
+            passed: 1,
+            failed: 1,
+            ..FileResult::default()
+        };
+        let cols = vec![
+            (
+                "host".to_owned(),
+                BTreeMap::from([("a".to_owned(), ok.clone())]),
+            ),
+            ("6.1".to_owned(), BTreeMap::from([("a".to_owned(), bad)])),
+        ];
+        let (text, all_ok) = summary(&cols);
+        assert!(!all_ok);
+        assert!(text.contains("1/2 FAIL"), "{text}");
+        let (_, all_ok) = summary(&cols[..1]);
+        assert!(all_ok);
+    }
+}

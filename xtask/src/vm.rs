@@ -1,0 +1,321 @@
+//! The kernel matrix: Debian's own kernel packages, fetched from the Debian registry with a
+//! private apt configuration (the machine's sources are read, never changed), cached under
+//! `target/vm/`, booted under qemu with virtme-ng (this machine's root shared read-only), and
+//! the root end-to-end test executables run inside against the same built binaries.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::setup::{apt_install, run_checked};
+
+/// A kernel line nodes run: the newest Debian generic (`-amd64`) package of that line is used.
+pub struct Line {
+    pub name: &'static str,
+    /// Package name = prefix + ABI/upload number + suffix.
+    prefix: &'static str,
+    suffixes: &'static [&'static str],
+}
+
+pub const LINES: [Line; 3] = [
+    Line {
+        name: "5.10",
+        prefix: "linux-image-5.10.0-",
+        suffixes: &["-amd64"],
+    },
+    Line {
+        name: "6.1",
+        prefix: "linux-image-6.1.0-",
+        suffixes: &["-amd64"],
+    },
+    Line {
+        name: "6.12",
+        prefix: "linux-image-6.12.",
+        suffixes: &["+deb12-amd64", "+deb13-amd64"],
+    },
+];
+
+/// Suites searched for kernel packages, by the archive that serves them.
+const SUITES: [(&str, &str); 6] = [
+    ("debian", "bullseye"),
+    ("debian-security", "bullseye-security"),
+    ("debian", "bookworm"),
+    ("debian-security", "bookworm-security"),
+    ("debian", "bookworm-backports"),
+    ("debian", "trixie"),
+];
+
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// Package lists older than this are refreshed (Debian replaces kernel ABIs).
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+pub fn line(name: &str) -> Option<&'static Line> {
+    LINES.iter().find(|l| l.name == name)
+}
+
+/// The number that orders packages of one line (ABI number or upload version).
+fn package_rank(line: &Line, package: &str) -> Option<u32> {
+    let rest = package.strip_prefix(line.prefix)?;
+    let digits = line.suffixes.iter().find_map(|s| rest.strip_suffix(s))?;
+    digits.parse().ok()
+}
+
+/// A private apt configuration under `dir`: suites of the machine's own Debian mirrors.
+struct Apt {
+    dir: PathBuf,
+}
+
+impl Apt {
+    fn new(dir: &Path) -> Result<Self> {
+        for sub in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let base = debian_base_uri()?;
+        let mut sources = String::new();
+        for (archive, suite) in SUITES {
+            sources.push_str(&format!(
+                "deb [signed-by={KEYRING}] {base}/{archive} {suite} main\n"
+            ));
+        }
+        let list = dir.join("sources.list");
+        if fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
+            fs::write(&list, sources)?;
+            let _ = fs::remove_file(dir.join("lists/updated"));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn cmd(&self, tool: &str) -> Command {
+        let d = |p: &str| self.dir.join(p).display().to_string();
+        let mut cmd = Command::new(tool);
+        cmd.arg("-o")
+            .arg(format!("Dir::Etc::sourcelist={}", d("sources.list")))
+            .args(["-o", "Dir::Etc::sourceparts=/dev/null"])
+            .arg("-o")
+            .arg(format!("Dir::State::Lists={}", d("lists")))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", d("cache")))
+            .args(["-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"])
+            .current_dir(self.dir.join("cache"));
+        cmd
+    }
+
+    fn update_if_stale(&self) -> Result<()> {
+        let stamp = self.dir.join("lists/updated");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < LISTS_MAX_AGE);
+        if fresh {
+            return Ok(());
+        }
+        eprintln!("xtask: vm: updating the kernel package lists (private apt configuration)");
+        run_checked(self.cmd("apt-get").args(["update", "-qq"]))?;
+        fs::write(stamp, b"")?;
+        Ok(())
+    }
+
+    fn newest(&self, line: &Line) -> Result<String> {
+        let out = self
+            .cmd("apt-cache")
+            .args(["pkgnames", line.prefix])
+            .stderr(Stdio::inherit())
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|p| package_rank(line, p.trim()).map(|r| (r, p.trim().to_owned())))
+            .max()
+            .map(|(_, p)| p)
+            .with_context(|| format!("no Debian kernel package of line {} found", line.name))
+    }
+}
+
+/// The Debian mirror base URI of this machine (deb822 `URIs:` or a `deb` line), without the
+/// archive name: `<base>/debian`, `<base>/debian-security`.
+fn debian_base_uri() -> Result<String> {
+    let mut texts = Vec::new();
+    for dir in ["/etc/apt/sources.list.d"] {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "sources" || x == "list") {
+                    texts.push(fs::read_to_string(p).unwrap_or_default());
+                }
+            }
+        }
+    }
+    texts.push(fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
+    for text in &texts {
+        for word in text.split_whitespace() {
+            if let Some(base) = word.strip_suffix("/debian")
+                && (base.starts_with("http://") || base.starts_with("https://"))
+            {
+                return Ok(base.to_owned());
+            }
+        }
+    }
+    bail!("no Debian mirror found in /etc/apt sources (need a URI ending in /debian)")
+}
+
+/// A kernel ready to boot: its image and release.
+pub struct Kernel {
+    pub line: &'static str,
+    pub release: String,
+    pub image: PathBuf,
+}
+
+/// Fetches (or reuses) the newest package of `line` and extracts it under `vm_dir` (image and
+/// modules; nothing is installed on this machine).
+pub fn fetch(line: &'static Line, vm_dir: &Path) -> Result<Kernel> {
+    let apt = Apt::new(&vm_dir.join("apt"))?;
+    apt.update_if_stale()?;
+    let package = apt.newest(line)?;
+    let extracted = vm_dir.join("kernels").join(&package);
+    if !extracted.join("boot").is_dir() {
+        eprintln!("xtask: vm: downloading {package}");
+        let cache = vm_dir.join("apt/cache");
+        for e in fs::read_dir(&cache)?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "deb") {
+                fs::remove_file(e.path())?;
+            }
+        }
+        run_checked(apt.cmd("apt-get").args(["download", "-qq", &package]))?;
+        let deb = fs::read_dir(&cache)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .context("apt-get download left no .deb")?;
+        let partial = vm_dir.join("kernels").join(format!("{package}.partial"));
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial)?;
+        run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+        fs::remove_file(&deb)?;
+        fs::rename(&partial, &extracted)?;
+    }
+    let image = fs::read_dir(extracted.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("{package} has no boot/vmlinuz-*"))?;
+    let release = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("kernel image name")?
+        .to_owned();
+    // virtme-ng links the guest's /lib/modules/RELEASE to the package's own tree (found
+    // beside the image); it needs its module index.
+    if !extracted
+        .join("lib/modules")
+        .join(&release)
+        .join("modules.dep")
+        .is_file()
+    {
+        run_checked(
+            Command::new("depmod")
+                .arg("-b")
+                .arg(&extracted)
+                .arg(&release),
+        )?;
+    }
+    Ok(Kernel {
+        line: line.name,
+        release,
+        image,
+    })
+}
+
+/// qemu, kmod, busybox (virtme-ng's guest init needs it) and virtme-ng itself.
+pub fn ensure_tools() -> Result<()> {
+    apt_install(&["qemu-system-x86", "kmod", "busybox-static"])?;
+    let have = Command::new("vng")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        eprintln!("xtask: vm: installing {VIRTME_NG} from PyPI");
+        run_checked(Command::new("python3").args(["-m", "pip", "install", "--quiet", VIRTME_NG]))
+            .context("installing virtme-ng")?;
+    }
+    Ok(())
+}
+
+/// Whether KVM works here (nested KVM often does not): one short boot, remembered.
+fn kvm_works(kernel: &Kernel, vm_dir: &Path) -> bool {
+    let stamp = vm_dir.join("kvm");
+    if let Ok(s) = fs::read_to_string(&stamp) {
+        return s.trim() == "yes";
+    }
+    let works = Path::new("/dev/kvm").exists()
+        && Command::new("timeout")
+            .args(["120", "vng", "--run"])
+            .arg(&kernel.image)
+            .args(["--memory", "1G", "--exec", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    let _ = fs::write(&stamp, if works { "yes" } else { "no" });
+    eprintln!(
+        "xtask: vm: KVM {}",
+        if works {
+            "works"
+        } else {
+            "does not work here: qemu TCG (slower)"
+        }
+    );
+    works
+}
+
+/// Boots `kernel` and runs `script` (a path on this machine) inside; `rw` becomes writable
+/// and is where the script leaves its results. Returns once the VM is off.
+pub fn boot(kernel: &Kernel, vm_dir: &Path, script: &Path, rw: &Path) -> Result<()> {
+    let mut cmd = Command::new("vng");
+    cmd.arg("--run").arg(&kernel.image);
+    if !kvm_works(kernel, vm_dir) {
+        cmd.arg("--disable-kvm");
+    }
+    cmd.args(["--cpus", "2", "--memory", "4G", "--rwdir"])
+        .arg(rw)
+        .arg("--exec")
+        .arg(format!("bash {}", script.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    eprintln!(
+        "xtask: vm: booting {} ({}) under qemu; the tests' output follows when it is done",
+        kernel.release, kernel.line
+    );
+    let started = std::time::Instant::now();
+    let status = cmd.status().context("starting vng")?;
+    eprintln!(
+        "xtask: vm: {} ran for {:.0?} ({status})",
+        kernel.release,
+        started.elapsed()
+    );
+    if !rw.join(DONE_MARKER).is_file() {
+        bail!(
+            "the VM with {} did not finish its script ({status})",
+            kernel.release
+        );
+    }
+    Ok(())
+}
+
+/// The file a guest script leaves when it ran to its end.
+pub const DONE_MARKER: &str = "done";
