@@ -59,11 +59,16 @@ pub fn line(name: &str) -> Option<&'static Line> {
     LINES.iter().find(|l| l.name == name)
 }
 
-/// The number that orders packages of one line (ABI number or upload version).
-fn package_rank(line: &Line, package: &str) -> Option<u32> {
+/// What orders packages of one line: the ABI number or upload version, then the earlier
+/// suffix of the line's list (bookworm's `+deb12` before trixie's usr-merged `+deb13`).
+fn package_rank(line: &Line, package: &str) -> Option<(u32, usize)> {
     let rest = package.strip_prefix(line.prefix)?;
-    let digits = line.suffixes.iter().find_map(|s| rest.strip_suffix(s))?;
-    digits.parse().ok()
+    let (preference, digits) = line
+        .suffixes
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| rest.strip_suffix(s).map(|d| (line.suffixes.len() - i, d)))?;
+    Some((digits.parse().ok()?, preference))
 }
 
 /// A private apt configuration under `dir`: suites of the machine's own Debian mirrors.
@@ -216,19 +221,19 @@ pub fn fetch(line: &'static Line, vm_dir: &Path) -> Result<Kernel> {
         .context("kernel image name")?
         .to_owned();
     // virtme-ng links the guest's /lib/modules/RELEASE to the package's own tree (found
-    // beside the image); it needs its module index.
-    if !extracted
+    // beside the image); it needs its module index. Usr-merged packages keep it under usr/.
+    let base = if extracted.join("lib/modules").is_dir() {
+        extracted.clone()
+    } else {
+        extracted.join("usr")
+    };
+    if !base
         .join("lib/modules")
         .join(&release)
         .join("modules.dep")
         .is_file()
     {
-        run_checked(
-            Command::new("depmod")
-                .arg("-b")
-                .arg(&extracted)
-                .arg(&release),
-        )?;
+        run_checked(Command::new("depmod").arg("-b").arg(&base).arg(&release))?;
     }
     Ok(Kernel {
         line: line.name,
@@ -319,3 +324,35 @@ pub fn boot(kernel: &Kernel, vm_dir: &Path, script: &Path, rw: &Path) -> Result<
 
 /// The file a guest script leaves when it ran to its end.
 pub const DONE_MARKER: &str = "done";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_package_of_a_line_prefers_bookworm_on_a_tie() {
+        let l = line("6.12").unwrap();
+        let mut names = [
+            "linux-image-6.12.117+deb13-amd64",
+            "linux-image-6.12.117+deb12-amd64",
+            "linux-image-6.12.101+deb12-amd64",
+            "linux-image-6.12-amd64",
+            "linux-image-6.12.117+deb12-cloud-amd64",
+        ]
+        .iter()
+        .filter_map(|p| package_rank(l, p).map(|r| (r, *p)))
+        .collect::<Vec<_>>();
+        names.sort();
+        assert_eq!(
+            names.last().map(|(_, p)| *p),
+            Some("linux-image-6.12.117+deb12-amd64")
+        );
+        assert_eq!(names.len(), 3);
+        let l = line("5.10").unwrap();
+        assert_eq!(
+            package_rank(l, "linux-image-5.10.0-46-amd64"),
+            Some((46, 1))
+        );
+        assert_eq!(package_rank(l, "linux-image-5.10.0-46-rt-amd64"), None);
+    }
+}
