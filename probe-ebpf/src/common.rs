@@ -197,10 +197,12 @@ pub fn count_loss(kind: u32) {
     }
 }
 
-/// `n` limited to `0..=max` in a form every verifier of the kernel matrix follows. The compiler
-/// may fold a plain `min` into arithmetic whose range older verifiers (5.10, 6.1) track as
-/// possibly negative ("R2 min value is negative"); a volatile reload hides what the compiler
-/// knows, so the mask and the comparison below stay in the program for the verifier to see.
+/// `n` limited to `0..=max`. The compiler may fold a plain `min` into arithmetic whose range
+/// older verifiers (5.10, 6.1) track as possibly negative ("R2 min value is negative"); a
+/// volatile reload hides what the compiler knows, so the mask and the comparison stay in the
+/// program. Used for the HTTP request head, which every kernel of the matrix accepted this way;
+/// it is not enough everywhere: in the Wasm chunk copy 6.1 lost the comparison's bound across
+/// a stack spill, so `wasm_write_chunk` bounds its length by a mask alone.
 #[inline(always)]
 pub fn clamp_len(n: u64, max: u64) -> u64 {
     // SAFETY: a read of a local.
