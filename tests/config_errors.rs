@@ -1,6 +1,7 @@
 //! The real binary rejects bad configuration with exit status 2 and a message naming the
 //! field; good configuration (the deploy ConfigMap included) is accepted. No root needed:
-//! validation happens before anything is loaded.
+//! validation happens before anything is loaded. As root, secrets of the OTLP configuration
+//! are looked for on every surface of a running agent.
 
 use probe_tests::*;
 
@@ -28,6 +29,18 @@ fn bad_configuration_exits_2_naming_the_field() {
         (vec!["--config", &unreadable], "--config"),
         (vec!["--config", &bad_value], "--output"),
         (vec!["--config", &unknown_key], "outptu"),
+        (vec!["--log-level", "probe=[[["], "--log-level"),
+        (vec!["--loss-interval", "1ns"], "--loss-interval"),
+        (vec!["--ringbuf-bytes", "2147483648"], "--ringbuf-bytes"),
+        (vec!["--otlp-endpoint", "not a url"], "--otlp-endpoint"),
+        (
+            vec!["--otlp-endpoint", "ftp://collector:21"],
+            "--otlp-endpoint",
+        ),
+        (
+            vec!["--otlp-headers", "novalue"],
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
     ];
     for (args, field) in cases {
         let out = run_probe(&args);
@@ -52,4 +65,97 @@ fn environment_and_config_file_are_honoured() {
     assert_eq!(config["queue-size"], 77);
     assert_eq!(config["signals"], serde_json::json!(["SIGSEGV"]));
     assert_eq!(config["output"], "json");
+}
+
+const SECRET: &str = "S3CR3T-4711";
+
+fn assert_clean(surface: &str, text: &str) {
+    assert!(
+        !text.contains(SECRET),
+        "the secret appears in {surface}:\n{text}"
+    );
+}
+
+#[test]
+fn secrets_never_appear_on_any_surface() {
+    // Malformed values: exit 2 naming the flag, never echoing the value.
+    for args in [
+        vec![
+            "--otlp-headers".to_owned(),
+            format!("authorization: Bearer {SECRET}"),
+        ],
+        vec!["--otlp-headers".to_owned(), format!("Bearer {SECRET}=x")],
+        vec![
+            "--otlp-endpoint".to_owned(),
+            format!("ftp://user:{SECRET}@collector:21"),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_probe(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(args[0]), "{stderr}");
+        assert_clean("a configuration error", &stderr);
+        assert_clean("stdout", &String::from_utf8_lossy(&out.stdout));
+    }
+    let endpoint = format!("http://user:{SECRET}@127.0.0.1:9/otlp?token={SECRET}");
+    let headers = format!("authorization=Bearer {SECRET},x-api-key={SECRET}");
+    let dir = TempDir::new("secrets");
+    let empty = dir.0.join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let config = print_config(
+        &empty,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_str()),
+        ],
+    );
+    assert_clean("--print-config", &config.to_string());
+    assert_eq!(
+        config["otlp-endpoint"],
+        "http://<redacted>@127.0.0.1:9/otlp?<redacted>"
+    );
+
+    if !require_root("config_errors::secrets_never_appear_on_any_surface (running agent)") {
+        return;
+    }
+    // A running agent exporting to a collector that refuses (errors get logged), at debug.
+    let mut probe = Probe::start_with_env(
+        &["--output", "otlp", "--log-level", "debug"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_ref()),
+            ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_ref()),
+        ],
+    );
+    let addr = probe.http_addr();
+    let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let client = refused_connect(ip, closed_port(ip));
+    probe
+        .wait_for(std::time::Duration::from_secs(10), |r| {
+            r["direction"] == "received" && r["sport"] == client
+        })
+        .expect("the reset was not reported");
+    // Let the exporter try (and fail) at least once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status: Value = serde_json::from_str(&http_get(addr, "/health/status").2).unwrap();
+        if status["exporter"]["state"] == "retrying" {
+            assert_clean("/health/status", &status.to_string());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no export attempt: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_clean("/metrics", &http_get(addr, "/metrics").2);
+    let (_, records, log) = probe.stop_with_log();
+    assert!(log.contains("otlp: export failed"), "{log}");
+    assert!(log.contains("DEBUG"), "the log was not at debug level");
+    assert_clean("the log (debug)", &log);
+    assert_clean(
+        "stdout",
+        &records.iter().map(Value::to_string).collect::<String>(),
+    );
 }

@@ -153,7 +153,21 @@ fn daemonset_mounts_every_host_path_the_agent_reads() {
     let file = dir.0.join("probe.toml");
     std::fs::write(&file, toml_text).unwrap();
     let config = print_config(&file, &[]);
-    assert_eq!(config["http-addr"], format!("0.0.0.0:{port}"));
+    // Dual-stack: kubelet probes on IPv4 and IPv6 nodes.
+    assert_eq!(config["http-addr"], format!("[::]:{port}"));
+    // No host path the agent does not read.
+    let allowed: BTreeSet<String> = strings(&req["host_paths"])
+        .union(&strings(&req["optional_host_paths"]))
+        .cloned()
+        .collect();
+    for v in pod["volumes"].as_array().unwrap() {
+        if let Some(path) = v["hostPath"]["path"].as_str() {
+            assert!(
+                allowed.contains(path),
+                "hostPath {path} is mounted but never read"
+            );
+        }
+    }
     let mount = container["volumeMounts"]
         .as_array()
         .unwrap()
@@ -209,8 +223,21 @@ fn least_privilege_variant_has_the_capabilities_and_is_not_privileged() {
     let sc = &patch["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    // Exactly what the agent says it needs, each with its use.
+    let req = requirements();
     let added = strings(&sc["capabilities"]["add"]);
-    for cap in strings(&requirements()["capabilities"]) {
-        assert!(added.contains(&cap), "missing capability {cap}");
+    assert_eq!(added, strings(&req["capabilities"]));
+    for cap in &added {
+        assert!(
+            req["capability_uses"][cap].is_string(),
+            "{cap} has no stated use"
+        );
+    }
+    let troubleshooting = std::fs::read_to_string(deploy_dir().join("TROUBLESHOOTING.md")).unwrap();
+    for cap in &added {
+        assert!(
+            troubleshooting.contains(&format!("`CAP_{cap}`")),
+            "TROUBLESHOOTING.md does not say what CAP_{cap} is for"
+        );
     }
 }

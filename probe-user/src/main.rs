@@ -117,13 +117,8 @@ fn loader_config(cli: &Cli) -> LoaderConfig {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
-        eprintln!(
-            "probe: --log-level {:?} is invalid ({e}); using info",
-            cli.log_level
-        );
-        tracing_subscriber::EnvFilter::new("info")
-    });
+    // Checked at parse time (exit 2 naming --log-level).
+    let filter = config::values::env_filter(&cli.log_level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -148,15 +143,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // The endpoints come up first, so a failing load is visible in /health/status too.
-    let http = match cli.http_addr.0 {
+    let (http, listening) = match cli.http_addr.0 {
         Some(addr) => {
             let (local, serve) = status::http::bind(addr, state.clone(), stop_rx.clone()).await?;
             info!(
                 "http: listening on {local} (/health/live, /health/ready, /health/status, /metrics)"
             );
-            Some(tokio::spawn(serve))
+            (Some(tokio::spawn(serve)), Some(local))
         }
-        None => None,
+        None => (None, None),
     };
 
     let mut probe = Probe::load(&loader_config(&cli))?;
@@ -203,7 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .node_name
         .clone()
         .unwrap_or_else(enrich::default_node_name);
-    let k8s_cache = K8sCache::new();
+    let k8s_cache = K8sCache::with_gauge(state.metrics.kubernetes_up.clone());
     state.set_kubernetes(k8s_cache.clone());
     let k8s_tasks = match cli.kubernetes {
         KubeMode::Off => {
@@ -235,9 +230,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut otlp_task = None;
     if cli.output.contains(&Output::Otlp) {
         let config = export::otlp::OtlpConfig {
-            endpoint: cli.otlp_endpoint.clone(),
+            endpoint: cli.otlp_endpoint.as_ref().map(|e| e.expose().to_owned()),
+            shown: cli.otlp_endpoint.as_ref().map_or_else(
+                || export::otlp::default_endpoint(cli.otlp_protocol).to_owned(),
+                |e| e.redacted(),
+            ),
             protocol: cli.otlp_protocol,
-            headers: cli.otlp_headers.clone(),
+            headers: cli
+                .otlp_headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value().to_owned()))
+                .collect(),
             timeout: cli.otlp_timeout,
             queue_size: cli.otlp_queue_size as usize,
             resource: export::otlp::resource(
@@ -279,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         wasm_cgroups,
         fed_wasm_cgroups: std::collections::HashSet::new(),
         traces: enrich::trace_context::TraceContexts::new(CONNTRACK_FLOWS),
+        own: listening.map(enrich::own_traffic::OwnEndpoint::new),
         event_counters: std::collections::HashMap::new(),
         state: state.clone(),
     };

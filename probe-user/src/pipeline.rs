@@ -234,6 +234,8 @@ pub struct Stages {
     pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
     pub fed_wasm_cgroups: std::collections::HashSet<u64>,
     pub traces: TraceContexts,
+    /// The agent's own HTTP endpoint: its traffic makes no records.
+    pub own: Option<crate::enrich::own_traffic::OwnEndpoint>,
     /// The `probe_events_total` counter of each kind (no label allocation per record).
     pub event_counters: HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
     pub state: Arc<AgentState>,
@@ -356,6 +358,13 @@ impl Stages {
     }
 
     fn handle(&mut self, event: Decoded) -> std::io::Result<()> {
+        if self
+            .own
+            .is_some_and(|own| own.owns(event.common.netns, &event.body))
+        {
+            self.state.metrics.own_traffic_skipped.inc();
+            return Ok(());
+        }
         let records = match event.body {
             Body::ProcessExit(exit) => {
                 let mut records = self.core_join.on_exit(event.common.pid, exit);

@@ -9,6 +9,9 @@ use crate::{decode::Common, signals::Origin};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
+    /// Written as `time_unix_nano` (exact) and `time` (RFC 3339 UTC with nanoseconds: what jq
+    /// and JavaScript read without rounding the 64-bit number).
+    #[serde(flatten, serialize_with = "time_keys")]
     pub time_unix_nano: u64,
     pub kind: &'static str,
     pub node: String,
@@ -22,6 +25,15 @@ pub struct Record {
     /// The W3C trace context of the HTTP request last sent on the event's connection.
     #[serde(flatten)]
     pub trace: Option<TraceRef>,
+}
+
+fn time_keys<S: serde::Serializer>(nanos: &u64, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(*nanos);
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("time_unix_nano", nanos)?;
+    map.serialize_entry("time", &humantime::format_rfc3339_nanos(time).to_string())?;
+    map.end()
 }
 
 /// `traceparent` of a request: `00-<trace-id>-<parent-id>-<flags>`.

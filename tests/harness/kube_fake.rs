@@ -46,7 +46,12 @@ pub struct KubeFake {
 
 impl KubeFake {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake API server");
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Serves on `addr` (an API server that comes back where it was).
+    pub fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).expect("bind the fake API server");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             rv: 100,
@@ -64,12 +69,17 @@ impl KubeFake {
 
     /// Writes a kubeconfig pointing at the fake into `dir`; returns its path.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join(format!("kubeconfig-{}", self.addr.port()));
+        Self::kubeconfig_for(self.addr, dir)
+    }
+
+    /// A kubeconfig for a fake at `addr`, running or not (yet).
+    pub fn kubeconfig_for(addr: SocketAddr, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("kubeconfig-{}", addr.port()));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
              users:\n- name: fake\n  user:\n    token: fake-token\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
              current-context: fake\n",
-            self.addr
+            addr
         );
         std::fs::write(&path, text).expect("write kubeconfig");
         path

@@ -65,7 +65,10 @@ impl Probe {
             // No cluster for tests that do not bring their fake.
             cmd.args(["--kubernetes", "off"]);
         }
-        cmd.args(["--output", "json", "--log-level", "info"]);
+        cmd.args(["--output", "json"]);
+        if !args.contains(&"--log-level") {
+            cmd.args(["--log-level", "info"]);
+        }
         if !args.contains(&"--http-addr") {
             cmd.args(["--http-addr", "127.0.0.1:0"]);
         }
@@ -253,6 +256,30 @@ impl Probe {
         let (status, _, records) = self.wait_exit(Duration::from_secs(30));
         assert!(status.success(), "the probe exited with {status}");
         records
+    }
+
+    /// SIGTERM, wait (up to 30 s) for the exit; returns the exit status, every record and the
+    /// whole log (stderr).
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, Vec<Value>, String) {
+        self.terminate();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the probe") {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the probe did not exit"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(reader) = self.stdout.take() {
+            reader.join().expect("the stdout reader panicked");
+        }
+        let log = self.log();
+        let mut all = std::mem::take(&mut self.seen);
+        all.extend(self.records.try_iter());
+        (status, all, log)
     }
 
     /// The agent's log so far (stderr); waits for stderr to close.

@@ -162,10 +162,17 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// How long one test file may run inside a VM (the slowest takes about 90 s under TCG).
+const FILE_TIMEOUT_S: u32 = 420;
+/// The file naming the test file a guest is running (what a hung guest was doing).
+const CURRENT: &str = "current";
+
 /// The script a guest runs: prepares what the host has and a bare VM lacks (tracefs, bpffs,
-/// loopback, a writable cache directory: the shared root is read-only), runs `probe
-/// --check-kernel`, then each executable with its output in a log file of `out_dir`.
+/// loopback, a writable cache directory: the shared root is read-only), starts a heartbeat,
+/// runs `probe --check-kernel`, then each executable with its output in a log file of
+/// `out_dir`.
 fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
+    let q = |p: &Path| shell_quote(&p.display().to_string());
     let mut s = String::from(
         "set -u\n\
          mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing\n\
@@ -176,30 +183,77 @@ fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
          export XDG_CACHE_HOME=/tmp/xdg-cache\n\
          uname -r\n",
     );
+    let _ = writeln!(
+        s,
+        "(while :; do printf . >> {}; sleep 10; done) &",
+        q(&out_dir.join(vm::HEARTBEAT))
+    );
     for (k, v) in &env.vars {
         let _ = writeln!(s, "export {k}={}", shell_quote(v));
     }
     let _ = writeln!(
         s,
         "\"$PROBE_BIN\" --check-kernel > {} 2>&1",
-        shell_quote(&out_dir.join(CHECK_KERNEL).display().to_string())
+        q(&out_dir.join(CHECK_KERNEL))
     );
     let filter = env.filter.as_deref().map(shell_quote).unwrap_or_default();
     for exe in exes {
         let log = out_dir.join(format!("{}.log", exe.name));
         let _ = writeln!(
             s,
-            "timeout 1500 {path} --test-threads=1 {filter} > {log} 2>&1 < /dev/null",
-            path = shell_quote(&exe.path.display().to_string()),
-            log = shell_quote(&log.display().to_string()),
+            "echo {name} > {current}\n\
+             timeout -k 10 {FILE_TIMEOUT_S} {path} --test-threads=1 {filter} > {log} 2>&1 < /dev/null\n\
+             rc=$?; [ $rc = 124 ] && echo 'xtask: timed out after {FILE_TIMEOUT_S} s' >> {log}",
+            name = shell_quote(&exe.name),
+            current = q(&out_dir.join(CURRENT)),
+            path = q(&exe.path),
+            log = q(&log),
         );
     }
-    let _ = writeln!(
-        s,
-        "touch {}",
-        shell_quote(&out_dir.join(vm::DONE_MARKER).display().to_string())
-    );
+    let _ = writeln!(s, "dmesg > {}", q(&out_dir.join("dmesg.txt")));
+    let _ = writeln!(s, "touch {}", q(&out_dir.join(vm::DONE_MARKER)));
     s
+}
+
+/// Hard links (copies across file systems) of the executables and the agent under `dir`: a
+/// guest reads its binaries over 9p for many minutes, and a rebuild on the host meanwhile
+/// must not change them under it.
+pub fn snapshot(exes: &[TestExe], env: &Env, dir: &Path) -> Result<(Vec<TestExe>, Env)> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    let keep = |from: &Path| -> Result<PathBuf> {
+        let to = dir.join(from.file_name().context("a file name")?);
+        if fs::hard_link(from, &to).is_err() {
+            fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+        }
+        Ok(to)
+    };
+    let exes = exes
+        .iter()
+        .map(|e| {
+            Ok(TestExe {
+                name: e.name.clone(),
+                path: keep(&e.path)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let vars = env
+        .vars
+        .iter()
+        .map(|(k, v)| {
+            Ok(match k.as_str() {
+                "PROBE_BIN" => (k.clone(), keep(Path::new(v))?.display().to_string()),
+                _ => (k.clone(), v.clone()),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok((
+        exes,
+        Env {
+            vars,
+            filter: env.filter.clone(),
+        },
+    ))
 }
 
 /// Where a run leaves `probe --check-kernel`'s table.
@@ -272,7 +326,9 @@ pub fn hook_summary(columns: &[(String, String)]) -> String {
     out
 }
 
-/// Boots `kernel` and runs the executables inside; results per file from their logs.
+/// Boots `kernel` and runs the executables inside; results per file from their logs. A guest
+/// that hung or died leaves the files it did not finish BROKEN, with the console's last lines
+/// and every kernel complaint printed.
 pub fn run_vm(
     kernel: &vm::Kernel,
     exes: &[TestExe],
@@ -284,7 +340,7 @@ pub fn run_vm(
     fs::create_dir_all(&out_dir)?;
     let script = out_dir.join("run.sh");
     fs::write(&script, guest_script(exes, env, &out_dir))?;
-    vm::boot(kernel, vm_dir, &script, &out_dir)?;
+    let ended = vm::boot(kernel, vm_dir, &script, &out_dir)?;
     let check = fs::read_to_string(out_dir.join(CHECK_KERNEL)).unwrap_or_default();
     println!("probe --check-kernel on {}:\n{check}", kernel.release);
     let mut results = BTreeMap::new();
@@ -295,6 +351,27 @@ pub fn run_vm(
             exe.name, kernel.release
         );
         results.insert(exe.name.clone(), parse(&log));
+    }
+    let console = fs::read_to_string(out_dir.join(vm::CONSOLE)).unwrap_or_default();
+    let trouble = vm::kernel_trouble(&console);
+    if !trouble.is_empty() {
+        eprintln!(
+            "xtask: vm: the kernel {} complained ({}):\n{}",
+            kernel.release,
+            out_dir.join(vm::CONSOLE).display(),
+            trouble.join("\n")
+        );
+    }
+    if ended != vm::Ended::Done {
+        let current = fs::read_to_string(out_dir.join(CURRENT)).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(30).collect();
+        eprintln!(
+            "xtask: vm: the VM with {} did not finish its script ({ended:?}) while running {}; \
+             last console lines:\n{}",
+            kernel.release,
+            current.trim(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok((results, check))
 }

@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod core_signal;
 pub mod drops;
 pub mod k8s;
+pub mod own_traffic;
 pub mod trace_context;
 pub mod wasm_output;
 

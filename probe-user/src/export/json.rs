@@ -44,6 +44,7 @@ mod tests {
             render(&reset_record()),
             serde_json::json!({
                 "time_unix_nano": 1_700_000_000_123_456_789u64,
+                "time": "2023-11-14T22:13:20.123456789Z",
                 "kind": "tcp_reset",
                 "node": "node-1",
                 "netns": 4026531840u32,
@@ -121,6 +122,7 @@ mod tests {
             render(&loss_record()),
             serde_json::json!({
                 "time_unix_nano": 1_700_000_000_000_000_000u64,
+                "time": "2023-11-14T22:13:20.000000000Z",
                 "kind": "loss",
                 "node": "node-1",
                 "netns": null,

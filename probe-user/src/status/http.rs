@@ -1,10 +1,15 @@
 //! HTTP endpoints: /health/live, /health/ready, /health/status (JSON), /metrics.
+//!
+//! Health and metrics answer anyone who reaches the address (kubelet probes, Prometheus).
+//! `/health/status` carries the effective configuration and answers loopback clients only
+//! (`kubectl port-forward`, `kubectl exec ... curl localhost`): a DaemonSet on
+//! `hostNetwork` would otherwise show it on every node IP.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{StatusCode, header},
     response::IntoResponse,
     routing::get,
@@ -45,8 +50,28 @@ async fn ready(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
     }
 }
 
-async fn status(State(state): State<Arc<AgentState>>) -> Json<serde_json::Value> {
-    Json(state.status())
+async fn status(
+    State(state): State<Arc<AgentState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> axum::response::Response {
+    if !is_loopback(peer.ip()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/health/status answers loopback clients only: use kubectl port-forward or \
+             kubectl exec (health: /health/live, /health/ready; metrics: /metrics)\n",
+        )
+            .into_response();
+    }
+    Json(state.status()).into_response()
+}
+
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
@@ -72,12 +97,36 @@ pub async fn bind(
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;
     let serve = async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .map_err(HttpError::Serve)
+        axum::serve(
+            listener,
+            router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(HttpError::Serve)
     };
     Ok((local, serve))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn status_answers_loopback_clients_only() {
+        let state = Arc::new(AgentState::new(serde_json::json!({}), vec![]));
+        for (peer, code) in [
+            ("127.0.0.1:40000", StatusCode::OK),
+            ("[::1]:40000", StatusCode::OK),
+            ("[::ffff:127.0.0.1]:40000", StatusCode::OK),
+            ("10.0.3.7:40000", StatusCode::FORBIDDEN),
+            ("[fd00::7]:40000", StatusCode::FORBIDDEN),
+            ("[::ffff:10.0.3.7]:40000", StatusCode::FORBIDDEN),
+        ] {
+            let response = status(State(state.clone()), ConnectInfo(peer.parse().unwrap())).await;
+            assert_eq!(response.status(), code, "{peer}");
+        }
+    }
 }

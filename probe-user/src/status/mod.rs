@@ -59,6 +59,8 @@ pub struct Metrics {
     pub pending_core_signals: Gauge,
     pub conntrack_flows_evicted: Counter,
     pub conntrack_destroys_without_state: Gauge,
+    pub kubernetes_up: Gauge,
+    pub own_traffic_skipped: Counter,
     otlp_exported: Family<SignalLabel, Counter>,
     otlp_dropped: Family<SignalLabel, Counter>,
 }
@@ -114,6 +116,18 @@ impl Metrics {
             "TCP conntrack destroy events that carried no TCP state (this kernel cannot tell expiries)",
             conntrack_destroys_without_state.clone(),
         );
+        let kubernetes_up = Gauge::default();
+        registry.register(
+            "kubernetes_up",
+            "1 while the Kubernetes API server answers every watch, 0 while one fails or before the first answer (and with enrichment off)",
+            kubernetes_up.clone(),
+        );
+        let own_traffic_skipped = Counter::default();
+        registry.register(
+            "own_traffic_skipped",
+            "Resets and drops on the agent's own HTTP endpoint (probes, scrapes): not reported",
+            own_traffic_skipped.clone(),
+        );
         let otlp_exported = Family::<SignalLabel, Counter>::default();
         registry.register(
             "otlp_exported",
@@ -132,6 +146,8 @@ impl Metrics {
             otlp_dropped,
             conntrack_flows_evicted,
             conntrack_destroys_without_state,
+            kubernetes_up,
+            own_traffic_skipped,
             events,
             losses,
             queue_depth,
@@ -371,11 +387,21 @@ impl AgentState {
 /// Kubernetes API resources it reads.
 pub fn requirements() -> serde_json::Value {
     serde_json::json!({
-        "host_paths": [crate::loader::VMLINUX_BTF_DIR, crate::loader::tracefs::TRACEFS],
+        "host_paths": [crate::loader::VMLINUX_BTF_DIR, crate::loader::tracefs::TRACEFS, "/sys/fs/cgroup"],
+        // Read only when configured: network namespaces named by --conntrack-netns.
+        "optional_host_paths": ["/run/netns"],
         "host_pid": true,
         // Conntrack expiries of the node: ctnetlink in the host network namespace.
         "host_network": true,
-        "capabilities": ["BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE", "NET_ADMIN"],
+        "capabilities": ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"],
+        "capability_uses": {
+            "BPF": "load the kernel programs, create and read their maps",
+            "PERFMON": "attach tracepoints, kprobes and fentry programs; programs read kernel memory",
+            "NET_ADMIN": "ctnetlink subscriptions: conntrack expiries and settings",
+            "SYS_ADMIN": "mount tracefs where the host has not; enter the namespaces of --conntrack-netns (setns)",
+            "SYS_PTRACE": "name the file behind a Wasm runtime's stdout/stderr fd (/proc/PID/fd) for processes of other users",
+            "SYS_RESOURCE": "raise RLIMIT_MEMLOCK where the kernel charges BPF memory to it (before 5.11, e.g. Debian 11's 5.10)",
+        },
         // Pods of this node, Services and EndpointSlices (list/watch); this node (get), for
         // the cluster name in its labels.
         "api_resources": ["endpointslices", "nodes", "pods", "services"],

@@ -8,6 +8,8 @@ pub mod attrs;
 pub mod cgroup;
 pub mod index;
 
+pub mod health;
+
 use std::{
     fmt::Debug,
     sync::{
@@ -30,7 +32,10 @@ use serde::Serialize;
 use tokio::sync::watch as tokio_watch;
 use tracing::{info, warn};
 
-use self::index::Indexes;
+use self::{
+    health::{Backoff, Health},
+    index::Indexes,
+};
 
 /// Node labels that carry the cluster's name on managed platforms (eksctl, AKS).
 pub const CLUSTER_NAME_LABELS: [&str; 2] = [
@@ -63,6 +68,11 @@ pub struct K8sStatus {
     pub wasm_cgroups: usize,
     /// Resources whose first list has been applied.
     pub synced: std::collections::BTreeSet<&'static str>,
+    /// Whether the API server answers the watches now.
+    pub connected: bool,
+    /// Failed list/watch requests since start (each followed by a backoff of 1 s doubling to
+    /// 30 s).
+    pub watch_errors: u64,
     pub last_error: Option<String>,
 }
 
@@ -74,11 +84,23 @@ pub struct K8sCache {
     /// Cheap flags for the per-event path: some cache has data; some pod is a Wasm pod.
     pub active: AtomicBool,
     pub has_wasm_pods: AtomicBool,
+    /// Logs the API server's state changes (not every failed request).
+    health: Mutex<Health>,
+    /// `probe_kubernetes_up`: 1 while every watch is answered.
+    up: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl K8sCache {
+    #[cfg(test)]
     pub fn new() -> Arc<Self> {
+        Self::with_gauge(prometheus_client::metrics::gauge::Gauge::default())
+    }
+
+    /// A cache that keeps `up` (the `probe_kubernetes_up` gauge) current.
+    pub fn with_gauge(up: prometheus_client::metrics::gauge::Gauge) -> Arc<Self> {
         Arc::new(Self {
+            health: Mutex::new(Health::default()),
+            up,
             indexes: RwLock::new(Indexes::default()),
             status: Mutex::new(K8sStatus {
                 state: "off".into(),
@@ -88,6 +110,37 @@ impl K8sCache {
             active: AtomicBool::new(false),
             has_wasm_pods: AtomicBool::new(false),
         })
+    }
+
+    /// A watch got an answer: logs the recovery once every watch is answered again.
+    fn watch_answered(&self, name: &'static str) {
+        let all_up = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .answered(name);
+        if all_up {
+            self.up.set(1);
+            self.set_status(|s| s.connected = true);
+        }
+    }
+
+    /// A list or watch request failed: one WARN when the API server goes away, a reminder at
+    /// most once a minute while it stays away, the error in the status.
+    fn watch_failed(&self, name: &'static str, error: String) {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failed(name, &error);
+        self.up.set(0);
+        self.set_status(|st| {
+            st.connected = false;
+            st.watch_errors += 1;
+            if st.state != "synced" {
+                st.state = "error".into();
+            }
+            st.last_error = Some(error);
+        });
     }
 
     fn set_status(&self, f: impl FnOnce(&mut K8sStatus)) {
@@ -116,6 +169,16 @@ pub async fn start(
             return Vec::new();
         }
     };
+    start_with(kube_config, config, cache, stop)
+}
+
+/// [`start`] with a given client configuration.
+pub fn start_with(
+    kube_config: kube::Config,
+    config: K8sConfig,
+    cache: Arc<K8sCache>,
+    stop: tokio_watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let server = kube_config.cluster_url.to_string();
     let client = match Client::try_from(kube_config) {
         Ok(c) => c,
@@ -137,6 +200,11 @@ pub async fn start(
         .cluster_name
         .write()
         .unwrap_or_else(|e| e.into_inner()) = config.cluster_name.clone();
+    cache
+        .health
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .server = server.clone();
     cache.set_status(|s| {
         s.state = "connecting".into();
         s.server = Some(server);
@@ -193,8 +261,9 @@ pub async fn start(
     tasks
 }
 
-/// One reflector: watch (list, then watch from its resourceVersion; relist on 410 Gone; backoff
-/// on errors), trim, store, and rebuild the index from the store after every change.
+/// One reflector: watch (list, then watch from its resourceVersion; relist on 410 Gone; after
+/// an error, wait 1 s doubling to 30 s, with jitter), trim, store, and rebuild the index from
+/// the store after every change.
 async fn run_watch<K>(
     name: &'static str,
     api: Api<K>,
@@ -213,12 +282,9 @@ async fn run_watch<K>(
         + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer);
+    let stream = watcher(api, config).modify(trim).reflect(writer);
     let mut stream = std::pin::pin!(stream);
-    let mut reported_error = false;
+    let mut backoff = Backoff::default();
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -227,10 +293,17 @@ async fn run_watch<K>(
         match next {
             None => return,
             Some(Ok(event)) => {
-                if matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                // `Init` comes before every (re)list, also one that is about to fail: it is
+                // no answer (resetting the backoff on it made kube's retries a loop of
+                // several a second).
+                if matches!(event, watcher::Event::Init) {
                     continue;
                 }
-                reported_error = false;
+                backoff.reset();
+                cache.watch_answered(name);
+                if matches!(event, watcher::Event::InitApply(_)) {
+                    continue;
+                }
                 let all = reader.state();
                 let mut idx = cache.indexes.write().unwrap_or_else(|e| e.into_inner());
                 cache.set_status(|st| {
@@ -247,18 +320,11 @@ async fn run_watch<K>(
                 });
             }
             Some(Err(e)) => {
-                if !reported_error {
-                    warn!(
-                        "kubernetes: watch failed ({e}); retrying with backoff, events are not enriched meanwhile"
-                    );
-                    reported_error = true;
+                cache.watch_failed(name, e.to_string());
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.wait_for(|s| *s) => return,
                 }
-                cache.set_status(|st| {
-                    if st.state != "synced" {
-                        st.state = "error".into();
-                    }
-                    st.last_error = Some(e.to_string());
-                });
             }
         }
     }

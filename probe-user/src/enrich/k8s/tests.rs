@@ -259,3 +259,126 @@ async fn an_unreachable_api_server_leaves_enrichment_off_and_says_why() {
     task.abort();
     let _ = std::fs::remove_file(path);
 }
+
+/// Log lines written while the test's subscriber is the default.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_api_server_outage_is_a_few_lines_with_backoff_then_recovery() {
+    // Nothing listens on the port for the first minute: connections are refused.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("k8s-outage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(KubeFake::kubeconfig_for(addr, &dir)).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    // The agent's own filter at its default level, for the whole test process (a scoped
+    // subscriber misses callsites other tests hit first); this test's lines name its port.
+    let logs = Captured::default();
+    let sink = logs.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(crate::config::values::env_filter("info"))
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish(),
+    )
+    .expect("the only test that sets a global subscriber");
+    let ours = format!("127.0.0.1:{}", addr.port());
+    let text_of = |logs: &Captured| {
+        String::from_utf8(logs.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&ours))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let up = prometheus_client::metrics::gauge::Gauge::default();
+    let cache = K8sCache::with_gauge(up.clone());
+    let (_stop_tx, stop_rx) = tokio_watch::channel(false);
+    let tasks = start_with(
+        config,
+        K8sConfig {
+            node: NODE.into(),
+            cluster_name: Some("c".into()),
+            labels: vec![],
+            wasm_runtime_classes: vec![],
+        },
+        cache.clone(),
+        stop_rx,
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let status = cache.status();
+    let text = text_of(&logs);
+    // Three watches retrying at 1, 2, 4, 8, 16, 30 s: at most 7 attempts each in a minute;
+    // a retry loop without backoff makes hundreds.
+    assert!(
+        (3..=21).contains(&status.watch_errors),
+        "{} failed requests in 60 s: {status:?}",
+        status.watch_errors
+    );
+    assert!(!status.connected && up.get() == 0, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("onnect")),
+        "{status:?}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.len() <= 3
+            && lines
+                .iter()
+                .filter(|l| l.contains("does not answer"))
+                .count()
+                == 1,
+        "an outage of a minute logged as:\n{text}"
+    );
+
+    // The API server comes back where it was: the caches sync within one capped backoff.
+    let fake = KubeFake::start_on(addr);
+    fake.apply(
+        "pods",
+        pod("redis-client-1", "uid-1", NODE, "10.1.0.5", "7"),
+    );
+    assert!(
+        wait_synced(&cache, Duration::from_secs(40)).await,
+        "{:?}",
+        cache.status()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cache.status().connected {
+        assert!(Instant::now() < deadline, "{:?}", cache.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.get(), 1);
+    assert!(cache.indexes.read().unwrap().pods.contains_key("uid-1"));
+    let text = text_of(&logs);
+    assert_eq!(
+        text.matches("answers again").count(),
+        1,
+        "the recovery is one line:\n{text}"
+    );
+    for t in tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -34,14 +34,43 @@ use crate::{
 
 #[derive(Debug, Error)]
 pub enum OtlpError {
-    #[error("OTLP endpoint {endpoint:?}: {source}")]
-    Build {
-        endpoint: String,
-        #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
-    #[error("OTLP header {0:?} is not KEY=VALUE")]
+    /// Endpoint and reason with every secret of the configuration redacted.
+    #[error("OTLP endpoint {endpoint}: {reason}")]
+    Build { endpoint: String, reason: String },
+    #[error("OTLP header {0:?}: its value cannot be sent as gRPC metadata")]
     Header(String),
+}
+
+/// Takes the configuration's secrets (the endpoint's userinfo and query, header values) out
+/// of any text before it is logged or shown: exporters' errors may quote what they were given.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor(Vec<String>);
+
+impl Redactor {
+    pub fn new(config: &OtlpConfig) -> Self {
+        let mut secrets: Vec<String> = config.headers.iter().map(|(_, v)| v.clone()).collect();
+        if let Some(url) = &config.endpoint {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            if let Some((_, query)) = rest.split_once('?') {
+                secrets.push(query.to_owned());
+            }
+            let authority = rest.split(['/', '?']).next().unwrap_or_default();
+            if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                secrets.push(userinfo.to_owned());
+                secrets.extend(userinfo.split(':').map(str::to_owned));
+            }
+        }
+        secrets.retain(|s| !s.is_empty());
+        // Longest first: a userinfo before the password inside it.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self(secrets)
+    }
+
+    pub fn clean(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |t, secret| {
+            t.replace(secret.as_str(), "<redacted>")
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,23 +82,31 @@ pub enum Protocol {
 
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
+    /// The URL as given (may carry userinfo: never log it; `shown` is what may be shown).
     pub endpoint: Option<String>,
+    /// The endpoint without its secrets.
+    pub shown: String,
     pub protocol: Protocol,
-    /// `KEY=VALUE` pairs (OTEL_EXPORTER_OTLP_HEADERS syntax).
-    pub headers: Vec<String>,
+    /// Header names (lowercase, checked at parse time) and values (secret).
+    pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub queue_size: usize,
     pub resource: Resource,
+}
+
+/// Where the collector is when `--otlp-endpoint` is not given.
+pub fn default_endpoint(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Grpc => "http://localhost:4317",
+        Protocol::HttpProtobuf => "http://localhost:4318",
+    }
 }
 
 impl OtlpConfig {
     pub fn endpoint(&self) -> String {
         self.endpoint
             .clone()
-            .unwrap_or_else(|| match self.protocol {
-                Protocol::Grpc => "http://localhost:4317".into(),
-                Protocol::HttpProtobuf => "http://localhost:4318".into(),
-            })
+            .unwrap_or_else(|| default_endpoint(self.protocol).to_owned())
     }
 }
 
@@ -85,26 +122,14 @@ enum Exporters {
     ),
 }
 
-fn headers(config: &OtlpConfig) -> Result<HashMap<String, String>, OtlpError> {
-    config
-        .headers
-        .iter()
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            h.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| OtlpError::Header(h.clone()))
-        })
-        .collect()
-}
-
 fn build(config: &OtlpConfig) -> Result<Exporters, OtlpError> {
     let endpoint = config.endpoint();
-    let err = |source| OtlpError::Build {
-        endpoint: endpoint.clone(),
-        source,
+    let redactor = Redactor::new(config);
+    let err = |source: opentelemetry_otlp::ExporterBuildError| OtlpError::Build {
+        endpoint: config.shown.clone(),
+        reason: redactor.clean(&source.to_string()),
     };
-    let headers = headers(config)?;
+    let headers: HashMap<String, String> = config.headers.iter().cloned().collect();
     let mut exporters = match config.protocol {
         Protocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
@@ -113,7 +138,7 @@ fn build(config: &OtlpConfig) -> Result<Exporters, OtlpError> {
                     tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
                     v.parse(),
                 ) else {
-                    return Err(OtlpError::Header(format!("{k}={v}")));
+                    return Err(OtlpError::Header(k.clone()));
                 };
                 metadata.insert(k, v);
             }
@@ -200,11 +225,16 @@ impl OtlpSink {
             capacity: config.queue_size,
         });
         info!(
-            endpoint = config.endpoint(),
+            endpoint = config.shown,
             protocol = ?config.protocol,
             "otlp: exporting spans and logs"
         );
-        let task = tokio::spawn(export_loop(exporters, shared.clone(), state.clone()));
+        let task = tokio::spawn(export_loop(
+            exporters,
+            shared.clone(),
+            state.clone(),
+            Redactor::new(config),
+        ));
         Ok((
             Self {
                 shared,
@@ -318,7 +348,12 @@ const BATCH: usize = 512;
 /// How long the task may keep trying to export what is left once the sink is closed.
 const DRAIN_FOR: Duration = Duration::from_secs(3);
 
-async fn export_loop(exporters: Exporters, shared: Arc<Shared>, state: Arc<AgentState>) {
+async fn export_loop(
+    exporters: Exporters,
+    shared: Arc<Shared>,
+    state: Arc<AgentState>,
+    redactor: Redactor,
+) {
     let scope = InstrumentationScope::builder("node-probe").build();
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
@@ -389,6 +424,7 @@ async fn export_loop(exporters: Exporters, shared: Arc<Shared>, state: Arc<Agent
                 backoff = Duration::from_millis(100);
             }
             Err((e, spans, logs)) => {
+                let e = redactor.clean(&e);
                 if !failing {
                     warn!(
                         "otlp: export failed ({e}); retrying with backoff, newer records queue (bounded)"

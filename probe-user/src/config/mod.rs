@@ -8,6 +8,22 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, parser::ValueSource};
 use serde_json::json;
 
+pub mod values;
+
+use values::{
+    Endpoint, Header, REDACTED, Secretive, duration_between, parse_endpoint, parse_header,
+    parse_key_value, parse_log_filter, parse_otlp_timeout, parse_ringbuf_bytes,
+};
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+/// The most events a queue may hold (each is about 1 KiB in memory).
+const QUEUE_MAX: u32 = 1 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Readable live stream, one line per event.
@@ -38,8 +54,11 @@ pub enum Color {
     Never,
 }
 
-/// Node-level eBPF probe: TCP resets (sent and received, IPv4 and IPv6) and core-dumping
-/// signals with their outcome, each with the socket/task, namespace and cgroup it belongs to.
+/// Node-level eBPF probe for Kubernetes: TCP resets (sent and received, IPv4 and IPv6), packet
+/// drops by reason, conntrack expiries and settings, core-dumping signals with whether a core
+/// was written, and the stdout/stderr of Wasm runtimes; each event tied to its process, pod,
+/// network namespace and HTTP trace, with findings that name the cause; as a live stream, JSON
+/// Lines or OTLP spans and logs.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "probe", version)]
 pub struct Cli {
@@ -53,10 +72,11 @@ pub struct Cli {
     )]
     pub output: Vec<Output>,
 
-    /// OTLP collector endpoint (default http://localhost:4317 for grpc, :4318 for
-    /// http/protobuf; the signal paths /v1/traces and /v1/logs are added for HTTP).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    /// OTLP collector endpoint, an http:// or https:// URL (default http://localhost:4317 for
+    /// grpc, :4318 for http/protobuf; the signal paths /v1/traces and /v1/logs are added for
+    /// HTTP). Its userinfo and query are never shown.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = Secretive(parse_endpoint))]
+    pub otlp_endpoint: Option<Endpoint>,
 
     /// OTLP transport.
     #[arg(
@@ -67,20 +87,22 @@ pub struct Cli {
     )]
     pub otlp_protocol: crate::export::otlp::Protocol,
 
-    /// Headers sent with every export, KEY=VALUE, comma-separated (e.g. an API key).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_delimiter = ',')]
-    pub otlp_headers: Vec<String>,
+    /// Headers sent with every export, KEY=VALUE, comma-separated (e.g. an API key). Values
+    /// are never shown.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_delimiter = ',',
+          value_parser = Secretive(parse_header))]
+    pub otlp_headers: Vec<Header>,
 
     /// Timeout of one export: milliseconds (as OTEL_EXPORTER_OTLP_TIMEOUT has it) or a
-    /// duration such as 10s.
+    /// duration such as 10s; 100ms to 5m.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", allow_hyphen_values = true,
           default_value = "10000", value_parser = parse_otlp_timeout)]
     pub otlp_timeout: Duration,
 
     /// Spans (and, separately, log records) waiting for the collector at most; more are
-    /// dropped and counted.
+    /// dropped and counted. 1 to 1048576.
     #[arg(long, env = "PROBE_OTLP_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 8192,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=QUEUE_MAX as i64))]
     pub otlp_queue_size: u32,
 
     /// service.name of the OTLP resource.
@@ -100,24 +122,25 @@ pub struct Cli {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
-    /// Size of the kernel ring buffer in bytes (a power of two, at least 4096).
+    /// Size of the kernel ring buffer in bytes (a power of two from 4096 to 256 MiB).
     #[arg(long, env = "PROBE_RINGBUF_BYTES", allow_hyphen_values = true, default_value_t = 4 << 20,
           value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: u32,
 
-    /// Capacity of the queue between the ring-buffer reader and the sinks, in events.
+    /// Capacity of the queue between the ring-buffer reader and the sinks, in events (1 to
+    /// 1048576).
     #[arg(long, env = "PROBE_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 65536,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=QUEUE_MAX as i64))]
     pub queue_size: u32,
 
-    /// How often lost events are reported as `loss` records (e.g. 5s, 500ms).
+    /// How often lost events are reported as `loss` records (e.g. 5s, 500ms); 100ms to 1h.
     #[arg(long, env = "PROBE_LOSS_INTERVAL", allow_hyphen_values = true, default_value = "5s",
-          value_parser = parse_positive_duration)]
+          value_parser = duration_between(ms(100), secs(3600)))]
     pub loss_interval: Duration,
 
-    /// How long shutdown may take to drain the pipeline after SIGTERM/SIGINT.
+    /// How long shutdown may take to drain the pipeline after SIGTERM/SIGINT; 100ms to 5m.
     #[arg(long, env = "PROBE_SHUTDOWN_TIMEOUT", allow_hyphen_values = true, default_value = "5s",
-          value_parser = parse_positive_duration)]
+          value_parser = duration_between(ms(100), secs(300)))]
     pub shutdown_timeout: Duration,
 
     /// Signals to report, comma-separated names or numbers (default: the core-dumping ones).
@@ -126,9 +149,9 @@ pub struct Cli {
     pub signals: u64,
 
     /// How long a core-dumping signal waits for its target's exit (to learn whether a core
-    /// was written) before it is reported with `core_dumped: null`.
+    /// was written) before it is reported with `core_dumped: null`; 100ms to 10m.
     #[arg(long, env = "PROBE_CORE_WAIT", allow_hyphen_values = true, default_value = "10s",
-          value_parser = parse_positive_duration)]
+          value_parser = duration_between(ms(100), secs(600)))]
     pub core_wait: Duration,
 
     /// Bytes per captured chunk of a Wasm runtime's write to stdout/stderr (1-4096; 0
@@ -152,15 +175,15 @@ pub struct Cli {
     #[arg(long, env = "PROBE_CONNTRACK_NETNS", value_delimiter = ',')]
     pub conntrack_netns: Vec<PathBuf>,
 
-    /// How often the conntrack sysctls of each watched namespace are re-read.
+    /// How often the conntrack sysctls of each watched namespace are re-read; 1s to 1h.
     #[arg(long, env = "PROBE_CONNTRACK_SETTINGS_INTERVAL", allow_hyphen_values = true,
-          default_value = "10s", value_parser = parse_positive_duration)]
+          default_value = "10s", value_parser = duration_between(secs(1), secs(3600)))]
     pub conntrack_settings_interval: Duration,
 
     /// How long after a conntrack expiry a reset or drop on the same flow joins it into a
-    /// finding.
+    /// finding; 1s to 24h.
     #[arg(long, env = "PROBE_CONNTRACK_WINDOW", allow_hyphen_values = true, default_value = "60s",
-          value_parser = parse_positive_duration)]
+          value_parser = duration_between(secs(1), secs(86400)))]
     pub conntrack_window: Duration,
 
     /// Turn on net.netfilter.nf_conntrack_timestamp in watched namespaces where it is off, so
@@ -203,8 +226,9 @@ pub struct Cli {
           action = clap::ArgAction::Set)]
     pub http_trace_context: bool,
 
-    /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax).
-    #[arg(long, env = "PROBE_LOG", default_value = "info")]
+    /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax: info,
+    /// probe=debug,kube=warn).
+    #[arg(long, env = "PROBE_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log_level: String,
 
     /// Format of the agent's own logs on stderr.
@@ -310,7 +334,8 @@ impl Cli {
             .collect();
         json!({
             "output": self.output.iter().map(|o| format!("{o:?}").to_lowercase()).collect::<Vec<_>>().join(","),
-            "otlp-endpoint": self.otlp_endpoint,
+            "otlp-endpoint": self.otlp_endpoint.as_ref().map(Endpoint::redacted),
+            "otlp-headers": self.otlp_headers.iter().map(|h| format!("{}={REDACTED}", h.key)).collect::<Vec<_>>(),
             "otlp-protocol": match self.otlp_protocol {
                 crate::export::otlp::Protocol::Grpc => "grpc",
                 crate::export::otlp::Protocol::HttpProtobuf => "http/protobuf",
@@ -380,155 +405,5 @@ fn read_config_file(path: &std::path::Path) -> Result<Vec<(String, String)>, Con
         .collect()
 }
 
-fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
-    crate::loader::check_ringbuf_bytes(n).map_err(|e| e.to_string())?;
-    Ok(n)
-}
-
-fn parse_otlp_timeout(s: &str) -> Result<Duration, String> {
-    match s.parse::<u64>() {
-        Ok(0) => Err("must be greater than zero".into()),
-        Ok(ms) => Ok(Duration::from_millis(ms)),
-        Err(_) => parse_positive_duration(s),
-    }
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.trim().is_empty())
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
-}
-
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 5s, 500ms)"))?;
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults() {
-        let cli = Cli::try_parse_from(["probe"]).unwrap();
-        assert_eq!(cli.output, [Output::Terminal]);
-        let cli = Cli::try_parse_from(["probe", "--output", "json,otlp", "--otlp-timeout", "2500"])
-            .unwrap();
-        assert_eq!(cli.output, [Output::Json, Output::Otlp]);
-        assert_eq!(cli.otlp_timeout, Duration::from_millis(2500));
-        assert_eq!(cli.ringbuf_bytes, 4 << 20);
-        assert_eq!(cli.loss_interval, Duration::from_secs(5));
-        assert_eq!(cli.signals.count_ones(), 10);
-        let cli = Cli::try_parse_from(["probe", "--signals", "SIGSEGV,6"]).unwrap();
-        assert_eq!(cli.signals, (1 << 11) | (1 << 6));
-    }
-
-    fn load(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::load(args.iter().map(OsString::from).collect())
-    }
-
-    fn file(text: &str) -> tempfile_path::TempFile {
-        tempfile_path::TempFile::new(text)
-    }
-
-    mod tempfile_path {
-        pub struct TempFile(pub std::path::PathBuf);
-        impl TempFile {
-            pub fn new(text: &str) -> Self {
-                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = std::env::temp_dir()
-                    .join(format!("probe-config-test-{}-{n}.toml", std::process::id()));
-                std::fs::write(&path, text).unwrap();
-                Self(path)
-            }
-            pub fn arg(&self) -> &str {
-                self.0.to_str().unwrap()
-            }
-        }
-        impl Drop for TempFile {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-    }
-
-    #[test]
-    fn config_file_fills_defaults_but_flags_win() {
-        let f = file("output = \"json\"\nqueue-size = 128\nsignals = [\"SIGSEGV\", \"SIGABRT\"]\n");
-        let cli = load(&["probe", "--config", f.arg(), "--queue-size", "64"]).unwrap();
-        assert_eq!(cli.output, [Output::Json]);
-        assert_eq!(cli.queue_size, 64, "the command line beats the file");
-        assert_eq!(cli.signals, (1 << 11) | (1 << 6));
-        let eff = cli.effective();
-        assert_eq!(eff["output"], "json");
-        assert_eq!(eff["signals"], serde_json::json!(["SIGABRT", "SIGSEGV"]));
-        assert_eq!(eff["http-addr"], "127.0.0.1:9464");
-    }
-
-    #[test]
-    fn config_file_errors_name_the_key() {
-        for (text, needle) in [
-            ("output = \"xml\"", "--output"),
-            ("queue-size = -3", "--queue-size"),
-            ("bogus = 1", "bogus"),
-            ("this is not toml", "not valid TOML"),
-        ] {
-            let f = file(text);
-            let err = load(&["probe", "--config", f.arg()]).unwrap_err();
-            assert_eq!(err.exit_code(), 2, "{text}");
-            assert!(err.to_string().contains(needle), "{text}: {err}");
-        }
-        let err = load(&["probe", "--config", "/nonexistent/probe.toml"]).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
-        assert!(
-            err.to_string().contains("--config /nonexistent/probe.toml"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn http_addr() {
-        assert_eq!(
-            load(&["probe", "--http-addr", "none"]).unwrap().http_addr,
-            HttpAddr(None)
-        );
-        let err = load(&["probe", "--http-addr", "localhost"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--http-addr"), "{err}");
-    }
-
-    #[test]
-    fn rejects_bad_values_naming_the_flag() {
-        for args in [
-            &["probe", "--output", "xml"][..],
-            &["probe", "--queue-size", "0"],
-            &["probe", "--loss-interval", "0s"],
-            &["probe", "--loss-interval", "soon"],
-            &["probe", "--ringbuf-bytes=-1"],
-            &["probe", "--ringbuf-bytes", "5000"],
-            &["probe", "--ringbuf-bytes", "2048"],
-            &["probe", "--signals", "SIGSEGV,SIGBOGUS"],
-            &["probe", "--core-wait", "0s"],
-            &["probe", "--capture-bytes", "5000"],
-            &["probe", "--capture-bytes", "-1"],
-            &["probe", "--wasm-runtimes", "/bin/wasmtime"],
-            &["probe", "--conntrack", "maybe"],
-            &["probe", "--otlp-protocol", "http/json"],
-            &["probe", "--otlp-timeout", "0"],
-            &["probe", "--resource-attributes", "novalue"],
-            &["probe", "--conntrack-window", "0s"],
-            &["probe", "--conntrack-settings-interval", "never"],
-        ] {
-            let err = Cli::try_parse_from(args).unwrap_err().to_string();
-            let flag = args[1].split('=').next().unwrap();
-            assert!(err.contains(flag), "{args:?}: {err}");
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,109 @@
+//! The agent's own traffic is not news: kubelet probes and Prometheus scrapes of its HTTP
+//! endpoint would otherwise become a `packet_drop` (QUEUE_PURGE at every close) or a reset on
+//! every node. Events whose flow has the agent's listening socket as one end, in the agent's
+//! network namespace, are skipped (and counted). The kernel side already skips events raised
+//! in the agent's own process context; this covers the packets handled in softirq or by the
+//! client's process.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::record::Body;
+
+/// The agent's listening endpoint (`--http-addr`) in its own network namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnEndpoint {
+    /// Inode of the agent's network namespace (`/proc/self/ns/net`); unknown: any netns.
+    netns: Option<u32>,
+    listen: SocketAddr,
+}
+
+impl OwnEndpoint {
+    pub fn new(listen: SocketAddr) -> Self {
+        let netns = std::fs::metadata("/proc/self/ns/net")
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32);
+        Self { netns, listen }
+    }
+
+    #[cfg(test)]
+    pub fn with_netns(listen: SocketAddr, netns: u32) -> Self {
+        Self {
+            netns: Some(netns),
+            listen,
+        }
+    }
+
+    fn is_listener(&self, addr: IpAddr, port: u16) -> bool {
+        port == self.listen.port()
+            && (self.listen.ip().is_unspecified() || canonical(addr) == canonical(self.listen.ip()))
+    }
+
+    /// Whether an event with this netns and body belongs to the agent's endpoint.
+    pub fn owns(&self, netns: Option<u32>, body: &Body) -> bool {
+        if let (Some(own), Some(ns)) = (self.netns, netns)
+            && own != ns
+        {
+            return false;
+        }
+        let (s, sport, d, dport) = match body {
+            Body::TcpReset(r) => (r.saddr, r.sport, r.daddr, r.dport),
+            Body::PacketDrop(p) => (p.saddr, p.sport, p.daddr, p.dport),
+            _ => return false,
+        };
+        self.is_listener(s, sport) || self.is_listener(d, dport)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack listener sees both forms).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Family, PacketDrop};
+
+    fn drop(s: &str, sport: u16, d: &str, dport: u16) -> Body {
+        Body::PacketDrop(PacketDrop {
+            family: Family::Ipv4,
+            saddr: s.parse().unwrap(),
+            sport,
+            daddr: d.parse().unwrap(),
+            dport,
+            reason: Some("QUEUE_PURGE".into()),
+            count: 1,
+            key: probe_common::DropKey {
+                saddr: [0; 16],
+                daddr: [0; 16],
+                sport,
+                dport,
+                family: 2,
+                _pad: 0,
+                reason: 0,
+                netns: 0,
+            },
+        })
+    }
+
+    #[test]
+    fn only_the_listening_end_in_the_agents_netns() {
+        let own = OwnEndpoint::with_netns("127.0.0.1:9464".parse().unwrap(), 7);
+        assert!(own.owns(Some(7), &drop("127.0.0.1", 9464, "127.0.0.1", 40000)));
+        assert!(own.owns(Some(7), &drop("127.0.0.1", 40000, "127.0.0.1", 9464)));
+        assert!(own.owns(None, &drop("127.0.0.1", 40000, "127.0.0.1", 9464)));
+        assert!(!own.owns(Some(8), &drop("127.0.0.1", 40000, "127.0.0.1", 9464)));
+        assert!(!own.owns(Some(7), &drop("10.0.0.1", 40000, "10.0.0.2", 9464)));
+        assert!(!own.owns(Some(7), &drop("127.0.0.1", 40000, "127.0.0.1", 6379)));
+        let any = OwnEndpoint::with_netns("[::]:9464".parse().unwrap(), 7);
+        assert!(any.owns(Some(7), &drop("10.0.0.1", 40000, "10.0.0.2", 9464)));
+        let mapped = OwnEndpoint::with_netns("10.0.0.2:9464".parse().unwrap(), 7);
+        assert!(mapped.owns(
+            Some(7),
+            &drop("::ffff:10.0.0.1", 1, "::ffff:10.0.0.2", 9464)
+        ));
+    }
+}
