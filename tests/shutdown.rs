@@ -44,3 +44,67 @@ fn sigterm_drains_events_already_produced() {
     // A 4 MiB ring buffer holds all of them: nothing is actually lost.
     assert_eq!(lost, 0);
 }
+
+#[test]
+fn a_closed_stderr_loses_log_lines_not_the_agent() {
+    if !require_root("shutdown::a_closed_stderr_loses_log_lines_not_the_agent") {
+        return;
+    }
+    use std::process::Stdio;
+    // A free port for the endpoints (stderr, where the agent names its port, is closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut child = probe_command()
+        .args([
+            "--output",
+            "json",
+            "--kubernetes",
+            "off",
+            "--conntrack-timestamps",
+            "false",
+        ])
+        .args(["--log-level", "debug", "--http-addr", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the probe");
+    // `probe 2>&1 >/dev/null | head -0`: the reader of stderr is gone before the first line.
+    drop(child.stderr.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the agent exited with a closed stderr: {status}");
+        }
+        if std::net::TcpStream::connect(addr).is_ok() && http_get(addr, "/health/ready").0 == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Events (each logged at debug on a stderr nobody reads) and a shutdown.
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let closed = closed_port(ip);
+    for _ in 0..20 {
+        refused_connect(ip, closed);
+    }
+    assert_eq!(http_get(addr, "/health/live").0, 200);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status} (101 is a panic)");
+}

@@ -119,9 +119,12 @@ fn loader_config(cli: &Cli) -> LoaderConfig {
 fn init_logging(cli: &Cli) {
     // Checked at parse time (exit 2 naming --log-level).
     let filter = config::values::env_filter(&cli.log_level);
+    // A closed stderr (`probe 2>&1 >/dev/null | head -2`) loses log lines, nothing else: the
+    // subscriber's fallback would eprintln! the write error, which panics on a closed stderr.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -175,9 +175,9 @@ pub struct Cli {
     #[arg(long, env = "PROBE_CONNTRACK_NETNS", value_delimiter = ',')]
     pub conntrack_netns: Vec<PathBuf>,
 
-    /// How often the conntrack sysctls of each watched namespace are re-read; 1s to 1h.
+    /// How often the conntrack sysctls of each watched namespace are re-read; 100ms to 1h.
     #[arg(long, env = "PROBE_CONNTRACK_SETTINGS_INTERVAL", allow_hyphen_values = true,
-          default_value = "10s", value_parser = duration_between(secs(1), secs(3600)))]
+          default_value = "10s", value_parser = duration_between(ms(100), secs(3600)))]
     pub conntrack_settings_interval: Duration,
 
     /// How long after a conntrack expiry a reset or drop on the same flow joins it into a
