@@ -246,6 +246,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect(),
             timeout: cli.otlp_timeout,
             queue_size: cli.otlp_queue_size as usize,
+            // Half the shutdown budget: the reader and the consumer drain first.
+            drain_for: cli.shutdown_timeout / 2,
             resource: export::otlp::resource(
                 &cli.service_name,
                 &node,

@@ -298,10 +298,22 @@ fn short_hook(hook: &str) -> String {
 /// capability x kernel: the hook each kernel's `--check-kernel` chose.
 pub fn hook_summary(columns: &[(String, String)]) -> String {
     let tables: Vec<BTreeMap<String, String>> = columns.iter().map(|(_, t)| hooks_of(t)).collect();
+    // Each column as wide as its longest hook name or kernel release.
+    let widths: Vec<usize> = columns
+        .iter()
+        .zip(&tables)
+        .map(|((kernel, _), t)| {
+            t.values()
+                .map(|h| short_hook(h).len())
+                .chain([kernel.len(), 4])
+                .max()
+                .unwrap_or(4)
+        })
+        .collect();
     let mut out = String::from("\nhooks per kernel (probe --check-kernel)\n");
     let _ = write!(out, "{:<20}", "capability");
-    for (kernel, _) in columns {
-        let _ = write!(out, " {kernel:<34}");
+    for ((kernel, _), w) in columns.iter().zip(&widths) {
+        let _ = write!(out, " {kernel:<w$}");
     }
     out.push('\n');
     // The first column's order is the table's order.
@@ -317,9 +329,9 @@ pub fn hook_summary(columns: &[(String, String)]) -> String {
         .unwrap_or_default();
     for capability in order {
         let _ = write!(out, "{capability:<20}");
-        for t in &tables {
+        for (t, w) in tables.iter().zip(&widths) {
             let hook = t.get(&capability).map_or("?".to_owned(), |h| short_hook(h));
-            let _ = write!(out, " {hook:<34}");
+            let _ = write!(out, " {hook:<w$}");
         }
         out.push('\n');
     }

@@ -129,7 +129,7 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 /// What `cargo xtask test` runs the root tests on when `--kernel` is not given: this kernel and
-/// the matrix (about 10 minutes per Debian kernel under qemu TCG); `--kernel host` for a quick
+/// the matrix (about 6 minutes per Debian kernel under qemu TCG); `--kernel host` for a quick
 /// run.
 const DEFAULT_KERNELS: &str = "all";
 

@@ -90,9 +90,23 @@ pub async fn bind(
     state: Arc<AgentState>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), HttpError>>), HttpError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpError::Bind { addr, source })?;
+    let listener = match TcpListener::bind(addr).await {
+        // `[::]` (every address, both families) on a node booted with IPv6 disabled: every
+        // IPv4 address instead, rather than no health endpoint at all.
+        Err(e)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(
+                "--http-addr {addr}: IPv6 is disabled on this node ({e}); listening on {v4}"
+            );
+            TcpListener::bind(v4)
+                .await
+                .map_err(|source| HttpError::Bind { addr: v4, source })?
+        }
+        other => other.map_err(|source| HttpError::Bind { addr, source })?,
+    };
     let local = listener
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;

@@ -91,6 +91,10 @@ pub struct OtlpConfig {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub queue_size: usize,
+    /// How long what is queued may still be sent once the sink is closed (at shutdown):
+    /// export attempts and retries stop at this deadline, and what is left is counted as
+    /// dropped and said in one line.
+    pub drain_for: Duration,
     pub resource: Resource,
 }
 
@@ -201,7 +205,10 @@ struct Queues {
 struct Shared {
     queues: Mutex<Queues>,
     notify: Notify,
+    /// Notified once, when the sink closes (ends a retry backoff early).
+    closing: Notify,
     capacity: usize,
+    drain_for: Duration,
 }
 
 pub struct OtlpSink {
@@ -222,7 +229,9 @@ impl OtlpSink {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             notify: Notify::new(),
+            closing: Notify::new(),
             capacity: config.queue_size,
+            drain_for: config.drain_for,
         });
         info!(
             endpoint = config.shown,
@@ -340,13 +349,32 @@ impl Drop for OtlpSink {
             .unwrap_or_else(|e| e.into_inner())
             .closed = true;
         self.shared.notify.notify_one();
+        self.shared.closing.notify_one();
     }
 }
 
 /// Records per export call.
 const BATCH: usize = 512;
-/// How long the task may keep trying to export what is left once the sink is closed.
-const DRAIN_FOR: Duration = Duration::from_secs(3);
+
+/// Counts what the drain could not send and says so once (the last word on OTLP losses).
+fn give_up(shared: &Shared, state: &AgentState, unsent: (u64, u64)) {
+    let (s, l) = {
+        let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = (q.spans.len() as u64, q.logs.len() as u64);
+        q.spans.clear();
+        q.logs.clear();
+        counts
+    };
+    let (spans, logs) = (unsent.0 + s, unsent.1 + l);
+    state.metrics.otlp_dropped("spans").inc_by(spans);
+    state.metrics.otlp_dropped("logs").inc_by(logs);
+    let total_spans = state.metrics.otlp_dropped("spans").get();
+    let total_logs = state.metrics.otlp_dropped("logs").get();
+    warn!(
+        "otlp: shutdown: {spans} spans and {logs} log records could not be delivered before \
+         the deadline (lost in total: {total_spans} spans, {total_logs} log records)"
+    );
+}
 
 async fn export_loop(
     exporters: Exporters,
@@ -368,7 +396,7 @@ async fn export_loop(
             (spans, logs, q.closed)
         };
         if closed && drain_deadline.is_none() {
-            drain_deadline = Some(tokio::time::Instant::now() + DRAIN_FOR);
+            drain_deadline = Some(tokio::time::Instant::now() + shared.drain_for);
         }
         if spans.is_empty() && logs.is_empty() {
             if closed {
@@ -378,103 +406,150 @@ async fn export_loop(
             continue;
         }
         let (span_count, log_count) = (spans.len() as u64, logs.len() as u64);
-        let result = match &exporters {
-            Exporters::Grpc(s, l) | Exporters::Http(s, l) => {
-                let mut first_err = None;
-                let mut unsent_spans = Vec::new();
-                if !spans.is_empty() {
-                    let keep = spans.clone();
-                    match s.export(spans).await {
-                        Ok(()) => {
-                            state.metrics.otlp_exported("spans").inc_by(span_count);
-                        }
-                        Err(e) => {
-                            first_err = Some(e.to_string());
-                            unsent_spans = keep;
-                        }
-                    }
-                }
-                let mut unsent_logs = Vec::new();
-                if !logs.is_empty() {
-                    let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-                        logs.iter().map(|l| (l, &scope)).collect();
-                    match l.export(LogBatch::new(&pairs)).await {
-                        Ok(()) => {
-                            state.metrics.otlp_exported("logs").inc_by(log_count);
-                        }
-                        Err(e) => {
-                            first_err.get_or_insert(e.to_string());
-                            unsent_logs = logs;
+        let attempt = async {
+            match &exporters {
+                Exporters::Grpc(s, l) | Exporters::Http(s, l) => {
+                    let mut first_err = None;
+                    let mut unsent_spans = Vec::new();
+                    if !spans.is_empty() {
+                        let keep = spans.clone();
+                        match s.export(spans).await {
+                            Ok(()) => {
+                                state.metrics.otlp_exported("spans").inc_by(span_count);
+                            }
+                            Err(e) => {
+                                first_err = Some(e.to_string());
+                                unsent_spans = keep;
+                            }
                         }
                     }
-                }
-                match first_err {
-                    None => Ok(()),
-                    Some(e) => Err((e, unsent_spans, unsent_logs)),
+                    let mut unsent_logs = Vec::new();
+                    if !logs.is_empty() {
+                        let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                            logs.iter().map(|l| (l, &scope)).collect();
+                        match l.export(LogBatch::new(&pairs)).await {
+                            Ok(()) => {
+                                state.metrics.otlp_exported("logs").inc_by(log_count);
+                            }
+                            Err(e) => {
+                                first_err.get_or_insert(e.to_string());
+                                unsent_logs = logs;
+                            }
+                        }
+                    }
+                    match first_err {
+                        None => Ok(()),
+                        Some(e) => Err((e, unsent_spans, unsent_logs)),
+                    }
                 }
             }
         };
-        match result {
-            Ok(()) => {
-                if failing {
-                    info!("otlp: export works again");
-                    state.set_exporter_state("running", None);
+        // While draining, an attempt (a black-holed collector holds it for --otlp-timeout)
+        // may not outlast the deadline.
+        let mut attempt = std::pin::pin!(attempt);
+        if drain_deadline.is_none() {
+            tokio::select! {
+                r = &mut attempt => {
+                    handled(r, &mut failing, &mut backoff, &shared, &state, &redactor, None).await;
+                    continue;
                 }
-                failing = false;
-                backoff = Duration::from_millis(100);
+                () = shared.closing.notified() => {
+                    drain_deadline = Some(tokio::time::Instant::now() + shared.drain_for);
+                }
             }
-            Err((e, spans, logs)) => {
-                let e = redactor.clean(&e);
-                if !failing {
-                    warn!(
-                        "otlp: export failed ({e}); retrying with backoff, newer records queue (bounded)"
-                    );
-                }
-                failing = true;
-                state.set_exporter_state("retrying", Some(format!("otlp: {e}")));
-                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    state
-                        .metrics
-                        .otlp_dropped("spans")
-                        .inc_by(spans.len() as u64);
-                    state.metrics.otlp_dropped("logs").inc_by(logs.len() as u64);
-                    let (s, l) = {
-                        let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
-                        let counts = (q.spans.len() as u64, q.logs.len() as u64);
-                        q.spans.clear();
-                        q.logs.clear();
-                        counts
-                    };
-                    state.metrics.otlp_dropped("spans").inc_by(s);
-                    state.metrics.otlp_dropped("logs").inc_by(l);
+        }
+        let deadline = drain_deadline.unwrap_or_else(tokio::time::Instant::now);
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(r) => {
+                if !handled(
+                    r,
+                    &mut failing,
+                    &mut backoff,
+                    &shared,
+                    &state,
+                    &redactor,
+                    drain_deadline,
+                )
+                .await
+                {
                     return;
                 }
-                // Put the batch back in front; what no longer fits is dropped and counted.
-                let mut dropped = (0u64, 0u64);
-                {
-                    let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
-                    for s in spans.into_iter().rev() {
-                        if q.spans.len() < shared.capacity {
-                            q.spans.push_front(s);
-                        } else {
-                            dropped.0 += 1;
-                        }
-                    }
-                    for l in logs.into_iter().rev() {
-                        if q.logs.len() < shared.capacity {
-                            q.logs.push_front(l);
-                        } else {
-                            dropped.1 += 1;
-                        }
-                    }
-                }
-                state.metrics.otlp_dropped("spans").inc_by(dropped.0);
-                state.metrics.otlp_dropped("logs").inc_by(dropped.1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(_) => {
+                give_up(&shared, &state, (span_count, log_count));
+                return;
             }
         }
     }
+}
+
+/// What an export attempt's result does; false when the drain gave up.
+async fn handled(
+    result: Result<(), (String, Vec<SpanData>, Vec<SdkLogRecord>)>,
+    failing: &mut bool,
+    backoff: &mut Duration,
+    shared: &Shared,
+    state: &AgentState,
+    redactor: &Redactor,
+    drain_deadline: Option<tokio::time::Instant>,
+) -> bool {
+    match result {
+        Ok(()) => {
+            if *failing {
+                info!("otlp: export works again");
+                state.set_exporter_state("running", None);
+            }
+            *failing = false;
+            *backoff = Duration::from_millis(100);
+        }
+        Err((e, spans, logs)) => {
+            let e = redactor.clean(&e);
+            if !*failing {
+                warn!(
+                    "otlp: export failed ({e}); retrying with backoff, newer records queue (bounded)"
+                );
+            }
+            *failing = true;
+            state.set_exporter_state("retrying", Some(format!("otlp: {e}")));
+            if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                give_up(shared, state, (spans.len() as u64, logs.len() as u64));
+                return false;
+            }
+            // Put the batch back in front; what no longer fits is dropped and counted.
+            let mut dropped = (0u64, 0u64);
+            {
+                let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+                for s in spans.into_iter().rev() {
+                    if q.spans.len() < shared.capacity {
+                        q.spans.push_front(s);
+                    } else {
+                        dropped.0 += 1;
+                    }
+                }
+                for l in logs.into_iter().rev() {
+                    if q.logs.len() < shared.capacity {
+                        q.logs.push_front(l);
+                    } else {
+                        dropped.1 += 1;
+                    }
+                }
+            }
+            state.metrics.otlp_dropped("spans").inc_by(dropped.0);
+            state.metrics.otlp_dropped("logs").inc_by(dropped.1);
+            match drain_deadline {
+                None => {
+                    // Closing the sink (shutdown) ends the wait: the drain begins at once.
+                    let _ = tokio::time::timeout(*backoff, shared.closing.notified()).await;
+                }
+                Some(deadline) => {
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + *backoff))
+                        .await;
+                }
+            }
+            *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+    true
 }
 
 /// The resource: service.name, host.name, k8s.node.name, k8s.cluster.name, os and kernel,
