@@ -51,13 +51,7 @@ fn a_closed_stderr_loses_log_lines_not_the_agent() {
         return;
     }
     use std::process::Stdio;
-    // A free port for the endpoints (stderr, where the agent names its port, is closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr = free_loopback_addr();
     let mut child = probe_command()
         .args([
             "--output",
@@ -75,17 +69,7 @@ fn a_closed_stderr_loses_log_lines_not_the_agent() {
         .expect("spawning the probe");
     // `probe 2>&1 >/dev/null | head -0`: the reader of stderr is gone before the first line.
     drop(child.stderr.take());
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the agent exited with a closed stderr: {status}");
-        }
-        if std::net::TcpStream::connect(addr).is_ok() && http_get(addr, "/health/ready").0 == 200 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_http_ready(&mut child, addr);
     // Events (each logged at debug on a stderr nobody reads) and a shutdown.
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let closed = closed_port(ip);

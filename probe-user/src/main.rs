@@ -42,6 +42,8 @@ use crate::{
 const CORE_JOIN_CAPACITY: usize = 4096;
 /// A partial Wasm output line goes out after this long without more output.
 const WASM_LINE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Records waiting for the stdout output's thread at most (about 1 KiB each).
+const OUTPUT_QUEUE: usize = 8192;
 /// Expired conntrack flows held at once while waiting for a follow-up.
 const CONNTRACK_FLOWS: usize = 16384;
 
@@ -229,7 +231,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         counters.clone(),
         stop_rx,
     ));
-    let mut sinks: Vec<Box<dyn Sink>> = stdout_sink(&cli).into_iter().collect();
+    // stdout on its own thread behind a bounded queue: a reader that stops reading costs the
+    // queue (counted losses), never the pipeline, the endpoints or signal handling.
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut stdout_output = None;
+    if let Some((name, inner)) = stdout_sink(&cli) {
+        let (queued, output, _detached) = export::queued::spawn(name, inner, OUTPUT_QUEUE)
+            .context("starting the stdout output thread")?;
+        sinks.push(Box::new(queued));
+        stdout_output = Some(output);
+    }
     let mut otlp_task = None;
     if cli.output.contains(&Output::Otlp) {
         let config = export::otlp::OtlpConfig {
@@ -264,10 +275,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         Box::new(export::Fanout(sinks))
     };
+    let mut losses = LossTracker::new(Box::new(kernel_losses), counters);
+    if let Some(output) = &stdout_output {
+        losses.watch_output(output.clone());
+    }
     let stages = Stages {
         enricher: Enricher::new(node.clone()),
         sink,
-        losses: LossTracker::new(Box::new(kernel_losses), counters),
+        losses,
+        drain_for: cli.shutdown_timeout / 2,
         loss_interval: cli.loss_interval,
         core_join: CoreJoin::new(cli.core_wait, CORE_JOIN_CAPACITY),
         wasm: WasmAssembler::new(
@@ -302,15 +318,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: detaching and draining"),
-        _ = int.recv() => info!("SIGINT: detaching and draining"),
+    // An output that fails (EPIPE: `probe | head -1`) makes the agent unready; when it was the
+    // only output, the agent stops like any member of a shell pipeline, with exit status 1.
+    let mut only_output_gone = None;
+    let mut output_failed = false;
+    loop {
+        let gone = async {
+            match &stdout_output {
+                Some(o) if !output_failed => o.gone.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: detaching and draining"); break }
+            _ = int.recv() => { info!("SIGINT: detaching and draining"); break }
+            () = gone => {
+                output_failed = true;
+                let o = stdout_output.as_ref().expect("only polled with an output");
+                state.set_output_failed(o.name, o.failure().unwrap_or_default());
+                if otlp_task.is_none() {
+                    only_output_gone = Some(o.clone());
+                    break;
+                }
+            }
+        }
     }
     state.set_ready(false);
     // Detach first so nothing new arrives, then drain what the ring buffer holds.
     drop(probe);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(cli.shutdown_timeout, async {
+    let deadline = tokio::time::Instant::now() + cli.shutdown_timeout;
+    let drained = tokio::time::timeout_at(deadline, async {
         reader.await.context("reader task")??;
         for task in conntrack_tasks.into_iter().chain(k8s_tasks) {
             task.await.context("conntrack/kubernetes task")?;
@@ -326,17 +364,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::Ok(())
     })
     .await;
+    // The output thread writes out its queue; a reader that does not read cannot hold the exit.
+    if let Some(o) = &stdout_output
+        && tokio::time::timeout_at(deadline, o.finished.notified())
+            .await
+            .is_err()
+    {
+        let n = o.queued();
+        o.lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        warn!(
+            "output {}: {n} records not written before the shutdown deadline (its reader does \
+             not read); events lost in total: {}",
+            o.name,
+            o.events_lost()
+        );
+    }
+    if let Some(o) = only_output_gone {
+        bail!(
+            "the only output ({}) failed ({}); {} records lost",
+            o.name,
+            o.failure().unwrap_or_default(),
+            o.events_lost()
+        );
+    }
     match drained {
         Ok(result) => result,
         Err(_) => bail!("shutdown did not finish within {:?}", cli.shutdown_timeout),
     }
 }
 
-/// The stdout sink (terminal or JSON), if one was asked for.
-fn stdout_sink(cli: &Cli) -> Option<Box<dyn Sink>> {
+/// The stdout sink (terminal or JSON) and its name, if one was asked for.
+fn stdout_sink(cli: &Cli) -> Option<(&'static str, Box<dyn Sink>)> {
     let out = export::stdout();
     if cli.output.contains(&Output::Json) {
-        return Some(Box::new(JsonSink::new(out)));
+        return Some(("json", Box::new(JsonSink::new(out))));
     }
     if cli.output.contains(&Output::Terminal) {
         let color = match cli.color {
@@ -346,7 +407,7 @@ fn stdout_sink(cli: &Cli) -> Option<Box<dyn Sink>> {
                 std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
             }
         };
-        return Some(Box::new(TerminalSink::new(out, color)));
+        return Some(("terminal", Box::new(TerminalSink::new(out, color))));
     }
     None
 }

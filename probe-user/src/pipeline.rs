@@ -154,6 +154,7 @@ pub struct LossTracker {
     kernel: Box<dyn KernelLosses>,
     counters: Arc<Counters>,
     last: HashMap<(LossSource, u32), u64>,
+    outputs: Vec<Arc<crate::export::queued::Output>>,
 }
 
 impl LossTracker {
@@ -162,7 +163,13 @@ impl LossTracker {
             kernel,
             counters,
             last: HashMap::new(),
+            outputs: Vec::new(),
         }
+    }
+
+    /// Counts what a queued output loses as `source: <its name>`.
+    pub fn watch_output(&mut self, output: Arc<crate::export::queued::Output>) {
+        self.outputs.push(output);
     }
 
     pub fn poll(&mut self) -> Vec<Loss> {
@@ -188,6 +195,13 @@ impl LossTracker {
             NETLINK_SLOT,
             self.counters.netlink_overruns.load(Ordering::Relaxed),
         ));
+        for o in &self.outputs {
+            current.push((
+                LossSource::Output(o.name),
+                u32::MAX,
+                o.lost.load(Ordering::Relaxed),
+            ));
+        }
         current
             .into_iter()
             .filter_map(|(source, slot, total)| {
@@ -234,6 +248,8 @@ pub struct Stages {
     pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
     pub fed_wasm_cgroups: std::collections::HashSet<u64>,
     pub traces: TraceContexts,
+    /// How long the records left at shutdown may wait for room in a queued output.
+    pub drain_for: Duration,
     /// The agent's own HTTP endpoint: its traffic makes no records.
     pub own: Option<crate::enrich::own_traffic::OwnEndpoint>,
     /// The `probe_events_total` counter of each kind (no label allocation per record).
@@ -530,6 +546,10 @@ async fn consume_loop(
             }
         }
     }
+    // The last records and the final loss report wait for room in a queued output.
+    stages
+        .sink
+        .finish(std::time::Instant::now() + stages.drain_for);
     let mut held = stages.core_join.drain();
     let lines = stages.wasm.drain();
     held.extend(stages.wasm_records(lines));

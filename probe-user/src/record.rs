@@ -352,8 +352,7 @@ pub struct Finding {
 }
 
 /// Where events were lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LossSource {
     /// The kernel could not write to the ring buffer (full).
     Ringbuf,
@@ -364,6 +363,14 @@ pub enum LossSource {
     /// The kernel could not queue a conntrack event on the agent's netlink socket (ENOBUFS);
     /// `count` is the number of overruns (each lost one or more events).
     Netlink,
+    /// An output (`json`, `terminal`): its queue was full (nobody read stdout), or it failed.
+    Output(&'static str),
+}
+
+impl Serialize for LossSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 impl LossSource {
@@ -374,6 +381,7 @@ impl LossSource {
             Self::Channel => "channel",
             Self::Decode => "decode",
             Self::Netlink => "netlink",
+            Self::Output(name) => name,
         }
     }
 }

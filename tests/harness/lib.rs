@@ -354,6 +354,30 @@ pub fn print_config(path: &std::path::Path, envs: &[(&str, &str)]) -> Value {
     serde_json::from_slice(&out.stdout).expect("--print-config prints JSON")
 }
 
+/// A loopback address with a port free at this moment (for an agent whose stderr, where it
+/// names its port, is under test).
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// Waits (up to 240 s: old kernels under qemu verify slowly) until the agent spawned as
+/// `child` answers `/health/ready` with 200 at `addr`; panics if it exits first.
+pub fn wait_http_ready(child: &mut Child, addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the probe") {
+            panic!("the agent exited before it was ready: {status}");
+        }
+        if std::net::TcpStream::connect(addr).is_ok() && http_get(addr, "/health/ready").0 == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the agent was never ready");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs the agent binary with `args` to completion (for flags that exit at once).
 pub fn run_probe(args: &[&str]) -> std::process::Output {
     probe_command()

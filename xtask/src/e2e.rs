@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::vm;
+use crate::{
+    tables::{FileResult, parse},
+    vm,
+};
 
 /// One built test executable (a file of `tests/`).
 pub struct TestExe {
@@ -62,52 +65,6 @@ pub fn build(mut cargo: Command, only: Option<&str>) -> Result<Vec<TestExe>> {
     }
     exes.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(exes)
-}
-
-/// What one test file did on one kernel.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct FileResult {
-    pub passed: u32,
-    pub failed: u32,
-    /// Tests that printed "unsupported on this kernel" (and did not assert that part).
-    pub unsupported: u32,
-    /// The executable did not print a result line (crash, timeout).
-    pub broken: bool,
-}
-
-impl FileResult {
-    pub fn ok(&self) -> bool {
-        !self.broken && self.failed == 0
-    }
-}
-
-/// Reads libtest's output of one executable.
-pub fn parse(output: &str) -> FileResult {
-    let mut r = FileResult {
-        broken: true,
-        ..FileResult::default()
-    };
-    for line in output.lines() {
-        if line.contains("unsupported on this kernel") {
-            r.unsupported += 1;
-        }
-        if let Some(rest) = line.trim().strip_prefix("test result: ") {
-            r.broken = false;
-            for part in rest.split([';', '.']) {
-                let mut words = part.split_whitespace();
-                if let (Some(n), Some(what)) = (words.next(), words.next())
-                    && let Ok(n) = n.parse::<u32>()
-                {
-                    match what {
-                        "passed" => r.passed += n,
-                        "failed" => r.failed += n,
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-    r
 }
 
 /// Environment of the test executables (absolute paths: the guest shares this root).
@@ -274,70 +231,6 @@ pub fn check_kernel_host(env: &Env) -> String {
         .unwrap_or_default()
 }
 
-/// The hook per capability from a `--check-kernel` table (columns split by two spaces).
-fn hooks_of(table: &str) -> BTreeMap<String, String> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut cols = line.split("  ").map(str::trim).filter(|c| !c.is_empty());
-            let capability = cols.next()?;
-            let hook = cols.next()?;
-            (!capability.contains(' ')).then(|| (capability.to_owned(), hook.to_owned()))
-        })
-        .collect()
-}
-
-fn short_hook(hook: &str) -> String {
-    hook.replace(" (field reason)", "")
-        .replace("tracepoint syscalls:", "tp ")
-        .replace("tracepoint tcp:", "tp ")
-        .replace(" + ", "+")
-}
-
-/// capability x kernel: the hook each kernel's `--check-kernel` chose.
-pub fn hook_summary(columns: &[(String, String)]) -> String {
-    let tables: Vec<BTreeMap<String, String>> = columns.iter().map(|(_, t)| hooks_of(t)).collect();
-    // Each column as wide as its longest hook name or kernel release.
-    let widths: Vec<usize> = columns
-        .iter()
-        .zip(&tables)
-        .map(|((kernel, _), t)| {
-            t.values()
-                .map(|h| short_hook(h).len())
-                .chain([kernel.len(), 4])
-                .max()
-                .unwrap_or(4)
-        })
-        .collect();
-    let mut out = String::from("\nhooks per kernel (probe --check-kernel)\n");
-    let _ = write!(out, "{:<20}", "capability");
-    for ((kernel, _), w) in columns.iter().zip(&widths) {
-        let _ = write!(out, " {kernel:<w$}");
-    }
-    out.push('\n');
-    // The first column's order is the table's order.
-    let order: Vec<String> = columns
-        .first()
-        .map(|(_, t)| {
-            t.lines()
-                .skip(1)
-                .filter_map(|l| l.split("  ").next().map(str::trim).map(str::to_owned))
-                .filter(|c| !c.is_empty() && !c.contains(' '))
-                .collect()
-        })
-        .unwrap_or_default();
-    for capability in order {
-        let _ = write!(out, "{capability:<20}");
-        for (t, w) in tables.iter().zip(&widths) {
-            let hook = t.get(&capability).map_or("?".to_owned(), |h| short_hook(h));
-            let _ = write!(out, " {hook:<w$}");
-        }
-        out.push('\n');
-    }
-    out
-}
-
 /// Boots `kernel` and runs the executables inside; results per file from their logs. A guest
 /// that hung or died leaves the files it did not finish BROKEN, with the console's last lines
 /// and every kernel complaint printed.
@@ -386,93 +279,4 @@ pub fn run_vm(
         );
     }
     Ok((results, check))
-}
-
-/// The summary: one row per test file, one column per kernel.
-pub fn summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> (String, bool) {
-    let mut files: Vec<&String> = columns.iter().flat_map(|(_, r)| r.keys()).collect();
-    files.sort();
-    files.dedup();
-    let mut out =
-        String::from("\nroot e2e summary (passed/total, U = unsupported on this kernel)\n");
-    let _ = write!(out, "{:<22}", "test file");
-    for (kernel, _) in columns {
-        let _ = write!(out, " {kernel:>24}");
-    }
-    out.push('\n');
-    let mut all_ok = true;
-    for file in files {
-        let _ = write!(out, "{file:<22}");
-        for (_, results) in columns {
-            let cell = match results.get(file) {
-                None => "-".to_owned(),
-                Some(r) if r.broken => {
-                    all_ok = false;
-                    "BROKEN".to_owned()
-                }
-                Some(r) => {
-                    all_ok &= r.ok();
-                    let mut c = format!("{}/{}", r.passed, r.passed + r.failed);
-                    if r.unsupported > 0 {
-                        let _ = write!(c, " {}U", r.unsupported);
-                    }
-                    if r.failed > 0 {
-                        c.push_str(" FAIL");
-                    }
-                    c
-                }
-            };
-            let _ = write!(out, " {cell:>24}");
-        }
-        out.push('\n');
-    }
-    (out, all_ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_libtest_output() {
-        let out = "running 3 tests\n\
-                   !!!!! x: unsupported on this kernel: no hook !!!!!\n\
-                   test a ... ok\n\
-                   test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.0s\n";
-        assert_eq!(
-            parse(out),
-            FileResult {
-                passed: 2,
-                failed: 1,
-                unsupported: 1,
-                broken: false
-            }
-        );
-        assert!(parse("running 1 test\nthread panicked").broken);
-    }
-
-    #[test]
-    fn summary_marks_failures() {
-        let ok = FileResult {
-            passed: 2,
-            ..FileResult::default()
-        };
-        let bad = FileResult {
-            passed: 1,
-            failed: 1,
-            ..FileResult::default()
-        };
-        let cols = vec![
-            (
-                "host".to_owned(),
-                BTreeMap::from([("a".to_owned(), ok.clone())]),
-            ),
-            ("6.1".to_owned(), BTreeMap::from([("a".to_owned(), bad)])),
-        ];
-        let (text, all_ok) = summary(&cols);
-        assert!(!all_ok);
-        assert!(text.contains("1/2 FAIL"), "{text}");
-        let (_, all_ok) = summary(&cols[..1]);
-        assert!(all_ok);
-    }
 }

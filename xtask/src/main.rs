@@ -5,6 +5,7 @@ mod bench;
 mod bench_net;
 mod e2e;
 mod setup;
+mod tables;
 mod vm;
 
 use std::{
@@ -227,9 +228,9 @@ fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
         }
     }
     if root {
-        println!("{}", e2e::hook_summary(&hooks));
+        println!("{}", tables::hook_summary(&hooks));
     }
-    let (table, all_ok) = e2e::summary(&results);
+    let (table, all_ok) = tables::summary(&results);
     println!("{table}");
     if !all_ok {
         bail!("root end-to-end tests failed (see the table above)");

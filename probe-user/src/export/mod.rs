@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod otlp;
+pub mod queued;
 pub mod terminal;
 
 use std::io::{self, Write};
@@ -14,6 +15,9 @@ pub use self::{json::JsonSink, terminal::TerminalSink};
 pub trait Sink: Send {
     fn write(&mut self, record: &Record) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+    /// Shutdown: the records still to come (the last ones, the final loss report) may wait
+    /// for room until `deadline` instead of being dropped.
+    fn finish(&mut self, _deadline: std::time::Instant) {}
 }
 
 /// Several sinks at once (stdout and OTLP).
@@ -32,6 +36,12 @@ impl Sink for Fanout {
             s.flush()?;
         }
         Ok(())
+    }
+
+    fn finish(&mut self, deadline: std::time::Instant) {
+        for s in &mut self.0 {
+            s.finish(deadline);
+        }
     }
 }
 

@@ -218,6 +218,7 @@ pub struct AgentState {
     exporter: Mutex<ExporterReport>,
     config: serde_json::Value,
     ready: AtomicBool,
+    output_failed: AtomicBool,
     conntrack: Mutex<Vec<crate::conntrack::WatchReport>>,
     kubernetes: Mutex<Option<std::sync::Arc<crate::enrich::k8s::K8sCache>>>,
 }
@@ -236,6 +237,7 @@ impl AgentState {
             }),
             config,
             ready: AtomicBool::new(false),
+            output_failed: AtomicBool::new(false),
             conntrack: Mutex::new(Vec::new()),
             kubernetes: Mutex::new(None),
         }
@@ -282,7 +284,13 @@ impl AgentState {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && !self.output_failed.load(Ordering::Relaxed)
+    }
+
+    /// An output the user asked for is dead: not ready from now on, and the status says why.
+    pub fn set_output_failed(&self, name: &str, error: &str) {
+        self.output_failed.store(true, Ordering::Relaxed);
+        self.set_exporter_state("failed", Some(format!("output {name}: {error}")));
     }
 
     pub fn set_exporter_state(&self, state: &str, error: Option<String>) {

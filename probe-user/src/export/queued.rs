@@ -1,0 +1,391 @@
+//! A sink on its own OS thread behind a bounded queue: a stdout nobody reads (`probe | (sleep
+//! 40)`) blocks that thread only, never the pipeline, the HTTP endpoints or signal handling.
+//! A full queue drops the record and counts it as lost for this output; an output that fails
+//! (EPIPE: `probe | head -1`) is said once as an ERROR, and every later record is counted as
+//! lost for it; the agent is told through [`Output::gone`].
+
+use std::{
+    io,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, SyncSender, TrySendError},
+    },
+    thread,
+};
+
+use tracing::error;
+
+use super::Sink;
+use crate::record::{Body, Record};
+
+/// The events a record stands for when it is lost: a `loss` record carries the count of
+/// events lost somewhere, which would otherwise vanish with it (and is no event itself); any
+/// other record is one event.
+fn weight(record: &Record) -> u64 {
+    match &record.body {
+        Body::Loss(loss) => loss.count,
+        _ => 1,
+    }
+}
+
+/// What the rest of the agent sees of one queued output.
+pub struct Output {
+    /// `json` or `terminal`: the `source` of its loss records.
+    pub name: &'static str,
+    /// What the loss reports read: events this output lost (records that found the queue
+    /// full or the output failed), plus the counts of lost `loss` records, so the events they
+    /// reported are reported again.
+    pub lost: AtomicU64,
+    /// The part of `lost` that re-reports this output's own earlier losses.
+    reported_again: AtomicU64,
+    /// Records in its queue.
+    queued: AtomicU64,
+    /// Why the output failed, once it has.
+    failed: OnceLock<String>,
+    /// Notified once, when the output fails.
+    pub gone: tokio::sync::Notify,
+    /// Notified once, when the thread has written out its queue and ended.
+    pub finished: tokio::sync::Notify,
+}
+
+impl Output {
+    /// Events this output lost (each once).
+    pub fn events_lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed) - self.reported_again.load(Ordering::Relaxed)
+    }
+
+    /// Whether `record` reports this output's own losses.
+    fn is_own_report(&self, record: &Record) -> bool {
+        matches!(&record.body, Body::Loss(loss)
+            if loss.source == crate::record::LossSource::Output(self.name))
+    }
+
+    /// Counts `record` as lost here.
+    fn lose(&self, record: &Record) {
+        let n = weight(record);
+        if self.is_own_report(record) {
+            self.reported_again.fetch_add(n, Ordering::Relaxed);
+        }
+        self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts what was written but not flushed as lost here.
+    fn lose_unflushed(&self, u: &mut Unflushed) {
+        self.lost
+            .fetch_add(u.events + u.reported + u.own, Ordering::Relaxed);
+        self.reported_again.fetch_add(u.own, Ordering::Relaxed);
+        *u = Unflushed::default();
+    }
+
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Records still in the queue (not written, not counted as lost).
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, error: &io::Error) {
+        if self.failed.set(error.to_string()).is_ok() {
+            error!(
+                output = self.name,
+                "output {} failed: {error}; its records are counted as lost from now on", self.name
+            );
+            self.gone.notify_one();
+        }
+    }
+}
+
+enum Msg {
+    Record(Box<Record>),
+    Flush,
+}
+
+/// What the inner sink accepted since its last successful flush, by what losing it means.
+#[derive(Default)]
+struct Unflushed {
+    /// Records of events.
+    events: u64,
+    /// Counts carried by loss records of other sources.
+    reported: u64,
+    /// Counts carried by loss records of this output.
+    own: u64,
+}
+
+impl Unflushed {
+    fn add(&mut self, out: &Output, record: &Record) {
+        match &record.body {
+            Body::Loss(l) if out.is_own_report(record) => self.own += l.count,
+            Body::Loss(l) => self.reported += l.count,
+            _ => self.events += 1,
+        }
+    }
+}
+
+fn flush(inner: &mut dyn Sink, out: &Output, unflushed: &mut Unflushed) {
+    if out.failure().is_some() {
+        return;
+    }
+    match inner.flush() {
+        Ok(()) => *unflushed = Unflushed::default(),
+        Err(e) => {
+            out.lose_unflushed(unflushed);
+            out.fail(&e);
+        }
+    }
+}
+
+/// The pipeline's end of a queued output.
+pub struct QueuedSink {
+    tx: SyncSender<Msg>,
+    output: Arc<Output>,
+    /// At shutdown: wait for room in the queue until then instead of dropping (the last
+    /// records, the final loss report, must not be lost to a queue the reader is draining).
+    wait_until: Option<std::time::Instant>,
+}
+
+/// Starts `inner` on its own thread behind a queue of `capacity` records. The thread ends
+/// when the [`QueuedSink`] is dropped and the queue is written out (or the output failed).
+pub fn spawn(
+    name: &'static str,
+    mut inner: Box<dyn Sink>,
+    capacity: usize,
+) -> io::Result<(QueuedSink, Arc<Output>, thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
+    let output = Arc::new(Output {
+        name,
+        lost: AtomicU64::new(0),
+        reported_again: AtomicU64::new(0),
+        queued: AtomicU64::new(0),
+        failed: OnceLock::new(),
+        gone: tokio::sync::Notify::new(),
+        finished: tokio::sync::Notify::new(),
+    });
+    let out = output.clone();
+    let thread = thread::Builder::new()
+        .name(format!("output-{name}"))
+        .spawn(move || {
+            // Records accepted by the inner sink since its last successful flush: buffered,
+            // so lost (and counted) if the flush fails.
+            let mut unflushed = Unflushed::default();
+            for msg in rx {
+                match msg {
+                    Msg::Record(record) => {
+                        out.queued.fetch_sub(1, Ordering::Relaxed);
+                        if out.failure().is_some() {
+                            out.lose(&record);
+                        } else if let Err(e) = inner.write(&record) {
+                            out.lose(&record);
+                            out.lose_unflushed(&mut unflushed);
+                            out.fail(&e);
+                        } else {
+                            unflushed.add(&out, &record);
+                        }
+                    }
+                    Msg::Flush => flush(&mut *inner, &out, &mut unflushed),
+                }
+            }
+            flush(&mut *inner, &out, &mut unflushed);
+            out.finished.notify_one();
+        })?;
+    Ok((
+        QueuedSink {
+            tx,
+            output: output.clone(),
+            wait_until: None,
+        },
+        output,
+        thread,
+    ))
+}
+
+impl Sink for QueuedSink {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        let out = &self.output;
+        if out.failure().is_some() {
+            out.lose(record);
+            return Ok(());
+        }
+        out.queued.fetch_add(1, Ordering::Relaxed);
+        let mut msg = Msg::Record(Box::new(record.clone()));
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back))
+                    if self
+                        .wait_until
+                        .is_some_and(|t| std::time::Instant::now() < t) =>
+                {
+                    msg = back;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => {
+                    out.queued.fetch_sub(1, Ordering::Relaxed);
+                    out.lose(record);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, deadline: std::time::Instant) {
+        self.wait_until = Some(deadline);
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // A full queue is being written anyway; the writer flushes when it runs empty too.
+        let _ = self.tx.try_send(Msg::Flush);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Condvar, Mutex},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::export::terminal::tests::{loss_record, reset_record};
+
+    /// Closed (None) or open for success (true) or failure (false).
+    type Latch = Arc<(Mutex<Option<bool>>, Condvar)>;
+
+    /// A sink that blocks until released, then fails or succeeds.
+    struct Gate {
+        open: Latch,
+        written: Arc<AtomicU64>,
+    }
+
+    impl Sink for Gate {
+        fn write(&mut self, _: &Record) -> io::Result<()> {
+            let (lock, cv) = &*self.open;
+            let mut g = lock.lock().unwrap();
+            while g.is_none() {
+                g = cv.wait(g).unwrap();
+            }
+            if *g == Some(false) {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            self.written.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn gate() -> (Gate, Latch, Arc<AtomicU64>) {
+        let open = Arc::new((Mutex::new(None), Condvar::new()));
+        let written = Arc::new(AtomicU64::new(0));
+        (
+            Gate {
+                open: open.clone(),
+                written: written.clone(),
+            },
+            open,
+            written,
+        )
+    }
+
+    fn release(open: &(Mutex<Option<bool>>, Condvar), ok: bool) {
+        *open.0.lock().unwrap() = Some(ok);
+        open.1.notify_all();
+    }
+
+    #[test]
+    fn a_blocked_output_costs_the_queue_then_counts_not_blocks() {
+        let (g, open, written) = gate();
+        let (mut sink, out, thread) = spawn("json", Box::new(g), 4).unwrap();
+        let record = reset_record();
+        // Returns at once every time although nothing is written: one record held by the
+        // blocked writer, four queued, the rest counted.
+        for _ in 0..20 {
+            sink.write(&record).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            out.lost.load(Ordering::Relaxed) >= 15,
+            "{}",
+            out.lost.load(Ordering::Relaxed)
+        );
+        release(&open, true);
+        drop(sink);
+        thread.join().unwrap();
+        assert_eq!(
+            written.load(Ordering::Relaxed) + out.lost.load(Ordering::Relaxed),
+            20
+        );
+        assert_eq!(out.queued(), 0);
+        assert!(out.failure().is_none());
+    }
+
+    #[test]
+    fn a_dropped_loss_record_hands_its_count_on() {
+        let (g, open, written) = gate();
+        let (mut sink, out, thread) = spawn("json", Box::new(g), 1).unwrap();
+        sink.write(&reset_record()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // The writer holds the first record; the second fills the queue.
+        sink.write(&reset_record()).unwrap();
+        // A loss record reporting 17 lost events finds the queue full: the 17 are this
+        // output's losses now (the record itself is no event).
+        sink.write(&loss_record()).unwrap();
+        assert_eq!(out.lost.load(Ordering::Relaxed), 17);
+        release(&open, true);
+        drop(sink);
+        thread.join().unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), 2);
+    }
+
+    /// Buffers every write (Ok) and fails to flush, as a BufWriter on a closed pipe does.
+    struct FailingFlush;
+
+    impl Sink for FailingFlush {
+        fn write(&mut self, _: &Record) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    #[test]
+    fn records_buffered_when_the_flush_fails_are_counted() {
+        let (mut sink, out, thread) = spawn("json", Box::new(FailingFlush), 64).unwrap();
+        let record = reset_record();
+        for _ in 0..5 {
+            sink.write(&record).unwrap();
+        }
+        sink.flush().unwrap();
+        for _ in 0..3 {
+            sink.write(&record).unwrap();
+        }
+        drop(sink);
+        thread.join().unwrap();
+        assert_eq!(out.lost.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn a_failed_output_is_said_once_and_counts_every_later_record() {
+        let (g, open, written) = gate();
+        release(&open, false);
+        let (mut sink, out, thread) = spawn("json", Box::new(g), 64).unwrap();
+        let record = reset_record();
+        for _ in 0..10 {
+            sink.write(&record).unwrap();
+        }
+        drop(sink);
+        thread.join().unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), 0);
+        assert_eq!(out.lost.load(Ordering::Relaxed), 10);
+        assert!(
+            out.failure().unwrap().contains("roken pipe"),
+            "{:?}",
+            out.failure()
+        );
+    }
+}
