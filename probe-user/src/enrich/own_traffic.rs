@@ -35,7 +35,9 @@ impl OwnEndpoint {
 
     fn is_listener(&self, addr: IpAddr, port: u16) -> bool {
         port == self.listen.port()
-            && (self.listen.ip().is_unspecified() || canonical(addr) == canonical(self.listen.ip()))
+            // IPv4-mapped IPv6 as IPv4: a dual-stack listener sees both forms.
+            && (self.listen.ip().is_unspecified()
+                || addr.to_canonical() == self.listen.ip().to_canonical())
     }
 
     /// Whether an event with this netns and body belongs to the agent's endpoint.
@@ -51,14 +53,6 @@ impl OwnEndpoint {
             _ => return false,
         };
         self.is_listener(s, sport) || self.is_listener(d, dport)
-    }
-}
-
-/// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack listener sees both forms).
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

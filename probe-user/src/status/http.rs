@@ -54,7 +54,8 @@ async fn status(
     State(state): State<Arc<AgentState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> axum::response::Response {
-    if !is_loopback(peer.ip()) {
+    // IPv4-mapped IPv6 as IPv4: a `[::]` listener sees IPv4 clients as ::ffff:a.b.c.d.
+    if !peer.ip().to_canonical().is_loopback() {
         return (
             StatusCode::FORBIDDEN,
             "/health/status answers loopback clients only: use kubectl port-forward or \
@@ -63,15 +64,6 @@ async fn status(
             .into_response();
     }
     Json(state.status()).into_response()
-}
-
-fn is_loopback(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
-        v4 => v4.is_loopback(),
-    }
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
