@@ -38,17 +38,6 @@ fn spawn(addr: SocketAddr) -> Child {
         .expect("spawning the probe")
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, start.elapsed());
-        }
-        assert!(start.elapsed() < limit, "no exit within {limit:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn stderr_of(child: &mut Child) -> thread::JoinHandle<String> {
     let mut stderr = child.stderr.take().unwrap();
     thread::spawn(move || {
@@ -112,7 +101,7 @@ fn a_stdout_nobody_reads_holds_nothing_and_loses_nothing_uncounted() {
             .map_while(Result::ok)
             .collect::<Vec<String>>()
     });
-    let (status, took) = wait_exit(&mut child, Duration::from_secs(30));
+    let (status, took) = wait_child_exit(&mut child, Duration::from_secs(30));
     let records: Vec<Value> = reader
         .join()
         .expect("the stdout reader")
@@ -169,7 +158,7 @@ fn a_reader_that_goes_away_stops_the_agent_and_the_losses_are_said() {
     for _ in 0..CONNECTS {
         refused_connect(ip, port);
     }
-    let (status, _) = wait_exit(&mut child, Duration::from_secs(60));
+    let (status, _) = wait_child_exit(&mut child, Duration::from_secs(60));
     let log = log.join().unwrap();
     assert_eq!(status.code(), Some(1), "{status}:\n{log}");
     let failures: Vec<&str> = log

@@ -79,16 +79,6 @@ fn a_closed_stderr_loses_log_lines_not_the_agent() {
     assert_eq!(http_get(addr, "/health/live").0, 200);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, _) = wait_child_exit(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{status} (101 is a panic)");
 }

@@ -193,28 +193,27 @@ impl Probe {
         mut self,
         limit: Duration,
     ) -> (std::process::ExitStatus, Duration, Vec<Value>) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for the probe") {
-                break status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the probe did not exit within {limit:?}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        let took = start.elapsed();
+        let (status, took, all, log) = self.exited(limit);
+        if !status.success() {
+            let _ = writeln!(std::io::stderr(), "probe log:\n{log}");
+        }
+        (status, took, all)
+    }
+
+    /// Waits (up to `limit`) for the exit; returns the status, how long it took, every record
+    /// and the whole log.
+    fn exited(
+        &mut self,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Duration, Vec<Value>, String) {
+        let (status, took) = wait_child_exit(&mut self.child, limit);
         if let Some(reader) = self.stdout.take() {
             reader.join().expect("the stdout reader panicked");
         }
         let log = self.log();
-        if !status.success() {
-            let _ = writeln!(std::io::stderr(), "probe log:\n{log}");
-        }
         let mut all = std::mem::take(&mut self.seen);
         all.extend(self.records.try_iter());
-        (status, took, all)
+        (status, took, all, log)
     }
 
     /// Waits (up to 10 s) for a record satisfying `until`, then stops the agent and returns
@@ -262,23 +261,7 @@ impl Probe {
     /// whole log (stderr).
     pub fn stop_with_log(mut self) -> (std::process::ExitStatus, Vec<Value>, String) {
         self.terminate();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for the probe") {
-                break status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the probe did not exit"
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        if let Some(reader) = self.stdout.take() {
-            reader.join().expect("the stdout reader panicked");
-        }
-        let log = self.log();
-        let mut all = std::mem::take(&mut self.seen);
-        all.extend(self.records.try_iter());
+        let (status, _, all, log) = self.exited(Duration::from_secs(30));
         (status, all, log)
     }
 
@@ -352,6 +335,22 @@ pub fn print_config(path: &std::path::Path, envs: &[(&str, &str)]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("--print-config prints JSON")
+}
+
+/// Waits (up to `limit`, else panics) for `child` to exit; returns its status and how long
+/// that took.
+pub fn wait_child_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the probe") {
+            return (status, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the probe did not exit within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A loopback address with a port free at this moment (for an agent whose stderr, where it
