@@ -105,6 +105,60 @@ fn reset_span_and_wasm_log_over_http() {
     export_once("http/protobuf");
 }
 
+/// https:// collectors, verified against the CA in SSL_CERT_FILE (as the image sets it).
+fn reset_span_over_tls(protocol: &str) {
+    let dir = TempDir::new(&format!("otlp-tls-{protocol}"));
+    let ca = tls_certificates(&dir.0);
+    let mut receiver = OtlpReceiver::start_tls(env!("CARGO_BIN_EXE_otlp_receiver"), &dir.0);
+    let (endpoint, transport) = match protocol {
+        "grpc" => (format!("https://{}", receiver.grpc), "grpcs"),
+        _ => (format!("https://{}", receiver.http), "https"),
+    };
+    let mut probe = Probe::start_with_env(
+        &[
+            "--output",
+            "json,otlp",
+            "--otlp-protocol",
+            protocol,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+    );
+    let pair = LingerPair::connect();
+    let (client_port, server_port) = (pair.client_port, pair.server_port);
+    let _server_end = pair.reset();
+    probe
+        .wait_for(WAIT, |r| {
+            r["kind"] == "tcp_reset" && r["direction"] == "sent" && r["sport"] == client_port
+        })
+        .expect("the reset record");
+    let span = receiver.wait_for("the reset span over TLS", |s| {
+        s["signal"] == "span"
+            && s["name"] == "tcp.reset.sent"
+            && s["attributes"]["network.local.port"] == client_port
+    });
+    probe.stop();
+    assert_eq!(span["transport"], transport);
+    assert_eq!(span["attributes"]["network.peer.port"], server_port);
+}
+
+#[test]
+fn reset_span_over_grpc_with_tls() {
+    if !require_root("otlp_export::reset_span_over_grpc_with_tls") {
+        return;
+    }
+    reset_span_over_tls("grpc");
+}
+
+#[test]
+fn reset_span_over_http_with_tls() {
+    if !require_root("otlp_export::reset_span_over_http_with_tls") {
+        return;
+    }
+    reset_span_over_tls("http/protobuf");
+}
+
 fn metric(addr: std::net::SocketAddr, name: &str, signal: &str) -> u64 {
     let (_, _, body) = http_get(addr, "/metrics");
     body.lines()

@@ -150,11 +150,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The endpoints come up first, so a failing load is visible in /health/status too.
     let (http, listening) = match cli.http_addr.0 {
         Some(addr) => {
-            let (local, serve) = status::http::bind(addr, state.clone(), stop_rx.clone()).await?;
+            let (local, done) = status::http::spawn(addr, state.clone(), stop_rx.clone())?;
             info!(
                 "http: listening on {local} (/health/live, /health/ready, /health/status, /metrics)"
             );
-            (Some(tokio::spawn(serve)), Some(local))
+            (Some(done), Some(local))
         }
         None => (None, None),
     };
@@ -359,7 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             task.await.context("otlp export task")?;
         }
         if let Some(http) = http {
-            http.await.context("http task")??;
+            http.await.context("http thread")??;
         }
         anyhow::Ok(())
     })

@@ -2,6 +2,8 @@
 //! opentelemetry-proto server stubs) and over HTTP/protobuf (POST /v1/traces, /v1/logs, decoded
 //! with prost). Every span and log record received is printed as one JSON line on stdout; the
 //! first line is `{"grpc":"ADDR","http":"ADDR"}`. Usage: otlp_receiver [GRPC_PORT HTTP_PORT].
+//! With `OTLP_RECEIVER_TLS=DIR` (DIR/cert.pem: the server's chain, DIR/key.pem) both listen
+//! with TLS only and name their transport `grpcs` / `https`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -92,7 +94,8 @@ fn print_logs(req: &ExportLogsServiceRequest, transport: &str) {
     let _ = out.flush();
 }
 
-struct Receiver;
+/// The transport name printed with each span and log record.
+struct Receiver(&'static str);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -100,7 +103,7 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        print_traces(request.get_ref(), "grpc");
+        print_traces(request.get_ref(), self.0);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -111,17 +114,55 @@ impl LogsService for Receiver {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        print_logs(request.get_ref(), "grpc");
+        print_logs(request.get_ref(), self.0);
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 
+/// The server's certificate chain and key, when TLS is asked for.
+fn tls_files() -> Option<(Vec<u8>, Vec<u8>)> {
+    let dir = std::path::PathBuf::from(std::env::var_os("OTLP_RECEIVER_TLS")?);
+    Some((
+        std::fs::read(dir.join("cert.pem")).expect("cert.pem"),
+        std::fs::read(dir.join("key.pem")).expect("key.pem"),
+    ))
+}
+
+fn rustls_config((cert, key): &(Vec<u8>, Vec<u8>)) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert.pem");
+    let key = PrivateKeyDer::from_pem_slice(key).expect("key.pem");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate"),
+    )
+}
+
 /// HTTP/1.1 POST /v1/traces | /v1/logs with a protobuf body.
-fn serve_http(listener: TcpListener) {
+fn serve_http(listener: TcpListener, tls: Option<std::sync::Arc<rustls::ServerConfig>>) {
     for conn in listener.incoming().flatten() {
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-            let mut conn = conn;
+        let tls = tls.clone();
+        std::thread::spawn(move || match tls {
+            Some(config) => {
+                let session = rustls::ServerConnection::new(config).expect("TLS session");
+                handle_http(rustls::StreamOwned::new(session, conn), "https");
+            }
+            None => handle_http(conn, "http"),
+        });
+    }
+}
+
+fn handle_http<S: Read + Write>(stream: S, transport: &str) {
+    {
+        {
+            let mut reader = BufReader::new(stream);
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -150,7 +191,7 @@ fn serve_http(listener: TcpListener) {
                 let (status, reply) = match path.as_str() {
                     "/v1/traces" => match ExportTraceServiceRequest::decode(body.as_slice()) {
                         Ok(req) => {
-                            print_traces(&req, "http");
+                            print_traces(&req, transport);
                             (
                                 "200 OK",
                                 ExportTraceServiceResponse::default().encode_to_vec(),
@@ -160,7 +201,7 @@ fn serve_http(listener: TcpListener) {
                     },
                     "/v1/logs" => match ExportLogsServiceRequest::decode(body.as_slice()) {
                         Ok(req) => {
-                            print_logs(&req, "http");
+                            print_logs(&req, transport);
                             (
                                 "200 OK",
                                 ExportLogsServiceResponse::default().encode_to_vec(),
@@ -174,15 +215,17 @@ fn serve_http(listener: TcpListener) {
                     "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
                     reply.len()
                 );
+                let conn = reader.get_mut();
                 if conn
                     .write_all(head.as_bytes())
                     .and_then(|()| conn.write_all(&reply))
+                    .and_then(|()| conn.flush())
                     .is_err()
                 {
                     return;
                 }
             }
-        });
+        }
     }
 }
 
@@ -197,14 +240,26 @@ async fn main() {
         "{}",
         json!({"grpc": grpc_addr.to_string(), "http": http.local_addr().unwrap().to_string()})
     );
-    std::thread::spawn(move || serve_http(http));
+    let tls = tls_files();
+    let http_tls = tls.as_ref().map(rustls_config);
+    std::thread::spawn(move || serve_http(http, http_tls));
     grpc.set_nonblocking(true).unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(
         tokio::net::TcpListener::from_std(grpc).unwrap(),
     );
-    tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(Receiver))
-        .add_service(LogsServiceServer::new(Receiver))
+    let mut server = tonic::transport::Server::builder();
+    let transport = if let Some((cert, key)) = &tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .expect("gRPC TLS");
+        "grpcs"
+    } else {
+        "grpc"
+    };
+    server
+        .add_service(TraceServiceServer::new(Receiver(transport)))
+        .add_service(LogsServiceServer::new(Receiver(transport)))
         .serve_with_incoming(incoming)
         .await
         .expect("grpc server");

@@ -390,7 +390,8 @@ mod kube_fake;
 mod net;
 mod netns;
 mod otlp;
+mod podman;
 mod process;
 mod wasm;
 
-pub use self::{kube_fake::*, net::*, netns::*, otlp::*, process::*, wasm::*};
+pub use self::{kube_fake::*, net::*, netns::*, otlp::*, podman::*, process::*, wasm::*};

@@ -23,7 +23,20 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// `bin`: `env!("CARGO_BIN_EXE_otlp_receiver")` of the test.
     pub fn start(bin: &str, ports: Option<(u16, u16)>) -> Self {
+        Self::start_with(bin, ports, None)
+    }
+
+    /// The receiver with TLS on both endpoints; `dir` holds cert.pem and key.pem
+    /// ([`tls_certificates`]).
+    pub fn start_tls(bin: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(bin, None, Some(dir))
+    }
+
+    fn start_with(bin: &str, ports: Option<(u16, u16)>, tls: Option<&std::path::Path>) -> Self {
         let mut cmd = Command::new(bin);
+        if let Some(dir) = tls {
+            cmd.env("OTLP_RECEIVER_TLS", dir);
+        }
         if let Some((g, h)) = ports {
             cmd.args([g.to_string(), h.to_string()]);
         }
@@ -81,4 +94,71 @@ impl Drop for OtlpReceiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl CLI in
+/// `dir`: cert.pem and key.pem for the receiver; returns the CA certificate's path (what a
+/// client trusts through SSL_CERT_FILE).
+pub fn tls_certificates(dir: &std::path::Path) -> std::path::PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl CLI");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+            &["-subj", "/CN=probe test CA", "-days", "2"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "key.pem", "-out", "server.csr"],
+            &["-subj", "/CN=127.0.0.1"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    dir.join("ca.pem")
 }

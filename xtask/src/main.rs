@@ -4,6 +4,7 @@
 mod bench;
 mod bench_net;
 mod e2e;
+mod image;
 mod setup;
 mod tables;
 mod vm;
@@ -41,6 +42,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the DaemonSet's image (buildah, `FROM scratch`, no registry): into the local
+    /// containers storage as node-probe:VERSION and into target/image/node-probe-VERSION.tar.
+    Image,
     /// Unit tests, then the root end-to-end tests against the real kernel.
     Test {
         /// A root test file stem (e.g. `tcp_send_reset`, runs only that file), or a filter on
@@ -58,6 +62,19 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup().map(drop),
         Cmd::Run { args } => run(&args),
+        Cmd::Image => {
+            let route = setup::setup()?;
+            let agent = build_agent(&route)?;
+            let built = image::build(&root_dir(), &target_dir(), &agent, image::Storage::Machine)?;
+            println!(
+                "image {} ({:.1} MB) in the local containers storage (podman/buildah images)\n\
+                 archive: {} (kind load image-archive, k3s ctr images import, docker load)",
+                built.reference,
+                built.bytes as f64 / 1e6,
+                built.archive.display()
+            );
+            Ok(())
+        }
         Cmd::Test { filter, kernels } => test(filter.as_deref(), &kernels),
         Cmd::Bench { quick } => {
             let route = setup::setup()?;
@@ -176,15 +193,46 @@ fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
     // reset on the node.
     let bin = build_agent(&route)?;
     let exes = e2e::build(cargo(&route), e2e_file)?;
-    let env = e2e::Env {
-        vars: vec![
-            ("PROBE_BIN".into(), bin.display().to_string()),
-            ("WASMTIME_BIN".into(), wasmtime.display().to_string()),
+    // The image the daemonset test runs with podman, built like `cargo xtask image` does, in a
+    // private storage that is removed again (only the archive stays, under target/).
+    let image = if is_root() && e2e_file.is_none_or(|f| f == "daemonset") {
+        setup::apt_install(&["podman", "runc"]).context("installing podman and runc")?;
+        let store = target_dir().join("image").join("test-storage");
+        let built = image::build(
+            &root_dir(),
+            &target_dir(),
+            &bin,
+            image::Storage::Private(store),
+        )?;
+        eprintln!(
+            "xtask: image {} ({:.1} MB): {}",
+            built.reference,
+            built.bytes as f64 / 1e6,
+            built.archive.display()
+        );
+        vec![
+            ("PROBE_IMAGE".to_owned(), built.reference),
             (
-                "PATH".into(),
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+                "PROBE_IMAGE_ARCHIVE".to_owned(),
+                built.archive.display().to_string(),
             ),
-        ],
+        ]
+    } else {
+        Vec::new()
+    };
+    let env = e2e::Env {
+        vars: image
+            .into_iter()
+            .chain([
+                ("PROBE_BIN".into(), bin.display().to_string()),
+                ("WASMTIME_BIN".into(), wasmtime.display().to_string()),
+                (
+                    "PATH".into(),
+                    std::env::var("PATH")
+                        .unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+                ),
+            ])
+            .collect(),
         filter: filter.filter(|_| e2e_file.is_none()).map(str::to_owned),
     };
     let root = is_root();

@@ -11,6 +11,8 @@ pub struct FileResult {
     pub failed: u32,
     /// Tests that printed "unsupported on this kernel" (and did not assert that part).
     pub unsupported: u32,
+    /// Tests that printed "skipped:" (not root, a peer missing) and asserted nothing.
+    pub skipped: u32,
     /// The executable did not print a result line (crash, timeout).
     pub broken: bool,
 }
@@ -30,6 +32,9 @@ pub fn parse(output: &str) -> FileResult {
     for line in output.lines() {
         if line.contains("unsupported on this kernel") {
             r.unsupported += 1;
+        }
+        if line.starts_with("!!!!! ") && line.contains(": skipped: ") {
+            r.skipped += 1;
         }
         if let Some(rest) = line.trim().strip_prefix("test result: ") {
             r.broken = false;
@@ -119,8 +124,9 @@ pub fn summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> (String, b
     let mut files: Vec<&String> = columns.iter().flat_map(|(_, r)| r.keys()).collect();
     files.sort();
     files.dedup();
-    let mut out =
-        String::from("\nroot e2e summary (passed/total, U = unsupported on this kernel)\n");
+    let mut out = String::from(
+        "\nroot e2e summary (passed/total, U = unsupported on this kernel, S = skipped)\n",
+    );
     let _ = write!(out, "{:<22}", "test file");
     for (kernel, _) in columns {
         let _ = write!(out, " {kernel:>24}");
@@ -141,6 +147,9 @@ pub fn summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> (String, b
                     let mut c = format!("{}/{}", r.passed, r.passed + r.failed);
                     if r.unsupported > 0 {
                         let _ = write!(c, " {}U", r.unsupported);
+                    }
+                    if r.skipped > 0 {
+                        let _ = write!(c, " {}S", r.skipped);
                     }
                     if r.failed > 0 {
                         c.push_str(" FAIL");
@@ -163,6 +172,7 @@ mod tests {
     fn parses_libtest_output() {
         let out = "running 3 tests\n\
                    !!!!! x: unsupported on this kernel: no hook !!!!!\n\
+                   !!!!! y: skipped: podman is not installed !!!!!\n\
                    test a ... ok\n\
                    test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.0s\n";
         assert_eq!(
@@ -171,6 +181,7 @@ mod tests {
                 passed: 2,
                 failed: 1,
                 unsupported: 1,
+                skipped: 1,
                 broken: false
             }
         );

@@ -15,7 +15,10 @@ use axum::{
     routing::get,
 };
 use thiserror::Error;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+};
 
 use super::AgentState;
 
@@ -28,6 +31,52 @@ pub enum HttpError {
     },
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("starting the HTTP thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The endpoints on their own thread and runtime: a kubelet probe is answered while the
+/// event pipeline is busy with a burst (on the agent's runtime it would wait for the
+/// consumer's turn). Returns the bound address and a receiver of the server's end.
+pub fn spawn(
+    addr: SocketAddr,
+    state: Arc<AgentState>,
+    stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, oneshot::Receiver<Result<(), HttpError>>), HttpError> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::sync_channel(1);
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(HttpError::Thread(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match bind(addr, state, stop).await {
+                    Ok((local, serve)) => {
+                        let _ = bound_tx.send(Ok(local));
+                        let _ = done_tx.send(serve.await);
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(HttpError::Thread)?;
+    let local = bound_rx.recv().map_err(|_| {
+        HttpError::Thread(std::io::Error::other(
+            "the HTTP thread ended before binding",
+        ))
+    })??;
+    Ok((local, done_rx))
 }
 
 pub fn router(state: Arc<AgentState>) -> Router {
@@ -77,7 +126,7 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
 }
 
 /// Binds `addr` (errors name the flag) and returns the bound address and the server future.
-pub async fn bind(
+async fn bind(
     addr: SocketAddr,
     state: Arc<AgentState>,
     mut stop: watch::Receiver<bool>,

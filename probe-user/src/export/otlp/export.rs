@@ -35,6 +35,9 @@ pub(super) fn build(config: &OtlpConfig) -> Result<Exporters, OtlpError> {
         reason: redactor.clean(&source.to_string()),
     };
     let headers: HashMap<String, String> = config.headers.iter().cloned().collect();
+    // https:// verifies the collector against the node's CA bundle (rustls-native-certs:
+    // SSL_CERT_FILE, SSL_CERT_DIR, else the system's store; the image sets SSL_CERT_FILE).
+    let tls = endpoint.starts_with("https://");
     let mut exporters = match config.protocol {
         Protocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
@@ -47,43 +50,49 @@ pub(super) fn build(config: &OtlpConfig) -> Result<Exporters, OtlpError> {
                 };
                 metadata.insert(k, v);
             }
-            Exporters::Grpc(
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.clone())
-                    .with_timeout(config.timeout)
-                    .with_metadata(metadata.clone())
-                    .build()
-                    .map_err(err)?,
-                opentelemetry_otlp::LogExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.clone())
-                    .with_timeout(config.timeout)
-                    .with_metadata(metadata)
-                    .build()
-                    .map_err(err)?,
-            )
+            let tls_config = || {
+                tonic::transport::ClientTlsConfig::new()
+                    .with_native_roots()
+                    .assume_http2(true)
+            };
+            let mut spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(config.timeout)
+                .with_metadata(metadata.clone());
+            let mut logs = opentelemetry_otlp::LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(config.timeout)
+                .with_metadata(metadata);
+            if tls {
+                spans = spans.with_tls_config(tls_config());
+                logs = logs.with_tls_config(tls_config());
+            }
+            Exporters::Grpc(spans.build().map_err(err)?, logs.build().map_err(err)?)
         }
         Protocol::HttpProtobuf => {
             let base = endpoint.trim_end_matches('/');
-            Exporters::Http(
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_endpoint(format!("{base}/v1/traces"))
-                    .with_timeout(config.timeout)
-                    .with_headers(headers.clone())
-                    .build()
-                    .map_err(err)?,
-                opentelemetry_otlp::LogExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_endpoint(format!("{base}/v1/logs"))
-                    .with_timeout(config.timeout)
-                    .with_headers(headers)
-                    .build()
-                    .map_err(err)?,
-            )
+            if tls {
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_native_roots()
+                    .map_err(|e| OtlpError::Build {
+                        endpoint: config.shown.clone(),
+                        reason: format!("no CA certificates for https:// ({e})"),
+                    })?
+                    .https_only()
+                    .enable_http1()
+                    .build();
+                let client =
+                    opentelemetry_http::hyper::HyperClient::new(connector, config.timeout, None);
+                http_exporters(client, base, config, headers).map_err(err)?
+            } else {
+                let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
+                    config.timeout,
+                    None,
+                );
+                http_exporters(client, base, config, headers).map_err(err)?
+            }
         }
     };
     match &mut exporters {
@@ -93,6 +102,33 @@ pub(super) fn build(config: &OtlpConfig) -> Result<Exporters, OtlpError> {
         }
     }
     Ok(exporters)
+}
+
+/// Both HTTP/protobuf exporters on one client (plain or TLS).
+fn http_exporters<C: opentelemetry_http::HttpClient + Clone + 'static>(
+    client: C,
+    base: &str,
+    config: &OtlpConfig,
+    headers: HashMap<String, String>,
+) -> Result<Exporters, opentelemetry_otlp::ExporterBuildError> {
+    Ok(Exporters::Http(
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client.clone())
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(format!("{base}/v1/traces"))
+            .with_timeout(config.timeout)
+            .with_headers(headers.clone())
+            .build()?,
+        opentelemetry_otlp::LogExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(format!("{base}/v1/logs"))
+            .with_timeout(config.timeout)
+            .with_headers(headers)
+            .build()?,
+    ))
 }
 
 /// Records per export call.
