@@ -163,6 +163,8 @@ pub fn test_peers(target_dir: &Path) -> Result<std::path::PathBuf> {
     // Real peers of the conntrack tests: a Redis server behind an iptables DNAT.
     apt_install(&["redis-server", "iptables"])
         .context("installing redis-server and iptables for the conntrack tests")?;
+    // The CA and server certificate of the OTLP-over-TLS tests.
+    apt_install(&["openssl"]).context("installing openssl for the OTLP TLS tests")?;
     let dir = target_dir.join("test-peers").join("wasmtime");
     let bin = dir.join("wasmtime_cli").join("wasmtime");
     if !bin.is_file() {
