@@ -6,11 +6,12 @@ mod conntrack;
 mod decode;
 mod enrich;
 mod export;
+#[cfg(test)]
+mod layering;
 mod loader;
+mod model;
 mod pipeline;
-mod record;
 mod runtimes;
-mod signals;
 mod status;
 
 use std::{io::IsTerminal, process::ExitCode, sync::Arc};
@@ -32,7 +33,7 @@ use crate::{
         k8s::{K8sCache, K8sConfig, attrs::K8sEnricher},
         wasm_output::{self, WasmAssembler},
     },
-    export::{JsonSink, Sink, TerminalSink},
+    export::Sink,
     loader::{LoaderConfig, Probe},
     pipeline::{Counters, LossTracker, Stages},
     status::AgentState,
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
         let doc = if cli.print_config {
             cli.effective()
         } else {
-            status::requirements()
+            loader::requirements()
         };
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return ExitCode::SUCCESS;
@@ -235,7 +236,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // queue (counted losses), never the pipeline, the endpoints or signal handling.
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut stdout_output = None;
-    if let Some((name, inner)) = stdout_sink(&cli) {
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let stdout = export::stdout_sink(
+        cli.output.contains(&Output::Json),
+        cli.output.contains(&Output::Terminal),
+        color,
+    );
+    if let Some((name, inner)) = stdout {
         let (queued, output, _detached) = export::queued::spawn(name, inner, OUTPUT_QUEUE)
             .context("starting the stdout output thread")?;
         sinks.push(Box::new(queued));
@@ -391,23 +402,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(result) => result,
         Err(_) => bail!("shutdown did not finish within {:?}", cli.shutdown_timeout),
     }
-}
-
-/// The stdout sink (terminal or JSON) and its name, if one was asked for.
-fn stdout_sink(cli: &Cli) -> Option<(&'static str, Box<dyn Sink>)> {
-    let out = export::stdout();
-    if cli.output.contains(&Output::Json) {
-        return Some(("json", Box::new(JsonSink::new(out))));
-    }
-    if cli.output.contains(&Output::Terminal) {
-        let color = match cli.color {
-            Color::Always => true,
-            Color::Never => false,
-            Color::Auto => {
-                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-            }
-        };
-        return Some(("terminal", Box::new(TerminalSink::new(out, color))));
-    }
-    None
 }

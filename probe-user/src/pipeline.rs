@@ -32,7 +32,7 @@ use crate::{
         wasm_output::WasmAssembler,
     },
     export::Sink,
-    record::{Body, Finding, Loss, LossSource, Record, WasmOutput},
+    model::{Body, Finding, Loss, LossSource, Record, WasmOutput},
     status::{AgentState, KindLabel, LossLabel},
 };
 

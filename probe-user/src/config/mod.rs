@@ -144,8 +144,8 @@ pub struct Cli {
     pub shutdown_timeout: Duration,
 
     /// Signals to report, comma-separated names or numbers (default: the core-dumping ones).
-    #[arg(long, env = "PROBE_SIGNALS", default_value = crate::signals::CORE_SIGNALS,
-          value_parser = crate::signals::parse_signal_mask)]
+    #[arg(long, env = "PROBE_SIGNALS", default_value = crate::model::signals::CORE_SIGNALS,
+          value_parser = crate::model::signals::parse_signal_mask)]
     pub signals: u64,
 
     /// How long a core-dumping signal waits for its target's exit (to learn whether a core
@@ -330,7 +330,7 @@ impl Cli {
     pub fn effective(&self) -> serde_json::Value {
         let signals: Vec<String> = (1..64)
             .filter(|n| self.signals & (1u64 << n) != 0)
-            .map(crate::signals::signal_name)
+            .map(crate::model::signals::signal_name)
             .collect();
         json!({
             "output": self.output.iter().map(|o| format!("{o:?}").to_lowercase()).collect::<Vec<_>>().join(","),

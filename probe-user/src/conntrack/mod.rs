@@ -35,8 +35,8 @@ use self::{
 use crate::{
     decode::{Common, Decoded},
     enrich::boottime_ns,
+    model::{Body, ConntrackExpiry, ConntrackSettings, Finding},
     pipeline::Counters,
-    record::{Body, ConntrackExpiry, ConntrackSettings, Finding},
     status::AgentState,
 };
 
@@ -105,14 +105,7 @@ impl ConntrackConfig {
 /// TCP states remembered per namespace where DESTROY events carry none.
 const UPDATE_STATES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(65536).expect("nonzero");
 
-/// One watched namespace, as the status document shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WatchReport {
-    pub netns: String,
-    pub inode: Option<u32>,
-    pub subscribed: bool,
-    pub error: Option<String>,
-}
+pub use crate::status::WatchReport;
 
 /// Where records go: the pipeline's channel (a full channel is counted as a channel drop).
 #[derive(Clone)]

@@ -14,16 +14,15 @@ use probe_common::{
     WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent, direction,
     family, kind,
 };
-use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
     loader::{btf::Btf, tracefs::Format},
-    record::{
+    model::signals::{origin, si_code_name, signal_name},
+    model::{
         Body, CoreSignal, Direction, Family, Handler, HttpRequest, PacketDrop, ProcessExit,
         RlimitCore, TcpReset, TraceParent, WasmWrite, WasmWriteResult,
     },
-    signals::{origin, si_code_name, signal_name},
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -170,31 +169,7 @@ fn to_u32_keys(map: HashMap<i64, String>) -> HashMap<u32, String> {
         .collect()
 }
 
-/// Keys every event carries; `None` where the kernel could not know the value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Common {
-    #[serde(skip)]
-    pub ktime_ns: u64,
-    pub netns: Option<u32>,
-    pub cgroup_id: Option<u64>,
-    pub pid: Option<u32>,
-    pub tid: Option<u32>,
-    pub comm: Option<String>,
-}
-
-impl Common {
-    /// For records made in userspace (loss records): nothing kernel-side is known.
-    pub fn none() -> Self {
-        Self {
-            ktime_ns: 0,
-            netns: None,
-            cgroup_id: None,
-            pid: None,
-            tid: None,
-            comm: None,
-        }
-    }
-}
+pub use crate::model::Common;
 
 /// A decoded kernel event.
 #[derive(Debug, Clone, PartialEq)]

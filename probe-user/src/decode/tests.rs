@@ -210,7 +210,7 @@ fn core_signal_round_trip() {
         Body::CoreSignal(CoreSignal {
             signal: 11,
             signal_name: "SIGSEGV".into(),
-            origin: crate::signals::Origin::User,
+            origin: crate::model::signals::Origin::User,
             si_code: "SI_USER".into(),
             sender_pid: Some(300),
             sender_comm: Some("kill".into()),

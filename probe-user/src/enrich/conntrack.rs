@@ -11,7 +11,7 @@ use std::{
 
 use lru::LruCache;
 
-use crate::record::{Body, ConntrackExpiry, Finding, Record};
+use crate::model::{Body, ConntrackExpiry, Finding, Record};
 
 /// An unordered pair of endpoints: the same for both directions of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::{
-    record::{Body, CoreSignal, Handler, ProcessExit, Record},
-    signals::signal_name,
+    model::signals::signal_name,
+    model::{Body, CoreSignal, Handler, ProcessExit, Record},
 };
 
 struct Pending {
@@ -145,7 +145,7 @@ pub fn suppression(c: &CoreSignal, exit_code: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode::Common, record::RlimitCore, signals::Origin};
+    use crate::{decode::Common, model::RlimitCore, model::signals::Origin};
 
     fn signal(pid: u32, handler: Option<Handler>, rlimit: u64) -> Record {
         Record {

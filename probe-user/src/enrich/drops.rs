@@ -11,7 +11,7 @@ use std::{
 use lru::LruCache;
 use probe_common::{DropCount, DropKey};
 
-use crate::{decode::Common, loader::DropFlows, record::PacketDrop};
+use crate::{decode::Common, loader::DropFlows, model::PacketDrop};
 
 /// Keys followed at once; the least recently reported is forgotten first.
 const TRACKED_KEYS: usize = 8192;
@@ -155,7 +155,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::record::Family;
+    use crate::model::Family;
 
     #[derive(Clone, Default)]
     struct FakeMap(Arc<Mutex<HashMap<DropKey, u64>>>);

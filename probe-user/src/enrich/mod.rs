@@ -12,7 +12,7 @@ pub mod wasm_output;
 
 use crate::{
     decode::{Common, Decoded},
-    record::{Body, Record},
+    model::{Body, Record},
 };
 
 /// Adds node-level context to events.

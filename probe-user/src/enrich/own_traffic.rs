@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::record::Body;
+use crate::model::Body;
 
 /// The agent's listening endpoint (`--http-addr`) in its own network namespace.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +59,7 @@ impl OwnEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Family, PacketDrop};
+    use crate::model::{Family, PacketDrop};
 
     fn drop(s: &str, sport: u16, d: &str, dport: u16) -> Body {
         Body::PacketDrop(PacketDrop {

@@ -11,7 +11,7 @@ use std::{
 use lru::LruCache;
 
 use super::conntrack::FlowKey;
-use crate::record::{Body, HttpRequest, Record, TraceParent, TraceRef};
+use crate::model::{Body, HttpRequest, Record, TraceParent, TraceRef};
 
 /// How long a connection's context lasts after its request was sent.
 const TTL: Duration = Duration::from_secs(600);
@@ -75,7 +75,7 @@ mod tests {
     use super::*;
     use crate::{
         decode::Common,
-        record::{Direction, Family, TcpReset},
+        model::{Direction, Family, TcpReset},
     };
 
     fn request(port: u16, tp: Option<TraceParent>) -> HttpRequest {

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::Sink;
-use crate::record::Record;
+use crate::model::Record;
 
 pub struct JsonSink<W: Write + Send> {
     out: W,
@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn core_signal_and_wasm_output_contract() {
-        use crate::record::{Body, CoreSignal, RlimitCore, Stream, WasmOutput};
+        use crate::model::{Body, CoreSignal, RlimitCore, Stream, WasmOutput};
         let mut r = core_signal_record();
         if let Body::CoreSignal(c) = &mut r.body {
             *c = CoreSignal {

@@ -8,9 +8,26 @@ pub mod terminal;
 
 use std::io::{self, Write};
 
-use crate::record::Record;
+use crate::model::Record;
 
 pub use self::{json::JsonSink, terminal::TerminalSink};
+
+/// The stdout sink (JSON, else terminal) and its name, if one was asked for.
+pub fn stdout_sink(
+    json: bool,
+    terminal: bool,
+    color: bool,
+) -> Option<(&'static str, Box<dyn Sink>)> {
+    if json {
+        return Some(("json", Box::new(JsonSink::new(stdout()))));
+    }
+    terminal.then(|| {
+        (
+            "terminal",
+            Box::new(TerminalSink::new(stdout(), color)) as Box<dyn Sink>,
+        )
+    })
+}
 
 pub trait Sink: Send {
     fn write(&mut self, record: &Record) -> io::Result<()>;

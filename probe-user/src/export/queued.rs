@@ -17,7 +17,7 @@ use std::{
 use tracing::error;
 
 use super::Sink;
-use crate::record::{Body, Record};
+use crate::model::{Body, Record};
 
 /// The events a record stands for when it is lost: a `loss` record carries the count of
 /// events lost somewhere, which would otherwise vanish with it (and is no event itself); any
@@ -58,7 +58,7 @@ impl Output {
     /// Whether `record` reports this output's own losses.
     fn is_own_report(&self, record: &Record) -> bool {
         matches!(&record.body, Body::Loss(loss)
-            if loss.source == crate::record::LossSource::Output(self.name))
+            if loss.source == crate::model::LossSource::Output(self.name))
     }
 
     /// Counts `record` as lost here.

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::Sink;
-use crate::record::{Body, Direction, Loss, Record, Stream, TcpReset};
+use crate::model::{Body, Direction, Loss, Record, Stream, TcpReset};
 
 pub struct TerminalSink<W: Write + Send> {
     out: W,
@@ -210,7 +210,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         decode::Common,
-        record::{Family, LossSource},
+        model::{Family, LossSource},
     };
 
     pub(crate) fn reset_record() -> Record {
@@ -244,13 +244,13 @@ pub(crate) mod tests {
 
     /// A SIGSEGV of redis-cli that wrote no core because RLIMIT_CORE was 0.
     pub(crate) fn core_signal_record() -> Record {
-        use crate::record::{CoreSignal, Handler, RlimitCore};
+        use crate::model::{CoreSignal, Handler, RlimitCore};
         let mut r = reset_record();
         r.kind = "core_signal";
         r.body = Body::CoreSignal(CoreSignal {
             signal: 11,
             signal_name: "SIGSEGV".into(),
-            origin: crate::signals::Origin::Kernel,
+            origin: crate::model::signals::Origin::Kernel,
             si_code: "SEGV_MAPERR".into(),
             sender_pid: Some(1234),
             sender_comm: Some("redis-cli".into()),
@@ -331,7 +331,7 @@ pub(crate) mod tests {
 
     #[test]
     fn wasm_output_line() {
-        use crate::record::{Stream, WasmOutput};
+        use crate::model::{Stream, WasmOutput};
         let mut r = reset_record();
         r.kind = "wasm_output";
         r.body = Body::WasmOutput(WasmOutput {

@@ -7,7 +7,10 @@ pub mod btf;
 pub mod hooks;
 pub mod offsets;
 mod report;
+mod requirements;
 pub mod tracefs;
+
+pub use self::requirements::requirements;
 
 use std::{collections::HashMap, path::Path};
 

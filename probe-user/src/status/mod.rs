@@ -182,6 +182,21 @@ impl Metrics {
     }
 }
 
+/// A subsystem whose state the status document shows as it is when asked (the Kubernetes
+/// caches); status depends on this trait, not on the subsystem.
+pub trait Snapshot: Send + Sync {
+    fn snapshot(&self) -> serde_json::Value;
+}
+
+/// One watched conntrack namespace, as the status document shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchReport {
+    pub netns: String,
+    pub inode: Option<u32>,
+    pub subscribed: bool,
+    pub error: Option<String>,
+}
+
 /// One capability of the probe on this kernel: the hook chosen, or why none works.
 #[derive(Debug, Clone, Serialize)]
 pub struct CapabilityReport {
@@ -219,8 +234,8 @@ pub struct AgentState {
     config: serde_json::Value,
     ready: AtomicBool,
     output_failed: AtomicBool,
-    conntrack: Mutex<Vec<crate::conntrack::WatchReport>>,
-    kubernetes: Mutex<Option<std::sync::Arc<crate::enrich::k8s::K8sCache>>>,
+    conntrack: Mutex<Vec<WatchReport>>,
+    kubernetes: Mutex<Option<std::sync::Arc<dyn Snapshot>>>,
 }
 
 impl AgentState {
@@ -243,11 +258,11 @@ impl AgentState {
         }
     }
 
-    pub fn set_kubernetes(&self, cache: std::sync::Arc<crate::enrich::k8s::K8sCache>) {
+    pub fn set_kubernetes(&self, cache: std::sync::Arc<dyn Snapshot>) {
         *self.kubernetes.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
     }
 
-    pub fn set_conntrack(&self, reports: Vec<crate::conntrack::WatchReport>) {
+    pub fn set_conntrack(&self, reports: Vec<WatchReport>) {
         *self.conntrack.lock().unwrap_or_else(|e| e.into_inner()) = reports;
     }
 
@@ -377,7 +392,7 @@ impl AgentState {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
-                .map(|c| serde_json::to_value(c.status()).unwrap_or_default()),
+                .map(|c| c.snapshot()),
             "exporter": exporter,
             "otlp": {
                 "exported_spans": self.metrics.otlp_exported("spans").get(),
@@ -388,30 +403,4 @@ impl AgentState {
             "config": self.config,
         })
     }
-}
-
-/// What the agent needs from its host, for `--print-requirements` (the deploy manifests are
-/// tested against it): host paths it reads, whether it needs the host pid namespace, and the
-/// Kubernetes API resources it reads.
-pub fn requirements() -> serde_json::Value {
-    serde_json::json!({
-        "host_paths": [crate::loader::VMLINUX_BTF_DIR, crate::loader::tracefs::TRACEFS, "/sys/fs/cgroup"],
-        // Read only when configured: network namespaces named by --conntrack-netns.
-        "optional_host_paths": ["/run/netns"],
-        "host_pid": true,
-        // Conntrack expiries of the node: ctnetlink in the host network namespace.
-        "host_network": true,
-        "capabilities": ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"],
-        "capability_uses": {
-            "BPF": "load the kernel programs, create and read their maps",
-            "PERFMON": "attach tracepoints, kprobes and fentry programs; programs read kernel memory",
-            "NET_ADMIN": "ctnetlink subscriptions: conntrack expiries and settings",
-            "SYS_ADMIN": "mount tracefs where the host has not; enter the namespaces of --conntrack-netns (setns)",
-            "SYS_PTRACE": "name the file behind a Wasm runtime's stdout/stderr fd (/proc/PID/fd) for processes of other users",
-            "SYS_RESOURCE": "raise RLIMIT_MEMLOCK where the kernel charges BPF memory to it (before 5.11, e.g. Debian 11's 5.10)",
-        },
-        // Pods of this node, Services and EndpointSlices (list/watch); this node (get), for
-        // the cluster name in its labels.
-        "api_resources": ["endpointslices", "nodes", "pods", "services"],
-    })
 }

@@ -3,7 +3,7 @@ use std::net::IpAddr;
 use super::*;
 use crate::{
     decode::Common,
-    record::{Direction, Family, PacketDrop, TcpReset},
+    model::{Direction, Family, PacketDrop, TcpReset},
 };
 
 fn ip(s: &str) -> IpAddr {

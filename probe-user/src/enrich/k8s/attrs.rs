@@ -2,54 +2,12 @@
 //! its local address) and, for network events, the peer's pod or Service. Keys are spelled as
 //! OpenTelemetry semantic conventions spell them; the peer's carry a `peer.` prefix.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Instant};
-
-use serde::Serialize;
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use super::{K8sCache, cgroup, index::PodInfo};
-use crate::record::{Body, Record};
+use crate::model::{Body, Record};
 
-/// Kubernetes keys of a record; absent (not null) when the event is not a pod's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct K8sAttrs {
-    #[serde(rename = "k8s.cluster.name", skip_serializing_if = "Option::is_none")]
-    pub cluster_name: Option<String>,
-    #[serde(rename = "k8s.node.name", skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(rename = "k8s.namespace.name", skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(rename = "k8s.pod.name", skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
-    #[serde(rename = "k8s.pod.uid", skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-    #[serde(rename = "k8s.container.name", skip_serializing_if = "Option::is_none")]
-    pub container_name: Option<String>,
-    #[serde(rename = "container.id", skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
-    #[serde(rename = "container.runtime", skip_serializing_if = "Option::is_none")]
-    pub container_runtime: Option<String>,
-    /// `k8s.deployment.name`, `k8s.replicaset.name`, `k8s.statefulset.name`,
-    /// `k8s.daemonset.name`, `k8s.job.name`, `k8s.cronjob.name`.
-    #[serde(flatten)]
-    pub workload: BTreeMap<&'static str, String>,
-    #[serde(rename = "k8s.pod.labels", skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(
-        rename = "peer.k8s.namespace.name",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub peer_namespace: Option<String>,
-    #[serde(rename = "peer.k8s.pod.name", skip_serializing_if = "Option::is_none")]
-    pub peer_pod_name: Option<String>,
-    #[serde(
-        rename = "peer.k8s.service.name",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub peer_service_name: Option<String>,
-    /// The workload of a peer pod on this node (`peer.k8s.deployment.name`, ...).
-    #[serde(flatten)]
-    pub peer_workload: BTreeMap<String, String>,
-}
+pub use crate::model::K8sAttrs;
 
 /// Why a record is held back.
 #[derive(Debug, PartialEq, Eq)]

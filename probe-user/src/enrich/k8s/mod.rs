@@ -90,6 +90,12 @@ pub struct K8sCache {
     up: prometheus_client::metrics::gauge::Gauge,
 }
 
+impl crate::status::Snapshot for K8sCache {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::to_value(self.status()).unwrap_or_default()
+    }
+}
+
 impl K8sCache {
     #[cfg(test)]
     pub fn new() -> Arc<Self> {

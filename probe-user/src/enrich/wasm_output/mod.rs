@@ -13,7 +13,7 @@ use probe_common::RUNTIME_BY_CGROUP;
 
 use crate::{
     decode::Common,
-    record::{Stream, WasmOutput, WasmWrite},
+    model::{Stream, WasmOutput, WasmWrite},
 };
 
 /// Where a process's fd points (readlink of /proc/PID/fd/FD, classified).

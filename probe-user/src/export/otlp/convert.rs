@@ -18,7 +18,7 @@ use opentelemetry::{
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
 use serde_json::Value;
 
-use crate::record::{Body, Direction, Record};
+use crate::model::{Body, Direction, Record};
 
 /// Span names the exporter emits, by record kind (the dashboard test checks against these).
 pub fn span_name(record: &Value) -> Option<&'static str> {

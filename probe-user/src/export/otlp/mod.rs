@@ -29,7 +29,7 @@ use tracing::info;
 use self::export::{build, export_loop};
 use super::Sink;
 use crate::{
-    record::{Body, Record},
+    model::{Body, Record},
     status::AgentState,
 };
 
@@ -187,8 +187,8 @@ impl OtlpSink {
         let (severity, body): (Severity, String) = match &record.body {
             Body::WasmOutput(w) => (
                 match w.stream {
-                    crate::record::Stream::Stdout => Severity::Info,
-                    crate::record::Stream::Stderr => Severity::Warn,
+                    crate::model::Stream::Stdout => Severity::Info,
+                    crate::model::Stream::Stderr => Severity::Warn,
                 },
                 w.text.clone(),
             ),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::convert::{attributes, span_name, spans};
 use crate::{
     enrich::k8s::attrs::K8sAttrs,
-    record::{Body, Finding, Record},
+    model::{Body, Finding, Record},
 };
 
 /// One record of every kind that becomes a span, in its JSON form (README contract).

@@ -5,7 +5,12 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::{decode::Common, signals::Origin};
+mod common;
+mod k8s;
+pub mod signals;
+
+use self::signals::Origin;
+pub use self::{common::Common, k8s::K8sAttrs};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
@@ -21,7 +26,7 @@ pub struct Record {
     pub body: Body,
     /// Kubernetes keys (`k8s.pod.name`, ...), when the event belongs to a pod.
     #[serde(flatten)]
-    pub k8s: Option<Box<crate::enrich::k8s::attrs::K8sAttrs>>,
+    pub k8s: Option<Box<K8sAttrs>>,
     /// The W3C trace context of the HTTP request last sent on the event's connection.
     #[serde(flatten)]
     pub trace: Option<TraceRef>,
