@@ -77,6 +77,29 @@ pub mod kind {
     pub const PACKET_DROP: u32 = 6;
     /// The head of an HTTP/1.x request sent on a TCP socket ([`crate::HttpRequestEvent`]).
     pub const HTTP_REQUEST: u32 = 7;
+
+    /// Every kind with its name (loss records, metrics and errors name kinds this way).
+    pub const NAMES: [(u32, &str); 7] = [
+        (TCP_RESET, "tcp_reset"),
+        (CORE_SIGNAL, "core_signal"),
+        (PROCESS_EXIT, "process_exit"),
+        (WASM_WRITE, "wasm_write"),
+        (WASM_WRITE_RESULT, "wasm_write_result"),
+        (PACKET_DROP, "packet_drop"),
+        (HTTP_REQUEST, "http_request"),
+    ];
+
+    /// The name of `kind`, if it is one.
+    pub fn name(kind: u32) -> Option<&'static str> {
+        let mut i = 0;
+        while i < NAMES.len() {
+            if NAMES[i].0 == kind {
+                return Some(NAMES[i].1);
+            }
+            i += 1;
+        }
+        None
+    }
 }
 
 /// Slots of the per-CPU loss counter map. One per event kind (index = kind).

@@ -28,10 +28,7 @@ use crate::{
     enrich::{
         Enricher,
         conntrack::FlowCorrelator,
-        core_signal::CoreJoin,
-        drops::DropTotals,
         k8s::{K8sCache, K8sConfig, attrs::K8sEnricher},
-        wasm_output::{self, WasmAssembler},
     },
     export::Sink,
     loader::{LoaderConfig, Probe},
@@ -296,13 +293,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         losses,
         drain_for: cli.shutdown_timeout / 2,
         loss_interval: cli.loss_interval,
-        core_join: CoreJoin::new(cli.core_wait, CORE_JOIN_CAPACITY),
-        wasm: WasmAssembler::new(
-            cli.wasm_runtimes.names(),
-            WASM_LINE_IDLE,
-            wasm_output::proc_fd_resolver(),
-        ),
-        drops: DropTotals::new(drop_flows),
+        stages: enrich::event_stages(enrich::StageConfig {
+            own_endpoint: listening,
+            own_skipped: state.metrics.own_traffic_skipped.clone(),
+            wasm_runtimes: cli.wasm_runtimes.names(),
+            wasm_line_idle: WASM_LINE_IDLE,
+            core_wait: cli.core_wait,
+            core_join_capacity: CORE_JOIN_CAPACITY,
+            flows: CONNTRACK_FLOWS,
+            drop_flows,
+        }),
         flows: {
             let mut flows = FlowCorrelator::new(cli.conntrack_window, CONNTRACK_FLOWS);
             // Without a watched namespace there are no expiries to join.
@@ -313,8 +313,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         held: std::collections::VecDeque::new(),
         wasm_cgroups,
         fed_wasm_cgroups: std::collections::HashSet::new(),
-        traces: enrich::trace_context::TraceContexts::new(CONNTRACK_FLOWS),
-        own: listening.map(enrich::own_traffic::OwnEndpoint::new),
         event_counters: std::collections::HashMap::new(),
         state: state.clone(),
     };

@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    decode::Decoded,
     model::signals::signal_name,
     model::{Body, CoreSignal, Handler, ProcessExit, Record},
 };
@@ -140,6 +141,40 @@ pub fn suppression(c: &CoreSignal, exit_code: u32) -> Option<String> {
     } else {
         "unknown".into()
     })
+}
+
+impl super::Stage for CoreJoin {
+    /// Takes core signals (held until their target exits) and exits (which release them).
+    fn on_event(
+        &mut self,
+        event: Decoded,
+        cx: &super::Enricher,
+        out: &mut Vec<Record>,
+    ) -> Option<Decoded> {
+        match event.body {
+            Body::ProcessExit(exit) => out.extend(self.on_exit(event.common.pid, exit)),
+            Body::CoreSignal(_) => {
+                out.extend(self.on_signal(cx.kernel_event(event), Instant::now()))
+            }
+            _ => return Some(event),
+        }
+        None
+    }
+    fn pending(&self, _now: Instant) -> bool {
+        self.pending() > 0
+    }
+    fn on_tick(&mut self, now: Instant, _cx: &super::Enricher, out: &mut Vec<Record>) {
+        out.extend(self.expire(now));
+    }
+    fn drain(&mut self, _cx: &super::Enricher, out: &mut Vec<Record>) {
+        out.extend(CoreJoin::drain(self));
+    }
+    fn report(&self, state: &crate::status::AgentState) {
+        state
+            .metrics
+            .pending_core_signals
+            .set(i64::try_from(self.pending()).unwrap_or(i64::MAX));
+    }
 }
 
 #[cfg(test)]

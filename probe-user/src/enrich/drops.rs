@@ -11,7 +11,11 @@ use std::{
 use lru::LruCache;
 use probe_common::{DropCount, DropKey};
 
-use crate::{decode::Common, loader::DropFlows, model::PacketDrop};
+use crate::{
+    decode::{Common, Decoded},
+    loader::DropFlows,
+    model::{Body, PacketDrop, Record},
+};
 
 /// Keys followed at once; the least recently reported is forgotten first.
 const TRACKED_KEYS: usize = 8192;
@@ -143,6 +147,50 @@ impl DropTotals {
             && self
                 .newest_record
                 .is_some_and(|t| now.duration_since(t) <= TAIL_WINDOW)
+    }
+}
+
+fn records(drops: Vec<(Common, PacketDrop)>, cx: &super::Enricher, out: &mut Vec<Record>) {
+    out.extend(drops.into_iter().map(|(common, drop)| {
+        cx.kernel_event(Decoded {
+            common,
+            body: Body::PacketDrop(drop),
+        })
+    }));
+}
+
+impl super::Stage for DropTotals {
+    /// Takes drop events: a record per flow and reason with the drops since the last one.
+    fn on_event(
+        &mut self,
+        event: Decoded,
+        cx: &super::Enricher,
+        out: &mut Vec<Record>,
+    ) -> Option<Decoded> {
+        let Body::PacketDrop(drop) = event.body else {
+            return Some(event);
+        };
+        records(
+            DropTotals::on_event(self, event.common, drop, Instant::now())
+                .into_iter()
+                .collect(),
+            cx,
+            out,
+        );
+        None
+    }
+    fn pending(&self, now: Instant) -> bool {
+        self.active(now)
+    }
+    fn on_tick(&mut self, now: Instant, cx: &super::Enricher, out: &mut Vec<Record>) {
+        records(self.sweep(now, super::boottime_ns()), cx, out);
+    }
+    fn drain(&mut self, cx: &super::Enricher, out: &mut Vec<Record>) {
+        records(
+            self.final_sweep(Instant::now(), super::boottime_ns()),
+            cx,
+            out,
+        );
     }
 }
 

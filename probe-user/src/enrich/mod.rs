@@ -15,6 +15,66 @@ use crate::{
     model::{Body, Record},
 };
 
+/// One step of the event path. The pipeline offers each event to its stages in order: a stage
+/// takes it (returns `None`, having pushed the records it makes of it now to `out`, if any) or
+/// passes it on, observed or not. Records a stage makes later come from `on_tick` (every
+/// 250 ms while it has `pending` work) and, at shutdown, from `drain`. An event no stage
+/// takes becomes one record as it is. A new event kind needs its ABI struct (probe-common),
+/// its decode (decode/), its record body (model/) and, when it is more than one record per
+/// event, one stage file here.
+pub trait Stage: Send {
+    fn on_event(&mut self, event: Decoded, cx: &Enricher, out: &mut Vec<Record>)
+    -> Option<Decoded>;
+    fn pending(&self, _now: std::time::Instant) -> bool {
+        false
+    }
+    fn on_tick(&mut self, _now: std::time::Instant, _cx: &Enricher, _out: &mut Vec<Record>) {}
+    fn drain(&mut self, _cx: &Enricher, _out: &mut Vec<Record>) {}
+    /// Every record on its way out (whichever stage made it), before the sinks.
+    fn on_record(&mut self, _record: &mut Record, _now: std::time::Instant) {}
+    /// Its gauges in the status document and metrics (after each batch).
+    fn report(&self, _state: &crate::status::AgentState) {}
+}
+
+/// What the event stages are built from.
+pub struct StageConfig {
+    /// The agent's HTTP endpoint, whose traffic makes no records.
+    pub own_endpoint: Option<std::net::SocketAddr>,
+    pub own_skipped: prometheus_client::metrics::counter::Counter,
+    pub wasm_runtimes: Vec<String>,
+    pub wasm_line_idle: std::time::Duration,
+    pub core_wait: std::time::Duration,
+    pub core_join_capacity: usize,
+    /// Connections whose request context is kept.
+    pub flows: usize,
+    pub drop_flows: Option<Box<dyn drops::DropMap>>,
+}
+
+/// The event path in order: the agent's own traffic out first; request heads kept for the
+/// trace tie; Wasm chunks into lines (which also flushes a process's lines at its exit);
+/// core signals joined with exits; drop totals into per-flow counts.
+pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
+    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    if let Some(listen) = c.own_endpoint {
+        stages.push(Box::new(own_traffic::OwnTraffic {
+            endpoint: own_traffic::OwnEndpoint::new(listen),
+            skipped: c.own_skipped,
+        }));
+    }
+    stages.push(Box::new(trace_context::TraceContexts::new(c.flows)));
+    stages.push(Box::new(wasm_output::WasmAssembler::new(
+        c.wasm_runtimes,
+        c.wasm_line_idle,
+        wasm_output::proc_fd_resolver(),
+    )));
+    stages.push(Box::new(core_signal::CoreJoin::new(
+        c.core_wait,
+        c.core_join_capacity,
+    )));
+    stages.push(Box::new(drops::DropTotals::new(c.drop_flows)));
+    stages
+}
+
 /// Adds node-level context to events.
 #[derive(Debug, Clone)]
 pub struct Enricher {

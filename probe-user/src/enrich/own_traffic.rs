@@ -56,6 +56,27 @@ impl OwnEndpoint {
     }
 }
 
+/// The stage: events of the agent's own endpoint are taken and counted, never recorded.
+pub struct OwnTraffic {
+    pub endpoint: OwnEndpoint,
+    pub skipped: prometheus_client::metrics::counter::Counter,
+}
+
+impl super::Stage for OwnTraffic {
+    fn on_event(
+        &mut self,
+        event: crate::decode::Decoded,
+        _cx: &super::Enricher,
+        _out: &mut Vec<crate::model::Record>,
+    ) -> Option<crate::decode::Decoded> {
+        if self.endpoint.owns(event.common.netns, &event.body) {
+            self.skipped.inc();
+            return None;
+        }
+        Some(event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

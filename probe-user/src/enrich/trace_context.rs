@@ -68,6 +68,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl super::Stage for TraceContexts {
+    /// Takes HTTP request heads (they make no record of their own).
+    fn on_event(
+        &mut self,
+        event: crate::decode::Decoded,
+        _cx: &super::Enricher,
+        _out: &mut Vec<Record>,
+    ) -> Option<crate::decode::Decoded> {
+        let Body::HttpRequest(req) = &event.body else {
+            return Some(event);
+        };
+        self.on_request(req, Instant::now());
+        None
+    }
+    fn on_record(&mut self, record: &mut Record, now: Instant) {
+        self.apply(record, now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;

@@ -12,8 +12,8 @@ use base64::Engine as _;
 use probe_common::RUNTIME_BY_CGROUP;
 
 use crate::{
-    decode::Common,
-    model::{Stream, WasmOutput, WasmWrite},
+    decode::{Common, Decoded},
+    model::{Body, Record, Stream, WasmOutput, WasmWrite},
 };
 
 /// Where a process's fd points (readlink of /proc/PID/fd/FD, classified).
@@ -259,6 +259,52 @@ pub fn proc_fd_resolver() -> FdResolver {
             .ok()
             .map(|p| classify_fd_target(&p.to_string_lossy()))
     })
+}
+
+fn records(lines: Vec<(Common, WasmOutput)>, cx: &super::Enricher, out: &mut Vec<Record>) {
+    out.extend(lines.into_iter().map(|(common, line)| {
+        cx.kernel_event(Decoded {
+            common,
+            body: Body::WasmOutput(line),
+        })
+    }));
+}
+
+impl super::Stage for WasmAssembler {
+    /// Takes write chunks and results (lines out when complete); flushes a process's partial
+    /// lines at its exit and passes the exit on.
+    fn on_event(
+        &mut self,
+        event: Decoded,
+        cx: &super::Enricher,
+        out: &mut Vec<Record>,
+    ) -> Option<Decoded> {
+        match event.body {
+            Body::WasmWrite(chunk) => self.on_chunk(event.common, chunk),
+            Body::WasmWriteResult(r) => {
+                let lines =
+                    self.on_result(&event.common, r.fd, r.result, r.fd_kind, Instant::now());
+                records(lines, cx, out);
+            }
+            Body::ProcessExit(_) => {
+                if let Some(pid) = event.common.pid {
+                    records(self.on_exit(pid), cx, out);
+                }
+                return Some(event);
+            }
+            _ => return Some(event),
+        }
+        None
+    }
+    fn pending(&self, _now: Instant) -> bool {
+        self.buffered() > 0
+    }
+    fn on_tick(&mut self, now: Instant, cx: &super::Enricher, out: &mut Vec<Record>) {
+        records(self.flush_idle(now), cx, out);
+    }
+    fn drain(&mut self, cx: &super::Enricher, out: &mut Vec<Record>) {
+        records(WasmAssembler::drain(self), cx, out);
+    }
 }
 
 #[cfg(test)]

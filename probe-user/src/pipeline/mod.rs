@@ -1,0 +1,124 @@
+//! The event pipeline: ring buffer (via tokio `AsyncFd`) -> checked decode -> bounded channel
+//! (`try_send`, drops counted) -> enrichment -> sinks. Losses from every source are turned into
+//! periodic `loss` records, and a final one at shutdown, so nothing is lost silently.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use thiserror::Error;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, watch},
+};
+use tracing::debug;
+
+mod losses;
+mod stages;
+
+pub use self::{
+    losses::LossTracker,
+    stages::{Stages, WasmCgroupMap, consume},
+};
+use crate::decode::{Decoded, SymbolTables, decode};
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("polling the event ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+    #[error("writing to the output: {0}")]
+    Sink(#[source] std::io::Error),
+}
+
+/// Counters shared by the pipeline stages.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events dropped because the channel to the sinks was full.
+    pub channel_drops: AtomicU64,
+    /// Records that failed the checked decode.
+    pub decode_errors: AtomicU64,
+    /// ctnetlink overruns (ENOBUFS): conntrack events the kernel could not queue for us.
+    pub netlink_overruns: AtomicU64,
+    /// TCP conntrack DESTROY events without the entry's TCP state (kernels whose destroy
+    /// events carry none: an expiry cannot be told from other ends there).
+    pub conntrack_destroys_without_state: AtomicU64,
+}
+
+/// Loss slot of netlink overruns (their events are conntrack expiries).
+const NETLINK_SLOT: u32 = u32::MAX - 1;
+
+/// Reads the ring buffer until `shutdown` turns true, then drains what is left and returns
+/// (dropping the sender, which ends the consumer).
+pub async fn read_events(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Decoded>,
+    tables: Arc<SymbolTables>,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), PipelineError> {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer,
+    // and `as_raw_fd` always returns that same fd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| PipelineError::Poll(e.into()))?;
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            // Below the wake-up threshold the kernel does not notify: poll.
+            _ = poll.tick() => {
+                drain(fd.get_mut(), &tx, &tables, &counters, usize::MAX);
+            }
+            guard = fd.readable_mut() => {
+                let mut guard = guard.map_err(PipelineError::Poll)?;
+                if drain(guard.get_inner_mut(), &tx, &tables, &counters, BATCH) {
+                    guard.clear_ready();
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => {
+                drain(fd.get_mut(), &tx, &tables, &counters, usize::MAX);
+                return Ok(());
+            }
+        }
+        // Let the consumer (on the same thread) take this batch.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// How often the reader looks at the ring buffer without being woken (the kernel wakes it
+/// only once a sixteenth of the buffer is unread): the bound on added latency.
+pub const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// Records handled per wake-up before the reader yields.
+const BATCH: usize = 1024;
+
+/// Moves up to `limit` records from the ring buffer to the channel; true when it is empty.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    tx: &mpsc::Sender<Decoded>,
+    tables: &SymbolTables,
+    counters: &Counters,
+    limit: usize,
+) -> bool {
+    for _ in 0..limit {
+        let Some(item) = ring.next() else {
+            return true;
+        };
+        match decode(&item, tables) {
+            Ok(event) => {
+                if tx.try_send(event).is_err() {
+                    counters.channel_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                debug!("dropping a kernel record: {e}");
+                counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,307 @@
+//! The consumer: each event through the stages (enrich::Stage) into records, records through
+//! the Kubernetes hold-back and the sinks, then the findings correlator; timed work, loss
+//! reports and the drain at shutdown.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::{LossTracker, PipelineError};
+use crate::{
+    decode::Decoded,
+    enrich::{
+        Enricher, Stage,
+        conntrack::FlowCorrelator,
+        k8s::attrs::{K8sEnricher, Verdict},
+    },
+    export::Sink,
+    model::{Body, Finding, Record},
+    status::{AgentState, KindLabel, LossLabel},
+};
+
+/// The consumer's stateful parts.
+pub struct Stages {
+    pub enricher: Enricher,
+    pub sink: Box<dyn Sink>,
+    pub losses: LossTracker,
+    pub loss_interval: Duration,
+    /// The event path, in order: each event is offered to these until one takes it.
+    pub stages: Vec<Box<dyn Stage>>,
+    /// After the sinks: records that may be evidence, joined into findings.
+    pub flows: FlowCorrelator,
+    pub k8s: K8sEnricher,
+    /// Records of pods the Kubernetes cache does not know yet, with their deadline.
+    pub held: std::collections::VecDeque<(Instant, Record)>,
+    /// The kernel's map of captured cgroups, and what the agent put there.
+    pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
+    pub fed_wasm_cgroups: std::collections::HashSet<u64>,
+    /// How long the records left at shutdown may wait for room in a queued output.
+    pub drain_for: Duration,
+    /// The `probe_events_total` counter of each kind (no label allocation per record).
+    pub event_counters: HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
+    pub state: Arc<AgentState>,
+}
+
+/// The kernel map of cgroups whose processes' stdout/stderr is captured.
+pub trait WasmCgroupMap: Send {
+    fn add(&mut self, id: u64) -> Result<(), String>;
+    fn remove(&mut self, id: u64) -> Result<(), String>;
+}
+
+impl WasmCgroupMap for crate::loader::WasmCgroups {
+    fn add(&mut self, id: u64) -> Result<(), String> {
+        self.insert(id, probe_common::RUNTIME_BY_CGROUP, 0)
+            .map_err(|e| e.to_string())
+    }
+    fn remove(&mut self, id: u64) -> Result<(), String> {
+        aya::maps::HashMap::remove(self, &id).map_err(|e| e.to_string())
+    }
+}
+
+/// How long a record waits for its pod to reach the cache.
+const HOLD_FOR: Duration = Duration::from_secs(2);
+/// Records held at once; beyond that they go out unenriched.
+const HOLD_MAX: usize = 4096;
+
+impl Stages {
+    /// Enriches with Kubernetes metadata (holding records whose pod is not cached yet), then
+    /// writes.
+    fn write(&mut self, records: Vec<Record>) -> std::io::Result<()> {
+        let now = Instant::now();
+        let mut ready = Vec::with_capacity(records.len());
+        for mut record in records {
+            match self.k8s.enrich(&mut record, now) {
+                Verdict::PodNotCached(_) if self.held.len() < HOLD_MAX => {
+                    self.held.push_back((now + HOLD_FOR, record));
+                }
+                _ => ready.push(record),
+            }
+        }
+        self.emit(ready, now)
+    }
+
+    /// Held records whose pod arrived, or whose wait is over (`all`: every one, at shutdown).
+    fn release_held(&mut self, now: Instant, all: bool) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        let mut keep = std::collections::VecDeque::new();
+        while let Some((deadline, mut record)) = self.held.pop_front() {
+            let verdict = self.k8s.enrich(&mut record, now);
+            if verdict == Verdict::Done || all || now >= deadline {
+                out.push(record);
+            } else {
+                keep.push_back((deadline, record));
+            }
+        }
+        self.held = keep;
+        self.emit(out, now)
+    }
+
+    fn emit(&mut self, mut records: Vec<Record>, now: Instant) -> std::io::Result<()> {
+        for record in &mut records {
+            for stage in &mut self.stages {
+                stage.on_record(record, now);
+            }
+        }
+        for record in records {
+            self.sink.write(&record)?;
+            let state = &self.state;
+            self.event_counters
+                .entry(record.kind)
+                .or_insert_with(|| {
+                    state
+                        .metrics
+                        .events
+                        .get_or_create(&KindLabel {
+                            kind: record.kind.into(),
+                        })
+                        .clone()
+                })
+                .inc();
+            // Last: the correlator keeps the records it needs (moved, not copied).
+            self.flows.observe(record, now);
+        }
+        Ok(())
+    }
+
+    /// Loss records for what was lost since the last report, then a flush.
+    fn report_losses(&mut self) -> std::io::Result<()> {
+        self.state.metrics.conntrack_destroys_without_state.set(
+            self.losses
+                .counters
+                .conntrack_destroys_without_state
+                .load(Ordering::Relaxed) as i64,
+        );
+        let mut records = Vec::new();
+        for loss in self.losses.poll() {
+            let labels = LossLabel {
+                source: loss.source.name().into(),
+                kind: loss.lost_kind.unwrap_or("unknown").into(),
+            };
+            self.state
+                .metrics
+                .losses
+                .get_or_create(&labels)
+                .inc_by(loss.count);
+            records.push(self.enricher.agent_record(Body::Loss(loss)));
+        }
+        self.write(records)?;
+        self.sink.flush()
+    }
+
+    /// Offers the event to the stages in order; one that no stage takes is a record as it is.
+    fn handle(&mut self, event: Decoded) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        let mut event = Some(event);
+        for stage in &mut self.stages {
+            let Some(e) = event.take() else { break };
+            event = stage.on_event(e, &self.enricher, &mut out);
+        }
+        if let Some(e) = event {
+            out.push(self.enricher.kernel_event(e));
+        }
+        self.write(out)
+    }
+
+    /// Timed work: records waiting for their pod, the Wasm pods' cgroups, each stage's due
+    /// records (core signals whose wait ran out, idle Wasm lines, drop tails), then findings.
+    fn timed(&mut self, now: Instant) -> std::io::Result<()> {
+        self.release_held(now, false)?;
+        self.feed_wasm_cgroups(now);
+        for i in 0..self.stages.len() {
+            if self.stages[i].pending(now) {
+                let mut out = Vec::new();
+                self.stages[i].on_tick(now, &self.enricher, &mut out);
+                self.write(out)?;
+            }
+        }
+        let findings = self.flows.due(now, self.enricher.node());
+        let records = self.finding_records(findings);
+        self.write(records)?;
+        self.state
+            .metrics
+            .conntrack_flows_evicted
+            .inner()
+            .store(self.flows.evictions, Ordering::Relaxed);
+        self.sink.flush()
+    }
+
+    fn finding_records(&self, findings: Vec<(Option<u32>, Finding)>) -> Vec<Record> {
+        findings
+            .into_iter()
+            .map(|(netns, f)| {
+                let mut r = self.enricher.agent_record(Body::Finding(f));
+                r.common.netns = netns;
+                r
+            })
+            .collect()
+    }
+
+    /// Keeps the kernel's captured cgroups equal to the Wasm pods' container cgroups.
+    fn feed_wasm_cgroups(&mut self, now: Instant) {
+        let Some(map) = self.wasm_cgroups.as_mut() else {
+            return;
+        };
+        let Some(want) = self.k8s.wasm_cgroups(now) else {
+            return;
+        };
+        for id in want.difference(&self.fed_wasm_cgroups) {
+            if let Err(e) = map.add(*id) {
+                tracing::warn!("capturing Wasm pod cgroup {id}: {e}");
+            }
+        }
+        for id in self.fed_wasm_cgroups.difference(&want) {
+            if let Err(e) = map.remove(*id) {
+                debug!("releasing cgroup {id}: {e}");
+            }
+        }
+        self.k8s.set_wasm_cgroup_count(want.len());
+        self.fed_wasm_cgroups = want;
+    }
+
+    fn timed_work_pending(&self, now: Instant) -> bool {
+        self.stages.iter().any(|s| s.pending(now))
+            || self.flows.pending() > 0
+            || !self.held.is_empty()
+            || !self.fed_wasm_cgroups.is_empty()
+            || self.k8s.has_wasm_pods()
+    }
+
+    fn update_gauges(&self, queue_depth: usize) {
+        let m = &self.state.metrics;
+        m.queue_depth
+            .set(i64::try_from(queue_depth).unwrap_or(i64::MAX));
+        for stage in &self.stages {
+            stage.report(&self.state);
+        }
+    }
+}
+
+/// Writes events to the sink until the channel closes, with a loss report every
+/// `loss_interval` and a final one at the end. Core signals wait in the join for their
+/// target's exit.
+pub async fn consume(
+    mut rx: mpsc::Receiver<Decoded>,
+    mut stages: Stages,
+) -> Result<(), PipelineError> {
+    let result = consume_loop(&mut rx, &mut stages).await;
+    if let Err(e) = &result {
+        stages
+            .state
+            .set_exporter_state("failed", Some(e.to_string()));
+    }
+    result
+}
+
+async fn consume_loop(
+    rx: &mut mpsc::Receiver<Decoded>,
+    stages: &mut Stages,
+) -> Result<(), PipelineError> {
+    let mut tick = tokio::time::interval(stages.loss_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    let mut join_tick = tokio::time::interval(Duration::from_millis(250));
+    join_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            biased;
+            _ = tick.tick() => stages.report_losses().map_err(PipelineError::Sink)?,
+            _ = join_tick.tick(), if stages.timed_work_pending(Instant::now()) => {
+                stages.timed(Instant::now()).map_err(PipelineError::Sink)?;
+                stages.update_gauges(rx.len());
+            }
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                stages.handle(event).map_err(PipelineError::Sink)?;
+                if rx.is_empty() {
+                    stages.sink.flush().map_err(PipelineError::Sink)?;
+                }
+                stages.update_gauges(rx.len());
+            }
+        }
+    }
+    // The last records and the final loss report wait for room in a queued output.
+    stages
+        .sink
+        .finish(std::time::Instant::now() + stages.drain_for);
+    for i in 0..stages.stages.len() {
+        let mut out = Vec::new();
+        stages.stages[i].drain(&stages.enricher, &mut out);
+        stages.write(out).map_err(PipelineError::Sink)?;
+    }
+    // Findings with evidence go out now instead of after their grace period.
+    let findings = stages.flows.due(
+        Instant::now() + Duration::from_secs(3600),
+        stages.enricher.node(),
+    );
+    let records = stages.finding_records(findings);
+    stages.write(records).map_err(PipelineError::Sink)?;
+    stages
+        .release_held(Instant::now(), true)
+        .map_err(PipelineError::Sink)?;
+    stages.report_losses().map_err(PipelineError::Sink)
+}
