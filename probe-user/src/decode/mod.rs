@@ -378,69 +378,6 @@ fn packet_drop(ev: &PacketDropEvent, tables: &SymbolTables) -> Result<PacketDrop
     })
 }
 
-fn http_request(ev: &HttpRequestEvent) -> Result<HttpRequest, DecodeError> {
-    let (fam, saddr, daddr) = socket_addresses(ev.family, &ev.saddr, &ev.daddr)?;
-    let len = (ev.len as usize).min(ev.data.len());
-    Ok(HttpRequest {
-        family: fam,
-        saddr,
-        sport: ev.sport,
-        daddr,
-        dport: ev.dport,
-        traceparent: traceparent(&ev.data[..len]),
-    })
-}
-
-/// The `traceparent` header of an HTTP/1.x request head (version 00; an invalid value is no
-/// context, never a guess).
-pub fn traceparent(head: &[u8]) -> Option<TraceParent> {
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(head.len());
-    for line in head[..end].split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        if !line[..colon].eq_ignore_ascii_case(b"traceparent") {
-            continue;
-        }
-        let value = std::str::from_utf8(&line[colon + 1..]).ok()?.trim();
-        let parts: Vec<&str> = value.split('-').collect();
-        let [version, trace, span, flags] = parts[..] else {
-            return None;
-        };
-        let hex = |s: &str, n: usize| -> Option<Vec<u8>> {
-            if s.len() != 2 * n
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return None;
-            }
-            (0..n)
-                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-                .collect()
-        };
-        if version != "00" {
-            return None;
-        }
-        let trace_id: [u8; 16] = hex(trace, 16)?.try_into().ok()?;
-        let span_id: [u8; 8] = hex(span, 8)?.try_into().ok()?;
-        let flags = hex(flags, 1)?[0];
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        return Some(TraceParent {
-            trace_id,
-            span_id,
-            flags,
-        });
-    }
-    None
-}
-
 /// A socket's family and addresses; a v4 connection on a dual-stack socket (v4-mapped IPv6
 /// addresses) is shown as the IPv4 it is.
 fn socket_addresses(
@@ -464,5 +401,8 @@ fn ipv4(raw: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
 }
 
+mod http;
 #[cfg(test)]
 mod tests;
+
+use self::http::http_request;
