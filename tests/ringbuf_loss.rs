@@ -45,7 +45,11 @@ fn delivered_plus_lost_equals_generated() {
         .iter()
         .filter(|r| r["source"] == "ringbuf")
         .map(|r| {
-            assert_eq!(r["lost_kind"], "tcp_reset");
+            assert_eq!(
+                r["lost_kind"], "tcp_reset",
+                "a kernel event of another kind was lost: something else on this node was \
+                 active during the flood (the count needs a quiet node)"
+            );
             r["count"].as_u64().unwrap()
         })
         .sum();
