@@ -184,6 +184,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(cli.queue_size as usize);
+    let node = cli
+        .node_name
+        .clone()
+        .unwrap_or_else(enrich::default_node_name);
     let conntrack_tasks = conntrack::start(
         &conntrack::ConntrackConfig {
             host: cli.conntrack,
@@ -193,14 +197,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         tx.clone(),
         counters.clone(),
+        Enricher::new(node.clone()),
         state.clone(),
         stop_rx.clone(),
     )
     .await;
-    let node = cli
-        .node_name
-        .clone()
-        .unwrap_or_else(enrich::default_node_name);
     let k8s_cache = K8sCache::with_gauge(state.metrics.kubernetes_up.clone());
     state.set_kubernetes(k8s_cache.clone());
     let k8s_tasks = match cli.kubernetes {

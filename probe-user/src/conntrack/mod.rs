@@ -35,10 +35,9 @@ use self::{
     settings::{FullAlarm, SYSCTL_DIR, Settings},
 };
 use crate::{
-    decode::{Common, Decoded},
-    enrich::boottime_ns,
+    enrich::Enricher,
     model::{Body, ConntrackExpiry, ConntrackSettings, Finding},
-    pipeline::Counters,
+    pipeline::{Counters, Event},
     status::AgentState,
 };
 
@@ -109,24 +108,20 @@ const UPDATE_STATES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(65536)
 
 pub use crate::status::WatchReport;
 
-/// Where records go: the pipeline's channel (a full channel is counted as a channel drop).
+/// Where records go: the pipeline's channel, as records of this source (a full channel is
+/// counted as a channel drop).
 #[derive(Clone)]
 struct Out {
-    tx: mpsc::Sender<Decoded>,
+    tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
+    enricher: Enricher,
 }
 
 impl Out {
     fn send(&self, netns_inode: u32, body: Body) -> bool {
-        let event = Decoded {
-            common: Common {
-                ktime_ns: boottime_ns(),
-                netns: Some(netns_inode),
-                ..Common::none()
-            },
-            body,
-        };
-        match self.tx.try_send(event) {
+        let mut record = self.enricher.agent_record(body);
+        record.common.netns = Some(netns_inode);
+        match self.tx.try_send(Event::Record(Box::new(record))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.counters.channel_drops.fetch_add(1, Ordering::Relaxed);
@@ -141,12 +136,17 @@ impl Out {
 /// are logged with their cause and shown in /health/status; the others run on).
 pub async fn start(
     config: &ConntrackConfig,
-    tx: mpsc::Sender<Decoded>,
+    tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
+    enricher: Enricher,
     state: Arc<AgentState>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let out = Out { tx, counters };
+    let out = Out {
+        tx,
+        counters,
+        enricher,
+    };
     let mut tasks = Vec::new();
     let mut reports = Vec::new();
     for (label, path) in config.watches() {

@@ -25,7 +25,23 @@ pub use self::{
     losses::LossTracker,
     stages::{Stages, WasmCgroupMap, consume},
 };
-use crate::decode::{Decoded, SymbolTables, decode};
+use crate::{
+    decode::{Decoded, SymbolTables, decode},
+    model::Record,
+};
+
+/// What the consumer's channel carries: kernel events (decoded from the ring buffer), which
+/// go through the event stages, and records other sources made (ctnetlink: conntrack
+/// expiries, settings and table findings), which go straight to the hold-back and the sinks.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "kernel events are the hot path: not boxed; the rare source records are"
+)]
+pub enum Event {
+    Kernel(Decoded),
+    Record(Box<Record>),
+}
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
@@ -56,7 +72,7 @@ const NETLINK_SLOT: u32 = u32::MAX - 1;
 /// (dropping the sender, which ends the consumer).
 pub async fn read_events(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Decoded>,
+    tx: mpsc::Sender<Event>,
     tables: Arc<SymbolTables>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
@@ -99,7 +115,7 @@ const BATCH: usize = 1024;
 /// Moves up to `limit` records from the ring buffer to the channel; true when it is empty.
 fn drain(
     ring: &mut RingBuf<MapData>,
-    tx: &mpsc::Sender<Decoded>,
+    tx: &mpsc::Sender<Event>,
     tables: &SymbolTables,
     counters: &Counters,
     limit: usize,
@@ -110,7 +126,7 @@ fn drain(
         };
         match decode(&item, tables) {
             Ok(event) => {
-                if tx.try_send(event).is_err() {
+                if tx.try_send(Event::Kernel(event)).is_err() {
                     counters.channel_drops.fetch_add(1, Ordering::Relaxed);
                 }
             }

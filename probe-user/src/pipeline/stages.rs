@@ -11,9 +11,8 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{LossTracker, PipelineError};
+use super::{Event, LossTracker, PipelineError};
 use crate::{
-    decode::Decoded,
     enrich::{
         Enricher, Stage,
         conntrack::FlowCorrelator,
@@ -153,8 +152,13 @@ impl Stages {
         self.sink.flush()
     }
 
-    /// Offers the event to the stages in order; one that no stage takes is a record as it is.
-    fn handle(&mut self, event: Decoded) -> std::io::Result<()> {
+    /// Offers a kernel event to the stages in order; one that no stage takes is a record as
+    /// it is. Records of other sources go out as they are.
+    fn handle(&mut self, event: Event) -> std::io::Result<()> {
+        let event = match event {
+            Event::Kernel(event) => event,
+            Event::Record(record) => return self.write(vec![*record]),
+        };
         let mut out = Vec::new();
         let mut event = Some(event);
         for stage in &mut self.stages {
@@ -245,7 +249,7 @@ impl Stages {
 /// `loss_interval` and a final one at the end. Core signals wait in the join for their
 /// target's exit.
 pub async fn consume(
-    mut rx: mpsc::Receiver<Decoded>,
+    mut rx: mpsc::Receiver<Event>,
     mut stages: Stages,
 ) -> Result<(), PipelineError> {
     let result = consume_loop(&mut rx, &mut stages).await;
@@ -258,7 +262,7 @@ pub async fn consume(
 }
 
 async fn consume_loop(
-    rx: &mut mpsc::Receiver<Decoded>,
+    rx: &mut mpsc::Receiver<Event>,
     stages: &mut Stages,
 ) -> Result<(), PipelineError> {
     let mut tick = tokio::time::interval(stages.loss_interval);
