@@ -414,12 +414,17 @@ fn with_invalid_packets_dropped_the_connection_dies_silently() {
         )),
         "{finding:#}"
     );
-    // The PING and its retransmissions, counted per flow in the kernel.
+    // The PING and its retransmissions, dropped by the router's netfilter and counted per
+    // flow in the kernel. (The endpoints' TCP stacks may drop a duplicate of the same flow
+    // for their own reasons, e.g. TCP_RFC7323_PAWS under a slow emulated CPU: those are in
+    // their namespaces, not the router's.)
     let drops: Vec<&Value> = records
         .iter()
-        .filter(|r| r["kind"] == "packet_drop" && r["sport"] == port)
+        .filter(|r| {
+            r["kind"] == "packet_drop" && r["sport"] == port && r["netns"] == topo.router.inode()
+        })
         .collect();
-    assert!(!drops.is_empty());
+    assert!(!drops.is_empty(), "no drop in the router's namespace");
     for d in &drops {
         assert_eq!(d["reason"], reason);
         assert_eq!(
@@ -427,7 +432,6 @@ fn with_invalid_packets_dropped_the_connection_dies_silently() {
             (Some(CLIENT), Some(SERVICE))
         );
         assert_eq!(d["dport"], 6379);
-        assert_eq!(d["netns"], topo.router.inode());
     }
     assert!(
         of_kind(&records, "tcp_reset", port).is_empty(),
