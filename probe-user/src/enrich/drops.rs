@@ -150,15 +150,6 @@ impl DropTotals {
     }
 }
 
-fn records(drops: Vec<(Common, PacketDrop)>, cx: &super::Enricher, out: &mut Vec<Record>) {
-    out.extend(drops.into_iter().map(|(common, drop)| {
-        cx.kernel_event(Decoded {
-            common,
-            body: Body::PacketDrop(drop),
-        })
-    }));
-}
-
 impl super::Stage for DropTotals {
     /// Takes drop events: a record per flow and reason with the drops since the last one.
     fn on_event(
@@ -170,27 +161,19 @@ impl super::Stage for DropTotals {
         let Body::PacketDrop(drop) = event.body else {
             return Some(event);
         };
-        records(
-            DropTotals::on_event(self, event.common, drop, Instant::now())
-                .into_iter()
-                .collect(),
-            cx,
-            out,
-        );
+        let counted = DropTotals::on_event(self, event.common, drop, Instant::now());
+        out.extend(cx.kernel_events(counted, Body::PacketDrop));
         None
     }
     fn pending(&self, now: Instant) -> bool {
         self.active(now)
     }
     fn on_tick(&mut self, now: Instant, cx: &super::Enricher, out: &mut Vec<Record>) {
-        records(self.sweep(now, super::boottime_ns()), cx, out);
+        out.extend(cx.kernel_events(self.sweep(now, super::boottime_ns()), Body::PacketDrop));
     }
     fn drain(&mut self, cx: &super::Enricher, out: &mut Vec<Record>) {
-        records(
-            self.final_sweep(Instant::now(), super::boottime_ns()),
-            cx,
-            out,
-        );
+        let tail = self.final_sweep(Instant::now(), super::boottime_ns());
+        out.extend(cx.kernel_events(tail, Body::PacketDrop));
     }
 }
 

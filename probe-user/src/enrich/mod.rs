@@ -109,6 +109,20 @@ impl Enricher {
         u64::try_from(i128::from(ktime_ns) + self.boot_to_wall_ns).unwrap_or(0)
     }
 
+    /// Records of events a stage rebuilt from their parts (a Wasm line, a drop count).
+    pub fn kernel_events<T>(
+        &self,
+        parts: impl IntoIterator<Item = (Common, T)>,
+        body: fn(T) -> Body,
+    ) -> impl Iterator<Item = Record> {
+        parts.into_iter().map(move |(common, part)| {
+            self.kernel_event(Decoded {
+                common,
+                body: body(part),
+            })
+        })
+    }
+
     pub fn kernel_event(&self, mut event: Decoded) -> Record {
         if let Body::CoreSignal(c) = &mut event.body {
             c.core_pattern = read_sysctl("kernel/core_pattern");

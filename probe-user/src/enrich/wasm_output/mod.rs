@@ -261,15 +261,6 @@ pub fn proc_fd_resolver() -> FdResolver {
     })
 }
 
-fn records(lines: Vec<(Common, WasmOutput)>, cx: &super::Enricher, out: &mut Vec<Record>) {
-    out.extend(lines.into_iter().map(|(common, line)| {
-        cx.kernel_event(Decoded {
-            common,
-            body: Body::WasmOutput(line),
-        })
-    }));
-}
-
 impl super::Stage for WasmAssembler {
     /// Takes write chunks and results (lines out when complete); flushes a process's partial
     /// lines at its exit and passes the exit on.
@@ -284,11 +275,11 @@ impl super::Stage for WasmAssembler {
             Body::WasmWriteResult(r) => {
                 let lines =
                     self.on_result(&event.common, r.fd, r.result, r.fd_kind, Instant::now());
-                records(lines, cx, out);
+                out.extend(cx.kernel_events(lines, Body::WasmOutput));
             }
             Body::ProcessExit(_) => {
                 if let Some(pid) = event.common.pid {
-                    records(self.on_exit(pid), cx, out);
+                    out.extend(cx.kernel_events(self.on_exit(pid), Body::WasmOutput));
                 }
                 return Some(event);
             }
@@ -300,10 +291,10 @@ impl super::Stage for WasmAssembler {
         self.buffered() > 0
     }
     fn on_tick(&mut self, now: Instant, cx: &super::Enricher, out: &mut Vec<Record>) {
-        records(self.flush_idle(now), cx, out);
+        out.extend(cx.kernel_events(self.flush_idle(now), Body::WasmOutput));
     }
     fn drain(&mut self, cx: &super::Enricher, out: &mut Vec<Record>) {
-        records(WasmAssembler::drain(self), cx, out);
+        out.extend(cx.kernel_events(WasmAssembler::drain(self), Body::WasmOutput));
     }
 }
 
