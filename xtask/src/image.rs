@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::setup::{apt_install, run_checked};
+use crate::setup::{apt_install, output, run_checked};
 
 /// The image name the manifests use; the tag is the workspace version.
 pub const NAME: &str = "node-probe";
@@ -65,7 +65,7 @@ pub fn build(root: &Path, target: &Path, agent: &Path, storage: Storage) -> Resu
         .filter(|u| !u.contains('@'))
         .unwrap_or_else(|| "unknown".into());
     let created =
-        command_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])).unwrap_or_default();
+        output(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])).unwrap_or_default();
     let containerfile = root.join("deploy").join("Containerfile");
     let mut build = buildah(&["build", "--layers=false", "--quiet", "--tag", &reference]);
     for (k, v) in [
@@ -163,12 +163,5 @@ fn shared_libraries(agent: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
-    command_line(Command::new("git").arg("-C").arg(root).args(args))
-}
-
-fn command_line(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    output(Command::new("git").arg("-C").arg(root).args(args))
 }

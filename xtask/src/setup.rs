@@ -35,7 +35,8 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+/// The trimmed stdout of a command that succeeded (its stderr discarded).
+pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
     out.status
         .success()
