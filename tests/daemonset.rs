@@ -8,7 +8,7 @@
 //! and the container stops within its grace period with exit 0.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Command, Stdio},
@@ -146,14 +146,7 @@ fn run_daemonset(test: &str, overlay: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("podman run");
-    let log = {
-        let mut stderr = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        })
-    };
+    let log = stderr_of(&mut child);
     let (tx, rx) = mpsc::channel::<Value>();
     let stdout = child.stdout.take().unwrap();
     thread::spawn(move || {

@@ -6,7 +6,7 @@
 //! how many records were lost.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::{Child, Stdio},
     sync::{
@@ -36,15 +36,6 @@ fn spawn(addr: SocketAddr) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning the probe")
-}
-
-fn stderr_of(child: &mut Child) -> thread::JoinHandle<String> {
-    let mut stderr = child.stderr.take().unwrap();
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    })
 }
 
 #[test]

@@ -314,6 +314,17 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<(String, St
     (status, headers, body.to_owned())
 }
 
+/// All of `child`'s stderr (piped), read on a thread until it closes.
+pub fn stderr_of(child: &mut Child) -> thread::JoinHandle<String> {
+    use std::io::Read as _;
+    let mut stderr = child.stderr.take().expect("a piped stderr");
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    })
+}
+
 /// A command for the agent binary.
 pub fn probe_command() -> Command {
     Command::new(probe_bin())
