@@ -188,6 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .node_name
         .clone()
         .unwrap_or_else(enrich::default_node_name);
+    // One clock offset for the kernel's events and the conntrack source's records.
+    let enricher = Enricher::new(node.clone());
     let conntrack_tasks = conntrack::start(
         &conntrack::ConntrackConfig {
             host: cli.conntrack,
@@ -197,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         tx.clone(),
         counters.clone(),
-        Enricher::new(node.clone()),
+        enricher.clone(),
         state.clone(),
         stop_rx.clone(),
     )
@@ -289,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         losses.watch_output(output.clone());
     }
     let stages = Stages {
-        enricher: Enricher::new(node.clone()),
+        enricher,
         sink,
         losses,
         drain_for: cli.shutdown_timeout / 2,
