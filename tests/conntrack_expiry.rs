@@ -3,139 +3,11 @@
 //! DNATs a "service" address to a server netns running a real redis-server, and the router's
 //! `nf_conntrack_tcp_timeout_established` lowered to a few seconds.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use probe_tests::*;
+use probe_tests::{redis_nat::*, *};
 
-const CLIENT: &str = "10.77.1.2";
-const SERVICE: &str = "10.77.9.9";
-const BACKEND: &str = "10.77.2.2";
-const TIMEOUT_SYSCTL: &str = "net.netfilter.nf_conntrack_tcp_timeout_established";
-const SHORT_TIMEOUT: u64 = 3;
 const WAIT: Duration = Duration::from_secs(15);
-
-struct Topology {
-    client: Netns,
-    router: Netns,
-    server: Netns,
-    redis: Child,
-}
-
-impl Topology {
-    fn new() -> Self {
-        Self::with_invalid_drop(false)
-    }
-
-    /// `invalid_drop`: the router drops INVALID packets, as kube-proxy's KUBE-FORWARD and
-    /// many host firewalls do; the connection then dies silently instead of with a reset.
-    fn with_invalid_drop(invalid_drop: bool) -> Self {
-        let (client, router, server) = (Netns::new("cli"), Netns::new("rtr"), Netns::new("srv"));
-        veth(&client, "c0", "10.77.1.2/24", &router, "rc", "10.77.1.1/24");
-        veth(&server, "s0", "10.77.2.2/24", &router, "rs", "10.77.2.1/24");
-        client.ip(&["route", "add", "default", "via", "10.77.1.1"]);
-        server.ip(&["route", "add", "default", "via", "10.77.2.1"]);
-        router.sysctl("net.ipv4.ip_forward", "1");
-        // The service address is the router's own: a packet that misses the DNAT meets the
-        // router's TCP stack, which has no socket for it (as on a node where the ClusterIP
-        // is local, e.g. kube-proxy IPVS mode).
-        router.ip(&["addr", "add", "10.77.9.9/32", "dev", "lo"]);
-        router.exec(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            SERVICE,
-            "-p",
-            "tcp",
-            "--dport",
-            "6379",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            "10.77.2.2:6379",
-        ]);
-        // Strict TCP tracking: a mid-stream packet without an entry is INVALID, not picked up.
-        router.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
-        if invalid_drop {
-            router.exec(&[
-                "iptables",
-                "-A",
-                "INPUT",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "INVALID",
-                "-j",
-                "DROP",
-            ]);
-        }
-        let redis = server
-            .command("redis-server")
-            .args([
-                "--bind",
-                BACKEND,
-                "--port",
-                "6379",
-                "--protected-mode",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (`cargo xtask test` installs it)");
-        let topo = Self {
-            client,
-            router,
-            server,
-            redis,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while topo
-            .server
-            .enter(|| TcpStream::connect((BACKEND, 6379)).is_err())
-        {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        topo
-    }
-
-    /// A client connection to the service, PINGed once.
-    fn connect(&self) -> (TcpStream, u16) {
-        let mut conn = self
-            .client
-            .enter(|| TcpStream::connect((SERVICE, 6379)).expect("connect to the service"));
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(ping(&mut conn).expect("first PING"), "+PONG\r\n");
-        let port = conn.local_addr().unwrap().port();
-        (conn, port)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        let _ = self.redis.kill();
-        let _ = self.redis.wait();
-    }
-}
-
-fn ping(conn: &mut TcpStream) -> std::io::Result<String> {
-    conn.write_all(b"PING\r\n")?;
-    let mut buf = [0u8; 64];
-    let n = conn.read(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
 
 /// Without a finding: passes (loudly "unsupported") only where the agent itself reports that
 /// this kernel's conntrack destroy events carry no TCP state, and it then made no expiry up.
@@ -179,7 +51,7 @@ fn idle_redis_connection_dies_when_its_dnat_entry_expires() {
         have("redis-server") && have("iptables"),
         "redis-server and iptables are needed (`cargo xtask test` installs them)"
     );
-    let topo = Topology::new();
+    let topo = Topology::start(false);
     let path = topo.router.path();
     let mut probe = Probe::start(&[
         "--conntrack",
@@ -379,7 +251,7 @@ fn with_invalid_packets_dropped_the_connection_dies_silently() {
         have("redis-server") && have("iptables"),
         "redis-server and iptables are needed (`cargo xtask test` installs them)"
     );
-    let topo = Topology::with_invalid_drop(true);
+    let topo = Topology::start(true);
     topo.router
         .sysctl(TIMEOUT_SYSCTL, &SHORT_TIMEOUT.to_string());
     let path = topo.router.path();

@@ -27,7 +27,6 @@ use crate::{
     config::{Cli, Color, KubeMode, LogFormat, Output},
     enrich::{
         Enricher,
-        conntrack::FlowCorrelator,
         k8s::{K8sCache, K8sConfig, attrs::K8sEnricher},
     },
     export::Sink,
@@ -305,13 +304,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             core_join_capacity: CORE_JOIN_CAPACITY,
             flows: CONNTRACK_FLOWS,
             drop_flows,
-        }),
-        flows: {
-            let mut flows = FlowCorrelator::new(cli.conntrack_window, CONNTRACK_FLOWS);
             // Without a watched namespace there are no expiries to join.
-            flows.enabled = !conntrack_tasks.is_empty();
-            flows
-        },
+            conntrack_flows: (!conntrack_tasks.is_empty())
+                .then_some((cli.conntrack_window, CONNTRACK_FLOWS)),
+        }),
         k8s: K8sEnricher::new(k8s_cache, enrich::k8s::cgroup::cgroup2_root()),
         held: std::collections::VecDeque::new(),
         wasm_cgroups,

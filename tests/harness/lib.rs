@@ -403,6 +403,7 @@ mod netns;
 mod otlp;
 mod podman;
 mod process;
+pub mod redis_nat;
 mod wasm;
 
 pub use self::{kube_fake::*, net::*, netns::*, otlp::*, podman::*, process::*, wasm::*};

@@ -32,11 +32,11 @@ use tracing::{debug, info, warn};
 use self::{
     destroys::read_destroys,
     netlink::{Destroyed, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_UPDATE},
-    settings::{FullAlarm, SYSCTL_DIR, Settings},
+    settings::{ConntrackSettings, FullAlarm, SYSCTL_DIR, Settings},
 };
 use crate::{
     enrich::Enricher,
-    model::{Body, ConntrackExpiry, ConntrackSettings, Finding},
+    model::{Body, ConntrackExpiry, Evidence, Finding, Other},
     pipeline::{Counters, Event},
     status::AgentState,
 };
@@ -331,10 +331,10 @@ fn watch_settings(
             changed
         } {
             first = false;
-            let body = Body::ConntrackSettings(ConntrackSettings {
+            let body = Body::Other(Other::new(ConntrackSettings {
                 netns_path: label.to_owned(),
                 sysctls: last.to_json(),
-            });
+            }));
             if !out.send(inode, body) {
                 return;
             }
@@ -368,10 +368,13 @@ fn table_full(label: &str, s: &Settings, ratio: f64) -> Finding {
              when it is full new connections are dropped. Raise nf_conntrack_max or shorten the timeouts that keep idle entries.",
             ratio * 100.0
         ),
-        evidence: vec![serde_json::json!({
-            "net.netfilter.nf_conntrack_count": count,
-            "net.netfilter.nf_conntrack_max": max,
-        })],
+        evidence: vec![Evidence::Values(
+            [
+                ("net.netfilter.nf_conntrack_count".to_owned(), count.into()),
+                ("net.netfilter.nf_conntrack_max".to_owned(), max.into()),
+            ]
+            .into(),
+        )],
         netns_path: Some(label.to_owned()),
         saddr: None,
         sport: None,

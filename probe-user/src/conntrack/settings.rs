@@ -3,6 +3,11 @@
 
 use std::{collections::BTreeMap, io, path::Path};
 
+use crate::model::{
+    Attrs, Common, Describe,
+    describe::{KindName, Line, LogLine, Severity, Tone},
+};
+
 /// Where the per-netns conntrack sysctls live.
 pub const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
 /// Prefix of the keys in records: the sysctl's dotted name.
@@ -92,6 +97,60 @@ impl FullAlarm {
             true
         } else {
             false
+        }
+    }
+}
+
+/// `kind:"conntrack_settings"`: the conntrack sysctls of a watched namespace, at start and
+/// whenever one changes (`nf_conntrack_count` changes alone do not count as a change).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConntrackSettings {
+    pub netns_path: String,
+    /// One key per sysctl, named as the sysctl (`net.netfilter.nf_conntrack_max`); numbers
+    /// where the value is one.
+    #[serde(flatten)]
+    pub sysctls: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl KindName for ConntrackSettings {
+    const KIND: &'static str = "conntrack_settings";
+}
+
+impl Describe for ConntrackSettings {
+    fn line(&self, _: &Common) -> Line {
+        let get = |k: &str| {
+            self.sysctls
+                .get(&format!("net.netfilter.{k}"))
+                .map_or_else(|| "-".to_owned(), ToString::to_string)
+        };
+        Line {
+            tag: "CT settings ".into(),
+            tone: Tone::Dim,
+            text: format!(
+                "netns={} tcp_timeout_established={} tcp_loose={} count/max={}/{} timestamp={}",
+                self.netns_path,
+                get("nf_conntrack_tcp_timeout_established"),
+                get("nf_conntrack_tcp_loose"),
+                get("nf_conntrack_count"),
+                get("nf_conntrack_max"),
+                get("nf_conntrack_timestamp"),
+            ),
+        }
+    }
+    fn layer(&self) -> &'static str {
+        "kernel.netfilter"
+    }
+    fn log(&self) -> Option<LogLine> {
+        Some(LogLine {
+            event_name: "conntrack.settings",
+            severity: Severity::Info,
+            body: "conntrack_settings".into(),
+        })
+    }
+    fn attributes(&self, a: &mut Attrs) {
+        a.str("probe.netns_path", &self.netns_path);
+        for (k, v) in &self.sysctls {
+            a.json(k.clone(), v);
         }
     }
 }

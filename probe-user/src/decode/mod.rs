@@ -255,41 +255,6 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
     }
 }
 
-/// Classifies an fd from its inode's mode and device number (uapi S_IF* types; Linux device
-/// numbers: 1:3 is /dev/null, majors 4, 5 and 136-143 are terminals).
-pub fn fd_kind(mode: u32, rdev: u32) -> Option<&'static str> {
-    let (major, minor) = (rdev >> 20, rdev & 0xf_ffff);
-    Some(match mode & 0o170000 {
-        0 => return None,
-        0o010000 => "pipe",
-        0o140000 => "socket",
-        0o100000 => "file",
-        0o020000 if (major, minor) == (1, 3) => "/dev/null",
-        0o020000 if major == 4 || major == 5 || (136..=143).contains(&major) => "tty",
-        0o020000 => "char_device",
-        0o060000 => "block_device",
-        0o040000 => "directory",
-        _ => "other",
-    })
-}
-
-fn wasm_write(ev: &WriteEvent) -> Result<WasmWrite, DecodeError> {
-    let len = ev.chunk_len as usize;
-    let data = ev
-        .data
-        .get(..len)
-        .ok_or(DecodeError::ChunkLen(ev.chunk_len))?;
-    Ok(WasmWrite {
-        fd: ev.fd,
-        runtime: ev.runtime,
-        offset: ev.offset,
-        total_len: ev.total_len,
-        truncated: ev.flags & WRITE_TRUNCATED != 0,
-        unreadable: ev.flags & WRITE_UNREADABLE != 0,
-        data: data.to_vec(),
-    })
-}
-
 /// The signal as generated; the outcome keys are filled by the join with the process exit.
 fn core_signal(ev: &SignalEvent, tables: &SymbolTables) -> CoreSignal {
     let has = |flag: u32| ev.flags & flag != 0;
@@ -402,6 +367,10 @@ fn ipv4(raw: &[u8; 16]) -> IpAddr {
 }
 
 mod http;
+mod wasm;
+
+pub use self::wasm::fd_kind;
+use self::wasm::wasm_write;
 #[cfg(test)]
 mod tests;
 

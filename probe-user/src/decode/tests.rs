@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn tables() -> SymbolTables {
+pub(super) fn tables() -> SymbolTables {
     SymbolTables {
         tcp_states: HashMap::from([(1, "ESTABLISHED".into()), (7, "CLOSE".into())]),
         reset_reasons: HashMap::from([(1, "NO_SOCKET".into())]),
@@ -11,7 +11,7 @@ fn tables() -> SymbolTables {
     }
 }
 
-fn header(flags: u32) -> EventHeader {
+pub(super) fn header(flags: u32) -> EventHeader {
     let mut comm = [0u8; 16];
     comm[..4].copy_from_slice(b"curl");
     EventHeader {
@@ -46,7 +46,7 @@ fn reset_event() -> TcpResetEvent {
     }
 }
 
-fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
+pub(super) fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
     // SAFETY: T is Pod (no padding), so all of its bytes are initialised.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
@@ -271,83 +271,6 @@ fn tables_from_format_and_btf_free_numbers() {
     assert_eq!(t.reset_reasons[&1], "NO_SOCKET");
     assert_eq!(t.reset_reasons[&0], "NOT_SPECIFIED");
     assert!(t.tcp_states.is_empty());
-}
-
-#[test]
-fn fd_kinds_from_inode_mode_and_rdev() {
-    assert_eq!(fd_kind(0o010600, 0), Some("pipe"));
-    assert_eq!(fd_kind(0o140777, 0), Some("socket"));
-    assert_eq!(fd_kind(0o100644, 0), Some("file"));
-    assert_eq!(fd_kind(0o020666, (1 << 20) | 3), Some("/dev/null"));
-    assert_eq!(fd_kind(0o020620, (136 << 20) | 2), Some("tty"));
-    assert_eq!(fd_kind(0o020666, (1 << 20) | 5), Some("char_device"));
-    assert_eq!(fd_kind(0, 0), None);
-}
-
-fn write_event(chunk_len: u32) -> WriteEvent {
-    let mut data = [0u8; WRITE_CHUNK];
-    data[..6].copy_from_slice(b"hello\n");
-    WriteEvent {
-        header: EventHeader {
-            kind: kind::WASM_WRITE,
-            ..header(HDR_TASK | HDR_CGROUP)
-        },
-        fd: 2,
-        flags: WRITE_TRUNCATED,
-        total_len: 70_000,
-        offset: 4096,
-        chunk_len,
-        runtime: 1,
-        data,
-    }
-}
-
-#[test]
-fn wasm_write_round_trip_and_bad_chunk_length() {
-    let d = decode(&bytes_of(&write_event(6)), &tables()).unwrap();
-    assert_eq!(d.common.comm.as_deref(), Some("curl"));
-    assert_eq!(
-        d.body,
-        Body::WasmWrite(WasmWrite {
-            fd: 2,
-            runtime: 1,
-            offset: 4096,
-            total_len: 70_000,
-            truncated: true,
-            unreadable: false,
-            data: b"hello\n".to_vec(),
-        })
-    );
-    assert_eq!(
-        decode(&bytes_of(&write_event(5000)), &tables()),
-        Err(DecodeError::ChunkLen(5000))
-    );
-    assert!(decode(&bytes_of(&write_event(6))[..200], &tables()).is_err());
-}
-
-#[test]
-fn wasm_write_result_round_trip() {
-    let ev = WriteResultEvent {
-        header: EventHeader {
-            kind: kind::WASM_WRITE_RESULT,
-            ..header(HDR_TASK)
-        },
-        fd: 1,
-        file_mode: 0o020666,
-        result: -32,
-        file_rdev: (1 << 20) | 3,
-        _reserved: 0,
-    };
-    let d = decode(&bytes_of(&ev), &tables()).unwrap();
-    assert_eq!(
-        d.body,
-        Body::WasmWriteResult(WasmWriteResult {
-            fd: 1,
-            result: -32,
-            fd_kind: Some("/dev/null"),
-        })
-    );
-    assert!(decode(&bytes_of(&ev)[..70], &tables()).is_err());
 }
 
 fn drop_event(family: u16, reason: u32) -> PacketDropEvent {

@@ -11,7 +11,11 @@ use std::{
 
 use lru::LruCache;
 
-use crate::model::{Body, ConntrackExpiry, Finding, Record};
+use super::{Decoded, Enricher, Stage};
+use crate::{
+    model::{Body, ConntrackExpiry, Evidence, Finding, Record},
+    status::AgentState,
+};
 
 /// An unordered pair of endpoints: the same for both directions of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,8 +51,6 @@ pub struct FlowCorrelator {
     recent: LruCache<FlowKey, Vec<(Instant, Record)>>,
     /// Expired flows forgotten to make room, before any finding.
     pub evictions: u64,
-    /// Off when no conntrack namespace is watched: then nothing is remembered per event.
-    pub enabled: bool,
 }
 
 /// Flows whose recent resets/drops are remembered for an expiry that arrives after them, and
@@ -65,7 +67,6 @@ impl FlowCorrelator {
             aliases: LruCache::new(cap),
             recent: LruCache::new(cap.min(NonZeroUsize::new(RECENT_FLOWS).expect("non-zero"))),
             evictions: 0,
-            enabled: true,
         }
     }
 
@@ -76,9 +77,6 @@ impl FlowCorrelator {
 
     /// Looks at a record after it was written; keeps it (moved) when it may be evidence.
     pub fn observe(&mut self, record: Record, now: Instant) {
-        if !self.enabled {
-            return;
-        }
         match &record.body {
             Body::ConntrackExpiry(e) => {
                 let e = e.clone();
@@ -163,28 +161,68 @@ impl FlowCorrelator {
                 continue;
             };
             if e.due.is_some() {
-                findings.push((e.record.common.netns, finding(node, &e)));
+                findings.push((e.record.common.netns, finding(node, e)));
             }
         }
         findings
     }
 }
 
-fn finding(node: &str, e: &Expired) -> Finding {
+/// The correlator is the last stage: it takes no kernel event, sees every record after the
+/// sinks (keeping expiries, resets and drops, moved), and writes findings when their evidence
+/// is complete. Only in the stage list while a conntrack namespace is watched.
+impl Stage for FlowCorrelator {
+    fn on_event(&mut self, event: Decoded, _: &Enricher, _: &mut Vec<Record>) -> Option<Decoded> {
+        Some(event)
+    }
+    fn on_written(&mut self, record: Record, now: Instant) -> Option<Record> {
+        self.observe(record, now);
+        None
+    }
+    fn pending(&self, _now: Instant) -> bool {
+        self.pending() > 0
+    }
+    fn on_tick(&mut self, now: Instant, cx: &Enricher, out: &mut Vec<Record>) {
+        for (netns, f) in self.due(now, cx.node()) {
+            let mut r = cx.agent_record(Body::Finding(f));
+            r.common.netns = netns;
+            out.push(r);
+        }
+    }
+    /// Findings with evidence go out now instead of after their grace period.
+    fn drain(&mut self, cx: &Enricher, out: &mut Vec<Record>) {
+        self.on_tick(Instant::now() + Duration::from_secs(3600), cx, out);
+    }
+    fn report(&self, state: &AgentState) {
+        state
+            .metrics
+            .conntrack_flows_evicted
+            .inner()
+            .store(self.evictions, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn finding(node: &str, e: Expired) -> Finding {
     let x = &e.expiry;
     let resets = e
         .evidence
         .iter()
         .filter(|r| matches!(r.body, Body::TcpReset(_)))
         .count();
-    let drops: Vec<&str> = e
-        .evidence
-        .iter()
-        .filter_map(|r| match &r.body {
-            Body::PacketDrop(d) => Some(d.reason.as_deref().unwrap_or("unknown reason")),
-            _ => None,
-        })
-        .collect();
+    // Drops in the namespace whose entry expired are the consequence; drops of the same flow
+    // elsewhere (an endpoint's TCP discarding a retransmitted duplicate, say) are told apart.
+    let here = e.record.common.netns;
+    let (mut local, mut remote): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+    for r in &e.evidence {
+        if let Body::PacketDrop(d) = &r.body {
+            let reason = d.reason.as_deref().unwrap_or("unknown reason");
+            if r.common.netns == here {
+                local.push(reason);
+            } else {
+                remote.push(reason);
+            }
+        }
+    }
     let name = if resets > 0 {
         "conntrack_expiry_reset"
     } else {
@@ -204,13 +242,19 @@ fn finding(node: &str, e: &Expired) -> Finding {
         _ => "the conntrack timeout".to_owned(),
     };
     let mut fate = Vec::new();
-    if !drops.is_empty() {
-        let mut reasons = drops.clone();
-        reasons.sort_unstable();
-        reasons.dedup();
+    if !local.is_empty() {
+        fate.push(format!("the next packet was dropped ({})", reasons(&local)));
+    }
+    if !remote.is_empty() {
         fate.push(format!(
-            "the next packet was dropped ({})",
-            reasons.join(", ")
+            "{} {} of the flow dropped at an endpoint ({})",
+            remote.len(),
+            if remote.len() == 1 {
+                "packet"
+            } else {
+                "packets"
+            },
+            reasons(&remote)
         ));
     }
     if resets > 0 {
@@ -230,11 +274,11 @@ fn finding(node: &str, e: &Expired) -> Finding {
         service = endpoint(x.orig_daddr, x.orig_dport),
         fate = fate.join(" and "),
     );
-    let mut evidence = vec![serde_json::to_value(&e.record).unwrap_or_default()];
+    let mut evidence = vec![Evidence::Record(Box::new(e.record))];
     evidence.extend(
         e.evidence
-            .iter()
-            .map(|r| serde_json::to_value(r).unwrap_or_default()),
+            .into_iter()
+            .map(|r| Evidence::Record(Box::new(r))),
     );
     Finding {
         finding: name,
@@ -251,6 +295,14 @@ fn finding(node: &str, e: &Expired) -> Finding {
         timeout_sysctl: x.timeout_sysctl.clone(),
         established_for_s: x.established_for_s,
     }
+}
+
+/// Distinct reasons, sorted, comma-separated.
+fn reasons(list: &[&str]) -> String {
+    let mut v = list.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v.join(", ")
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {

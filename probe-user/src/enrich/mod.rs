@@ -32,6 +32,11 @@ pub trait Stage: Send {
     fn drain(&mut self, _cx: &Enricher, _out: &mut Vec<Record>) {}
     /// Every record on its way out (whichever stage made it), before the sinks.
     fn on_record(&mut self, _record: &mut Record, _now: std::time::Instant) {}
+    /// Every record after the sinks wrote it, in stage order: a stage that keeps it (moved,
+    /// not copied) returns `None`.
+    fn on_written(&mut self, record: Record, _now: std::time::Instant) -> Option<Record> {
+        Some(record)
+    }
     /// Its gauges in the status document and metrics (after each batch).
     fn report(&self, _state: &crate::status::AgentState) {}
 }
@@ -48,11 +53,15 @@ pub struct StageConfig {
     /// Connections whose request context is kept.
     pub flows: usize,
     pub drop_flows: Option<Box<dyn drops::DropMap>>,
+    /// Conntrack expiries joined with what followed, when a namespace is watched: the window
+    /// and the number of expired flows remembered.
+    pub conntrack_flows: Option<(std::time::Duration, usize)>,
 }
 
 /// The event path in order: the agent's own traffic out first; request heads kept for the
 /// trace tie; Wasm chunks into lines (which also flushes a process's lines at its exit);
-/// core signals joined with exits; drop totals into per-flow counts.
+/// core signals joined with exits; drop totals into per-flow counts; last, after the sinks,
+/// conntrack expiries joined with the resets and drops that followed into findings.
 pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     if let Some(listen) = c.own_endpoint {
@@ -72,6 +81,9 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
         c.core_join_capacity,
     )));
     stages.push(Box::new(drops::DropTotals::new(c.drop_flows)));
+    if let Some((window, capacity)) = c.conntrack_flows {
+        stages.push(Box::new(conntrack::FlowCorrelator::new(window, capacity)));
+    }
     stages
 }
 

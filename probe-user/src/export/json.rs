@@ -13,6 +13,11 @@ impl<W: Write + Send> JsonSink<W> {
     pub fn new(out: W) -> Self {
         Self { out }
     }
+
+    #[cfg(test)]
+    pub(crate) fn into_inner(self) -> W {
+        self.out
+    }
 }
 
 impl<W: Write + Send> Sink for JsonSink<W> {

@@ -2,6 +2,8 @@
 //! Lines. Both write to any `io::Write` so they are tested on buffers.
 
 pub mod json;
+#[cfg(test)]
+mod new_kind;
 pub mod otlp;
 pub mod queued;
 pub mod terminal;

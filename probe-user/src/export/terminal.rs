@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::Sink;
-use crate::model::{Body, Direction, Loss, Record, Stream, TcpReset};
+use crate::model::{Record, describe::Tone};
 
 pub struct TerminalSink<W: Write + Send> {
     out: W,
@@ -24,180 +24,37 @@ impl<W: Write + Send> TerminalSink<W> {
         Self { out, color }
     }
 
+    #[cfg(test)]
+    pub(crate) fn into_inner(self) -> W {
+        self.out
+    }
+
     fn paint<'a>(&self, code: &'a str) -> (&'a str, &'static str) {
         if self.color { (code, RESET) } else { ("", "") }
     }
 }
 
-fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
-}
-
-fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 impl<W: Write + Send> Sink for TerminalSink<W> {
+    /// `time TAG text`, the tag coloured by the kind's tone; internal kinds are not written.
     fn write(&mut self, r: &Record) -> io::Result<()> {
+        let Some(body) = r.body.describe() else {
+            return Ok(());
+        };
+        let line = body.line(&r.common);
         let time =
             humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(r.time_unix_nano));
         let (dim, dim_end) = self.paint(DIM);
-        let task = match (&r.common.comm, r.common.pid) {
-            (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
-            _ => "-".into(),
-        };
-        match &r.body {
-            Body::TcpReset(TcpReset {
-                direction,
-                saddr,
-                sport,
-                daddr,
-                dport,
-                tcp_state,
-                reason,
-                socket_cookie,
-                ..
-            }) => {
-                let (label, code) = match direction {
-                    Direction::Sent => ("RST sent    ", RED),
-                    Direction::Received => ("RST received", YELLOW),
-                };
-                let (c, c_end) = self.paint(code);
-                writeln!(
-                    self.out,
-                    "{dim}{time}{dim_end} {c}{label}{c_end} {local} -> {remote} state={state} reason={reason} task={task} netns={netns} cgroup={cgroup} cookie={cookie}",
-                    local = endpoint(saddr, *sport),
-                    remote = endpoint(daddr, *dport),
-                    state = opt(tcp_state),
-                    reason = opt(reason),
-                    netns = opt(&r.common.netns),
-                    cgroup = opt(&r.common.cgroup_id),
-                    cookie = opt(socket_cookie),
-                )
-            }
-            Body::CoreSignal(c) => {
-                let (code, verdict) = match (c.core_dumped, &c.core_suppressed_by) {
-                    (Some(true), _) => (RED, "core dumped".to_owned()),
-                    (Some(false), why) => (YELLOW, format!("no core ({})", opt(why))),
-                    (None, _) => (YELLOW, "core unknown".to_owned()),
-                };
-                let (c_on, c_off) = self.paint(code);
-                let sender = match (&c.sender_comm, c.sender_pid) {
-                    (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
-                    _ => "-".into(),
-                };
-                writeln!(
-                    self.out,
-                    "{dim}{time}{dim_end} {c_on}{:<12}{c_off} {task} {} origin={} sender={sender} result={} {c_on}{verdict}{c_off} rlimit_core={} core_pattern={:?} exit_code={} cgroup={} netns={}",
-                    c.signal_name,
-                    c.si_code,
-                    serde_json::to_value(c.origin)
-                        .unwrap_or_default()
-                        .as_str()
-                        .unwrap_or("?"),
-                    c.result,
-                    opt(&c.rlimit_core),
-                    c.core_pattern.as_deref().unwrap_or("-"),
-                    opt(&c.exit_code),
-                    opt(&r.common.cgroup_id),
-                    opt(&r.common.netns),
-                )
-            }
-            Body::WasmOutput(w) => {
-                let (c, c_end) = self.paint(match w.stream {
-                    Stream::Stdout => DIM,
-                    Stream::Stderr => YELLOW,
-                });
-                let stream = match w.stream {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
-                };
-                writeln!(
-                    self.out,
-                    "{dim}{time}{dim_end} {c}WASM {stream}{c_end} {task} runtime={} fd={} result={}{} | {}",
-                    w.runtime,
-                    w.fd_target.as_deref().unwrap_or("-"),
-                    opt(&w.write_result),
-                    if w.truncated { " TRUNCATED" } else { "" },
-                    w.text,
-                )
-            }
-            Body::PacketDrop(d) => {
-                let (c, c_end) = self.paint(YELLOW);
-                writeln!(
-                    self.out,
-                    "{dim}{time}{dim_end} {c}DROP        {c_end} {} -> {} reason={} count={} netns={}",
-                    endpoint(&d.saddr, d.sport),
-                    endpoint(&d.daddr, d.dport),
-                    d.reason.as_deref().unwrap_or("-"),
-                    d.count,
-                    opt(&r.common.netns),
-                )
-            }
-            Body::ConntrackExpiry(x) => {
-                let (c, c_end) = self.paint(YELLOW);
-                writeln!(
-                    self.out,
-                    "{dim}{time}{dim_end} {c}CT expired  {c_end} {} -> {} reply {} -> {} state={} timeout={}s ({}) established_for={}s netns={}",
-                    endpoint(&x.orig_saddr, x.orig_sport),
-                    endpoint(&x.orig_daddr, x.orig_dport),
-                    endpoint(&x.reply_saddr, x.reply_sport),
-                    endpoint(&x.reply_daddr, x.reply_dport),
-                    opt(&x.tcp_state),
-                    opt(&x.timeout_s),
-                    x.timeout_sysctl.as_deref().unwrap_or("-"),
-                    x.established_for_s
-                        .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
-                    x.netns_path,
-                )
-            }
-            Body::ConntrackSettings(s) => {
-                let get = |k: &str| {
-                    s.sysctls
-                        .get(&format!("net.netfilter.{k}"))
-                        .map_or_else(|| "-".to_owned(), ToString::to_string)
-                };
-                writeln!(
-                    self.out,
-                    "{dim}{time} CT settings  netns={} tcp_timeout_established={} tcp_loose={} count/max={}/{} timestamp={}{dim_end}",
-                    s.netns_path,
-                    get("nf_conntrack_tcp_timeout_established"),
-                    get("nf_conntrack_tcp_loose"),
-                    get("nf_conntrack_count"),
-                    get("nf_conntrack_max"),
-                    get("nf_conntrack_timestamp"),
-                )
-            }
-            Body::Finding(f) => {
-                let (c, c_end) = self.paint(MAGENTA_BOLD);
-                writeln!(
-                    self.out,
-                    "{dim}{time}{dim_end} {c}FINDING     {}{c_end} {}",
-                    f.finding, f.summary
-                )
-            }
-            // Internal kinds, joined into the ones above; never written.
-            Body::ProcessExit(_)
-            | Body::WasmWrite(_)
-            | Body::WasmWriteResult(_)
-            | Body::HttpRequest(_) => Ok(()),
-            Body::Loss(Loss {
-                source,
-                count,
-                lost_kind,
-            }) => {
-                let (c, c_end) = self.paint(MAGENTA_BOLD);
-                writeln!(
-                    self.out,
-                    "{dim}{time}{dim_end} {c}LOST        {count} event(s){c_end} source={} kind={}",
-                    source.name(),
-                    lost_kind.unwrap_or("-"),
-                )
-            }
-        }
+        let (c, c_end) = self.paint(match line.tone {
+            Tone::Dim => DIM,
+            Tone::Warn => YELLOW,
+            Tone::Alarm => RED,
+            Tone::Notice => MAGENTA_BOLD,
+        });
+        writeln!(
+            self.out,
+            "{dim}{time}{dim_end} {c}{}{c_end} {}",
+            line.tag, line.text
+        )
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -210,7 +67,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         decode::Common,
-        model::{Family, LossSource},
+        model::{Body, Direction, Family, Loss, LossSource, TcpReset},
     };
 
     pub(crate) fn reset_record() -> Record {

@@ -45,3 +45,32 @@ pub struct K8sAttrs {
     #[serde(flatten)]
     pub peer_workload: BTreeMap<String, String>,
 }
+
+impl K8sAttrs {
+    /// The keys as attributes (the node's name is the record's `k8s.node.name`); pod labels as
+    /// `k8s.pod.label.<name>`.
+    pub fn attributes(&self, a: &mut super::Attrs) {
+        a.opt_str("k8s.cluster.name", self.cluster_name.as_deref());
+        a.opt_str("k8s.namespace.name", self.namespace.as_deref());
+        a.opt_str("k8s.pod.name", self.pod_name.as_deref());
+        a.opt_str("k8s.pod.uid", self.pod_uid.as_deref());
+        a.opt_str("k8s.container.name", self.container_name.as_deref());
+        a.opt_str("container.id", self.container_id.as_deref());
+        a.opt_str("container.runtime", self.container_runtime.as_deref());
+        for (k, v) in &self.workload {
+            a.push(*k, super::AttrValue::Str(v.clone()));
+        }
+        for (k, v) in &self.labels {
+            a.push(
+                format!("k8s.pod.label.{k}"),
+                super::AttrValue::Str(v.clone()),
+            );
+        }
+        a.opt_str("peer.k8s.namespace.name", self.peer_namespace.as_deref());
+        a.opt_str("peer.k8s.pod.name", self.peer_pod_name.as_deref());
+        a.opt_str("peer.k8s.service.name", self.peer_service_name.as_deref());
+        for (k, v) in &self.peer_workload {
+            a.push(k.clone(), super::AttrValue::Str(v.clone()));
+        }
+    }
+}

@@ -95,6 +95,15 @@ pub enum Origin {
     User,
 }
 
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::User => "user",
+        }
+    }
+}
+
 const SI_KERNEL: i32 = 0x80;
 
 pub fn origin(si_code: i32) -> Origin {

@@ -1,5 +1,6 @@
 //! The consumer: each event through the stages (enrich::Stage) into records, records through
-//! the Kubernetes hold-back and the sinks, then the findings correlator; timed work, loss
+//! the Kubernetes hold-back and the sinks, then back to the stages (the findings correlator
+//! keeps what it joins); timed work, loss
 //! reports and the drain at shutdown.
 
 use std::{
@@ -15,11 +16,10 @@ use super::{Event, LossTracker, PipelineError};
 use crate::{
     enrich::{
         Enricher, Stage,
-        conntrack::FlowCorrelator,
         k8s::attrs::{K8sEnricher, Verdict},
     },
     export::Sink,
-    model::{Body, Finding, Record},
+    model::{Body, Record},
     status::{AgentState, KindLabel, LossLabel},
 };
 
@@ -31,8 +31,6 @@ pub struct Stages {
     pub loss_interval: Duration,
     /// The event path, in order: each event is offered to these until one takes it.
     pub stages: Vec<Box<dyn Stage>>,
-    /// After the sinks: records that may be evidence, joined into findings.
-    pub flows: FlowCorrelator,
     pub k8s: K8sEnricher,
     /// Records of pods the Kubernetes cache does not know yet, with their deadline.
     pub held: std::collections::VecDeque<(Instant, Record)>,
@@ -121,8 +119,12 @@ impl Stages {
                         .clone()
                 })
                 .inc();
-            // Last: the correlator keeps the records it needs (moved, not copied).
-            self.flows.observe(record, now);
+            // After the sinks: stages that keep records (the findings correlator) take them.
+            let mut record = Some(record);
+            for stage in &mut self.stages {
+                let Some(r) = record.take() else { break };
+                record = stage.on_written(r, now);
+            }
         }
         Ok(())
     }
@@ -172,7 +174,7 @@ impl Stages {
     }
 
     /// Timed work: records waiting for their pod, the Wasm pods' cgroups, each stage's due
-    /// records (core signals whose wait ran out, idle Wasm lines, drop tails), then findings.
+    /// records (core signals whose wait ran out, idle Wasm lines, drop tails, findings).
     fn timed(&mut self, now: Instant) -> std::io::Result<()> {
         self.release_held(now, false)?;
         self.feed_wasm_cgroups(now);
@@ -183,26 +185,7 @@ impl Stages {
                 self.write(out)?;
             }
         }
-        let findings = self.flows.due(now, self.enricher.node());
-        let records = self.finding_records(findings);
-        self.write(records)?;
-        self.state
-            .metrics
-            .conntrack_flows_evicted
-            .inner()
-            .store(self.flows.evictions, Ordering::Relaxed);
         self.sink.flush()
-    }
-
-    fn finding_records(&self, findings: Vec<(Option<u32>, Finding)>) -> Vec<Record> {
-        findings
-            .into_iter()
-            .map(|(netns, f)| {
-                let mut r = self.enricher.agent_record(Body::Finding(f));
-                r.common.netns = netns;
-                r
-            })
-            .collect()
     }
 
     /// Keeps the kernel's captured cgroups equal to the Wasm pods' container cgroups.
@@ -229,7 +212,6 @@ impl Stages {
 
     fn timed_work_pending(&self, now: Instant) -> bool {
         self.stages.iter().any(|s| s.pending(now))
-            || self.flows.pending() > 0
             || !self.held.is_empty()
             || !self.fed_wasm_cgroups.is_empty()
             || self.k8s.has_wasm_pods()
@@ -297,13 +279,6 @@ async fn consume_loop(
         stages.stages[i].drain(&stages.enricher, &mut out);
         stages.write(out).map_err(PipelineError::Sink)?;
     }
-    // Findings with evidence go out now instead of after their grace period.
-    let findings = stages.flows.due(
-        Instant::now() + Duration::from_secs(3600),
-        stages.enricher.node(),
-    );
-    let records = stages.finding_records(findings);
-    stages.write(records).map_err(PipelineError::Sink)?;
     stages
         .release_held(Instant::now(), true)
         .map_err(PipelineError::Sink)?;

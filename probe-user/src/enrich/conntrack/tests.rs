@@ -120,8 +120,8 @@ fn expiry_then_reset_and_drop_yield_one_reset_finding() {
     let f = &found[0].1;
     assert_eq!(f.finding, "conntrack_expiry_reset");
     assert_eq!(f.evidence.len(), 4);
-    assert_eq!(f.evidence[0]["kind"], "conntrack_expiry");
-    assert_eq!(f.evidence[1]["kind"], "packet_drop");
+    assert_eq!(f.evidence[0].record().unwrap().kind, "conntrack_expiry");
+    assert_eq!(f.evidence[1].record().unwrap().kind, "packet_drop");
     assert_eq!((f.saddr, f.sport), (Some(ip("10.77.1.2")), Some(40000)));
     assert_eq!((f.daddr, f.dport), (Some(ip("10.77.9.9")), Some(6379)));
     assert_eq!(
@@ -241,4 +241,36 @@ fn the_flow_table_is_bounded_and_counts_evictions() {
         t0,
     );
     assert_eq!(c.due(t0 + GRACE, "n").len(), 1);
+}
+
+#[test]
+fn drops_at_an_endpoint_are_told_apart_from_the_router_drop() {
+    let mut c = FlowCorrelator::new(WINDOW, 16);
+    let t0 = Instant::now();
+    let mut x = expiry(40007);
+    x.common.netns = Some(11);
+    c.observe(x, t0);
+    let mut router = drop(("10.77.1.2", 40007), ("10.77.9.9", 6379), "NETFILTER_DROP");
+    router.common.netns = Some(11);
+    // The client's own TCP discarding a duplicate under a slow CPU (seen under qemu TCG).
+    let mut client = drop(
+        ("10.77.1.2", 40007),
+        ("10.77.9.9", 6379),
+        "TCP_RFC7323_PAWS",
+    );
+    client.common.netns = Some(12);
+    c.observe(client, t0);
+    c.observe(router, t0);
+    let found = c.due(t0 + GRACE, "n");
+    let f = &found[0].1;
+    assert_eq!(f.finding, "conntrack_expiry_drop");
+    assert!(
+        f.summary.contains(
+            "; the next packet was dropped (NETFILTER_DROP) and 1 packet of the flow dropped at \
+             an endpoint (TCP_RFC7323_PAWS). "
+        ),
+        "{}",
+        f.summary
+    );
+    assert_eq!(f.evidence.len(), 3);
 }

@@ -4,7 +4,9 @@
 //! `isolation.layer` (kernel.tcp, kernel.netfilter, process, wasm.runtime, container, pod, node).
 //! A finding is a parent span whose children are its evidence, one per layer. Wasm output lines
 //! are log records (with the text) and spans (so TraceQL can count them per pod); conntrack
-//! settings and losses are log records.
+//! settings and losses are log records. All of it comes from the typed record
+//! ([`Record::attributes`] and each kind's [`Describe`](crate::model::Describe)): no kind is
+//! named here.
 
 use std::{
     borrow::Cow,
@@ -12,129 +14,36 @@ use std::{
 };
 
 use opentelemetry::{
-    InstrumentationScope, KeyValue, Value as OtelValue,
+    InstrumentationScope, KeyValue, StringValue, Value as OtelValue,
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
-use serde_json::Value;
 
-use crate::model::{Body, Direction, Record};
+use crate::model::{AttrValue, Attrs, Record};
 
-/// Span names the exporter emits, by record kind (the dashboard test checks against these).
-pub fn span_name(record: &Value) -> Option<&'static str> {
-    Some(match record["kind"].as_str()? {
-        "tcp_reset" if record["direction"] == "sent" => "tcp.reset.sent",
-        "tcp_reset" => "tcp.reset.received",
-        "core_signal" => "process.core_signal",
-        "conntrack_expiry" => "conntrack.expiry",
-        "packet_drop" => "kernel.packet_drop",
-        "wasm_output" => "wasm.output",
-        _ => return None,
-    })
-}
-
-/// The layer of the isolation stack a record describes.
-pub fn layer(record: &Value) -> &'static str {
-    match record["kind"].as_str().unwrap_or("") {
-        "tcp_reset" => "kernel.tcp",
-        "conntrack_expiry" | "conntrack_settings" => "kernel.netfilter",
-        "packet_drop" if record["reason"] == "NETFILTER_DROP" => "kernel.netfilter",
-        "packet_drop" => "kernel.tcp",
-        "core_signal" => "process",
-        "wasm_output" => "wasm.runtime",
-        _ => "node",
-    }
-}
-
-/// Record key -> attribute name; keys not listed become `probe.<key>`, keys that already are
-/// dotted semantic-convention names (`k8s.pod.name`) stay as they are.
-fn attribute_name(kind: &str, key: &str) -> Option<Cow<'static, str>> {
-    let fixed: &'static str = match (kind, key) {
-        (
-            _,
-            "time_unix_nano" | "kind" | "evidence" | "summary" | "text" | "data_b64" | "trace_id"
-            | "parent_span_id",
-        ) => {
-            return None;
-        }
-        (_, "node") => "k8s.node.name",
-        (_, "pid") => "process.pid",
-        (_, "tid") => "thread.id",
-        (_, "comm") => "process.executable.name",
-        (_, "netns") => "probe.netns.inode",
-        (_, "cgroup_id") => "probe.cgroup.id",
-        ("tcp_reset", "saddr") => "network.local.address",
-        ("tcp_reset", "sport") => "network.local.port",
-        ("tcp_reset", "daddr") => "network.peer.address",
-        ("tcp_reset", "dport") => "network.peer.port",
-        ("tcp_reset" | "packet_drop", "family") => "network.type",
-        ("tcp_reset", "reason") => "tcp.reset.reason",
-        ("tcp_reset", "tcp_state") => "tcp.state",
-        ("packet_drop", "saddr") => "source.address",
-        ("packet_drop", "sport") => "source.port",
-        ("packet_drop", "daddr") => "destination.address",
-        ("packet_drop", "dport") => "destination.port",
-        ("packet_drop", "reason") => "packet.drop.reason",
-        ("packet_drop", "count") => "packet.drop.count",
-        ("conntrack_expiry" | "finding", "orig_saddr" | "saddr") => "client.address",
-        ("conntrack_expiry" | "finding", "orig_sport" | "sport") => "client.port",
-        ("conntrack_expiry" | "finding", "orig_daddr" | "daddr") => "server.address",
-        ("conntrack_expiry" | "finding", "orig_dport" | "dport") => "server.port",
-        ("core_signal", "signal") => "signal.number",
-        ("core_signal", "signal_name") => "signal.name",
-        ("wasm_output", "stream") => "log.iostream",
-        _ if key.contains('.') => return Some(Cow::Owned(key.to_owned())),
-        _ => return Some(Cow::Owned(format!("probe.{key}"))),
-    };
-    Some(Cow::Borrowed(fixed))
-}
-
-fn otel_value(v: &Value) -> Option<OtelValue> {
-    Some(match v {
-        Value::Null => return None,
-        Value::Bool(b) => OtelValue::Bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => OtelValue::I64(i),
-            None => OtelValue::F64(n.as_f64()?),
-        },
-        Value::String(s) => OtelValue::String(s.clone().into()),
-        Value::Array(items) => OtelValue::Array(
+/// A typed attribute as OpenTelemetry's value.
+pub fn otel_value(v: AttrValue) -> OtelValue {
+    match v {
+        AttrValue::Str(s) => OtelValue::String(s.into()),
+        AttrValue::Int(i) => OtelValue::I64(i),
+        AttrValue::Float(f) => OtelValue::F64(f),
+        AttrValue::Bool(b) => OtelValue::Bool(b),
+        AttrValue::List(items) => OtelValue::Array(
             items
-                .iter()
-                .filter_map(|i| i.as_str().map(|s| s.to_owned().into()))
-                .collect::<Vec<opentelemetry::StringValue>>()
+                .into_iter()
+                .map(StringValue::from)
+                .collect::<Vec<_>>()
                 .into(),
         ),
-        Value::Object(_) => OtelValue::String(v.to_string().into()),
-    })
+    }
 }
 
-/// The attributes of a record (as its JSON form shows it).
-pub fn attributes(record: &Value) -> Vec<KeyValue> {
-    let kind = record["kind"].as_str().unwrap_or("");
-    let mut out = vec![KeyValue::new("isolation.layer", layer(record))];
-    if matches!(kind, "tcp_reset" | "packet_drop") {
-        out.push(KeyValue::new("network.transport", "tcp"));
-    }
-    let Some(map) = record.as_object() else {
-        return out;
-    };
-    for (key, value) in map {
-        if key == "k8s.pod.labels" {
-            if let Some(labels) = value.as_object() {
-                for (l, v) in labels {
-                    if let Some(v) = v.as_str() {
-                        out.push(KeyValue::new(format!("k8s.pod.label.{l}"), v.to_owned()));
-                    }
-                }
-            }
-            continue;
-        }
-        if let (Some(name), Some(v)) = (attribute_name(kind, key), otel_value(value)) {
-            out.push(KeyValue::new(name, v));
-        }
-    }
-    out
+/// The attributes of a record, as the exporter sends them.
+pub fn attributes(record: &Record) -> Vec<KeyValue> {
+    let Attrs(list) = record.attributes();
+    list.into_iter()
+        .map(|(k, v)| KeyValue::new(k, otel_value(v)))
+        .collect()
 }
 
 pub fn time(unix_nano: u64) -> SystemTime {
@@ -174,42 +83,13 @@ fn span(
     }
 }
 
-/// The spans of a record: one for an event, a parent and its evidence for a finding, none for
-/// kinds that are log records.
+/// The spans of a record: one for an event (a parent and its evidence for a finding), none for
+/// kinds that are only log records or internal.
 pub fn spans(record: &Record, scope: &InstrumentationScope) -> Vec<SpanData> {
-    let json = serde_json::to_value(record).unwrap_or_default();
-    let trace_id = RandomIdGenerator::default().new_trace_id();
-    if let Body::Finding(f) = &record.body {
-        let parent = span(
-            Cow::Owned(format!("finding.{}", f.finding)),
-            trace_id,
-            SpanId::INVALID,
-            time(record.time_unix_nano),
-            attributes(&json),
-            Status::error(f.summary.clone()),
-            scope,
-        );
-        let parent_id = parent.span_context.span_id();
-        let mut out = vec![parent];
-        for ev in &f.evidence {
-            let Some(name) = span_name(ev) else { continue };
-            out.push(span(
-                Cow::Borrowed(name),
-                trace_id,
-                parent_id,
-                time(
-                    ev["time_unix_nano"]
-                        .as_u64()
-                        .unwrap_or(record.time_unix_nano),
-                ),
-                attributes(ev),
-                Status::Unset,
-                scope,
-            ));
-        }
-        return out;
-    }
-    let Some(name) = span_name(&json) else {
+    let Some(body) = record.body.describe() else {
+        return Vec::new();
+    };
+    let Some(name) = body.span_name() else {
         return Vec::new();
     };
     // Inside the request's trace, as a child of the client's span, when the connection
@@ -220,32 +100,38 @@ pub fn spans(record: &Record, scope: &InstrumentationScope) -> Vec<SpanData> {
             SpanId::from_bytes(t.parent.span_id),
             true,
         ),
-        None => (trace_id, SpanId::INVALID, false),
+        None => (
+            RandomIdGenerator::default().new_trace_id(),
+            SpanId::INVALID,
+            false,
+        ),
     };
-    let status = match &record.body {
-        Body::TcpReset(r) if r.direction == Direction::Received => {
-            Status::error("connection reset by peer")
-        }
-        Body::CoreSignal(c) => Status::error(format!("{} {}", c.signal_name, c.si_code)),
-        _ => Status::Unset,
-    };
-    let mut s = span(
-        Cow::Borrowed(name),
+    let status = body.span_error().map_or(Status::Unset, Status::error);
+    let mut head = span(
+        name,
         trace_id,
         parent,
         time(record.time_unix_nano),
-        attributes(&json),
+        attributes(record),
         status,
         scope,
     );
-    s.parent_span_is_remote = remote;
-    vec![s]
-}
-
-/// Whether a record becomes a log record.
-pub fn is_log(record: &Record) -> bool {
-    matches!(
-        record.body,
-        Body::WasmOutput(_) | Body::ConntrackSettings(_) | Body::Loss(_)
-    )
+    head.parent_span_is_remote = remote;
+    let head_id = head.span_context.span_id();
+    let mut out = vec![head];
+    for ev in body.evidence() {
+        let Some(name) = ev.body.describe().and_then(|b| b.span_name()) else {
+            continue;
+        };
+        out.push(span(
+            name,
+            trace_id,
+            head_id,
+            time(ev.time_unix_nano),
+            attributes(ev),
+            Status::Unset,
+            scope,
+        ));
+    }
+    out
 }

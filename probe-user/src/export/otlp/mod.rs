@@ -29,7 +29,7 @@ use tracing::info;
 use self::export::{build, export_loop};
 use super::Sink;
 use crate::{
-    model::{Body, Record},
+    model::{self, AttrValue, Record, describe::LogLine},
     status::AgentState,
 };
 
@@ -178,42 +178,33 @@ impl OtlpSink {
         ))
     }
 
-    fn log_record(&self, record: &Record) -> SdkLogRecord {
+    fn log_record(&self, record: &Record, line: LogLine) -> SdkLogRecord {
         let logger = self.logs.logger("node-probe");
         let mut log = logger.create_log_record();
-        let json = serde_json::to_value(record).unwrap_or_default();
         log.set_timestamp(convert::time(record.time_unix_nano));
         log.set_observed_timestamp(std::time::SystemTime::now());
-        let (severity, body): (Severity, String) = match &record.body {
-            Body::WasmOutput(w) => (
-                match w.stream {
-                    crate::model::Stream::Stdout => Severity::Info,
-                    crate::model::Stream::Stderr => Severity::Warn,
-                },
-                w.text.clone(),
-            ),
-            Body::Loss(l) => (
-                Severity::Warn,
-                format!("{} events lost ({})", l.count, l.source.name()),
-            ),
-            _ => (Severity::Info, record.kind.to_owned()),
+        let severity = match line.severity {
+            model::describe::Severity::Info => Severity::Info,
+            model::describe::Severity::Warn => Severity::Warn,
         };
         log.set_severity_number(severity);
         log.set_severity_text(severity.name());
-        log.set_event_name(match record.kind {
-            "wasm_output" => "wasm.output",
-            "conntrack_settings" => "conntrack.settings",
-            _ => "probe.loss",
-        });
-        log.set_body(AnyValue::String(body.into()));
-        for kv in convert::attributes(&json) {
-            let value = match kv.value {
-                opentelemetry::Value::Bool(b) => AnyValue::Boolean(b),
-                opentelemetry::Value::I64(i) => AnyValue::Int(i),
-                opentelemetry::Value::F64(f) => AnyValue::Double(f),
-                other => AnyValue::String(other.as_str().into_owned().into()),
+        log.set_event_name(line.event_name);
+        log.set_body(AnyValue::String(line.body.into()));
+        for (key, value) in record.attributes().0 {
+            let value = match value {
+                AttrValue::Bool(b) => AnyValue::Boolean(b),
+                AttrValue::Int(i) => AnyValue::Int(i),
+                AttrValue::Float(f) => AnyValue::Double(f),
+                AttrValue::Str(s) => AnyValue::String(s.into()),
+                AttrValue::List(items) => AnyValue::ListAny(Box::new(
+                    items
+                        .into_iter()
+                        .map(|s| AnyValue::String(s.into()))
+                        .collect(),
+                )),
             };
-            log.add_attribute(kv.key, value);
+            log.add_attribute(key, value);
         }
         log
     }
@@ -249,7 +240,11 @@ impl OtlpSink {
 
 impl Sink for OtlpSink {
     fn write(&mut self, record: &Record) -> std::io::Result<()> {
-        let log = convert::is_log(record).then(|| self.log_record(record));
+        let log = record
+            .body
+            .describe()
+            .and_then(|b| b.log())
+            .map(|line| self.log_record(record, line));
         let spans = convert::spans(record, &self.scope);
         if log.is_some() || !spans.is_empty() {
             self.push(spans, log);

@@ -3,52 +3,20 @@
 use std::collections::BTreeSet;
 
 use opentelemetry::InstrumentationScope;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::convert::{attributes, span_name, spans};
-use crate::{
-    enrich::k8s::attrs::K8sAttrs,
-    model::{Body, Finding, Record},
-};
+use super::convert::{attributes, spans};
+use crate::model::{Body, Evidence, Record, samples};
 
-/// One record of every kind that becomes a span, in its JSON form (README contract).
-fn samples() -> Vec<Value> {
-    let k8s = json!({"k8s.namespace.name": "payments", "k8s.pod.name": "redis-client-1",
-        "k8s.deployment.name": "redis-client", "k8s.node.name": "node-3",
-        "k8s.pod.labels": {"app": "redis-client"}});
-    let mut out = vec![
-        json!({"kind": "tcp_reset", "node": "node-3", "pid": 7, "comm": "redis-cli", "netns": 1,
-            "cgroup_id": 2, "direction": "sent", "family": "ipv4", "saddr": "10.0.0.1",
-            "sport": 5000, "daddr": "10.96.0.15", "dport": 6379, "tcp_state": "CLOSE",
-            "reason": "TCP_ABORT_ON_LINGER", "socket_cookie": 9}),
-        json!({"kind": "core_signal", "node": "node-3", "pid": 7, "signal": 11,
-            "signal_name": "SIGSEGV", "core_dumped": false, "core_suppressed_by": "rlimit_core=0"}),
-        json!({"kind": "conntrack_expiry", "node": "node-3", "orig_saddr": "10.0.0.1",
-            "orig_sport": 5000, "orig_daddr": "10.96.0.15", "orig_dport": 6379,
-            "reply_saddr": "10.0.2.2", "reply_sport": 6379, "timeout_s": 3}),
-        json!({"kind": "packet_drop", "node": "node-3", "family": "ipv4", "saddr": "10.0.0.1",
-            "sport": 5000, "daddr": "10.96.0.15", "dport": 6379, "reason": "NETFILTER_DROP", "count": 4}),
-        json!({"kind": "wasm_output", "node": "node-3", "stream": "stdout", "runtime": "wasmtime",
-            "text": "hi"}),
-        json!({"kind": "finding", "node": "node-3", "finding": "conntrack_expiry_reset",
-            "timeout_s": 3, "saddr": "10.0.0.1", "sport": 5000, "daddr": "10.96.0.15", "dport": 6379}),
-    ];
-    for r in &mut out {
-        for (k, v) in k8s.as_object().unwrap() {
-            r[k] = v.clone();
-        }
-    }
-    out
-}
-
+/// Span names and `span.`/`resource.` attributes the exporter emits for a record of every kind.
 fn emitted() -> (BTreeSet<String>, BTreeSet<String>) {
     let mut names = BTreeSet::new();
     let mut attrs = BTreeSet::new();
-    for r in samples() {
-        match span_name(&r) {
-            Some(n) => names.insert(n.to_owned()),
-            None => names.insert(format!("finding.{}", r["finding"].as_str().unwrap())),
-        };
+    let scope = InstrumentationScope::builder("t").build();
+    for r in samples::all() {
+        for s in spans(&r, &scope) {
+            names.insert(s.name.to_string());
+        }
         for kv in attributes(&r) {
             attrs.insert(format!("span.{}", kv.key));
         }
@@ -58,6 +26,55 @@ fn emitted() -> (BTreeSet<String>, BTreeSet<String>) {
         attrs.insert(format!("resource.{k}"));
     }
     (names, attrs)
+}
+
+#[test]
+fn attributes_keep_their_types() {
+    let value = |r: &Record, key: &str| {
+        attributes(r)
+            .into_iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value)
+    };
+    use opentelemetry::Value as V;
+    let signal = samples::core_signal();
+    assert_eq!(value(&signal, "signal.number"), Some(V::I64(11)));
+    assert_eq!(
+        value(&signal, "probe.rlimit_core"),
+        Some(V::String("unlimited".into()))
+    );
+    assert_eq!(value(&signal, "probe.core_dumped"), Some(V::Bool(false)));
+    assert_eq!(value(&signal, "probe.sender_pid"), None, "null is left out");
+    let expiry = samples::expiry();
+    assert_eq!(value(&expiry, "probe.established_for_s"), Some(V::F64(7.5)));
+    assert_eq!(
+        value(&expiry, "probe.status"),
+        Some(V::Array(
+            vec![
+                opentelemetry::StringValue::from("ASSURED"),
+                opentelemetry::StringValue::from("DST_NAT")
+            ]
+            .into()
+        ))
+    );
+    assert_eq!(
+        value(&expiry, "isolation.layer"),
+        Some(V::String("kernel.netfilter".into()))
+    );
+    let reset = samples::reset();
+    assert_eq!(
+        value(&reset, "k8s.pod.label.app"),
+        Some(V::String("redis-client".into()))
+    );
+    assert_eq!(
+        value(&reset, "network.peer.address"),
+        Some(V::String("10.96.0.15".into()))
+    );
+    let node: Vec<_> = attributes(&reset)
+        .into_iter()
+        .filter(|kv| kv.key.as_str() == "k8s.node.name")
+        .collect();
+    assert_eq!(node.len(), 1, "one k8s.node.name");
 }
 
 /// `span.x.y` / `resource.x.y` identifiers and `name = "..."` / `name =~ "..."` values of a
@@ -134,44 +151,20 @@ fn every_name_and_attribute_the_dashboard_queries_is_emitted() {
 
 #[test]
 fn a_finding_is_a_parent_span_with_its_evidence_as_children() {
-    let evidence = samples()
-        .into_iter()
-        .filter(|r| r["kind"] == "conntrack_expiry" || r["kind"] == "tcp_reset")
-        .map(|mut r| {
-            r["time_unix_nano"] = json!(1_000_000_000u64);
-            r
-        })
-        .collect();
-    let record = Record {
-        time_unix_nano: 2_000_000_000,
-        kind: "finding",
-        node: "node-3".into(),
-        common: crate::decode::Common::none(),
-        body: Body::Finding(Finding {
-            finding: "conntrack_expiry_reset",
-            summary: "the cause".into(),
-            evidence,
-            netns_path: None,
-            saddr: None,
-            sport: None,
-            daddr: None,
-            dport: None,
-            backend_addr: None,
-            backend_port: None,
-            timeout_s: Some(3),
-            timeout_sysctl: None,
-            established_for_s: None,
-        }),
-        k8s: Some(Box::new(K8sAttrs::default())),
-        trace: None,
-    };
+    let mut record = samples::finding();
+    if let Body::Finding(f) = &mut record.body {
+        f.evidence.push(Evidence::Values(
+            [("net.netfilter.nf_conntrack_max".to_owned(), 9.into())].into(),
+        ));
+    }
+    record.time_unix_nano = 2_000_000_000;
     let out = spans(&record, &InstrumentationScope::builder("t").build());
     assert_eq!(out.len(), 3);
     assert_eq!(out[0].name, "finding.conntrack_expiry_reset");
     let trace = out[0].span_context.trace_id();
     let parent = out[0].span_context.span_id();
     let children: Vec<&str> = out[1..].iter().map(|s| s.name.as_ref()).collect();
-    assert_eq!(children, ["tcp.reset.sent", "conntrack.expiry"]);
+    assert_eq!(children, ["conntrack.expiry", "tcp.reset.sent"]);
     for child in &out[1..] {
         assert_eq!(child.span_context.trace_id(), trace);
         assert_eq!(child.parent_span_id, parent);
@@ -191,5 +184,5 @@ fn a_finding_is_a_parent_span_with_its_evidence_as_children() {
                 .to_string()
         })
         .collect();
-    assert_eq!(layers, ["kernel.tcp", "kernel.netfilter"]);
+    assert_eq!(layers, ["kernel.netfilter", "kernel.tcp"]);
 }
