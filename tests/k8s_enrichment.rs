@@ -103,7 +103,11 @@ fn pod_events_carry_their_pod_and_a_wasm_pods_output_is_captured() {
     loop {
         let (_, _, body) = http_get(probe.http_addr(), "/health/status");
         let doc: Value = serde_json::from_str(&body).unwrap();
-        if doc["kubernetes"]["state"] == "synced" && doc["kubernetes"]["wasm_cgroups"] == 1 {
+        // The Wasm pod's cgroup also opens the write gate (hooks attached while one is there).
+        if doc["kubernetes"]["state"] == "synced"
+            && doc["kubernetes"]["wasm_cgroups"] == 1
+            && doc["write_hooks"]["state"] == "attached"
+        {
             assert_eq!(doc["kubernetes"]["pods"], 2);
             break;
         }

@@ -28,6 +28,8 @@ fn export_once(protocol: &str) {
         "--service-name",
         "probe-under-test",
     ]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let pair = LingerPair::connect();
     let (client_port, server_port) = (pair.client_port, pair.server_port);
     let _server_end = pair.reset();

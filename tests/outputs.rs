@@ -110,7 +110,8 @@ fn a_stdout_nobody_reads_holds_nothing_and_loses_nothing_uncounted() {
         .iter()
         .filter(|r| r["kind"] == "loss" && r["source"] == "json")
         .map(|r| r["count"].as_u64().unwrap())
-        .sum();
+        .sum::<u64>()
+        + unreported_losses(&log, "json");
     let lost_elsewhere: Vec<&Value> = records
         .iter()
         .filter(|r| r["kind"] == "loss" && r["source"] != "json")

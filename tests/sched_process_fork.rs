@@ -13,6 +13,8 @@ fn children_of_a_runtime_are_captured() {
     let dir = TempDir::new("fork");
     let spin = dir.copy_as("/bin/sh", "spin");
     let probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let child = Command::new(&spin)
         .args(["-c", "(echo from-child; true); echo from-parent"])
         .stdout(std::process::Stdio::piped())

@@ -64,6 +64,8 @@ fn wasmtime_output_is_reproduced_byte_for_byte() {
     }
 
     let mut probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let (pid, stdout) = run_module(&dir, &writes, Stdio::piped());
     let expected_stdout: Vec<u8> = stdout_lines.iter().flat_map(|l| line(l)).collect();
     assert_eq!(
@@ -127,6 +129,8 @@ fn stdout_on_dev_null_is_captured_and_says_so() {
     }
     let dir = TempDir::new("wasm-null");
     let mut probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let (pid, _) = run_module(&dir, &[(1, b"lost in the void\n".to_vec())], Stdio::null());
     probe
         .wait_for(Duration::from_secs(15), |r| {
@@ -146,6 +150,8 @@ fn busy_writer_that_is_no_runtime_is_not_captured() {
         return;
     }
     let probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let dd = Command::new("dd")
         .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=1000000"])
         .stderr(Stdio::null())

@@ -15,6 +15,8 @@ fn writev_parts_are_joined() {
     let dir = TempDir::new("writev");
     let wasmer = dir.copy_as(WRITER, "wasmer");
     let probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let out = Command::new(&wasmer)
         .args(["writev", "first part, ", "second ✓ part\\n", "third\\n"])
         .output()
@@ -46,6 +48,8 @@ fn a_write_over_the_hard_cap_is_truncated_and_flagged() {
     let wasmer = dir.copy_as(WRITER, "wasmer");
     // 1 KiB chunks, 16 of them at most: 16 KiB of a 20000-byte write are copied.
     let probe = Probe::start(&["--capture-bytes", "1024"]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let out = Command::new(&wasmer)
         .args(["write", "20000"])
         .output()

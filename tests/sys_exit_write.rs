@@ -31,6 +31,8 @@ fn write_to_a_closed_stdout_reports_ebadf() {
     let dir = TempDir::new("ebadf");
     let spin = dir.copy_as("/bin/sh", "spin");
     let probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let out = Command::new(&spin)
         .args(["-c", "exec 1>&-; echo into-closed-stdout"])
         .output()
@@ -49,6 +51,8 @@ fn write_to_a_broken_pipe_reports_epipe() {
     let dir = TempDir::new("epipe");
     let spin = dir.copy_as("/bin/sh", "spin");
     let probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let mut child = Command::new(&spin)
         .args(["-c", "trap '' PIPE; sleep 0.3; echo into-broken-pipe"])
         .stdout(Stdio::piped())

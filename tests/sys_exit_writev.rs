@@ -15,6 +15,8 @@ fn writev_into_a_closed_stdout_reports_ebadf() {
     let dir = TempDir::new("writev-ebadf");
     let wasmer = dir.copy_as(WRITER, "wasmer");
     let probe = Probe::start(&[]);
+    // A runtime on the node: the write hooks are attached (see the cold-start test).
+    let _warm = WarmRuntime::start(&probe);
     let status = Command::new(&wasmer)
         .args(["writev-closed", "nobody ", "hears\\n"])
         .status()

@@ -31,6 +31,10 @@ pub mod maps {
     /// Per-CPU LRU hash: [`crate::DropKey`] -> [`crate::DropCount`], the in-kernel aggregation
     /// of packet drops.
     pub const DROP_FLOWS: &str = "DROP_FLOWS";
+    /// Ring buffer of [`crate::Selection`]: a process was selected for capture at exec. Each
+    /// record wakes the agent at once, so it attaches the write hooks (detached while nothing
+    /// is selected) before the runtime's first write.
+    pub const SELECTIONS: &str = "SELECTIONS";
 }
 
 /// Names of the read-only globals the loader sets before the programs are loaded.
@@ -317,6 +321,18 @@ pub use drops::*;
 pub use http::*;
 pub use layouts::*;
 
+/// A process selected for capture at exec (in [`maps::SELECTIONS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// `bpf_ktime_get_boot_ns` at the exec.
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    /// Index of the runtime pattern.
+    pub runtime: u32,
+}
+const _: () = assert!(size_of::<Selection>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type below is `repr(C)`, made only of integers and integer arrays, and has
@@ -328,6 +344,7 @@ mod pod {
     unsafe impl aya::Pod for super::TcpResetEvent {}
     unsafe impl aya::Pod for super::SignalEvent {}
     unsafe impl aya::Pod for super::ExitEvent {}
+    unsafe impl aya::Pod for super::Selection {}
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::WriteEvent {}
     unsafe impl aya::Pod for super::WriteResultEvent {}

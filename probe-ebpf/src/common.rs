@@ -173,7 +173,7 @@ pub fn offsets() -> KernelOffsets {
 
 /// `bpf_ringbuf_output`/`submit` flags (uapi): no wake-up of the reader, or a forced one.
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `bpf_ringbuf_query`: bytes not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 

@@ -2,20 +2,29 @@
 //! execs a Wasm runtime, and deselects a selected one that execs something else (crun
 //! exec'ing a normal container's entrypoint). Two longest-prefix lookups in WASM_RUNTIMES,
 //! no loops: the executable file's name (its dentry: the full basename, after symlinks) and
-//! the task's new comm (the basename it was invoked by, at most 15 bytes).
+//! the task's new comm (the basename it was invoked by, at most 15 bytes). A newly selected
+//! process is also put in SELECTIONS, which wakes the agent at once: the write hooks are
+//! attached only while something is selected.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
-    macros::raw_tracepoint,
-    maps::lpm_trie::Key,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel_str_bytes,
+    },
+    macros::{map, raw_tracepoint},
+    maps::{RingBuf, lpm_trie::Key},
     programs::RawTracePointContext,
 };
-use probe_common::EXE_NAME_LEN;
+use probe_common::{EXE_NAME_LEN, Selection};
 
 use crate::{
-    common::{read_kernel, task_offsets},
+    common::{BPF_RB_FORCE_WAKEUP, read_kernel, task_offsets},
     wasm_capture::{WASM_PIDS, WASM_RUNTIMES},
 };
+
+/// Newly selected processes: woken at once, the agent attaches the write hooks.
+#[map]
+static SELECTIONS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 const KEY_BITS: u32 = (EXE_NAME_LEN * 8) as u32;
 
@@ -46,7 +55,21 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     match runtime {
         Some(runtime) => {
+            // SAFETY: the value is not kept.
+            let known = unsafe { WASM_PIDS.get(&tgid) }.is_some();
             let _ = WASM_PIDS.insert(&tgid, &runtime, 0);
+            if !known {
+                // A full buffer only delays the attach to the agent's next periodic check.
+                let _ = SELECTIONS.output::<Selection>(
+                    &Selection {
+                        // SAFETY: helper without preconditions.
+                        ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
+                        tgid,
+                        runtime,
+                    },
+                    BPF_RB_FORCE_WAKEUP,
+                );
+            }
         }
         None => {
             let _ = WASM_PIDS.remove(&tgid);

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     }
     init_logging(&cli);
     if cli.check_kernel {
-        return check_kernel(&cli);
+        return loader::check_kernel(&loader_config(&cli));
     }
     // One thread: the reader hands batches to the consumer without cross-thread wake-ups
     // (which were a third of the agent's CPU under a reset storm).
@@ -79,27 +79,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `--check-kernel`: load and attach everything, print the capability table, detach.
-fn check_kernel(cli: &Cli) -> ExitCode {
-    match Probe::load(&loader_config(cli)) {
-        Ok(probe) => {
-            print!("{}", probe.capability_table());
-            let missing = probe.missing_capabilities();
-            if missing == 0 {
-                println!("every capability has a hook on this kernel");
-                ExitCode::SUCCESS
-            } else {
-                println!("{missing} capability(ies) without a hook on this kernel");
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            error!("{e}");
             ExitCode::FAILURE
         }
     }
@@ -180,6 +159,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None
         }
     };
+
+    // The write hooks are attached only while a runtime or a Wasm pod is on the node.
+    let wasm_cgroup_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let write_gate = loader::gate::start(&mut probe, &state, wasm_cgroup_count.clone());
 
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(cli.queue_size as usize);
@@ -312,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         held: std::collections::VecDeque::new(),
         wasm_cgroups,
         fed_wasm_cgroups: std::collections::HashSet::new(),
+        wasm_cgroup_count,
         event_counters: std::collections::HashMap::new(),
         state: state.clone(),
     };
@@ -353,6 +337,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     state.set_ready(false);
     // Detach first so nothing new arrives, then drain what the ring buffer holds.
+    if let Some(gate) = write_gate {
+        gate.stop();
+    }
     drop(probe);
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + cli.shutdown_timeout;
@@ -373,19 +360,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     })
     .await;
     // The output thread writes out its queue; a reader that does not read cannot hold the exit.
-    if let Some(o) = &stdout_output
-        && tokio::time::timeout_at(deadline, o.finished.notified())
+    if let Some(o) = &stdout_output {
+        if tokio::time::timeout_at(deadline, o.finished.notified())
             .await
             .is_err()
-    {
-        let n = o.queued();
-        o.lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        warn!(
-            "output {}: {n} records not written before the shutdown deadline (its reader does \
-             not read); events lost in total: {}",
-            o.name,
-            o.events_lost()
-        );
+        {
+            let n = o.lose_queued();
+            warn!(
+                "output {}: {n} events still queued at the shutdown deadline (its reader does \
+                 not read) are lost",
+                o.name
+            );
+        }
+        // Said last, where it cannot be lost: what no loss record written to it carries.
+        let unreported = o.unreported();
+        if unreported > 0 {
+            warn!(
+                "output {}: {unreported} lost events are carried by no loss record it wrote \
+                 (the last report did not get out before the shutdown deadline)",
+                o.name
+            );
+        }
     }
     if let Some(o) = only_output_gone {
         bail!(

@@ -67,3 +67,18 @@ impl Drop for CorePattern {
         let _ = std::fs::write(Self::USES_PID, self.old_uses_pid.trim_end_matches('\n'));
     }
 }
+
+/// What the agent's last WARN line says an output lost that no loss record written to it
+/// carries (its final report did not get out before the shutdown deadline); 0 without one.
+pub fn unreported_losses(log: &str, output: &str) -> u64 {
+    let prefix = format!("output {output}: ");
+    log.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(&prefix)?;
+            rest.split_once(" lost events are carried by no loss record")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}

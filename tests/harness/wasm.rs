@@ -72,3 +72,55 @@ pub fn wat_writer(writes: &[(u32, Vec<u8>)]) -> String {
         "(module\n  (import \"wasi_snapshot_preview1\" \"fd_write\" (func $fd_write (param i32 i32 i32 i32) (result i32)))\n  (memory (export \"memory\") {pages})\n{data}  (func (export \"_start\")\n{calls}  )\n)\n"
     )
 }
+
+/// The agent's `write_hooks` report (/health/status): the write gate, null where the agent
+/// runs without one (capture off, or no write hook on this kernel).
+pub fn write_hooks(probe: &crate::Probe) -> Value {
+    let (_, _, body) = crate::http_get(probe.http_addr(), "/health/status");
+    let doc: Value = serde_json::from_str(&body).expect("/health/status is JSON");
+    doc["write_hooks"].clone()
+}
+
+/// Waits until the write hooks are `state` ("attached", "detached"); the report then.
+pub fn wait_write_hooks(probe: &crate::Probe, state: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let report = write_hooks(probe);
+        if report["state"] == state {
+            return report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write hooks did not become {state}: {report:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A runtime that stays up and writes nothing (a copy of `sleep` named `wasmtime`): while it
+/// lives the write hooks are attached, as on a node that runs Wasm workloads, so a test's
+/// short-lived "runtime" (a copy of sh) is captured from its first byte. Killed when dropped.
+pub struct WarmRuntime {
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl WarmRuntime {
+    pub fn start(probe: &crate::Probe) -> Self {
+        let dir = TempDir::new("warm-runtime");
+        let sleep = dir.copy_as("/bin/sleep", "wasmtime");
+        let child = std::process::Command::new(sleep)
+            .arg("3600")
+            .spawn()
+            .expect("starting the warm runtime");
+        wait_write_hooks(probe, "attached");
+        Self { child, _dir: dir }
+    }
+}
+
+impl Drop for WarmRuntime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -39,8 +39,12 @@ pub struct Output {
     pub lost: AtomicU64,
     /// The part of `lost` that re-reports this output's own earlier losses.
     reported_again: AtomicU64,
-    /// Records in its queue.
+    /// Events its queue stands for (a loss record counts its count), and the part of them
+    /// that this output's own loss records carry.
     queued: AtomicU64,
+    queued_own: AtomicU64,
+    /// Counts carried by this output's own loss records that it wrote and flushed.
+    reported_written: AtomicU64,
     /// Why the output failed, once it has.
     failed: OnceLock<String>,
     /// Notified once, when the output fails.
@@ -82,9 +86,38 @@ impl Output {
         self.failed.get().map(String::as_str)
     }
 
-    /// Records still in the queue (not written, not counted as lost).
+    /// Events still in the queue (not written, not counted as lost).
+    #[cfg(test)]
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// At the shutdown deadline: what is still queued is lost.
+    pub fn lose_queued(&self) -> u64 {
+        let n = self.queued.swap(0, Ordering::Relaxed);
+        let own = self.queued_own.swap(0, Ordering::Relaxed);
+        self.lost.fetch_add(n, Ordering::Relaxed);
+        self.reported_again.fetch_add(own, Ordering::Relaxed);
+        n
+    }
+
+    /// Events this output lost that no loss record it wrote carries (its last report did not
+    /// make it out before the shutdown deadline): what the final log line must say.
+    pub fn unreported(&self) -> u64 {
+        self.events_lost()
+            .saturating_sub(self.reported_written.load(Ordering::Relaxed))
+    }
+
+    fn enqueued(&self, record: &Record, sign: i8) {
+        let n = weight(record);
+        let own = if self.is_own_report(record) { n } else { 0 };
+        if sign > 0 {
+            self.queued.fetch_add(n, Ordering::Relaxed);
+            self.queued_own.fetch_add(own, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.queued_own.fetch_sub(own, Ordering::Relaxed);
+        }
     }
 
     fn fail(&self, error: &io::Error) {
@@ -129,7 +162,11 @@ fn flush(inner: &mut dyn Sink, out: &Output, unflushed: &mut Unflushed) {
         return;
     }
     match inner.flush() {
-        Ok(()) => *unflushed = Unflushed::default(),
+        Ok(()) => {
+            out.reported_written
+                .fetch_add(unflushed.own, Ordering::Relaxed);
+            *unflushed = Unflushed::default();
+        }
         Err(e) => {
             out.lose_unflushed(unflushed);
             out.fail(&e);
@@ -159,6 +196,8 @@ pub fn spawn(
         lost: AtomicU64::new(0),
         reported_again: AtomicU64::new(0),
         queued: AtomicU64::new(0),
+        queued_own: AtomicU64::new(0),
+        reported_written: AtomicU64::new(0),
         failed: OnceLock::new(),
         gone: tokio::sync::Notify::new(),
         finished: tokio::sync::Notify::new(),
@@ -173,7 +212,7 @@ pub fn spawn(
             for msg in rx {
                 match msg {
                     Msg::Record(record) => {
-                        out.queued.fetch_sub(1, Ordering::Relaxed);
+                        out.enqueued(&record, -1);
                         if out.failure().is_some() {
                             out.lose(&record);
                         } else if let Err(e) = inner.write(&record) {
@@ -208,7 +247,7 @@ impl Sink for QueuedSink {
             out.lose(record);
             return Ok(());
         }
-        out.queued.fetch_add(1, Ordering::Relaxed);
+        out.enqueued(record, 1);
         let mut msg = Msg::Record(Box::new(record.clone()));
         loop {
             match self.tx.try_send(msg) {
@@ -222,7 +261,7 @@ impl Sink for QueuedSink {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 Err(_) => {
-                    out.queued.fetch_sub(1, Ordering::Relaxed);
+                    out.enqueued(record, -1);
                     out.lose(record);
                     return Ok(());
                 }

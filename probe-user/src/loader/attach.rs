@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    programs::{FEntry, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        FEntry, KProbe, ProgramError, RawTracePoint, TracePoint, fentry::FEntryLinkId,
+        kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+    },
 };
 use tracing::{debug, warn};
 
@@ -22,6 +25,17 @@ pub(super) struct AyaKernel<'a> {
     /// Kernel BTF for fentry programs, parsed on first use.
     pub(super) btf: Option<Result<aya::Btf, String>>,
     pub(super) tried: Vec<ProgramStatus>,
+    /// The link of each attached program (the write gate takes the on-demand ones).
+    pub(super) links: HashMap<&'static str, LinkId>,
+}
+
+/// The link of an attached program, by program type.
+#[derive(Debug)]
+pub(super) enum LinkId {
+    Raw(RawTracePointLinkId),
+    TracePoint(TracePointLinkId),
+    FEntry(FEntryLinkId),
+    KProbe(KProbeLinkId),
 }
 
 impl AyaKernel<'_> {
@@ -46,7 +60,8 @@ impl AyaKernel<'_> {
             Attach::RawTracepoint(tp) => {
                 let p: &mut RawTracePoint = prog.try_into().map_err(loading)?;
                 p.load().map_err(loading)?;
-                p.attach(tp).map_err(attaching)?;
+                let id = p.attach(tp).map_err(attaching)?;
+                self.links.insert(name, LinkId::Raw(id));
             }
             Attach::Tracepoint(category, tp) => {
                 if let Some(Err(e)) = self.formats.get(tp) {
@@ -57,7 +72,8 @@ impl AyaKernel<'_> {
                 }
                 let p: &mut TracePoint = prog.try_into().map_err(loading)?;
                 p.load().map_err(loading)?;
-                p.attach(category, tp).map_err(attaching)?;
+                let id = p.attach(category, tp).map_err(attaching)?;
+                self.links.insert(name, LinkId::TracePoint(id));
             }
             Attach::FEntry(function) => {
                 let btf = match &self.btf {
@@ -72,12 +88,14 @@ impl AyaKernel<'_> {
                 };
                 let p: &mut FEntry = prog.try_into().map_err(loading)?;
                 p.load(function, btf).map_err(loading)?;
-                p.attach().map_err(attaching)?;
+                let id = p.attach().map_err(attaching)?;
+                self.links.insert(name, LinkId::FEntry(id));
             }
             Attach::KProbe(function) => {
                 let p: &mut KProbe = prog.try_into().map_err(loading)?;
                 p.load().map_err(loading)?;
-                p.attach(function, 0).map_err(attaching)?;
+                let id = p.attach(function, 0).map_err(attaching)?;
+                self.links.insert(name, LinkId::KProbe(id));
             }
         }
         debug!(program = name, elapsed = ?started.elapsed(), "verified and attached");
@@ -140,6 +158,7 @@ impl Kernel for AyaKernel<'_> {
     }
 
     fn detach(&mut self, program: &hooks::Program) {
+        self.links.remove(program.name);
         if let Some(p) = self.ebpf.program_mut(program.name) {
             let unloaded = match p {
                 aya::programs::Program::FEntry(p) => p.unload(),

@@ -4,15 +4,20 @@
 
 mod attach;
 pub mod btf;
+pub mod gate;
 pub mod hooks;
 pub mod offsets;
 mod report;
 mod requirements;
 pub mod tracefs;
 
-pub use self::requirements::requirements;
+pub use self::{report::check_kernel, requirements::requirements};
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -88,7 +93,10 @@ pub struct ProgramStatus {
 
 /// Loaded programs; dropping it detaches every program.
 pub struct Probe {
-    ebpf: Ebpf,
+    /// Shared with the write gate, which attaches and detaches the on-demand programs.
+    ebpf: Arc<Mutex<Ebpf>>,
+    /// The links of the attached programs (the write gate takes the on-demand ones).
+    links: HashMap<&'static str, attach::LinkId>,
     /// Every program the selection tried, attached or not.
     pub programs: Vec<ProgramStatus>,
     /// Per capability: the hook chosen, or why none.
@@ -181,7 +189,8 @@ impl Probe {
 
         let tables = SymbolTables::resolve(btf.as_ref(), format("tcp_send_reset"));
         let mut probe = Self {
-            ebpf,
+            ebpf: Arc::new(Mutex::new(ebpf)),
+            links: HashMap::new(),
             programs: Vec::new(),
             capabilities: Vec::new(),
             tables,
@@ -196,21 +205,77 @@ impl Probe {
             capture: config.capture_bytes != 0,
             http_trace_context: config.http_trace_context,
         };
+        let mut ebpf = probe.ebpf.lock().unwrap_or_else(|e| e.into_inner());
         let mut kernel = AyaKernel {
-            ebpf: &mut probe.ebpf,
+            ebpf: &mut ebpf,
             formats: &formats,
             btf: None,
             tried: Vec::new(),
+            links: HashMap::new(),
         };
-        probe.capabilities = hooks::select(CAPABILITIES, switches, &mut kernel);
-        probe.programs = kernel.tried;
+        let capabilities = hooks::select(CAPABILITIES, switches, &mut kernel);
+        let (programs, links) = (kernel.tried, kernel.links);
+        drop(ebpf);
+        probe.capabilities = capabilities;
+        probe.programs = programs;
+        probe.links = links;
         Ok(probe)
+    }
+
+    fn ebpf(&self) -> MutexGuard<'_, Ebpf> {
+        self.ebpf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write gate over the on-demand programs that attached (None when there are none:
+    /// capture disabled, or no hook of this kernel works). It takes their links and the maps
+    /// that tell it when to open.
+    pub fn write_gate(&mut self) -> Result<Option<gate::WriteGate>, LoaderError> {
+        let mut programs = Vec::new();
+        for cap in CAPABILITIES.iter().filter(|c| c.on_demand) {
+            let chosen = self
+                .capabilities
+                .iter()
+                .find(|s| s.capability == cap.name)
+                .and_then(|s| s.chosen.as_ref());
+            let Some((_, names)) = chosen else { continue };
+            for candidate in cap.candidates {
+                for p in candidate.programs {
+                    if names.contains(&p.name) && !programs.iter().any(|(n, _)| *n == p.name) {
+                        programs.push((p.name, p.attach));
+                    }
+                }
+            }
+        }
+        if programs.is_empty() {
+            return Ok(None);
+        }
+        let mut links = Vec::new();
+        {
+            let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, _) in &programs {
+                let (Some(id), Some(program)) = (self.links.remove(name), ebpf.program_mut(name))
+                else {
+                    continue;
+                };
+                match gate::take_link(program, id) {
+                    Ok(link) => links.push(link),
+                    Err(e) => warn!(program = name, "taking its link for the write gate: {e}"),
+                }
+            }
+        }
+        Ok(Some(gate::WriteGate {
+            ebpf: self.ebpf.clone(),
+            programs,
+            links,
+            pids: self.take(maps::WASM_PIDS)?,
+            selections: self.take(maps::SELECTIONS)?,
+        }))
     }
 
     /// Loads the runtime patterns into the exec matcher (index = position in the list).
     fn set_runtimes(&mut self, runtimes: &[RuntimePattern]) -> Result<(), String> {
-        let map = self
-            .ebpf
+        let mut ebpf = self.ebpf();
+        let map = ebpf
             .map_mut(maps::WASM_RUNTIMES)
             .ok_or_else(|| format!("map {} missing", maps::WASM_RUNTIMES))?;
         let mut trie: LpmTrie<_, [u8; EXE_NAME_LEN], u32> =
@@ -225,8 +290,8 @@ impl Probe {
 
     /// Marks every CPU's softirq state unknown until the softirq hooks have run there.
     fn seed_softirq_state(&mut self) -> Result<(), String> {
-        let map = self
-            .ebpf
+        let mut ebpf = self.ebpf();
+        let map = ebpf
             .map_mut(maps::IN_SOFTIRQ)
             .ok_or_else(|| format!("map {} missing", maps::IN_SOFTIRQ))?;
         let mut array: PerCpuArray<_, u32> =
@@ -270,7 +335,7 @@ impl Probe {
         T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
     {
         let map = self
-            .ebpf
+            .ebpf()
             .take_map(name)
             .ok_or(LoaderError::MissingMap(name))?;
         T::try_from(map).map_err(|source| LoaderError::Map { name, source })

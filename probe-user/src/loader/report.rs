@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::{Probe, hooks::CapabilityStatus};
+use super::{LoaderConfig, Probe, hooks::CapabilityStatus};
 use crate::status::{CapabilityReport, ProgramReport};
 
 impl Probe {
@@ -105,4 +105,25 @@ pub fn table(caps: &[CapabilityStatus]) -> String {
         let _ = writeln!(out, "{:<20}  {:<56}  {note}", c.capability, hook);
     }
     out
+}
+
+/// `--check-kernel`: load and attach everything, print the capability table, detach.
+pub fn check_kernel(config: &LoaderConfig) -> std::process::ExitCode {
+    match Probe::load(config) {
+        Ok(probe) => {
+            print!("{}", probe.capability_table());
+            let missing = probe.missing_capabilities();
+            if missing == 0 {
+                println!("every capability has a hook on this kernel");
+                std::process::ExitCode::SUCCESS
+            } else {
+                println!("{missing} capability(ies) without a hook on this kernel");
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -37,6 +37,8 @@ pub struct Stages {
     /// The kernel's map of captured cgroups, and what the agent put there.
     pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
     pub fed_wasm_cgroups: std::collections::HashSet<u64>,
+    /// How many cgroups are captured, for the write gate (hooks attached while any is).
+    pub wasm_cgroup_count: Arc<std::sync::atomic::AtomicUsize>,
     /// How long the records left at shutdown may wait for room in a queued output.
     pub drain_for: Duration,
     /// The `probe_events_total` counter of each kind (no label allocation per record).
@@ -207,6 +209,7 @@ impl Stages {
             }
         }
         self.k8s.set_wasm_cgroup_count(want.len());
+        self.wasm_cgroup_count.store(want.len(), Ordering::Relaxed);
         self.fed_wasm_cgroups = want;
     }
 

@@ -3,6 +3,9 @@
 //! `http.rs` as health checks, a JSON status document and Prometheus metrics.
 
 pub mod http;
+mod metrics;
+
+pub use self::metrics::{CapabilityLabel, KindLabel, LossLabel, Metrics, ProgramLabel};
 
 use std::{
     sync::{
@@ -12,175 +15,7 @@ use std::{
     time::SystemTime,
 };
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
 use serde::Serialize;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LossLabel {
-    pub source: String,
-    pub kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SignalLabel {
-    pub signal: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProgramLabel {
-    pub program: String,
-    pub hook: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CapabilityLabel {
-    pub capability: String,
-    /// The hook chosen on this kernel, `none` when no candidate works or it is disabled.
-    pub hook: String,
-}
-
-/// Prometheus metrics; also the counters the status document reports.
-pub struct Metrics {
-    registry: Registry,
-    pub events: Family<KindLabel, Counter>,
-    pub losses: Family<LossLabel, Counter>,
-    pub queue_depth: Gauge,
-    pub program_attached: Family<ProgramLabel, Gauge>,
-    pub capability: Family<CapabilityLabel, Gauge>,
-    pub pending_core_signals: Gauge,
-    pub conntrack_flows_evicted: Counter,
-    pub conntrack_destroys_without_state: Gauge,
-    pub kubernetes_up: Gauge,
-    pub own_traffic_skipped: Counter,
-    otlp_exported: Family<SignalLabel, Counter>,
-    otlp_dropped: Family<SignalLabel, Counter>,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let mut registry = Registry::with_prefix("probe");
-        let events = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "events",
-            "Records written to the sinks, by kind",
-            events.clone(),
-        );
-        let losses = Family::<LossLabel, Counter>::default();
-        registry.register(
-            "events_lost",
-            "Events lost, by source (ringbuf, channel, decode) and kind",
-            losses.clone(),
-        );
-        let queue_depth = Gauge::default();
-        registry.register(
-            "queue_depth",
-            "Events waiting between the ring-buffer reader and the sinks",
-            queue_depth.clone(),
-        );
-        let program_attached = Family::<ProgramLabel, Gauge>::default();
-        registry.register(
-            "program_attached",
-            "1 when the kernel program is attached, 0 when it could not be",
-            program_attached.clone(),
-        );
-        let capability = Family::<CapabilityLabel, Gauge>::default();
-        registry.register(
-            "capability",
-            "1 when the capability works on this kernel through the hook named, 0 when it does not",
-            capability.clone(),
-        );
-        let pending_core_signals = Gauge::default();
-        registry.register(
-            "core_signals_pending",
-            "Core-dumping signals waiting for their target's exit",
-            pending_core_signals.clone(),
-        );
-        let conntrack_flows_evicted = Counter::default();
-        registry.register(
-            "conntrack_flows_evicted",
-            "Expired conntrack flows forgotten (LRU) before a follow-up could join them",
-            conntrack_flows_evicted.clone(),
-        );
-        let conntrack_destroys_without_state = Gauge::default();
-        registry.register(
-            "conntrack_destroys_without_state",
-            "TCP conntrack destroy events that carried no TCP state (this kernel cannot tell expiries)",
-            conntrack_destroys_without_state.clone(),
-        );
-        let kubernetes_up = Gauge::default();
-        registry.register(
-            "kubernetes_up",
-            "1 while the Kubernetes API server answers every watch, 0 while one fails or before the first answer (and with enrichment off)",
-            kubernetes_up.clone(),
-        );
-        let own_traffic_skipped = Counter::default();
-        registry.register(
-            "own_traffic_skipped",
-            "Resets and drops on the agent's own HTTP endpoint (probes, scrapes): not reported",
-            own_traffic_skipped.clone(),
-        );
-        let otlp_exported = Family::<SignalLabel, Counter>::default();
-        registry.register(
-            "otlp_exported",
-            "Spans and log records the OTLP collector accepted, by signal",
-            otlp_exported.clone(),
-        );
-        let otlp_dropped = Family::<SignalLabel, Counter>::default();
-        registry.register(
-            "otlp_dropped",
-            "Spans and log records dropped (queue full while the collector was down or slow)",
-            otlp_dropped.clone(),
-        );
-        Self {
-            registry,
-            otlp_exported,
-            otlp_dropped,
-            conntrack_flows_evicted,
-            conntrack_destroys_without_state,
-            kubernetes_up,
-            own_traffic_skipped,
-            events,
-            losses,
-            queue_depth,
-            program_attached,
-            capability,
-            pending_core_signals,
-        }
-    }
-
-    pub fn otlp_exported(&self, signal: &str) -> Counter {
-        self.otlp_exported
-            .get_or_create(&SignalLabel {
-                signal: signal.into(),
-            })
-            .clone()
-    }
-
-    pub fn otlp_dropped(&self, signal: &str) -> Counter {
-        self.otlp_dropped
-            .get_or_create(&SignalLabel {
-                signal: signal.into(),
-            })
-            .clone()
-    }
-
-    /// The Prometheus/OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
 
 /// A subsystem whose state the status document shows as it is when asked (the Kubernetes
 /// caches); status depends on this trait, not on the subsystem.
@@ -236,6 +71,7 @@ pub struct AgentState {
     output_failed: AtomicBool,
     conntrack: Mutex<Vec<WatchReport>>,
     kubernetes: Mutex<Option<std::sync::Arc<dyn Snapshot>>>,
+    write_hooks: Mutex<Option<std::sync::Arc<dyn Snapshot>>>,
 }
 
 impl AgentState {
@@ -255,7 +91,13 @@ impl AgentState {
             output_failed: AtomicBool::new(false),
             conntrack: Mutex::new(Vec::new()),
             kubernetes: Mutex::new(None),
+            write_hooks: Mutex::new(None),
         }
+    }
+
+    /// The write gate's report (`write_hooks`; absent while capture is off).
+    pub fn set_write_hooks(&self, gate: std::sync::Arc<dyn Snapshot>) {
+        *self.write_hooks.lock().unwrap_or_else(|e| e.into_inner()) = Some(gate);
     }
 
     pub fn set_kubernetes(&self, cache: std::sync::Arc<dyn Snapshot>) {
@@ -393,6 +235,12 @@ impl AgentState {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .map(|c| c.snapshot()),
+            "write_hooks": self
+                .write_hooks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|g| g.snapshot()),
             "exporter": exporter,
             "otlp": {
                 "exported_spans": self.metrics.otlp_exported("spans").get(),

@@ -89,6 +89,10 @@ pub struct Capability {
     /// What users lose without it, for the warning.
     pub lost: &'static str,
     pub switch: Switch,
+    /// Attached only while a process or cgroup is selected for capture (the write hooks:
+    /// any syscall tracepoint slows every syscall of the node). The selection still proves
+    /// at load that the hook attaches, then the write gate detaches it until needed.
+    pub on_demand: bool,
     pub candidates: &'static [Candidate],
 }
 

@@ -18,6 +18,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "softirq_context",
         lost: "resets and drops built in softirq cannot be told from the interrupted task: no task will be named on them",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[
                 SOFTIRQ_ENTRY,
@@ -30,6 +31,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "process_exit",
         lost: "core signals will not say whether a core was written",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[prog(
                 "sched_process_exit",
@@ -42,6 +44,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "process_fork",
         lost: "children of Wasm runtimes will not be captured",
         switch: Switch::Capture,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[prog(
                 "sched_process_fork",
@@ -54,6 +57,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "process_exec",
         lost: "Wasm runtimes will not be recognised when they start",
         switch: Switch::Capture,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[prog(
                 "sched_process_exec",
@@ -66,6 +70,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "core_signal",
         lost: "core-dumping signals will not be reported",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[prog(
                 "signal_generate",
@@ -78,6 +83,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "reset_sent",
         lost: "TCP resets this node sends will not be reported",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[SEND_RESET],
             requires: Requires::Nothing,
@@ -87,6 +93,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "reset_sent_unowned",
         lost: "TCP resets sent without a full socket (a SYN to a closed port, TIME_WAIT answers) will not be reported",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[
             // The all-resets event (6.10+) carries the reason and is called without a socket.
             Candidate {
@@ -125,6 +132,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "reset_reason",
         lost: "resets will carry no reason (reason: null)",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[SEND_RESET],
             requires: Requires::Field("tcp", "tcp_send_reset", "reason"),
@@ -134,6 +142,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "reset_received",
         lost: "TCP resets this node receives will not be reported",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[prog(
                 "tcp_receive_reset",
@@ -146,6 +155,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "drops",
         lost: "TCP packets the kernel drops will not be reported (no silent-drop findings)",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[
             Candidate {
                 programs: &[KFREE_SKB],
@@ -164,6 +174,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "drop_reason",
         lost: "drops will carry no reason (reason: null)",
         switch: Switch::Always,
+        on_demand: false,
         candidates: &[Candidate {
             programs: &[KFREE_SKB],
             requires: Requires::Nothing,
@@ -173,6 +184,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "http_request_head",
         lost: "kernel events will not join the traces of the HTTP/1.x requests on their connections",
         switch: Switch::HttpTraceContext,
+        on_demand: false,
         candidates: &[
             Candidate {
                 programs: &[prog(
@@ -201,6 +213,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "write_result",
         lost: "captured Wasm output will not say how the write ended or where fd 1/2 pointed",
         switch: Switch::Capture,
+        on_demand: true,
         candidates: &[Candidate {
             programs: &[
                 prog(
@@ -219,6 +232,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "wasm_write",
         lost: "write() output of Wasm runtimes will not be captured",
         switch: Switch::Capture,
+        on_demand: true,
         candidates: &[Candidate {
             programs: &[prog(
                 "sys_enter_write",
@@ -231,6 +245,7 @@ pub const CAPABILITIES: &[Capability] = &[
         name: "wasm_writev",
         lost: "writev() output of Wasm runtimes will not be captured",
         switch: Switch::Capture,
+        on_demand: true,
         candidates: &[Candidate {
             programs: &[prog(
                 "sys_enter_writev",

@@ -1,0 +1,187 @@
+//! Prometheus metrics; also the counters the status document reports.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LossLabel {
+    pub source: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapabilityLabel {
+    pub capability: String,
+    /// The hook chosen on this kernel, `none` when no candidate works or it is disabled.
+    pub hook: String,
+}
+
+/// Prometheus metrics; also the counters the status document reports.
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<KindLabel, Counter>,
+    pub losses: Family<LossLabel, Counter>,
+    pub queue_depth: Gauge,
+    pub program_attached: Family<ProgramLabel, Gauge>,
+    pub capability: Family<CapabilityLabel, Gauge>,
+    pub pending_core_signals: Gauge,
+    pub conntrack_flows_evicted: Counter,
+    pub conntrack_destroys_without_state: Gauge,
+    pub kubernetes_up: Gauge,
+    pub own_traffic_skipped: Counter,
+    /// 1 while the write hooks are attached (something is selected for capture).
+    pub write_hooks_attached: Gauge,
+    pub write_hooks_attaches: Counter,
+    otlp_exported: Family<SignalLabel, Counter>,
+    otlp_dropped: Family<SignalLabel, Counter>,
+}
+
+impl Metrics {
+    pub(super) fn new() -> Self {
+        let mut registry = Registry::with_prefix("probe");
+        let events = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "events",
+            "Records written to the sinks, by kind",
+            events.clone(),
+        );
+        let losses = Family::<LossLabel, Counter>::default();
+        registry.register(
+            "events_lost",
+            "Events lost, by source (ringbuf, channel, decode) and kind",
+            losses.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Events waiting between the ring-buffer reader and the sinks",
+            queue_depth.clone(),
+        );
+        let program_attached = Family::<ProgramLabel, Gauge>::default();
+        registry.register(
+            "program_attached",
+            "1 when the kernel program is attached, 0 when it could not be",
+            program_attached.clone(),
+        );
+        let capability = Family::<CapabilityLabel, Gauge>::default();
+        registry.register(
+            "capability",
+            "1 when the capability works on this kernel through the hook named, 0 when it does not",
+            capability.clone(),
+        );
+        let pending_core_signals = Gauge::default();
+        registry.register(
+            "core_signals_pending",
+            "Core-dumping signals waiting for their target's exit",
+            pending_core_signals.clone(),
+        );
+        let conntrack_flows_evicted = Counter::default();
+        registry.register(
+            "conntrack_flows_evicted",
+            "Expired conntrack flows forgotten (LRU) before a follow-up could join them",
+            conntrack_flows_evicted.clone(),
+        );
+        let conntrack_destroys_without_state = Gauge::default();
+        registry.register(
+            "conntrack_destroys_without_state",
+            "TCP conntrack destroy events that carried no TCP state (this kernel cannot tell expiries)",
+            conntrack_destroys_without_state.clone(),
+        );
+        let kubernetes_up = Gauge::default();
+        registry.register(
+            "kubernetes_up",
+            "1 while the Kubernetes API server answers every watch, 0 while one fails or before the first answer (and with enrichment off)",
+            kubernetes_up.clone(),
+        );
+        let own_traffic_skipped = Counter::default();
+        registry.register(
+            "own_traffic_skipped",
+            "Resets and drops on the agent's own HTTP endpoint (probes, scrapes): not reported",
+            own_traffic_skipped.clone(),
+        );
+        let write_hooks_attached = Gauge::default();
+        registry.register(
+            "write_hooks_attached",
+            "1 while the Wasm write hooks are attached (a runtime or Wasm pod is on the node), 0 while they are not (nothing is paid per write)",
+            write_hooks_attached.clone(),
+        );
+        let write_hooks_attaches = Counter::default();
+        registry.register(
+            "write_hooks_attaches",
+            "Times the Wasm write hooks were attached because a runtime or Wasm pod appeared",
+            write_hooks_attaches.clone(),
+        );
+        let otlp_exported = Family::<SignalLabel, Counter>::default();
+        registry.register(
+            "otlp_exported",
+            "Spans and log records the OTLP collector accepted, by signal",
+            otlp_exported.clone(),
+        );
+        let otlp_dropped = Family::<SignalLabel, Counter>::default();
+        registry.register(
+            "otlp_dropped",
+            "Spans and log records dropped (queue full while the collector was down or slow)",
+            otlp_dropped.clone(),
+        );
+        Self {
+            registry,
+            otlp_exported,
+            otlp_dropped,
+            conntrack_flows_evicted,
+            conntrack_destroys_without_state,
+            kubernetes_up,
+            own_traffic_skipped,
+            write_hooks_attached,
+            write_hooks_attaches,
+            events,
+            losses,
+            queue_depth,
+            program_attached,
+            capability,
+            pending_core_signals,
+        }
+    }
+
+    pub fn otlp_exported(&self, signal: &str) -> Counter {
+        self.otlp_exported
+            .get_or_create(&SignalLabel {
+                signal: signal.into(),
+            })
+            .clone()
+    }
+
+    pub fn otlp_dropped(&self, signal: &str) -> Counter {
+        self.otlp_dropped
+            .get_or_create(&SignalLabel {
+                signal: signal.into(),
+            })
+            .clone()
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
