@@ -92,7 +92,7 @@ pub(super) async fn read_destroys(
                             }
                             Ok(d) if d.is_expiry() => {
                                 let s = settings.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                                let body = Body::ConntrackExpiry(expiry(&label, &d, &s));
+                                let body = Body::ConntrackExpiry(Box::new(expiry(&label, &d, &s)));
                                 if !out.send(inode, body) {
                                     return;
                                 }

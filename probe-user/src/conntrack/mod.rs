@@ -341,7 +341,10 @@ fn watch_settings(
         }
         if let Some(ratio) = last.fill_ratio()
             && alarm.check(ratio)
-            && !out.send(inode, Body::Finding(table_full(label, &last, ratio)))
+            && !out.send(
+                inode,
+                Body::Finding(Box::new(table_full(label, &last, ratio))),
+            )
         {
             return;
         }

@@ -175,6 +175,9 @@ impl Stage for FlowCorrelator {
     fn on_event(&mut self, event: Decoded, _: &Enricher, _: &mut Vec<Record>) -> Option<Decoded> {
         Some(event)
     }
+    fn wants_written(&self) -> bool {
+        true
+    }
     fn on_written(&mut self, record: Record, now: Instant) -> Option<Record> {
         self.observe(record, now);
         None
@@ -184,7 +187,7 @@ impl Stage for FlowCorrelator {
     }
     fn on_tick(&mut self, now: Instant, cx: &Enricher, out: &mut Vec<Record>) {
         for (netns, f) in self.due(now, cx.node()) {
-            let mut r = cx.agent_record(Body::Finding(f));
+            let mut r = cx.agent_record(Body::Finding(Box::new(f)));
             r.common.netns = netns;
             out.push(r);
         }

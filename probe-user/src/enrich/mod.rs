@@ -32,8 +32,13 @@ pub trait Stage: Send {
     fn drain(&mut self, _cx: &Enricher, _out: &mut Vec<Record>) {}
     /// Every record on its way out (whichever stage made it), before the sinks.
     fn on_record(&mut self, _record: &mut Record, _now: std::time::Instant) {}
-    /// Every record after the sinks wrote it, in stage order: a stage that keeps it (moved,
-    /// not copied) returns `None`.
+    /// Whether the stage wants the records after the sinks (`on_written`); asked once, so
+    /// the others cost nothing per record.
+    fn wants_written(&self) -> bool {
+        false
+    }
+    /// Every record after the sinks wrote it, in stage order, for a stage that wants them: one
+    /// that keeps it (moved, not copied) returns `None`.
     fn on_written(&mut self, record: Record, _now: std::time::Instant) -> Option<Record> {
         Some(record)
     }

@@ -87,8 +87,9 @@ pub enum Body {
     PacketDrop(PacketDrop),
     /// Internal: the trace context of a connection, never written.
     HttpRequest(HttpRequest),
-    ConntrackExpiry(ConntrackExpiry),
-    Finding(Finding),
+    /// Boxed, as `Finding`: rare and large, they would make every record large.
+    ConntrackExpiry(Box<ConntrackExpiry>),
+    Finding(Box<Finding>),
     Loss(Loss),
     /// A kind that is not one of the above: it describes and serializes itself.
     Other(Other),
@@ -120,8 +121,8 @@ impl Body {
             Self::CoreSignal(b) => b,
             Self::WasmOutput(b) => b,
             Self::PacketDrop(b) => b,
-            Self::ConntrackExpiry(b) => b,
-            Self::Finding(b) => b,
+            Self::ConntrackExpiry(b) => &**b,
+            Self::Finding(b) => &**b,
             Self::Loss(b) => b,
             Self::Other(b) => &*b.0,
             Self::ProcessExit(_)

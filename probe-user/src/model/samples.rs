@@ -71,7 +71,7 @@ pub fn core_signal() -> Record {
 }
 
 pub fn expiry() -> Record {
-    let mut r = record(Body::ConntrackExpiry(ConntrackExpiry {
+    let mut r = record(Body::ConntrackExpiry(Box::new(ConntrackExpiry {
         netns_path: "host".into(),
         proto: "tcp".into(),
         tcp_state: Some("ESTABLISHED".into()),
@@ -97,7 +97,7 @@ pub fn expiry() -> Record {
         start_unix_nano: Some(1),
         stop_unix_nano: None,
         destroyed_unix_nano: None,
-    }));
+    })));
     r.common = Common::none();
     r.k8s = None;
     r
@@ -138,7 +138,7 @@ pub fn wasm() -> Record {
 }
 
 pub fn finding() -> Record {
-    let mut r = record(Body::Finding(Finding {
+    let mut r = record(Body::Finding(Box::new(Finding {
         finding: "conntrack_expiry_reset",
         summary: "the cause".into(),
         evidence: vec![
@@ -155,7 +155,7 @@ pub fn finding() -> Record {
         timeout_s: Some(3),
         timeout_sysctl: Some("nf_conntrack_tcp_timeout_established".into()),
         established_for_s: Some(7.5),
-    }));
+    })));
     r.common = Common::none();
     r
 }

@@ -123,7 +123,7 @@ impl Stages {
                 .inc();
             // After the sinks: stages that keep records (the findings correlator) take them.
             let mut record = Some(record);
-            for stage in &mut self.stages {
+            for stage in self.stages.iter_mut().filter(|s| s.wants_written()) {
                 let Some(r) = record.take() else { break };
                 record = stage.on_written(r, now);
             }

@@ -24,7 +24,7 @@ fn record(body: Body) -> Record {
 
 /// Client 10.77.1.2:40000 -> service 10.77.9.9:6379, DNAT'ed to 10.77.2.2:6379.
 fn expiry(client_port: u16) -> Record {
-    record(Body::ConntrackExpiry(ConntrackExpiry {
+    record(Body::ConntrackExpiry(Box::new(ConntrackExpiry {
         netns_path: "/run/netns/router".into(),
         proto: "tcp".into(),
         tcp_state: Some("ESTABLISHED".into()),
@@ -50,7 +50,7 @@ fn expiry(client_port: u16) -> Record {
         start_unix_nano: None,
         stop_unix_nano: None,
         destroyed_unix_nano: None,
-    }))
+    })))
 }
 
 fn reset(local: (&str, u16), remote: (&str, u16), direction: Direction) -> Record {
