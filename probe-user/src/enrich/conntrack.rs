@@ -13,7 +13,7 @@ use lru::LruCache;
 
 use super::{Decoded, Enricher, Stage};
 use crate::{
-    model::{Body, ConntrackExpiry, Evidence, Finding, Record},
+    model::{Body, ConntrackExpiry, Evidence, Finding, Record, describe::endpoint},
     status::AgentState,
 };
 
@@ -306,13 +306,6 @@ fn reasons(list: &[&str]) -> String {
     v.sort_unstable();
     v.dedup();
     v.join(", ")
-}
-
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
 }
 
 #[cfg(test)]

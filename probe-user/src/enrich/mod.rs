@@ -32,8 +32,8 @@ pub trait Stage: Send {
     fn drain(&mut self, _cx: &Enricher, _out: &mut Vec<Record>) {}
     /// Every record on its way out (whichever stage made it), before the sinks.
     fn on_record(&mut self, _record: &mut Record, _now: std::time::Instant) {}
-    /// Whether the stage wants the records after the sinks (`on_written`); asked once, so
-    /// the others cost nothing per record.
+    /// Whether the stage wants the records after the sinks (`on_written`): the others are
+    /// not handed (moved) every record.
     fn wants_written(&self) -> bool {
         false
     }
