@@ -172,20 +172,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(enrich::default_node_name);
     // One clock offset for the kernel's events and the conntrack source's records.
     let enricher = Enricher::new(node.clone());
-    let conntrack_tasks = conntrack::start(
-        &conntrack::ConntrackConfig {
-            host: cli.conntrack,
-            netns: cli.conntrack_netns.clone(),
-            settings_interval: cli.conntrack_settings_interval,
-            timestamps: cli.conntrack_timestamps,
-        },
-        tx.clone(),
-        counters.clone(),
-        enricher.clone(),
-        state.clone(),
-        stop_rx.clone(),
-    )
-    .await;
     let k8s_cache = K8sCache::with_gauge(state.metrics.kubernetes_up.clone());
     state.set_kubernetes(k8s_cache.clone());
     let k8s_tasks = match cli.kubernetes {
@@ -207,6 +193,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
     };
+    // Pods' namespaces are followed while enrichment runs (a cluster configuration was found).
+    let follow_pods = cli.conntrack_pods && !k8s_tasks.is_empty();
+    let conntrack_tasks = conntrack::start(
+        &conntrack::ConntrackConfig {
+            host: cli.conntrack,
+            netns: cli.conntrack_netns.clone(),
+            settings_interval: cli.conntrack_settings_interval,
+            timestamps: cli.conntrack_timestamps,
+        },
+        tx.clone(),
+        counters.clone(),
+        enricher.clone(),
+        state.clone(),
+        stop_rx.clone(),
+        follow_pods.then(|| k8s_cache.clone()),
+    )
+    .await;
     let reader = tokio::spawn(pipeline::read_events(
         ring,
         tx,

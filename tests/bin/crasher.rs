@@ -28,6 +28,25 @@ fn set_rlimit_core() {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &rl) }, 0);
 }
 
+/// Closes `conn` with SO_LINGER {1, 0}: the kernel sends a reset instead of a FIN.
+fn abort(conn: std::net::TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&conn),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
 fn main() {
     // Rust's runtime installs SIGSEGV/SIGBUS handlers (stack overflow detection) that
     // re-raise with the default action: two signals per crash. Act like a C program.
@@ -49,28 +68,29 @@ fn main() {
         Some("reset-then-segv") => {
             // A connection closed with SO_LINGER {1, 0}: this process sends a reset...
             let to = std::env::args().nth(2).expect("HOST:PORT");
-            let conn = std::net::TcpStream::connect(to).expect("connect");
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: setsockopt with a valid linger struct.
-            let rc = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&conn),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&raw const linger).cast(),
-                    size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0);
-            drop(conn);
+            abort(std::net::TcpStream::connect(to).expect("connect"));
             // ...then crashes.
             let addr = std::hint::black_box(8usize) as *const u8;
             // SAFETY: deliberately not; this is the crash under test.
             let v = unsafe { std::ptr::read_volatile(addr) };
             std::process::exit(i32::from(v));
+        }
+        Some("resets") => {
+            // A reset sent (as above) to the first address, then one received: the second
+            // address's server aborts the connection; exits 0 only if the read saw the reset.
+            let (to, from) = (
+                std::env::args().nth(2).expect("HOST:PORT"),
+                std::env::args().nth(3).expect("HOST:PORT"),
+            );
+            abort(std::net::TcpStream::connect(to).expect("connect"));
+            let mut conn = std::net::TcpStream::connect(from).expect("connect");
+            let mut buf = [0u8; 16];
+            match std::io::Read::read(&mut conn, &mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    println!("reset received")
+                }
+                other => panic!("expected a reset, got {other:?}"),
+            }
         }
         Some("handle-segv") => {
             // SAFETY: installs a valid handler.

@@ -348,30 +348,6 @@ pub fn print_config(path: &std::path::Path, envs: &[(&str, &str)]) -> Value {
     serde_json::from_slice(&out.stdout).expect("--print-config prints JSON")
 }
 
-/// Waits (up to `limit`, else panics) for `child` to exit; returns its status and how long
-/// that took.
-pub fn wait_child_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for the probe") {
-            return (status, start.elapsed());
-        }
-        assert!(
-            start.elapsed() < limit,
-            "the probe did not exit within {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A loopback address with a port free at this moment (for an agent whose stderr, where it
-/// names its port, is under test).
-pub fn free_loopback_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
 /// Waits (up to 240 s: old kernels under qemu verify slowly) until the agent spawned as
 /// `child` answers `/health/ready` with 200 at `addr`; panics if it exits first.
 pub fn wait_http_ready(child: &mut Child, addr: std::net::SocketAddr) {
@@ -397,13 +373,20 @@ pub fn run_probe(args: &[&str]) -> std::process::Output {
         .expect("running the probe")
 }
 
+pub mod containerd;
+pub mod cri;
+mod host;
 mod kube_fake;
 mod net;
 mod netns;
 mod otlp;
+mod pod_conntrack;
 mod podman;
 mod process;
 pub mod redis_nat;
 mod wasm;
 
-pub use self::{kube_fake::*, net::*, netns::*, otlp::*, podman::*, process::*, wasm::*};
+pub use self::{
+    host::*, kube_fake::*, net::*, netns::*, otlp::*, pod_conntrack::*, podman::*, process::*,
+    wasm::*,
+};

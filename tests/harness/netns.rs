@@ -60,16 +60,25 @@ impl Netns {
     /// Runs `f` on a thread that has entered the namespace; sockets it opens stay in the
     /// namespace after it returns.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = std::fs::File::open(self.path()).expect("open netns");
-        std::thread::spawn(move || {
-            // SAFETY: a valid namespace fd; setns changes only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("the thread in the namespace panicked")
+        in_netns(std::path::Path::new(&self.path()), f)
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path` (a bind mount or
+/// /proc/PID/ns/net); sockets it opens stay in the namespace after it returns.
+pub fn in_netns<T: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let file = std::fs::File::open(path).expect("open netns");
+    std::thread::spawn(move || {
+        // SAFETY: a valid namespace fd; setns changes only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the thread in the namespace panicked")
 }
 
 impl Drop for Netns {

@@ -69,17 +69,8 @@ impl Drop for Podman {
             .args(["rm", "--all", "--force", "--time", "0"])
             .output();
         let _ = self.cmd().args(["rmi", "--all", "--force"]).output();
-        // Whatever podman left mounted under the directory (shm, netns), innermost first.
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut under: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&self.dir))
-            .collect();
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            let _ = Command::new("umount").args(["-l", m]).status();
-        }
+        // Whatever podman left mounted under the directory (shm, netns).
+        crate::umount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

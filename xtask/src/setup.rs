@@ -164,6 +164,16 @@ pub fn test_peers(target_dir: &Path) -> Result<std::path::PathBuf> {
     // Real peers of the conntrack tests: a Redis server behind an iptables DNAT.
     apt_install(&["redis-server", "iptables"])
         .context("installing redis-server and iptables for the conntrack tests")?;
+    // The node runtime of the real-pod test (cri_pods): containerd with its CRI plugin, runc,
+    // the CNI plugins (bridge, host-local, loopback), and a static busybox for the pause
+    // process of its image. Only started by the test, with its own root, state and socket.
+    apt_install(&[
+        "containerd",
+        "runc",
+        "containernetworking-plugins",
+        "busybox-static",
+    ])
+    .context("installing containerd, runc and the CNI plugins for the pod tests")?;
     // The CA and server certificate of the OTLP-over-TLS tests.
     apt_install(&["openssl"]).context("installing openssl for the OTLP TLS tests")?;
     let dir = target_dir.join("test-peers").join("wasmtime");

@@ -8,6 +8,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, parser::ValueSource};
 use serde_json::json;
 
+mod file;
 pub mod values;
 
 use values::{
@@ -192,6 +193,12 @@ pub struct Cli {
           action = clap::ArgAction::Set)]
     pub conntrack_timestamps: bool,
 
+    /// Also watch the network namespaces of this node's pods (not on the host network) while
+    /// they exist; needs Kubernetes enrichment.
+    #[arg(long, env = "PROBE_CONNTRACK_PODS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub conntrack_pods: bool,
+
     /// Kubernetes enrichment: `auto` uses KUBECONFIG, ~/.kube/config or the in-cluster service
     /// account when there is one (and runs on without when there is none); `off` never connects.
     #[arg(long, value_enum, env = "PROBE_KUBERNETES", default_value_t = KubeMode::Auto)]
@@ -303,7 +310,7 @@ impl Cli {
         let Some(path) = cli.config.clone() else {
             return Ok(cli);
         };
-        let file = read_config_file(&path)
+        let file = file::read_config_file(&path)
             .map_err(|e| Self::command().error(clap::error::ErrorKind::Io, e.to_string()))?;
         let mut extra = Vec::new();
         let command = Self::command();
@@ -358,6 +365,7 @@ impl Cli {
             "conntrack-settings-interval": humantime::format_duration(self.conntrack_settings_interval).to_string(),
             "conntrack-window": humantime::format_duration(self.conntrack_window).to_string(),
             "conntrack-timestamps": self.conntrack_timestamps,
+            "conntrack-pods": self.conntrack_pods,
             "kubernetes": format!("{:?}", self.kubernetes).to_lowercase(),
             "cluster-name": self.cluster_name,
             "k8s-pod-labels": self.k8s_pod_labels,
@@ -369,40 +377,6 @@ impl Cli {
             "config": self.config,
         })
     }
-}
-
-fn scalar(value: &toml::Value) -> Option<String> {
-    match value {
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Float(f) => Some(f.to_string()),
-        toml::Value::Boolean(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// Reads the TOML file into (key, value-as-flag-text) pairs.
-fn read_config_file(path: &std::path::Path) -> Result<Vec<(String, String)>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--config {}: cannot read: {e}", path.display())))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| ConfigError(format!("--config {}: not valid TOML: {e}", path.display())))?;
-    table
-        .into_iter()
-        .map(|(key, value)| {
-            let text = match &value {
-                toml::Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>().map(|v| v.join(",")),
-                other => scalar(other),
-            };
-            text.map(|t| (key.clone(), t)).ok_or_else(|| {
-                ConfigError(format!(
-                    "--config {}: key {key:?} has an unsupported value (use a string, number, boolean or list)",
-                    path.display()
-                ))
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 mod destroys;
 pub mod netlink;
+mod pods;
 pub mod settings;
 
 use std::{
@@ -133,7 +134,8 @@ impl Out {
 }
 
 /// Starts a watcher per namespace; returns when each is subscribed or has failed (failures
-/// are logged with their cause and shown in /health/status; the others run on).
+/// are logged with their cause and shown in /health/status; the others run on). With `pods`,
+/// the pods' namespaces are followed too (`pods.rs`).
 pub async fn start(
     config: &ConntrackConfig,
     tx: mpsc::Sender<Event>,
@@ -141,6 +143,7 @@ pub async fn start(
     enricher: Enricher,
     state: Arc<AgentState>,
     stop: watch::Receiver<bool>,
+    pods: Option<Arc<crate::enrich::k8s::K8sCache>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let out = Out {
         tx,
@@ -172,7 +175,11 @@ pub async fn start(
             }
         }
     }
-    state.set_conntrack(reports);
+    state.set_conntrack(reports.clone());
+    if let Some(cache) = pods {
+        let follow = pods::follow(config.clone(), cache, reports, out, state, stop);
+        tasks.push(tokio::spawn(follow));
+    }
     tasks
 }
 

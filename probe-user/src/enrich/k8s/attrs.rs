@@ -1,10 +1,11 @@
 //! Applies the caches to records: the pod an event belongs to (by cgroup id, then pid, then
-//! its local address) and, for network events, the peer's pod or Service. Keys are spelled as
-//! OpenTelemetry semantic conventions spell them; the peer's carry a `peer.` prefix.
+//! its network namespace, then its local address) and, for network events, the peer's pod or
+//! Service. Keys are spelled as OpenTelemetry semantic conventions spell them; the peer's carry
+//! a `peer.` prefix.
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
-use super::{K8sCache, cgroup, index::PodInfo};
+use super::{K8sCache, cgroup, index::PodInfo, netns::PodNetns};
 use crate::model::{Body, Record};
 
 pub use crate::model::K8sAttrs;
@@ -20,6 +21,7 @@ pub enum Verdict {
 pub struct K8sEnricher {
     cache: Arc<K8sCache>,
     cgroups: cgroup::CgroupPaths,
+    netns: PodNetns,
     last_wasm_scan: Option<Instant>,
 }
 
@@ -31,6 +33,7 @@ impl K8sEnricher {
         Self {
             cache,
             cgroups: cgroup::CgroupPaths::new(cgroup_root),
+            netns: PodNetns::new("/proc"),
             last_wasm_scan: None,
         }
     }
@@ -111,7 +114,18 @@ impl K8sEnricher {
                 None => return Verdict::PodNotCached(c.pod_uid),
             }
         }
-        // 2. The local address of a network event, 3. its peer.
+        // 2. The network namespace: an event no pod's task or socket owns (built in softirq)
+        // that happened in a pod's network.
+        if subject.is_none()
+            && let Some(netns) = record.common.netns
+        {
+            let on_pod_network = |uid: &str| idx.pods.get(uid).is_some_and(|p| !p.host_network);
+            subject = self
+                .netns
+                .pod_uid(netns, &mut self.cgroups, on_pod_network, now)
+                .and_then(|uid| idx.pods.get(&uid).cloned());
+        }
+        // 3. The local address of a network event, 4. its peer.
         let (mut local, mut peer) = endpoints(&record.body);
         // A dropped packet may be leaving or arriving: the pod's end is its local one.
         if let (Body::PacketDrop(_), Some(l), Some(p)) = (&record.body, local, peer)

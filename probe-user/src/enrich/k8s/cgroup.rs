@@ -126,6 +126,9 @@ pub struct CgroupPaths {
     last_walk: Option<Instant>,
     walk_every: Duration,
     negative_ttl: Duration,
+    /// The highest cgroup id the last walk saw: kernfs ids grow, so a higher one is a cgroup
+    /// made since (a container that just started), worth a walk right away.
+    newest: u64,
 }
 
 impl CgroupPaths {
@@ -137,6 +140,7 @@ impl CgroupPaths {
             last_walk: None,
             walk_every: Duration::from_millis(200),
             negative_ttl: Duration::from_secs(30),
+            newest: 0,
         }
     }
 
@@ -163,9 +167,10 @@ impl CgroupPaths {
         {
             return None;
         }
-        if self
-            .last_walk
-            .is_none_or(|t| now.duration_since(t) >= self.walk_every)
+        if id > self.newest
+            || self
+                .last_walk
+                .is_none_or(|t| now.duration_since(t) >= self.walk_every)
         {
             self.last_walk = Some(now);
             self.walk();
@@ -202,6 +207,7 @@ impl CgroupPaths {
         if let (Ok(meta), Ok(rel)) = (std::fs::metadata(dir), dir.strip_prefix(&self.root)) {
             let path = format!("/{}", rel.display());
             self.misses.remove(&meta.ino());
+            self.newest = self.newest.max(meta.ino());
             self.known.insert(meta.ino(), path);
         }
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -212,6 +218,11 @@ impl CgroupPaths {
                 self.walk_dir(&entry.path(), depth + 1);
             }
         }
+    }
+
+    /// The cgroup v2 mount this map reads.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn known_ids(&self) -> impl Iterator<Item = (&u64, &String)> {
@@ -341,6 +352,19 @@ mod tests {
             paths.path(ino2, t0 + Duration::from_secs(2)),
             Some(format!("/{later}"))
         );
+        // A container that started right after a walk (a newer id): walked for at once, not
+        // taken for a miss until the next periodic walk.
+        let newest = format!(
+            "kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{}.scope",
+            "e".repeat(64)
+        );
+        std::fs::create_dir_all(root.join(&newest)).unwrap();
+        let ino3 = std::fs::metadata(root.join(&newest)).unwrap().ino();
+        // cgroupfs ids grow; this test directory's inodes need not, so the last walk's newest
+        // id is set below the new one as cgroupfs would have it.
+        paths.newest = paths.newest.min(ino3 - 1);
+        let right_after = t0 + Duration::from_secs(2) + Duration::from_millis(1);
+        assert_eq!(paths.path(ino3, right_after), Some(format!("/{newest}")));
         // A removed container's cgroup drops out at the next walk.
         std::fs::remove_dir(root.join(&rel)).unwrap();
         assert_eq!(paths.path(2, t0 + Duration::from_secs(3)), None);

@@ -7,6 +7,7 @@
 pub mod attrs;
 pub mod cgroup;
 pub mod index;
+pub mod netns;
 
 pub mod health;
 
