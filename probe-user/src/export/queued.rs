@@ -2,22 +2,28 @@
 //! 40)`) blocks that thread only, never the pipeline, the HTTP endpoints or signal handling.
 //! A full queue drops the record and counts it as lost for this output; an output that fails
 //! (EPIPE: `probe | head -1`) is said once as an ERROR, and every later record is counted as
-//! lost for it; the agent is told through [`Output::gone`].
+//! lost for it; the agent is told through [`Output::gone`]. Records are handed to the thread
+//! in batches (up to [`BATCH`], or what is there when the pipeline flushes), so a busy stream
+//! wakes the thread once per batch, not per record; the bound is on records all the same.
 
 use std::{
     io,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-        mpsc::{self, SyncSender, TrySendError},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc::{self, Sender},
     },
     thread,
+    time::{Duration, Instant},
 };
 
 use tracing::error;
 
 use super::Sink;
 use crate::model::{Body, Record};
+
+/// Records handed to the writer thread at once.
+pub const BATCH: usize = 64;
 
 /// The events a record stands for when it is lost: a `loss` record carries the count of
 /// events lost somewhere, which would otherwise vanish with it (and is no event itself); any
@@ -45,6 +51,10 @@ pub struct Output {
     queued_own: AtomicU64,
     /// Counts carried by this output's own loss records that it wrote and flushed.
     reported_written: AtomicU64,
+    /// Records accepted and not yet taken by the writer (the bound), and whether a flush is
+    /// on its way to the writer (one at a time: a blocked writer does not pile them up).
+    records: AtomicUsize,
+    flush_asked: AtomicBool,
     /// Why the output failed, once it has.
     failed: OnceLock<String>,
     /// Notified once, when the output fails.
@@ -132,7 +142,7 @@ impl Output {
 }
 
 enum Msg {
-    Record(Box<Record>),
+    Records(Vec<Record>),
     Flush,
 }
 
@@ -176,8 +186,13 @@ fn flush(inner: &mut dyn Sink, out: &Output, unflushed: &mut Unflushed) {
 
 /// The pipeline's end of a queued output.
 pub struct QueuedSink {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     output: Arc<Output>,
+    /// Accepted records not handed over yet, handed over at `batch` (BATCH, or less for a
+    /// queue smaller than that) or at a flush.
+    pending: Vec<Record>,
+    batch: usize,
+    capacity: usize,
     /// At shutdown: wait for room in the queue until then instead of dropping (the last
     /// records, the final loss report, must not be lost to a queue the reader is draining).
     wait_until: Option<std::time::Instant>,
@@ -190,7 +205,8 @@ pub fn spawn(
     mut inner: Box<dyn Sink>,
     capacity: usize,
 ) -> io::Result<(QueuedSink, Arc<Output>, thread::JoinHandle<()>)> {
-    let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
+    // Unbounded in messages, bounded in records (`Output::records`) and flushes (one at a time).
+    let (tx, rx) = mpsc::channel::<Msg>();
     let output = Arc::new(Output {
         name,
         lost: AtomicU64::new(0),
@@ -198,6 +214,8 @@ pub fn spawn(
         queued: AtomicU64::new(0),
         queued_own: AtomicU64::new(0),
         reported_written: AtomicU64::new(0),
+        records: AtomicUsize::new(0),
+        flush_asked: AtomicBool::new(false),
         failed: OnceLock::new(),
         gone: tokio::sync::Notify::new(),
         finished: tokio::sync::Notify::new(),
@@ -209,21 +227,41 @@ pub fn spawn(
             // Records accepted by the inner sink since its last successful flush: buffered,
             // so lost (and counted) if the flush fails.
             let mut unflushed = Unflushed::default();
-            for msg in rx {
-                match msg {
-                    Msg::Record(record) => {
-                        out.enqueued(&record, -1);
-                        if out.failure().is_some() {
-                            out.lose(&record);
-                        } else if let Err(e) = inner.write(&record) {
-                            out.lose(&record);
-                            out.lose_unflushed(&mut unflushed);
-                            out.fail(&e);
-                        } else {
-                            unflushed.add(&out, &record);
+            loop {
+                let msg = match rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        // Ran empty: what was written goes out now.
+                        if unflushed.events + unflushed.reported + unflushed.own > 0 {
+                            flush(&mut *inner, &out, &mut unflushed);
+                        }
+                        match rx.recv() {
+                            Ok(msg) => msg,
+                            Err(_) => break,
                         }
                     }
-                    Msg::Flush => flush(&mut *inner, &out, &mut unflushed),
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                };
+                match msg {
+                    Msg::Records(batch) => {
+                        for record in batch {
+                            out.records.fetch_sub(1, Ordering::Relaxed);
+                            out.enqueued(&record, -1);
+                            if out.failure().is_some() {
+                                out.lose(&record);
+                            } else if let Err(e) = inner.write(&record) {
+                                out.lose(&record);
+                                out.lose_unflushed(&mut unflushed);
+                                out.fail(&e);
+                            } else {
+                                unflushed.add(&out, &record);
+                            }
+                        }
+                    }
+                    Msg::Flush => {
+                        out.flush_asked.store(false, Ordering::Relaxed);
+                        flush(&mut *inner, &out, &mut unflushed);
+                    }
                 }
             }
             flush(&mut *inner, &out, &mut unflushed);
@@ -233,6 +271,9 @@ pub fn spawn(
         QueuedSink {
             tx,
             output: output.clone(),
+            pending: Vec::with_capacity(BATCH),
+            batch: BATCH.min(capacity).max(1),
+            capacity,
             wait_until: None,
         },
         output,
@@ -240,43 +281,74 @@ pub fn spawn(
     ))
 }
 
-impl Sink for QueuedSink {
-    fn write(&mut self, record: &Record) -> io::Result<()> {
-        let out = &self.output;
-        if out.failure().is_some() {
-            out.lose(record);
-            return Ok(());
+impl QueuedSink {
+    /// Hands the pending records to the writer thread.
+    fn hand_over(&mut self) {
+        if self.pending.is_empty() {
+            return;
         }
-        out.enqueued(record, 1);
-        let mut msg = Msg::Record(Box::new(record.clone()));
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(back))
-                    if self
-                        .wait_until
-                        .is_some_and(|t| std::time::Instant::now() < t) =>
-                {
-                    msg = back;
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(_) => {
-                    out.enqueued(record, -1);
-                    out.lose(record);
-                    return Ok(());
-                }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
+        if let Err(mpsc::SendError(Msg::Records(batch))) = self.tx.send(Msg::Records(batch)) {
+            // The writer thread is gone (it panicked): what it would have written is lost.
+            for record in &batch {
+                self.output.records.fetch_sub(1, Ordering::Relaxed);
+                self.output.enqueued(record, -1);
+                self.output.lose(record);
             }
         }
     }
 
-    fn finish(&mut self, deadline: std::time::Instant) {
+    /// Whether the queue has room for one more record; at shutdown, waits for it until the
+    /// deadline.
+    fn room(&mut self) -> bool {
+        loop {
+            if self.output.records.load(Ordering::Relaxed) < self.capacity {
+                return true;
+            }
+            if self.wait_until.is_none_or(|t| Instant::now() >= t) {
+                return false;
+            }
+            self.hand_over();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Sink for QueuedSink {
+    fn write(&mut self, record: &Record) -> io::Result<()> {
+        let out = self.output.clone();
+        if out.failure().is_some() || !self.room() {
+            out.lose(record);
+            return Ok(());
+        }
+        out.records.fetch_add(1, Ordering::Relaxed);
+        out.enqueued(record, 1);
+        self.pending.push(record.clone());
+        if self.pending.len() >= self.batch {
+            self.hand_over();
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, deadline: Instant) {
         self.wait_until = Some(deadline);
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        // A full queue is being written anyway; the writer flushes when it runs empty too.
-        let _ = self.tx.try_send(Msg::Flush);
+        self.hand_over();
+        // One flush on its way at a time; the writer flushes when it runs empty too.
+        if !self.output.flush_asked.swap(true, Ordering::Relaxed)
+            && self.tx.send(Msg::Flush).is_err()
+        {
+            self.output.flush_asked.store(false, Ordering::Relaxed);
+        }
         Ok(())
+    }
+}
+
+impl Drop for QueuedSink {
+    fn drop(&mut self) {
+        self.hand_over();
     }
 }
 

@@ -87,6 +87,8 @@ fn what_no_written_loss_record_carries_is_unreported() {
     let (g, open, written) = gate();
     let (mut sink, out, thread) = spawn("json", Box::new(g), 1).unwrap();
     sink.write(&reset_record()).unwrap();
+    // The pipeline ran empty: the record goes to the writer, which blocks on it.
+    sink.flush().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     sink.write(&reset_record()).unwrap();
     // Full: lost here, 1 event.
@@ -115,6 +117,8 @@ fn a_dropped_loss_record_hands_its_count_on() {
     let (g, open, written) = gate();
     let (mut sink, out, thread) = spawn("json", Box::new(g), 1).unwrap();
     sink.write(&reset_record()).unwrap();
+    // The pipeline ran empty: the record goes to the writer, which blocks on it.
+    sink.flush().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     // The writer holds the first record; the second fills the queue.
     sink.write(&reset_record()).unwrap();
@@ -174,4 +178,57 @@ fn a_failed_output_is_said_once_and_counts_every_later_record() {
         "{:?}",
         out.failure()
     );
+}
+
+/// A sink that counts what it was given.
+struct Counting(Arc<AtomicU64>);
+
+impl Sink for Counting {
+    fn write(&mut self, _: &Record) -> io::Result<()> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Records reach the writer a batch at a time, or at the pipeline's flush, never one wake-up
+/// per record; nothing is held back past a flush.
+#[test]
+fn records_are_handed_over_in_batches_and_at_a_flush() {
+    let written = Arc::new(AtomicU64::new(0));
+    let (mut sink, out, thread) = spawn("json", Box::new(Counting(written.clone())), 1024).unwrap();
+    let record = reset_record();
+    for _ in 0..3 {
+        sink.write(&record).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        written.load(Ordering::Relaxed),
+        0,
+        "held until a batch or a flush"
+    );
+    assert_eq!(out.queued(), 3);
+    sink.flush().unwrap();
+    let wait = |n: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while written.load(Ordering::Relaxed) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        written.load(Ordering::Relaxed)
+    };
+    assert_eq!(wait(3), 3);
+    for _ in 0..BATCH {
+        sink.write(&record).unwrap();
+    }
+    assert_eq!(
+        wait(3 + BATCH as u64),
+        3 + BATCH as u64,
+        "a full batch goes without a flush"
+    );
+    drop(sink);
+    thread.join().unwrap();
+    assert_eq!(out.queued(), 0);
+    assert_eq!(out.lost.load(Ordering::Relaxed), 0);
 }
