@@ -1,6 +1,7 @@
 //! `probe`: parses the configuration, then wires loader -> pipeline -> enrichment -> sinks,
 //! and the status endpoints.
 
+mod clock;
 mod config;
 mod conntrack;
 mod decode;

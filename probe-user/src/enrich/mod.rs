@@ -104,8 +104,8 @@ impl Enricher {
     pub fn new(node: String) -> Self {
         Self {
             node,
-            boot_to_wall_ns: i128::from(clock_ns(libc::CLOCK_REALTIME))
-                - i128::from(clock_ns(libc::CLOCK_BOOTTIME)),
+            boot_to_wall_ns: i128::from(crate::clock::now_ns(libc::CLOCK_REALTIME))
+                - i128::from(crate::clock::now_ns(libc::CLOCK_BOOTTIME)),
         }
     }
 
@@ -159,7 +159,7 @@ impl Enricher {
     /// A record made by the agent itself (loss records), stamped now.
     pub fn agent_record(&self, body: Body) -> Record {
         Record {
-            time_unix_nano: u64::try_from(clock_ns(libc::CLOCK_REALTIME)).unwrap_or(0),
+            time_unix_nano: u64::try_from(crate::clock::now_ns(libc::CLOCK_REALTIME)).unwrap_or(0),
             kind: body.kind(),
             node: self.node.clone(),
             common: Common::none(),
@@ -178,19 +178,7 @@ pub fn read_sysctl(name: &str) -> Option<String> {
 }
 
 /// Now on the kernel's event clock (CLOCK_BOOTTIME), for records made in userspace.
-pub fn boottime_ns() -> u64 {
-    u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap_or(0)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; both clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
+pub use crate::clock::boottime_ns;
 
 /// The node name: `--node-name`/NODE_NAME, else the kernel's hostname.
 pub fn default_node_name() -> String {
@@ -217,8 +205,8 @@ mod tests {
         let e = Enricher::fixed("n1", 1_700_000_000_000_000_000);
         assert_eq!(e.wall_time(5), 1_700_000_000_000_000_005);
         let live = Enricher::new("n".into());
-        let now = u64::try_from(clock_ns(libc::CLOCK_REALTIME)).unwrap();
-        let t = live.wall_time(u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap());
+        let now = u64::try_from(crate::clock::now_ns(libc::CLOCK_REALTIME)).unwrap();
+        let t = live.wall_time(u64::try_from(crate::clock::now_ns(libc::CLOCK_BOOTTIME)).unwrap());
         assert!(t.abs_diff(now) < 1_000_000_000, "{t} vs {now}");
     }
 }

@@ -217,7 +217,7 @@ pub fn spawn(
                             metrics.attaches.inc();
                             match exec {
                                 Some(at) => {
-                                    let us = boot_ns().saturating_sub(at) / 1000;
+                                    let us = crate::clock::boottime_ns().saturating_sub(at) / 1000;
                                     r.last_attach_after_exec_us = Some(us);
                                     r.max_attach_after_exec_us =
                                         Some(r.max_attach_after_exec_us.unwrap_or(0).max(us));
@@ -273,17 +273,6 @@ fn wait_for_selection(gate: &mut WriteGate) -> Option<u64> {
         }
     }
     earliest
-}
-
-/// CLOCK_BOOTTIME in ns (the clock of `bpf_ktime_get_boot_ns`).
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Starts the gate over the probe's on-demand programs and shows it in the status document;
