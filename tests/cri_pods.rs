@@ -193,7 +193,13 @@ fn a_containerd_pods_records_carry_its_pod_and_containers() {
     for (name, want) in [("resetter", 0), ("crasher", 128 + 11), ("wasm", 0)] {
         ctd.start_container(&id_of(name));
         let status = ctd.wait_exited(&id_of(name), WAIT);
-        assert_eq!(status.exit_code, want, "{name}: {status:?}\n{}", ctd.log());
+        let output = std::fs::read_to_string(&status.log_path).unwrap_or_default();
+        assert_eq!(
+            status.exit_code,
+            want,
+            "{name}: {status:?}; its output:\n{output}\ncontainerd:\n{}",
+            ctd.log()
+        );
     }
     let _kept_open = peers.join().unwrap();
     // What `kubectl logs` shows: the runtime's log file of the container.

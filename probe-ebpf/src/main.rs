@@ -4,7 +4,9 @@
 #![no_main]
 
 mod common;
+mod do_writev;
 mod kfree_skb;
+mod ksys_write;
 mod sched_process_exec;
 mod sched_process_exit;
 mod sched_process_fork;

@@ -53,17 +53,30 @@ fn selected(tgid: u32) -> Option<u32> {
     unsafe { WASM_CGROUPS.get(&cgroup) }.map(|_| RUNTIME_BY_CGROUP)
 }
 
-/// `sys_enter_write` / `sys_enter_writev`.
+/// `sys_enter_write` / `sys_enter_writev`: the arguments from the tracepoint's record.
 #[inline(always)]
 pub fn capture(ctx: &TracePointContext, layout: &WriteLayout, vectored: bool) {
+    let Some(fd) = read_field::<u64>(ctx, layout.fd) else {
+        return;
+    };
+    if fd != 1 && fd != 2 {
+        return;
+    }
+    let buf: u64 = read_field(ctx, layout.buf).unwrap_or(0);
+    let count: u64 = read_field(ctx, layout.count).unwrap_or(0);
+    capture_args(fd, buf, count, vectored);
+}
+
+/// A write (or writev: `buf` is the iovec array, `count` their number) of `count` bytes at
+/// user address `buf` to `fd`, from whichever hook saw it (syscall tracepoint, fentry or
+/// kprobe on the kernel's write path).
+#[inline(always)]
+pub fn capture_args(fd: u64, buf: u64, count: u64, vectored: bool) {
     // A load-time constant: with capture disabled the verifier drops everything below.
     let config = agent();
     if config.capture_bytes == 0 {
         return;
     }
-    let Some(fd) = read_field::<u64>(ctx, layout.fd) else {
-        return;
-    };
     if fd != 1 && fd != 2 {
         return;
     }
@@ -79,8 +92,6 @@ pub fn capture(ctx: &TracePointContext, layout: &WriteLayout, vectored: bool) {
         fd: fd as u32,
         runtime,
     };
-    let buf: u64 = read_field(ctx, layout.buf).unwrap_or(0);
-    let count: u64 = read_field(ctx, layout.count).unwrap_or(0);
     if vectored {
         let mut total = 0u64;
         for i in 0..MAX_IOVECS {
@@ -245,10 +256,16 @@ fn fd_inode(fd: u32) -> (u32, u32) {
     )
 }
 
-/// `sys_exit_write` / `sys_exit_writev`: the result of a captured write. One lookup for
-/// every other write on the node.
+/// `sys_exit_write` / `sys_exit_writev`: the result from the tracepoint's record.
 #[inline(always)]
 pub fn result(ctx: &TracePointContext, layout: &WriteLayout) {
+    result_of(read_field::<i64>(ctx, layout.exit_ret).unwrap_or(0));
+}
+
+/// The result (bytes written or -errno) of a captured write, from whichever hook saw the
+/// write end. One lookup for every other write on the node.
+#[inline(always)]
+pub fn result_of(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: the value is copied out at once.
@@ -261,7 +278,7 @@ pub fn result(ctx: &TracePointContext, layout: &WriteLayout) {
         header: writer_header(kind::WASM_WRITE_RESULT, pid_tgid),
         fd,
         file_mode,
-        result: read_field::<i64>(ctx, layout.exit_ret).unwrap_or(0),
+        result: ret,
         file_rdev,
         _reserved: 0,
     };

@@ -1,8 +1,8 @@
 //! Test helper for the signal e2e tests: crashes (or survives) in a chosen way.
-//! Usage: crasher segv | abort | handle-segv | sleep | reset-then-segv HOST:PORT
+//! Usage: crasher segv | abort | handle-segv | sleep | reset-then-segv HOST:PORT | resets TO FROM
 //! It sets RLIMIT_CORE from CRASHER_RLIMIT_CORE ("0" or "unlimited") first when given.
 
-use std::time::Duration;
+use std::{io::Write as _, time::Duration};
 
 extern "C" fn on_segv(_: libc::c_int) {
     // Async-signal-safe: write(2) only.
@@ -77,19 +77,26 @@ fn main() {
         }
         Some("resets") => {
             // A reset sent (as above) to the first address, then one received: the second
-            // address's server aborts the connection; exits 0 only if the read saw the reset.
+            // address's server aborts the connection. Exit 0 only if the read saw the reset;
+            // otherwise a code saying what happened, and a line on stderr (never a panic).
+            let fail = |code: i32, what: String| -> ! {
+                let _ = writeln!(std::io::stderr(), "resets: {what}");
+                std::process::exit(code)
+            };
             let (to, from) = (
-                std::env::args().nth(2).expect("HOST:PORT"),
-                std::env::args().nth(3).expect("HOST:PORT"),
+                std::env::args().nth(2).unwrap_or_default(),
+                std::env::args().nth(3).unwrap_or_default(),
             );
-            abort(std::net::TcpStream::connect(to).expect("connect"));
-            let mut conn = std::net::TcpStream::connect(from).expect("connect");
+            match std::net::TcpStream::connect(&to) {
+                Ok(conn) => abort(conn),
+                Err(e) => fail(3, format!("connect {to}: {e}")),
+            }
+            let mut conn = std::net::TcpStream::connect(&from)
+                .unwrap_or_else(|e| fail(4, format!("connect {from}: {e}")));
             let mut buf = [0u8; 16];
             match std::io::Read::read(&mut conn, &mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    println!("reset received")
-                }
-                other => panic!("expected a reset, got {other:?}"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => fail(5, format!("expected a reset from {from}, got {other:?}")),
             }
         }
         Some("handle-segv") => {

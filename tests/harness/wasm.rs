@@ -124,3 +124,33 @@ impl Drop for WarmRuntime {
         let _ = self.child.wait();
     }
 }
+
+/// For the function-hook files (ksys_write, do_writev): whether `capability` runs on a hook of
+/// `function` on this kernel; otherwise prints the loud "unsupported" line with the hook the
+/// kernel gave instead (the syscall tracepoints, tested by the sys_* files) and what failed.
+pub fn served_by_function(probe: &crate::Probe, capability: &str, function: &str) -> bool {
+    let status: Value =
+        serde_json::from_str(&crate::http_get(probe.http_addr(), "/health/status").2).unwrap();
+    let c = status["capabilities"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["capability"] == capability))
+        .cloned()
+        .unwrap_or_default();
+    let hook = c["hook"].as_str().unwrap_or_default();
+    if hook
+        .split(" + ")
+        .any(|h| h.ends_with(&format!(" {function}")))
+    {
+        return true;
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "\n!!!!! {capability}: unsupported on this kernel through {function}: the hook is {hook:?}; \
+             tried: {} !!!!!\n",
+            c["tried"]
+        )
+        .as_bytes(),
+    );
+    false
+}

@@ -7,7 +7,8 @@
 //!   spread;
 //! - in-kernel cost of every attached program (kernel.bpf_stats_enabled): ns per run.
 //!
-//! Prints a table and writes target/bench/results.json.
+//! Prints a table and writes results.json into its directory (target/bench here; a VM's run
+//! directory with `--kernel`, see bench_vm.rs).
 
 use std::{
     path::Path,
@@ -77,6 +78,31 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
         .collect())
 }
 
+/// The hooks the agent picks on this kernel for write capture (`probe --check-kernel`'s
+/// `wasm_write` and `wasm_writev` rows).
+fn write_hooks(bin: &Path) -> String {
+    let out = Command::new(bin).arg("--check-kernel").output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // Fixed-width columns: capability, hook, note (what failed before the hook chosen).
+    let header = text.lines().next().unwrap_or_default();
+    let (hook_at, note_at) = (header.find("hook"), header.find("note"));
+    let rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("wasm_write"))
+        .filter_map(|l| {
+            let hook = l.get(hook_at?..note_at?.min(l.len()))?.trim();
+            Some(format!("{}: {hook}", l.split_whitespace().next()?))
+        })
+        .collect();
+    if rows.is_empty() {
+        "(unknown: probe --check-kernel printed no wasm_write row)".to_owned()
+    } else {
+        rows.join("; ")
+    }
+}
+
 /// A process selected for capture that writes nothing (a copy of sleep named `wasmtime`): while
 /// it runs the agent's write hooks are attached, as on a node with a Wasm runtime.
 struct Runtime(std::process::Child);
@@ -103,7 +129,7 @@ impl Drop for Runtime {
     }
 }
 
-pub fn bench(bin: &Path, receiver: &Path, quick: bool) -> Result<()> {
+pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load BPF programs: run them as root");
     }
@@ -118,7 +144,13 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool) -> Result<()> {
     let mut probed = Vec::new();
     let mut no_capture = Vec::new();
     let mut with_runtime = Vec::new();
-    let warm_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/runtime");
+    let warm_dir = dir.join("runtime");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let write_hooks = write_hooks(bin);
+    println!(
+        "\n== kernel {}: write capture through {write_hooks}",
+        release.trim()
+    );
     let kernel;
     write_loop(bytes / 10)?; // warm-up
     for _ in 0..rounds {
@@ -207,6 +239,14 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool) -> Result<()> {
         "sys_enter_writev",
         "sys_exit_write",
         "sys_exit_writev",
+        "ksys_write_fentry",
+        "ksys_write_fexit",
+        "ksys_write_kprobe",
+        "ksys_write_kretprobe",
+        "do_writev_fentry",
+        "do_writev_fexit",
+        "do_writev_kprobe",
+        "do_writev_kretprobe",
         "kfree_skb",
         "tcp_sendmsg_loc",
     ];
@@ -228,8 +268,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool) -> Result<()> {
         kernel_json.push(serde_json::json!({"program": name, "runs": runs, "ns_per_run": per}));
     }
 
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
 
     // Loopback HTTP: nginx + wrk, alternating rounds.
     let (http_rounds, http_secs) = if quick { (3, 3) } else { (5, 5) };
@@ -319,6 +358,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool) -> Result<()> {
                         "capture_off_median_ratio": without_capture / base,
                         "runtime_up_bytes_per_s": with_runtime,
                         "runtime_up_median_ratio": runtime_on / base },
+        "write_hooks": write_hooks,
         "kernel_programs": kernel_json,
         "http": { "rounds": http_rounds, "seconds": http_secs, "baseline_rps": http_base,
                   "probe_rps": http_probe, "median_ratio": http_ratio,

@@ -115,21 +115,14 @@ pub fn run_host(exes: &[TestExe], env: &Env) -> Result<BTreeMap<String, FileResu
     Ok(results)
 }
 
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// How long one test file may run inside a VM (the slowest takes about 90 s under TCG).
-const FILE_TIMEOUT_S: u32 = 420;
-/// The file naming the test file a guest is running (what a hung guest was doing).
-const CURRENT: &str = "current";
-
-/// The script a guest runs: prepares what the host has and a bare VM lacks (tracefs, bpffs,
-/// loopback, a writable cache directory: the shared root is read-only), starts a heartbeat,
-/// runs `probe --check-kernel`, then each executable with its output in a log file of
-/// `out_dir`.
-fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
-    let q = |p: &Path| shell_quote(&p.display().to_string());
+/// The start of every guest script: what the host has and a bare VM lacks (tracefs, bpffs,
+/// loopback, /run/netns, writable temporary and cache directories: the shared root is
+/// read-only), then a heartbeat into `out_dir` that tells the host the guest is alive.
+pub fn guest_setup(out_dir: &Path) -> String {
     let mut s = String::from(
         "set -u\n\
          mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing\n\
@@ -143,8 +136,23 @@ fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
     let _ = writeln!(
         s,
         "(while :; do printf . >> {}; sleep 10; done) &",
-        q(&out_dir.join(vm::HEARTBEAT))
+        shell_quote(&out_dir.join(vm::HEARTBEAT).display().to_string())
     );
+    s
+}
+
+/// How long one test file may run inside a VM (the slowest takes about 90 s under TCG).
+const FILE_TIMEOUT_S: u32 = 420;
+/// The file naming the test file a guest is running (what a hung guest was doing).
+const CURRENT: &str = "current";
+
+/// The script a guest runs: prepares what the host has and a bare VM lacks (tracefs, bpffs,
+/// loopback, a writable cache directory: the shared root is read-only), starts a heartbeat,
+/// runs `probe --check-kernel`, then each executable with its output in a log file of
+/// `out_dir`.
+fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    let mut s = guest_setup(out_dir);
     for (k, v) in &env.vars {
         let _ = writeln!(s, "export {k}={}", shell_quote(v));
     }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_net;
+mod bench_vm;
 mod e2e;
 mod image;
 mod setup;
@@ -41,6 +42,22 @@ enum Cmd {
         /// Fewer rounds and shorter loops (under 2 minutes).
         #[arg(long)]
         quick: bool,
+        /// Kernels to run them on: `host`, a Debian line (`5.10`, `6.1`, `6.12`: booted under
+        /// qemu, the benchmarks run inside), or `all`; comma-separated or repeated.
+        #[arg(long = "kernel", value_delimiter = ',', default_value = "host")]
+        kernels: Vec<String>,
+    },
+    /// Inside a VM of `bench --kernel`: the benchmarks on already built binaries.
+    #[command(hide = true)]
+    BenchGuest {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        agent: PathBuf,
+        #[arg(long)]
+        receiver: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Build the DaemonSet's image (buildah, `FROM scratch`, no registry): into the local
     /// containers storage as node-probe:VERSION and into target/image/node-probe-VERSION.tar.
@@ -76,7 +93,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { filter, kernels } => test(filter.as_deref(), &kernels),
-        Cmd::Bench { quick } => {
+        Cmd::BenchGuest {
+            quick,
+            agent,
+            receiver,
+            out,
+        } => bench::bench(&agent, &receiver, quick, &out),
+        Cmd::Bench { quick, kernels } => {
+            let columns = kernel_columns(&kernels)?;
             let route = setup::setup()?;
             let agent = build_agent(&route)?;
             run_checked(cargo(&route).args([
@@ -88,7 +112,19 @@ fn main() -> Result<()> {
                 "otlp_receiver",
             ]))?;
             let receiver = target_dir().join("release").join("otlp_receiver");
-            bench::bench(&agent, &receiver, quick)
+            for column in columns {
+                match column {
+                    None => bench::bench(&agent, &receiver, quick, &target_dir().join("bench"))?,
+                    Some(line) => bench_vm::bench_in_vm(
+                        line,
+                        &agent,
+                        &receiver,
+                        quick,
+                        &target_dir().join("vm"),
+                    )?,
+                }
+            }
+            Ok(())
         }
     }
 }

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use aya::{
     Ebpf,
     programs::{
-        FEntry, KProbe, ProgramError, RawTracePoint, TracePoint, fentry::FEntryLinkId,
-        kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+        FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, fentry::FEntryLinkId,
+        fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
 };
 use tracing::{debug, warn};
@@ -35,6 +36,7 @@ pub(super) enum LinkId {
     Raw(RawTracePointLinkId),
     TracePoint(TracePointLinkId),
     FEntry(FEntryLinkId),
+    FExit(FExitLinkId),
     KProbe(KProbeLinkId),
 }
 
@@ -49,7 +51,7 @@ impl AyaKernel<'_> {
             reason: with_sources(&e),
         };
         let started = std::time::Instant::now();
-        if matches!(program.attach, Attach::FEntry(_)) && self.btf.is_none() {
+        if program.attach.is_trampoline() && self.btf.is_none() {
             self.btf = Some(aya::Btf::from_sys_fs().map_err(|e| e.to_string()));
         }
         let prog = self
@@ -75,7 +77,7 @@ impl AyaKernel<'_> {
                 let id = p.attach(category, tp).map_err(attaching)?;
                 self.links.insert(name, LinkId::TracePoint(id));
             }
-            Attach::FEntry(function) => {
+            Attach::FEntry(function) | Attach::FExit(function) => {
                 let btf = match &self.btf {
                     Some(Ok(btf)) => btf,
                     Some(Err(e)) => {
@@ -86,12 +88,20 @@ impl AyaKernel<'_> {
                     }
                     None => unreachable!("parsed above"),
                 };
-                let p: &mut FEntry = prog.try_into().map_err(loading)?;
-                p.load(function, btf).map_err(loading)?;
-                let id = p.attach().map_err(attaching)?;
-                self.links.insert(name, LinkId::FEntry(id));
+                if let Attach::FEntry(_) = program.attach {
+                    let p: &mut FEntry = prog.try_into().map_err(loading)?;
+                    p.load(function, btf).map_err(loading)?;
+                    let id = p.attach().map_err(attaching)?;
+                    self.links.insert(name, LinkId::FEntry(id));
+                } else {
+                    let p: &mut FExit = prog.try_into().map_err(loading)?;
+                    p.load(function, btf).map_err(loading)?;
+                    let id = p.attach().map_err(attaching)?;
+                    self.links.insert(name, LinkId::FExit(id));
+                }
             }
-            Attach::KProbe(function) => {
+            // A kretprobe is a KProbe program whose kind (from its section) says "return".
+            Attach::KProbe(function) | Attach::KRetProbe(function) => {
                 let p: &mut KProbe = prog.try_into().map_err(loading)?;
                 p.load().map_err(loading)?;
                 let id = p.attach(function, 0).map_err(attaching)?;
@@ -99,6 +109,65 @@ impl AyaKernel<'_> {
             }
         }
         debug!(program = name, elapsed = ?started.elapsed(), "verified and attached");
+        Ok(())
+    }
+}
+
+impl AyaKernel<'_> {
+    /// Detaches `program` (still loaded) and attaches it again.
+    fn reattach_inner(&mut self, program: &hooks::Program) -> Result<(), HookError> {
+        let name = program.name;
+        let failed = |e: ProgramError| HookError::Attach {
+            program: name,
+            hook: program.attach.to_string(),
+            reason: format!(
+                "attaches once but not again after a detach (the write gate detaches it while \
+                 no runtime is on the node): {}",
+                with_sources(&e)
+            ),
+        };
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(HookError::Missing { program: name })?;
+        let Some(link) = self.links.remove(name) else {
+            return Ok(());
+        };
+        let again = match (prog, link, program.attach) {
+            (aya::programs::Program::FEntry(p), LinkId::FEntry(id), _) => {
+                p.detach(id).and_then(|()| p.attach()).map(LinkId::FEntry)
+            }
+            (aya::programs::Program::FExit(p), LinkId::FExit(id), _) => {
+                p.detach(id).and_then(|()| p.attach()).map(LinkId::FExit)
+            }
+            (
+                aya::programs::Program::KProbe(p),
+                LinkId::KProbe(id),
+                Attach::KProbe(f) | Attach::KRetProbe(f),
+            ) => p
+                .detach(id)
+                .and_then(|()| p.attach(f, 0))
+                .map(LinkId::KProbe),
+            (
+                aya::programs::Program::TracePoint(p),
+                LinkId::TracePoint(id),
+                Attach::Tracepoint(category, tp),
+            ) => p
+                .detach(id)
+                .and_then(|()| p.attach(category, tp))
+                .map(LinkId::TracePoint),
+            (
+                aya::programs::Program::RawTracePoint(p),
+                LinkId::Raw(id),
+                Attach::RawTracepoint(tp),
+            ) => p.detach(id).and_then(|()| p.attach(tp)).map(LinkId::Raw),
+            (_, link, _) => {
+                self.links.insert(name, link);
+                return Ok(());
+            }
+        };
+        let id = again.map_err(failed)?;
+        self.links.insert(name, id);
         Ok(())
     }
 }
@@ -162,6 +231,7 @@ impl Kernel for AyaKernel<'_> {
         if let Some(p) = self.ebpf.program_mut(program.name) {
             let unloaded = match p {
                 aya::programs::Program::FEntry(p) => p.unload(),
+                aya::programs::Program::FExit(p) => p.unload(),
                 aya::programs::Program::KProbe(p) => p.unload(),
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
                 aya::programs::Program::TracePoint(p) => p.unload(),
@@ -174,6 +244,16 @@ impl Kernel for AyaKernel<'_> {
         for t in self.tried.iter_mut().filter(|t| t.program == program.name) {
             t.result = Err("detached: another program of its hook failed".into());
         }
+    }
+
+    fn reattach(&mut self, program: &hooks::Program) -> Result<(), HookError> {
+        let result = self.reattach_inner(program);
+        if let Err(e) = &result {
+            for t in self.tried.iter_mut().filter(|t| t.program == program.name) {
+                t.result = Err(e.to_string());
+            }
+        }
+        result
     }
 
     fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, String> {

@@ -25,9 +25,9 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
     programs::{
-        FEntry, KProbe, Program as AyaProgram, ProgramError, RawTracePoint, TracePoint,
-        fentry::FEntryLink, kprobe::KProbeLink, raw_trace_point::RawTracePointLink,
-        trace_point::TracePointLink,
+        FEntry, FExit, KProbe, Program as AyaProgram, ProgramError, RawTracePoint, TracePoint,
+        fentry::FEntryLink, fexit::FExitLink, kprobe::KProbeLink,
+        raw_trace_point::RawTracePointLink, trace_point::TracePointLink,
     },
 };
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
@@ -49,6 +49,7 @@ pub(super) enum Link {
     Raw(RawTracePointLink),
     TracePoint(TracePointLink),
     FEntry(FEntryLink),
+    FExit(FExitLink),
     KProbe(KProbeLink),
 }
 
@@ -92,6 +93,7 @@ pub(super) fn take_link(program: &mut AyaProgram, id: LinkId) -> Result<Link, Pr
         (AyaProgram::RawTracePoint(p), LinkId::Raw(id)) => Link::Raw(p.take_link(id)?),
         (AyaProgram::TracePoint(p), LinkId::TracePoint(id)) => Link::TracePoint(p.take_link(id)?),
         (AyaProgram::FEntry(p), LinkId::FEntry(id)) => Link::FEntry(p.take_link(id)?),
+        (AyaProgram::FExit(p), LinkId::FExit(id)) => Link::FExit(p.take_link(id)?),
         (AyaProgram::KProbe(p), LinkId::KProbe(id)) => Link::KProbe(p.take_link(id)?),
         _ => return Err(ProgramError::NotAttached),
     })
@@ -114,7 +116,12 @@ fn attach_one(program: &mut AyaProgram, attach: Attach) -> Result<Link, ProgramE
             let id = p.attach()?;
             Link::FEntry(p.take_link(id)?)
         }
-        Attach::KProbe(function) => {
+        Attach::FExit(_) => {
+            let p: &mut FExit = program.try_into()?;
+            let id = p.attach()?;
+            Link::FExit(p.take_link(id)?)
+        }
+        Attach::KProbe(function) | Attach::KRetProbe(function) => {
             let p: &mut KProbe = program.try_into()?;
             let id = p.attach(function, 0)?;
             Link::KProbe(p.take_link(id)?)

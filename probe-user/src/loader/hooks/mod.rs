@@ -16,21 +16,34 @@ pub use self::table::CAPABILITIES;
 pub enum Attach {
     /// fentry on a kernel function (BPF trampoline).
     FEntry(&'static str),
+    /// fexit on a kernel function: its arguments and return value.
+    FExit(&'static str),
     /// A raw tracepoint, by name.
     RawTracepoint(&'static str),
     /// A classic tracepoint: category, name.
     Tracepoint(&'static str, &'static str),
     /// A kprobe on a kernel function.
     KProbe(&'static str),
+    /// A kretprobe on a kernel function (its return value).
+    KRetProbe(&'static str),
+}
+
+impl Attach {
+    /// Whether the program is a BPF trampoline (fentry/fexit: needs the kernel's BTF).
+    pub fn is_trampoline(&self) -> bool {
+        matches!(self, Self::FEntry(_) | Self::FExit(_))
+    }
 }
 
 impl fmt::Display for Attach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::FEntry(func) => write!(f, "fentry {func}"),
+            Self::FExit(func) => write!(f, "fexit {func}"),
             Self::RawTracepoint(name) => write!(f, "raw_tp {name}"),
             Self::Tracepoint(cat, name) => write!(f, "tracepoint {cat}:{name}"),
             Self::KProbe(func) => write!(f, "kprobe {func}"),
+            Self::KRetProbe(func) => write!(f, "kretprobe {func}"),
         }
     }
 }
@@ -128,6 +141,9 @@ pub trait Kernel {
     fn attach(&mut self, program: &Program) -> Result<(), HookError>;
     /// Detaches and unloads a program attached earlier.
     fn detach(&mut self, program: &Program);
+    /// Detaches an attached program (it stays loaded) and attaches it again, as the write
+    /// gate does: some kernels refuse the second attach (fentry/fexit before 5.13).
+    fn reattach(&mut self, program: &Program) -> Result<(), HookError>;
     /// Whether the tracepoint record has the field (Err: the format could not be read).
     fn has_field(&self, category: &str, name: &str, field: &str) -> Result<bool, String>;
 }
@@ -191,7 +207,7 @@ pub fn select(
         };
         if disabled.is_none() {
             for candidate in cap.candidates {
-                match try_candidate(candidate, kernel, &mut results) {
+                match try_candidate(candidate, cap.on_demand, kernel, &mut results) {
                     Ok(()) => {
                         let names = candidate.programs.iter().map(|p| p.name).collect();
                         status.chosen = Some((candidate.hook(), names));
@@ -208,6 +224,7 @@ pub fn select(
 
 fn try_candidate(
     candidate: &Candidate,
+    on_demand: bool,
     kernel: &mut impl Kernel,
     results: &mut HashMap<&'static str, Result<(), HookError>>,
 ) -> Result<(), HookError> {
@@ -243,6 +260,18 @@ fn try_candidate(
                 results.remove(p.name);
             }
             return Err(e);
+        }
+    }
+    // The write gate detaches and attaches on-demand programs: proven here too.
+    if on_demand {
+        for program in &attached_now {
+            if let Err(e) = kernel.reattach(program) {
+                for p in &attached_now {
+                    kernel.detach(p);
+                    results.remove(p.name);
+                }
+                return Err(e);
+            }
         }
     }
     Ok(())

@@ -214,44 +214,82 @@ pub const CAPABILITIES: &[Capability] = &[
         lost: "captured Wasm output will not say how the write ended or where fd 1/2 pointed",
         switch: Switch::Capture,
         on_demand: true,
-        candidates: &[Candidate {
-            programs: &[
-                prog(
-                    "sys_exit_write",
-                    Attach::Tracepoint("syscalls", "sys_exit_write"),
-                ),
-                prog(
-                    "sys_exit_writev",
-                    Attach::Tracepoint("syscalls", "sys_exit_writev"),
-                ),
-            ],
-            requires: Requires::Nothing,
-        }],
+        candidates: &[
+            // Function hooks first: they cost only the calls of the write path, where a
+            // syscall tracepoint puts every syscall of the node on the traced-syscall path.
+            Candidate {
+                programs: &[
+                    prog("ksys_write_fexit", Attach::FExit("ksys_write")),
+                    prog("do_writev_fexit", Attach::FExit("do_writev")),
+                ],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[
+                    prog("ksys_write_kretprobe", Attach::KRetProbe("ksys_write")),
+                    prog("do_writev_kretprobe", Attach::KRetProbe("do_writev")),
+                ],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[
+                    prog(
+                        "sys_exit_write",
+                        Attach::Tracepoint("syscalls", "sys_exit_write"),
+                    ),
+                    prog(
+                        "sys_exit_writev",
+                        Attach::Tracepoint("syscalls", "sys_exit_writev"),
+                    ),
+                ],
+                requires: Requires::Nothing,
+            },
+        ],
     },
     Capability {
         name: "wasm_write",
         lost: "write() output of Wasm runtimes will not be captured",
         switch: Switch::Capture,
         on_demand: true,
-        candidates: &[Candidate {
-            programs: &[prog(
-                "sys_enter_write",
-                Attach::Tracepoint("syscalls", "sys_enter_write"),
-            )],
-            requires: Requires::Nothing,
-        }],
+        candidates: &[
+            Candidate {
+                programs: &[prog("ksys_write_fentry", Attach::FEntry("ksys_write"))],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[prog("ksys_write_kprobe", Attach::KProbe("ksys_write"))],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[prog(
+                    "sys_enter_write",
+                    Attach::Tracepoint("syscalls", "sys_enter_write"),
+                )],
+                requires: Requires::Nothing,
+            },
+        ],
     },
     Capability {
         name: "wasm_writev",
         lost: "writev() output of Wasm runtimes will not be captured",
         switch: Switch::Capture,
         on_demand: true,
-        candidates: &[Candidate {
-            programs: &[prog(
-                "sys_enter_writev",
-                Attach::Tracepoint("syscalls", "sys_enter_writev"),
-            )],
-            requires: Requires::Nothing,
-        }],
+        candidates: &[
+            Candidate {
+                programs: &[prog("do_writev_fentry", Attach::FEntry("do_writev"))],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[prog("do_writev_kprobe", Attach::KProbe("do_writev"))],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[prog(
+                    "sys_enter_writev",
+                    Attach::Tracepoint("syscalls", "sys_enter_writev"),
+                )],
+                requires: Requires::Nothing,
+            },
+        ],
     },
 ];

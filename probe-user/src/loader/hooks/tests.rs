@@ -14,6 +14,8 @@ struct FakeKernel {
     attached: Vec<&'static str>,
     attempts: Vec<&'static str>,
     detached: Vec<&'static str>,
+    refuse_reattach: HashMap<&'static str, HookError>,
+    reattached: Vec<&'static str>,
 }
 
 impl FakeKernel {
@@ -55,6 +57,14 @@ impl Kernel for FakeKernel {
     fn detach(&mut self, program: &Program) {
         self.attached.retain(|p| *p != program.name);
         self.detached.push(program.name);
+    }
+
+    fn reattach(&mut self, program: &Program) -> Result<(), HookError> {
+        self.reattached.push(program.name);
+        match self.refuse_reattach.get(program.name) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 
     fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, String> {
@@ -281,4 +291,35 @@ fn verifier_reason_is_the_last_meaningful_line() {
         "R2 min value is negative, either use unsigned or 'var &= const'"
     );
     assert_eq!(verifier_reason(""), "(empty verifier log)");
+}
+
+/// Write hooks are detached and attached again by the write gate: a trampoline that attaches
+/// once but not twice (fentry/fexit before 5.13) loses to the kprobe, proven at load.
+#[test]
+fn an_on_demand_hook_must_attach_again_after_a_detach() {
+    let mut kernel = FakeKernel::default();
+    kernel.refuse_reattach.insert(
+        "ksys_write_fentry",
+        HookError::Attach {
+            program: "ksys_write_fentry",
+            hook: "fentry ksys_write".into(),
+            reason: "attaches once but not again after a detach".into(),
+        },
+    );
+    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let write = status(&all, "wasm_write");
+    assert_eq!(
+        write.chosen,
+        Some(("kprobe ksys_write".to_owned(), vec!["ksys_write_kprobe"]))
+    );
+    assert!(
+        write.failures[0]
+            .to_string()
+            .contains("not again after a detach")
+    );
+    assert!(kernel.detached.contains(&"ksys_write_fentry"));
+    assert!(kernel.attached.contains(&"ksys_write_kprobe"));
+    // Capabilities that are always attached are not put through it.
+    assert!(!kernel.reattached.contains(&"tcp_v4_send_reset_fentry"));
+    assert!(kernel.reattached.contains(&"ksys_write_kprobe"));
 }

@@ -1,0 +1,41 @@
+//! `do_writev` (fentry/fexit, else kprobe/kretprobe): the kernel's writev(2) path, where the
+//! kernel allows it; the syscall tracepoints are the fallback. See ksys_write.rs.
+
+use aya_ebpf::{
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+
+use crate::wasm_capture::{capture_args, result_of};
+
+// ssize_t do_writev(unsigned long fd, const struct iovec __user *vec, unsigned long vlen,
+//                   rwf_t flags)
+
+#[fentry(function = "do_writev")]
+pub fn do_writev_fentry(ctx: FEntryContext) -> u32 {
+    capture_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), true);
+    0
+}
+
+#[fexit(function = "do_writev")]
+pub fn do_writev_fexit(ctx: FExitContext) -> u32 {
+    // The return value follows the four arguments.
+    result_of(ctx.arg(4));
+    0
+}
+
+#[kprobe(function = "do_writev")]
+pub fn do_writev_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(fd), Some(vec), Some(vlen)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    {
+        capture_args(fd, vec, vlen, true);
+    }
+    0
+}
+
+#[kretprobe(function = "do_writev")]
+pub fn do_writev_kretprobe(ctx: RetProbeContext) -> u32 {
+    result_of(ctx.ret());
+    0
+}
