@@ -1,7 +1,11 @@
-//! Root e2e: `softirq_entry`/`softirq_exit` (probe-ebpf/src/softirq.rs): a reset built in
-//! softirq is never blamed on the task that was interrupted, one built by a task names it.
+//! Root e2e: softirq context (probe-ebpf/src/softirq.rs): a reset built in softirq is never
+//! blamed on the task that was interrupted, one built by a task names it. Both ways the
+//! programs can tell: the kernel's preempt count located through BTF (no program; chosen
+//! where it is found) and the `softirq_entry`/`softirq_exit` tracepoints (forced with
+//! `--avoid-hooks preempt-count`).
 
 use std::{
+    io::Write as _,
     net::{IpAddr, Ipv4Addr},
     time::Duration,
 };
@@ -13,7 +17,32 @@ fn softirq_resets_name_no_task_process_resets_do() {
     if !require_root("softirq::softirq_resets_name_no_task_process_resets_do") {
         return;
     }
-    let mut probe = Probe::start(&[]);
+    let probe = Probe::start(&[]);
+    let hook = probe.hook("softirq_context");
+    eprintln!("softirq_context on this kernel: {hook:?}");
+    if hook.as_deref() != Some("preempt count (per-CPU, no program)") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!! softirq: unsupported: the preempt count is not located on this kernel ({hook:?}); the tracepoints are tested below !!!!!\n"
+        );
+    }
+    resets_are_blamed_right(probe);
+}
+
+#[test]
+fn softirq_tracepoints_where_the_preempt_count_is_avoided() {
+    if !require_root("softirq::softirq_tracepoints_where_the_preempt_count_is_avoided") {
+        return;
+    }
+    let probe = Probe::start(&["--avoid-hooks", "preempt-count"]);
+    assert_eq!(
+        probe.hook("softirq_context").as_deref(),
+        Some("raw_tp softirq_entry + raw_tp softirq_exit")
+    );
+    resets_are_blamed_right(probe);
+}
+
+fn resets_are_blamed_right(mut probe: Probe) {
     let (tid, comm) = current_thread();
 
     // This thread sends the SYN; loopback delivers it in the NET_RX softirq that runs on this

@@ -90,3 +90,75 @@ fn a_reset_joins_the_trace_of_the_request_it_broke() {
     assert_ne!(own["trace_id"], TRACE);
     assert_eq!(own["parent_span_id"], "");
 }
+
+/// One connection: the client sends `first`, the server answers `reply`, the client sends
+/// `then`, the server resets. Returns the client port once the reset arrived.
+fn exchange(first: &'static [u8], reply: &'static [u8], then: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 2048];
+        let n = conn.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], first);
+        conn.write_all(reply).unwrap();
+        let n = conn.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"GET /checkout HTTP/1.1"));
+        socket2::SockRef::from(&conn)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(conn);
+    });
+    let mut client = TcpStream::connect(addr).unwrap();
+    let port = client.local_addr().unwrap().port();
+    client.write_all(first).unwrap();
+    let mut buf = vec![0u8; reply.len()];
+    client.read_exact(&mut buf).unwrap();
+    client.write_all(then.as_bytes()).unwrap();
+    server.join().unwrap();
+    let err = client.read(&mut buf).expect_err("the server resets");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    port
+}
+
+/// Only a connection's first send is read unless it was a request: the second request of a
+/// keep-alive connection is read (its reset joins that request's trace); a request after
+/// another protocol's first message on the same connection is not (one read of the socket's
+/// `bytes_sent` and a map lookup per send on every non-HTTP connection).
+#[test]
+fn keep_alive_requests_are_read_other_protocols_are_left_at_once() {
+    if !require_root(
+        "tcp_sendmsg_locked::keep_alive_requests_are_read_other_protocols_are_left_at_once",
+    ) {
+        return;
+    }
+    let mut probe = Probe::start(&[]);
+    let with = |trace: &str| {
+        format!(
+            "GET /checkout HTTP/1.1\r\nHost: shop\r\ntraceparent: 00-{trace}-{PARENT}-01\r\n\r\n"
+        )
+    };
+    let second = "0af7651916cd43dd8448eb211c80319c";
+    let other = "5c1f0a86b2a25d3d4b4ae1e1c2a0d1b8";
+    let keep_alive = exchange(
+        with(TRACE).leak().as_bytes(),
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        with(second).leak(),
+    );
+    let redis_first = exchange(b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n", with(other).leak());
+    let received = |port: u16| {
+        move |r: &Value| {
+            r["kind"] == "tcp_reset" && r["direction"] == "received" && r["sport"] == port
+        }
+    };
+    let kept = probe
+        .wait_for(Duration::from_secs(10), received(keep_alive))
+        .expect("the keep-alive connection's reset");
+    let left = probe
+        .wait_for(Duration::from_secs(10), received(redis_first))
+        .expect("the other connection's reset");
+    probe.stop();
+    assert_eq!(kept["trace_id"], second, "{kept:#}");
+    assert_eq!(kept["parent_span_id"], PARENT);
+    assert_eq!(left.get("trace_id"), None, "{left:#}");
+}

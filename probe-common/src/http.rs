@@ -52,8 +52,12 @@ pub struct SendLayout {
     pub skc_dport: u32,
     pub skc_v6_rcv_saddr: u32,
     pub skc_v6_daddr: u32,
+    /// `struct tcp_sock::bytes_sent` (u64): 0 until the socket's first send went out, so only
+    /// a connection's first send is read unless that send was an HTTP request.
+    pub bytes_sent: u32,
+    pub _reserved: u32,
 }
-const _: () = assert!(size_of::<SendLayout>() == 56);
+const _: () = assert!(size_of::<SendLayout>() == 64);
 
 impl SendLayout {
     pub const ABSENT: Self = Self {
@@ -71,5 +75,7 @@ impl SendLayout {
         skc_dport: crate::ABSENT,
         skc_v6_rcv_saddr: crate::ABSENT,
         skc_v6_daddr: crate::ABSENT,
+        bytes_sent: crate::ABSENT,
+        _reserved: 0,
     };
 }

@@ -203,3 +203,32 @@ impl TcpResetLayout {
         _reserved: [0; 2],
     };
 }
+
+/// Where the kernel keeps this CPU's preempt count, from BTF (no program per softirq): the
+/// current task's `se.cfs_rq->rq` is this CPU's `runqueues`, a per-CPU variable; the preempt
+/// count (`__preempt_count`, or `pcpu_hot.preempt_count` on 6.2 to 6.14) lies in the same
+/// per-CPU area at a distance both variables' offsets in BTF's `.data..percpu` section give.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreemptLayout {
+    /// `struct task_struct::se.cfs_rq` (a `struct cfs_rq *`); ABSENT: use the softirq hooks.
+    pub task_cfs_rq: u32,
+    /// `struct cfs_rq::rq` (a `struct rq *`).
+    pub cfs_rq_rq: u32,
+    /// Address of the preempt count minus that of `runqueues`, in the same per-CPU area.
+    pub rq_to_preempt_count: i64,
+}
+const _: () = assert!(size_of::<PreemptLayout>() == 16);
+
+impl PreemptLayout {
+    pub const ABSENT: Self = Self {
+        task_cfs_rq: ABSENT,
+        cfs_rq_rq: ABSENT,
+        rq_to_preempt_count: 0,
+    };
+}
+
+/// Preempt count bits that say the CPU serves an interrupt: serving a softirq
+/// (`SOFTIRQ_OFFSET`, not `SOFTIRQ_DISABLE_OFFSET`), a hard interrupt or an NMI
+/// (`include/linux/preempt.h`, the same since 2.6; not in BTF: macros).
+pub const PREEMPT_IN_INTERRUPT: u32 = 1 << 8 | 0xf << 16 | 0xf << 20;

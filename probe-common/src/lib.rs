@@ -9,6 +9,9 @@ use core::mem::size_of;
 
 /// Map names, shared so the loader never spells them differently from the kernel side.
 pub mod maps {
+    /// LRU hash: socket address -> 1, TCP sockets whose first send was an HTTP/1.x request
+    /// (or a PROXY protocol line): the only ones whose later sends are read.
+    pub const HTTP_SOCKETS: &str = "HTTP_SOCKETS";
     /// BPF ring buffer carrying every event.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` counters of events lost in the kernel, indexed by [`crate::LossIndex`].
@@ -26,7 +29,7 @@ pub mod maps {
     /// Hash: thread id -> fd, writes whose result the exit hook reports.
     pub const WASM_INFLIGHT: &str = "WASM_INFLIGHT";
     /// Per-CPU `u32` at index 0: 1 while the CPU serves a softirq, 0 when not (set by the
-    /// softirq_entry/exit hooks), [`crate::SOFTIRQ_UNKNOWN`] until those hooks first ran there.
+    /// softirq_entry/exit hooks, where the preempt count cannot be located), [`crate::SOFTIRQ_UNKNOWN`] until those hooks first ran there.
     pub const IN_SOFTIRQ: &str = "IN_SOFTIRQ";
     /// Per-CPU LRU hash: [`crate::DropKey`] -> [`crate::DropCount`], the in-kernel aggregation
     /// of packet drops.
@@ -57,6 +60,8 @@ pub mod globals {
     pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
     /// [`crate::SendLayout`].
     pub const SEND_LAYOUT: &str = "SEND_LAYOUT";
+    /// [`crate::PreemptLayout`].
+    pub const PREEMPT_LAYOUT: &str = "PREEMPT_LAYOUT";
 }
 
 /// Value the loader puts in every CPU's `IN_SOFTIRQ` slot before attaching: until the softirq
@@ -355,4 +360,5 @@ mod pod {
     unsafe impl aya::Pod for super::SkbOffsets {}
     unsafe impl aya::Pod for super::HttpRequestEvent {}
     unsafe impl aya::Pod for super::SendLayout {}
+    unsafe impl aya::Pod for super::PreemptLayout {}
 }

@@ -1,26 +1,21 @@
-//! `do_writev` (fentry/fexit, else kprobe/kretprobe): the kernel's writev(2) path, where the
+//! `do_writev` (fexit, else kprobe/kretprobe): the kernel's writev(2) path, where the
 //! kernel allows it; the syscall tracepoints are the fallback. See ksys_write.rs.
 
 use aya_ebpf::{
-    macros::{fentry, fexit, kprobe, kretprobe},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    macros::{fexit, kprobe, kretprobe},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
 };
 
-use crate::wasm_capture::{capture_args, result_of};
+use crate::wasm_capture::{capture_args, capture_with_result, result_of};
 
 // ssize_t do_writev(unsigned long fd, const struct iovec __user *vec, unsigned long vlen,
 //                   rwf_t flags)
 
-#[fentry(function = "do_writev")]
-pub fn do_writev_fentry(ctx: FEntryContext) -> u32 {
-    capture_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), true);
-    0
-}
-
 #[fexit(function = "do_writev")]
 pub fn do_writev_fexit(ctx: FExitContext) -> u32 {
-    // The return value follows the four arguments.
-    result_of(ctx.arg(4));
+    // Arguments and result in one program; the return value follows the four arguments
+    // (bpf_get_func_ret needs 5.17).
+    capture_with_result(ctx.arg(0), ctx.arg(1), ctx.arg(2), true, ctx.arg(4));
     0
 }
 

@@ -1,11 +1,14 @@
 //! `tcp_sendmsg_locked` (raw tracepoint): data a task sends on a TCP socket. Only the start of
 //! a plaintext HTTP/1.x request is of interest (its W3C `traceparent` header ties kernel events
-//! on that connection to the request's trace): every other send leaves after one 8-byte read
-//! of the user buffer. The head (up to `HTTP_HEAD` bytes) goes to the agent, which parses it.
+//! on that connection to the request's trace). A connection's first send is read (4 bytes of
+//! the user buffer); later sends only where that first one was a request (`HTTP_SOCKETS`):
+//! on every other socket a send costs one read of `bytes_sent` and one map lookup. The head
+//! (up to `HTTP_HEAD` bytes) goes to the agent, which parses it.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::{fentry, kprobe, raw_tracepoint},
+    macros::{fentry, kprobe, map, raw_tracepoint},
+    maps::LruHashMap,
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use probe_common::{ABSENT, HDR_NETNS, HTTP_HEAD, HttpRequestEvent, SendLayout, family, kind};
@@ -17,6 +20,12 @@ use crate::common::{
 
 #[unsafe(no_mangle)]
 static SEND_LAYOUT: SendLayout = SendLayout::ABSENT;
+
+#[map]
+static HTTP_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// A PROXY protocol v1 line ("PROXY TCP4 ..."), which a proxy sends before the request.
+const PROXY: u32 = u32::from_le_bytes(*b"PROX");
 
 /// Request methods, as the first 4 bytes of a request line, little-endian.
 const METHODS: [u32; 7] = [
@@ -60,6 +69,12 @@ fn on_send(sk: u64, msg: u64) {
     if l.msg_iter == ABSENT {
         return;
     }
+    // Not the connection's first send: read on only if that one was a request.
+    let first_send = read_kernel::<u64>(sk, l.bytes_sent).is_none_or(|sent| sent == 0);
+    // SAFETY: the value is not kept.
+    if !first_send && unsafe { HTTP_SOCKETS.get(&sk) }.is_none() {
+        return;
+    }
     let Some((src, count)) = user_data(msg, &l) else {
         return;
     };
@@ -70,10 +85,14 @@ fn on_send(sk: u64, msg: u64) {
     let Ok(first) = (unsafe { bpf_probe_read_user(src as *const u32) }) else {
         return;
     };
-    if !METHODS.contains(&first) {
-        return;
+    let request = METHODS.contains(&first);
+    if first_send && (request || first == PROXY) {
+        // A full map only forgets its oldest socket: its later requests go unread.
+        let _ = HTTP_SOCKETS.insert(&sk, &1, 0);
     }
-    emit(sk, src, count, &l);
+    if request {
+        emit(sk, src, count, &l);
+    }
 }
 
 /// The user buffer and byte count of the send (single-buffer and iovec sends).

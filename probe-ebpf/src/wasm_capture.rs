@@ -68,25 +68,40 @@ pub fn capture(ctx: &TracePointContext, layout: &WriteLayout, vectored: bool) {
 }
 
 /// A write (or writev: `buf` is the iovec array, `count` their number) of `count` bytes at
-/// user address `buf` to `fd`, from whichever hook saw it (syscall tracepoint, fentry or
-/// kprobe on the kernel's write path).
+/// user address `buf` to `fd`, seen where it starts (syscall tracepoint, kprobe on the
+/// kernel's write path): its result follows from the matching exit hook.
 #[inline(always)]
 pub fn capture_args(fd: u64, buf: u64, count: u64, vectored: bool) {
+    if let Some(pid_tgid) = capture_write(fd, buf, count, vectored) {
+        let _ = WASM_INFLIGHT.insert(pid_tgid as u32, fd as u32, 0);
+    }
+}
+
+/// The same, seen where it ended with its arguments (fexit): one program per write instead
+/// of an entry and an exit program; the user buffer is read after the write, unchanged.
+#[inline(always)]
+pub fn capture_with_result(fd: u64, buf: u64, count: u64, vectored: bool, ret: i64) {
+    if let Some(pid_tgid) = capture_write(fd, buf, count, vectored) {
+        emit_result(pid_tgid, fd as u32, ret);
+    }
+}
+
+/// Copies the write if the process is selected; its pid_tgid when it was.
+#[inline(always)]
+fn capture_write(fd: u64, buf: u64, count: u64, vectored: bool) -> Option<u64> {
     // A load-time constant: with capture disabled the verifier drops everything below.
     let config = agent();
     if config.capture_bytes == 0 {
-        return;
+        return None;
     }
     if fd != 1 && fd != 2 {
-        return;
+        return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(runtime) = selected(tgid) else {
-        return;
-    };
+    let runtime = selected(tgid)?;
     if tgid == config.agent_tgid {
-        return;
+        return None;
     }
     let w = Writer {
         fd: fd as u32,
@@ -113,7 +128,7 @@ pub fn capture_args(fd: u64, buf: u64, count: u64, vectored: bool) {
     } else {
         w.copy::<{ MAX_WRITE_CHUNKS as usize }>(buf, count, 0, count, false);
     }
-    let _ = WASM_INFLIGHT.insert(pid_tgid as u32, fd as u32, 0);
+    Some(pid_tgid)
 }
 
 /// Chunks per iovec of a writev (MAX_IOVECS * CHUNKS_PER_IOVEC = MAX_WRITE_CHUNKS).
@@ -273,6 +288,12 @@ pub fn result_of(ret: i64) {
         return;
     };
     let _ = WASM_INFLIGHT.remove(&tid);
+    emit_result(pid_tgid, fd, ret);
+}
+
+/// The result event of a captured write.
+#[inline(always)]
+fn emit_result(pid_tgid: u64, fd: u32, ret: i64) {
     let (file_mode, file_rdev) = fd_inode(fd);
     let ev = WriteResultEvent {
         header: writer_header(kind::WASM_WRITE_RESULT, pid_tgid),

@@ -92,6 +92,7 @@ fn loader_config(cli: &Cli) -> LoaderConfig {
         capture_bytes: cli.capture_bytes,
         wasm_runtimes: cli.wasm_runtimes.0.clone(),
         http_trace_context: cli.http_trace_context,
+        avoid_hooks: cli.avoid_hooks.clone(),
     }
 }
 

@@ -129,12 +129,17 @@ impl Drop for Runtime {
     }
 }
 
+/// What the benchmarks run besides the agent (a VM guest shares the host's, without network).
+pub fn install_tools() -> Result<()> {
+    apt_install(&["bpftool", "nginx-light", "wrk"])
+        .or_else(|_| apt_install(&["bpftool", "nginx", "wrk"]))
+}
+
 pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load BPF programs: run them as root");
     }
-    apt_install(&["bpftool", "nginx-light", "wrk"])
-        .or_else(|_| apt_install(&["bpftool", "nginx", "wrk"]))?;
+    install_tools()?;
     let rounds = if quick { 3 } else { 7 };
     let bytes: u64 = if quick { 1_000_000 } else { 3_000_000 };
     let stats_sysctl = "/proc/sys/kernel/bpf_stats_enabled";
@@ -239,11 +244,9 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         "sys_enter_writev",
         "sys_exit_write",
         "sys_exit_writev",
-        "ksys_write_fentry",
         "ksys_write_fexit",
         "ksys_write_kprobe",
         "ksys_write_kretprobe",
-        "do_writev_fentry",
         "do_writev_fexit",
         "do_writev_kprobe",
         "do_writev_kretprobe",

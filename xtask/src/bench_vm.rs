@@ -22,6 +22,8 @@ pub fn bench_in_vm(
     vm_dir: &Path,
 ) -> Result<()> {
     vm::ensure_tools()?;
+    // The guest runs on the host's root file system, without network: install here.
+    crate::bench::install_tools()?;
     let kernel = vm::fetch(line, vm_dir)?;
     let out_dir = vm_dir.join("bench").join(&kernel.release);
     let _ = fs::remove_dir_all(&out_dir);

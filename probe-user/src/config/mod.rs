@@ -233,6 +233,11 @@ pub struct Cli {
           action = clap::ArgAction::Set)]
     pub http_trace_context: bool,
 
+    /// Kinds of hook not to use, comma-separated (a kernel whose fentry or kprobes misbehave):
+    /// each capability takes its next candidate (see `--check-kernel`).
+    #[arg(long, env = "PROBE_AVOID_HOOKS", value_enum, value_delimiter = ',')]
+    pub avoid_hooks: Vec<crate::loader::hooks::HookKind>,
+
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax: info,
     /// probe=debug,kube=warn).
     #[arg(long, env = "PROBE_LOG", default_value = "info", value_parser = parse_log_filter)]
@@ -370,6 +375,7 @@ impl Cli {
             "cluster-name": self.cluster_name,
             "k8s-pod-labels": self.k8s_pod_labels,
             "http-trace-context": self.http_trace_context,
+            "avoid-hooks": self.avoid_hooks.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "wasm-runtime-classes": self.wasm_runtime_classes,
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),

@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    sync::Arc,
     mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -97,13 +98,13 @@ impl TryFrom<u16> for Family {
 #[derive(Debug, Clone, Default)]
 pub struct SymbolTables {
     /// TCP state number -> name without the `TCP_` prefix ("ESTABLISHED").
-    pub tcp_states: HashMap<u32, String>,
+    pub tcp_states: HashMap<u32, Arc<str>>,
     /// `enum sk_rst_reason` value -> name ("NO_SOCKET").
-    pub reset_reasons: HashMap<u32, String>,
+    pub reset_reasons: HashMap<u32, Arc<str>>,
     /// `enum trace_signal_result` value -> lower-case name ("delivered").
     pub signal_results: HashMap<u32, String>,
     /// `enum skb_drop_reason` value -> name without the prefix ("NO_SOCKET").
-    pub drop_reasons: HashMap<u32, String>,
+    pub drop_reasons: HashMap<u32, Arc<str>>,
 }
 
 impl SymbolTables {
@@ -112,16 +113,18 @@ impl SymbolTables {
     pub fn resolve(btf: Option<&Btf>, send_reset: Option<&Format>) -> Self {
         let mut tables = Self::default();
         if let Some(btf) = btf {
-            tables.tcp_states = to_u32_keys(btf.enum_names_with("TCP_ESTABLISHED", "TCP_"));
-            tables.reset_reasons =
-                to_u32_keys(btf.enum_names_with("SK_RST_REASON_NO_SOCKET", "SK_RST_REASON_"));
+            tables.tcp_states = shared(to_u32_keys(btf.enum_names_with("TCP_ESTABLISHED", "TCP_")));
+            tables.reset_reasons = shared(to_u32_keys(
+                btf.enum_names_with("SK_RST_REASON_NO_SOCKET", "SK_RST_REASON_"),
+            ));
             tables.signal_results =
                 to_u32_keys(btf.enum_names_with("TRACE_SIGNAL_DELIVERED", "TRACE_SIGNAL_"))
                     .into_iter()
                     .map(|(k, v)| (k, v.to_ascii_lowercase()))
                     .collect();
-            tables.drop_reasons =
-                to_u32_keys(btf.enum_names_with("SKB_DROP_REASON_NO_SOCKET", "SKB_DROP_REASON_"));
+            tables.drop_reasons = shared(to_u32_keys(
+                btf.enum_names_with("SKB_DROP_REASON_NO_SOCKET", "SKB_DROP_REASON_"),
+            ));
         }
         if let Some(pairs) = send_reset.and_then(|f| f.symbols.get("reason")) {
             for (value, name) in pairs {
@@ -130,19 +133,19 @@ impl SymbolTables {
                     .ok()
                     .or_else(|| btf.and_then(|b| b.enumerator(value)));
                 if let Some(n) = number.and_then(|n| u32::try_from(n).ok()) {
-                    tables.reset_reasons.insert(n, name.clone());
+                    tables.reset_reasons.insert(n, name.as_str().into());
                 }
             }
         }
         tables
     }
 
-    fn state(&self, state: u32) -> Option<String> {
+    fn state(&self, state: u32) -> Option<Arc<str>> {
         (state != 0).then(|| {
             self.tcp_states
                 .get(&state)
                 .cloned()
-                .unwrap_or_else(|| format!("STATE_{state}"))
+                .unwrap_or_else(|| format!("STATE_{state}").into())
         })
     }
 
@@ -153,14 +156,19 @@ impl SymbolTables {
             .unwrap_or_else(|| format!("result_{result}"))
     }
 
-    fn reason(&self, reason: u32) -> Option<String> {
+    fn reason(&self, reason: u32) -> Option<Arc<str>> {
         (reason != REASON_NONE).then(|| {
             self.reset_reasons
                 .get(&reason)
                 .cloned()
-                .unwrap_or_else(|| format!("REASON_{reason}"))
+                .unwrap_or_else(|| format!("REASON_{reason}").into())
         })
     }
+}
+
+/// Names shared by the records that carry them.
+fn shared(map: HashMap<u32, String>) -> HashMap<u32, Arc<str>> {
+    map.into_iter().map(|(k, v)| (k, v.into())).collect()
 }
 
 fn to_u32_keys(map: HashMap<i64, String>) -> HashMap<u32, String> {
@@ -336,7 +344,7 @@ fn packet_drop(ev: &PacketDropEvent, tables: &SymbolTables) -> Result<PacketDrop
                 .drop_reasons
                 .get(&k.reason)
                 .cloned()
-                .unwrap_or_else(|| format!("REASON_{}", k.reason))
+                .unwrap_or_else(|| format!("REASON_{}", k.reason).into())
         }),
         count: ev.total,
         key: *k,

@@ -268,8 +268,8 @@ fn tables_from_format_and_btf_free_numbers() {
         "print fmt: \"%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" })",
     );
     let t = SymbolTables::resolve(None, Some(&format));
-    assert_eq!(t.reset_reasons[&1], "NO_SOCKET");
-    assert_eq!(t.reset_reasons[&0], "NOT_SPECIFIED");
+    assert_eq!(&*t.reset_reasons[&1], "NO_SOCKET");
+    assert_eq!(&*t.reset_reasons[&0], "NOT_SPECIFIED");
     assert!(t.tcp_states.is_empty());
 }
 

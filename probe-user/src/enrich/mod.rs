@@ -95,7 +95,7 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
 /// Adds node-level context to events.
 #[derive(Debug, Clone)]
 pub struct Enricher {
-    node: String,
+    node: std::sync::Arc<str>,
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, in ns, sampled at start.
     boot_to_wall_ns: i128,
 }
@@ -103,7 +103,7 @@ pub struct Enricher {
 impl Enricher {
     pub fn new(node: String) -> Self {
         Self {
-            node,
+            node: node.into(),
             boot_to_wall_ns: i128::from(crate::clock::now_ns(libc::CLOCK_REALTIME))
                 - i128::from(crate::clock::now_ns(libc::CLOCK_BOOTTIME)),
         }

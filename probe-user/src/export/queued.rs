@@ -191,6 +191,10 @@ pub struct QueuedSink {
     /// Accepted records not handed over yet, handed over at `batch` (BATCH, or less for a
     /// queue smaller than that) or at a flush.
     pending: Vec<Record>,
+    /// What `pending` stands for in `Output::queued` / `queued_own`, added at the hand-over
+    /// (the shared counters are touched once per batch, not per record).
+    pending_weight: u64,
+    pending_own: u64,
     batch: usize,
     capacity: usize,
     /// At shutdown: wait for room in the queue until then instead of dropping (the last
@@ -244,8 +248,8 @@ pub fn spawn(
                 };
                 match msg {
                     Msg::Records(batch) => {
+                        out.records.fetch_sub(batch.len(), Ordering::Relaxed);
                         for record in batch {
-                            out.records.fetch_sub(1, Ordering::Relaxed);
                             out.enqueued(&record, -1);
                             if out.failure().is_some() {
                                 out.lose(&record);
@@ -272,6 +276,8 @@ pub fn spawn(
             tx,
             output: output.clone(),
             pending: Vec::with_capacity(BATCH),
+            pending_weight: 0,
+            pending_own: 0,
             batch: BATCH.min(capacity).max(1),
             capacity,
             wait_until: None,
@@ -288,12 +294,18 @@ impl QueuedSink {
             return;
         }
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
+        let out = &self.output;
+        out.records.fetch_add(batch.len(), Ordering::Relaxed);
+        out.queued
+            .fetch_add(std::mem::take(&mut self.pending_weight), Ordering::Relaxed);
+        out.queued_own
+            .fetch_add(std::mem::take(&mut self.pending_own), Ordering::Relaxed);
         if let Err(mpsc::SendError(Msg::Records(batch))) = self.tx.send(Msg::Records(batch)) {
             // The writer thread is gone (it panicked): what it would have written is lost.
+            out.records.fetch_sub(batch.len(), Ordering::Relaxed);
             for record in &batch {
-                self.output.records.fetch_sub(1, Ordering::Relaxed);
-                self.output.enqueued(record, -1);
-                self.output.lose(record);
+                out.enqueued(record, -1);
+                out.lose(record);
             }
         }
     }
@@ -302,7 +314,7 @@ impl QueuedSink {
     /// deadline.
     fn room(&mut self) -> bool {
         loop {
-            if self.output.records.load(Ordering::Relaxed) < self.capacity {
+            if self.output.records.load(Ordering::Relaxed) + self.pending.len() < self.capacity {
                 return true;
             }
             if self.wait_until.is_none_or(|t| Instant::now() >= t) {
@@ -316,13 +328,15 @@ impl QueuedSink {
 
 impl Sink for QueuedSink {
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        let out = self.output.clone();
-        if out.failure().is_some() || !self.room() {
-            out.lose(record);
+        if self.output.failure().is_some() || !self.room() {
+            self.output.lose(record);
             return Ok(());
         }
-        out.records.fetch_add(1, Ordering::Relaxed);
-        out.enqueued(record, 1);
+        let n = weight(record);
+        self.pending_weight += n;
+        if self.output.is_own_report(record) {
+            self.pending_own += n;
+        }
         self.pending.push(record.clone());
         if self.pending.len() >= self.batch {
             self.hand_over();

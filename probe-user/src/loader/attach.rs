@@ -25,6 +25,8 @@ pub(super) struct AyaKernel<'a> {
     pub(super) formats: &'a HashMap<&'static str, Result<Format, String>>,
     /// Kernel BTF for fentry programs, parsed on first use.
     pub(super) btf: Option<Result<aya::Btf, String>>,
+    /// Whether the programs know where the preempt count is (Err: why not).
+    pub(super) preempt: Result<(), String>,
     pub(super) tried: Vec<ProgramStatus>,
     /// The link of each attached program (the write gate takes the on-demand ones).
     pub(super) links: HashMap<&'static str, LinkId>,
@@ -262,5 +264,9 @@ impl Kernel for AyaKernel<'_> {
             Some(Err(e)) => Err(e.clone()),
             None => Err(format!("format of {name} not read")),
         }
+    }
+
+    fn preempt_count(&self) -> Result<(), String> {
+        self.preempt.clone()
     }
 }

@@ -49,6 +49,8 @@ enum Kind {
     Enum(Vec<(u32, i64)>),
     /// typedef / const / volatile / restrict / type tag: points at another type.
     Alias(u32),
+    /// A data section: (variable type id, offset in the section) per variable.
+    DataSec(Vec<(u32, u32)>),
     Other,
 }
 
@@ -155,6 +157,15 @@ impl Btf {
                     o += vlen * 12;
                     Kind::Enum(values)
                 }
+                KIND_DATASEC => {
+                    let mut vars = Vec::with_capacity(vlen);
+                    for i in 0..vlen {
+                        let m = o + i * 12;
+                        vars.push((u32_at(m)?, u32_at(m + 4)?));
+                    }
+                    o += vlen * 12;
+                    Kind::DataSec(vars)
+                }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Kind::Alias(size_or_type)
                 }
@@ -163,7 +174,6 @@ impl Btf {
                         KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                         KIND_ARRAY => 12,
                         KIND_FUNC_PROTO => vlen * 8,
-                        KIND_DATASEC => vlen * 12,
                         _ => 0,
                     };
                     Kind::Other
@@ -243,6 +253,20 @@ impl Btf {
     }
 
     /// `sizeof(struct name)` (or union).
+    /// The offset of a variable in a data section (e.g. a per-CPU variable in
+    /// `.data..percpu`: per-CPU addresses of two variables differ by as much).
+    pub fn section_offset(&self, section: &str, var: &str) -> Option<u32> {
+        self.by_name.get(section)?.iter().find_map(|&id| {
+            let Kind::DataSec(vars) = &self.types[id as usize].kind else {
+                return None;
+            };
+            vars.iter().find_map(|&(type_id, offset)| {
+                let t = self.types.get(type_id as usize)?;
+                (self.str_at(t.name) == var).then_some(offset)
+            })
+        })
+    }
+
     pub fn struct_size(&self, name: &str) -> Option<u32> {
         self.by_name
             .get(name)?
@@ -294,7 +318,7 @@ mod tests {
     /// Builds a BTF blob: `struct outer { int a; union { struct { int b; }; long c; }; }` and
     /// `enum { X_ONE = 1, X_TWO = 2 }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0outer\0a\0b\0c\0int\0X_ONE\0X_TWO\0".to_vec();
+        let strings = b"\0outer\0a\0b\0c\0int\0X_ONE\0X_TWO\0v\0.data..percpu\0".to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("{name}\0");
             strings
@@ -326,6 +350,9 @@ mod tests {
         push(&[0, KIND_TYPEDEF << 24, 4]);
         // 6: anonymous enum
         push(&[0, (KIND_ENUM << 24) | 2, 4, s("X_ONE"), 1, s("X_TWO"), 2]);
+        // 7: int v (global); 8: section .data..percpu { v at 12 }
+        push(&[s("v"), KIND_VAR << 24, 1, 1]);
+        push(&[s(".data..percpu"), (KIND_DATASEC << 24) | 1, 16, 7, 12, 4]);
         let mut out = Vec::new();
         out.extend(MAGIC.to_le_bytes());
         out.extend([1u8, 0]);
@@ -363,6 +390,14 @@ mod tests {
         let names = btf.enum_names_with("X_ONE", "X_");
         assert_eq!(names.get(&1).map(String::as_str), Some("ONE"));
         assert_eq!(names.get(&2).map(String::as_str), Some("TWO"));
+    }
+
+    #[test]
+    fn resolves_section_offsets_of_variables() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.section_offset(".data..percpu", "v"), Some(12));
+        assert_eq!(btf.section_offset(".data..percpu", "w"), None);
+        assert_eq!(btf.section_offset(".bss", "v"), None);
     }
 
     #[test]

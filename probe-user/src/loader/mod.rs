@@ -28,8 +28,8 @@ use aya::{
     util::nr_cpus,
 };
 use probe_common::{
-    AgentConfig, EXE_NAME_LEN, KernelOffsets, SOFTIRQ_UNKNOWN, SendLayout, SkbOffsets, TaskOffsets,
-    TcpResetLayout, WriteLayout, globals, maps,
+    AgentConfig, EXE_NAME_LEN, KernelOffsets, PreemptLayout, SOFTIRQ_UNKNOWN, SendLayout,
+    SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout, globals, maps,
 };
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -38,7 +38,10 @@ use self::{
     attach::AyaKernel,
     btf::Btf,
     hooks::{CAPABILITIES, CapabilityStatus, Switches},
-    offsets::{kernel_offsets, reset_layout, send_layout, skb_offsets, task_offsets, write_layout},
+    offsets::{
+        kernel_offsets, reset_layout, running_preempt_layout, send_layout, skb_offsets,
+        task_offsets, write_layout,
+    },
     tracefs::Format,
 };
 use crate::{decode::SymbolTables, runtimes::RuntimePattern};
@@ -81,6 +84,8 @@ pub struct LoaderConfig {
     pub wasm_runtimes: Vec<RuntimePattern>,
     /// Read HTTP/1.x request heads on the TCP send path (for their traceparent).
     pub http_trace_context: bool,
+    /// `--avoid-hooks`.
+    pub avoid_hooks: Vec<hooks::HookKind>,
 }
 
 /// Whether a program is attached, and why not.
@@ -136,7 +141,14 @@ impl Probe {
         let task = btf.as_ref().map_or(TaskOffsets::ABSENT, task_offsets);
         let skb = btf.as_ref().map_or(SkbOffsets::ABSENT, skb_offsets);
         let send = btf.as_ref().map_or(SendLayout::ABSENT, send_layout);
-        debug!(?offsets, ?task, ?skb, "kernel offsets from BTF");
+        let preempt = if config.avoid_hooks.contains(&hooks::HookKind::PreemptCount) {
+            Err("avoided by --avoid-hooks".to_owned())
+        } else {
+            btf.as_ref()
+                .ok_or_else(|| "no kernel BTF".to_owned())
+                .and_then(running_preempt_layout)
+        };
+        debug!(?offsets, ?task, ?skb, ?preempt, "kernel offsets from BTF");
 
         let formats: HashMap<&str, Result<Format, String>> = FORMATS
             .iter()
@@ -179,6 +191,11 @@ impl Probe {
             .override_global(globals::TASK_OFFSETS, &task, true)
             .override_global(globals::SKB_OFFSETS, &skb, true)
             .override_global(globals::SEND_LAYOUT, &send, true)
+            .override_global(
+                globals::PREEMPT_LAYOUT,
+                preempt.as_ref().unwrap_or(&PreemptLayout::ABSENT),
+                true,
+            )
             .override_global(globals::SEND_RESET_LAYOUT, &send_layout, true)
             .override_global(globals::RECEIVE_RESET_LAYOUT, &receive_layout, true)
             .override_global(globals::WRITE_LAYOUT, &write_l, true)
@@ -204,16 +221,18 @@ impl Probe {
         let switches = Switches {
             capture: config.capture_bytes != 0,
             http_trace_context: config.http_trace_context,
+            avoid: config.avoid_hooks.clone(),
         };
         let mut ebpf = probe.ebpf.lock().unwrap_or_else(|e| e.into_inner());
         let mut kernel = AyaKernel {
             ebpf: &mut ebpf,
             formats: &formats,
             btf: None,
+            preempt: preempt.map(drop),
             tried: Vec::new(),
             links: HashMap::new(),
         };
-        let capabilities = hooks::select(CAPABILITIES, switches, &mut kernel);
+        let capabilities = hooks::select(CAPABILITIES, &switches, &mut kernel);
         let (programs, links) = (kernel.tried, kernel.links);
         drop(ebpf);
         probe.capabilities = capabilities;

@@ -2,7 +2,8 @@
 //! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
 
 use probe_common::{
-    ABSENT, KernelOffsets, SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout,
+    ABSENT, KernelOffsets, PreemptLayout, SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout,
+    WriteLayout,
 };
 
 use super::{btf::Btf, tracefs::Format};
@@ -43,6 +44,68 @@ pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
     }
 }
 
+/// Where this CPU's preempt count lies (see [`PreemptLayout`]); Err names what is missing.
+/// The per-CPU variables' offsets come from BTF's `.data..percpu` section, else (kernels
+/// whose BTF has no variables, e.g. Debian's 5.10) from `symbol`: their per-CPU addresses in
+/// /proc/kallsyms, which differ by as much.
+pub fn preempt_layout(
+    btf: &Btf,
+    symbol: impl Fn(&str) -> Option<u64>,
+) -> Result<PreemptLayout, String> {
+    const PERCPU: &str = ".data..percpu";
+    let need = |value: Option<u32>, what: &str| value.ok_or_else(|| format!("BTF has no {what}"));
+    let task_cfs_rq = need(
+        btf.member_offset("task_struct", "se.cfs_rq"),
+        "task_struct.se.cfs_rq (CONFIG_FAIR_GROUP_SCHED)",
+    )?;
+    let cfs_rq_rq = need(btf.member_offset("cfs_rq", "rq"), "cfs_rq.rq")?;
+    let hot_count = btf.member_offset("pcpu_hot", "preempt_count");
+    // `__preempt_count` (x86 before 6.2 and since 6.15), else `pcpu_hot.preempt_count`.
+    let distance = |var: &dyn Fn(&str) -> Option<i64>| -> Option<i64> {
+        let count =
+            var("__preempt_count").or_else(|| Some(var("pcpu_hot")? + i64::from(hot_count?)))?;
+        Some(count - var("runqueues")?)
+    };
+    let from_btf = |name: &str| btf.section_offset(PERCPU, name).map(i64::from);
+    let from_symbols = |name: &str| symbol(name).and_then(|a| i64::try_from(a).ok());
+    let rq_to_preempt_count = distance(&from_btf)
+        .or_else(|| distance(&from_symbols))
+        .ok_or_else(|| {
+            "neither BTF nor /proc/kallsyms locates the per-CPU variables runqueues and \
+             __preempt_count (or pcpu_hot)"
+                .to_owned()
+        })?;
+    Ok(PreemptLayout {
+        task_cfs_rq,
+        cfs_rq_rq,
+        rq_to_preempt_count,
+    })
+}
+
+/// [`preempt_layout`] of the running kernel (/proc/kallsyms read only if BTF falls short).
+pub fn running_preempt_layout(btf: &Btf) -> Result<PreemptLayout, String> {
+    let symbols = std::cell::OnceCell::new();
+    preempt_layout(btf, |name| {
+        let all = symbols.get_or_init(|| kallsyms(&["runqueues", "__preempt_count", "pcpu_hot"]));
+        all.get(name).copied()
+    })
+}
+
+/// Addresses of `names` in /proc/kallsyms (absent, or hidden as 0 by kptr_restrict: None).
+pub fn kallsyms(names: &[&str]) -> std::collections::HashMap<String, u64> {
+    let Ok(text) = std::fs::read_to_string("/proc/kallsyms") else {
+        return Default::default();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let (addr, _, name) = (fields.next()?, fields.next()?, fields.next()?);
+            let addr = u64::from_str_radix(addr, 16).ok().filter(|a| *a != 0)?;
+            names.contains(&name).then(|| (name.to_owned(), addr))
+        })
+        .collect()
+}
+
 /// `struct msghdr` / `iov_iter` / `sock_common` members for the send hook.
 pub fn send_layout(btf: &Btf) -> SendLayout {
     let m = |s: &str, path: &str| off(btf.member_offset(s, path));
@@ -78,6 +141,8 @@ pub fn send_layout(btf: &Btf) -> SendLayout {
         skc_dport: m("sock_common", "skc_dport"),
         skc_v6_rcv_saddr: m("sock_common", "skc_v6_rcv_saddr"),
         skc_v6_daddr: m("sock_common", "skc_v6_daddr"),
+        bytes_sent: m("tcp_sock", "bytes_sent"),
+        _reserved: 0,
     }
 }
 

@@ -11,13 +11,14 @@ pub fn requirements() -> serde_json::Value {
         "host_pid": true,
         // Conntrack expiries of the node: ctnetlink in the host network namespace.
         "host_network": true,
-        "capabilities": ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"],
+        "capabilities": ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE", "SYSLOG"],
         "capability_uses": {
             "BPF": "load the kernel programs, create and read their maps",
             "PERFMON": "attach tracepoints, kprobes and fentry programs; programs read kernel memory",
             "NET_ADMIN": "ctnetlink subscriptions: conntrack expiries and settings",
             "SYS_ADMIN": "mount tracefs where the host has not; enter the namespaces of --conntrack-netns (setns)",
             "SYS_PTRACE": "name the file behind a Wasm runtime's stdout/stderr fd (/proc/PID/fd) for processes of other users",
+            "SYSLOG": "read per-CPU symbol addresses in /proc/kallsyms where kernel BTF lacks them (e.g. Debian 11's 5.10), to locate the preempt count",
             "SYS_RESOURCE": "raise RLIMIT_MEMLOCK where the kernel charges BPF memory to it (before 5.11, e.g. Debian 11's 5.10)",
         },
         // Pods of this node, Services and EndpointSlices (list/watch); this node (get), for

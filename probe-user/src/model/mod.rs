@@ -33,7 +33,8 @@ pub struct Record {
     #[serde(flatten, serialize_with = "time_keys")]
     pub time_unix_nano: u64,
     pub kind: &'static str,
-    pub node: String,
+    /// Shared by every record (a clone is a reference count, not an allocation).
+    pub node: std::sync::Arc<str>,
     #[serde(flatten)]
     pub common: Common,
     #[serde(flatten)]
@@ -51,7 +52,11 @@ fn time_keys<S: serde::Serializer>(nanos: &u64, s: S) -> Result<S::Ok, S::Error>
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(*nanos);
     let mut map = s.serialize_map(Some(2))?;
     map.serialize_entry("time_unix_nano", nanos)?;
-    map.serialize_entry("time", &humantime::format_rfc3339_nanos(time).to_string())?;
+    // Formatted straight into the output (no String per record).
+    map.serialize_entry(
+        "time",
+        &format_args!("{}", humantime::format_rfc3339_nanos(time)),
+    )?;
     map.end()
 }
 

@@ -32,8 +32,9 @@ pub struct TcpReset {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
-    pub tcp_state: Option<String>,
-    pub reason: Option<String>,
+    /// Names from the kernel's tables, shared (no allocation per record).
+    pub tcp_state: Option<std::sync::Arc<str>>,
+    pub reason: Option<std::sync::Arc<str>>,
     pub socket_cookie: Option<u64>,
 }
 
@@ -48,7 +49,7 @@ pub struct PacketDrop {
     pub dport: u16,
     /// `enum skb_drop_reason` name without its prefix ("NO_SOCKET", "NETFILTER_DROP", ...);
     /// null where the kernel gives no drop reason (before 5.17).
-    pub reason: Option<String>,
+    pub reason: Option<std::sync::Arc<str>>,
     /// Packets dropped since the previous record (the decoder puts the kernel's running total
     /// here; the drop stage turns it into the increase).
     pub count: u64,

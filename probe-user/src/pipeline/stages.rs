@@ -266,10 +266,11 @@ async fn consume_loop(
             event = rx.recv() => {
                 let Some(event) = event else { break };
                 stages.handle(event).map_err(PipelineError::Sink)?;
+                // Once per burst, not per event.
                 if rx.is_empty() {
                     stages.sink.flush().map_err(PipelineError::Sink)?;
+                    stages.update_gauges(0);
                 }
-                stages.update_gauges(rx.len());
             }
         }
     }

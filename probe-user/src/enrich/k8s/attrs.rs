@@ -173,7 +173,7 @@ impl K8sEnricher {
             attrs.labels = pod.labels.clone();
         }
         if attrs != K8sAttrs::default() {
-            attrs.node_name = Some(record.node.clone());
+            attrs.node_name = Some(record.node.to_string());
             attrs.cluster_name = self
                 .cache
                 .cluster_name

@@ -65,6 +65,48 @@ pub enum Requires {
     Nothing,
     /// A field of a tracepoint record (category, name, field), read from its tracefs format.
     Field(&'static str, &'static str, &'static str),
+    /// The per-CPU preempt count located through BTF (read by the programs when an event
+    /// fires; a candidate without programs).
+    PreemptCount,
+}
+
+/// Kinds of hook, for `--avoid-hooks` (a kernel whose fentry or kprobes misbehave, or a test
+/// that proves the next candidate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookKind {
+    Fentry,
+    Fexit,
+    Kprobe,
+    Kretprobe,
+    RawTp,
+    Tracepoint,
+    PreemptCount,
+}
+
+impl HookKind {
+    fn of(attach: &Attach) -> Self {
+        match attach {
+            Attach::FEntry(_) => Self::Fentry,
+            Attach::FExit(_) => Self::Fexit,
+            Attach::KProbe(_) => Self::Kprobe,
+            Attach::KRetProbe(_) => Self::Kretprobe,
+            Attach::RawTracepoint(_) => Self::RawTp,
+            Attach::Tracepoint(..) => Self::Tracepoint,
+        }
+    }
+
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Fexit => "fexit",
+            Self::Kprobe => "kprobe",
+            Self::Kretprobe => "kretprobe",
+            Self::RawTp => "raw-tp",
+            Self::Tracepoint => "tracepoint",
+            Self::PreemptCount => "preempt-count",
+        }
+    }
 }
 
 /// One way to provide a capability: every program must attach.
@@ -79,10 +121,21 @@ impl Candidate {
     pub fn hook(&self) -> String {
         let hooks: Vec<String> = self.programs.iter().map(|p| p.attach.to_string()).collect();
         let mut text = hooks.join(" + ");
-        if let Requires::Field(_, _, field) = self.requires {
-            text.push_str(&format!(" (field {field})"));
+        match self.requires {
+            Requires::Field(_, _, field) => text.push_str(&format!(" (field {field})")),
+            Requires::PreemptCount => text.push_str("preempt count (per-CPU, no program)"),
+            Requires::Nothing => {}
         }
         text
+    }
+
+    /// The kinds of hook it uses.
+    fn kinds(&self) -> impl Iterator<Item = HookKind> + '_ {
+        let preempt = (self.requires == Requires::PreemptCount).then_some(HookKind::PreemptCount);
+        self.programs
+            .iter()
+            .map(|p| HookKind::of(&p.attach))
+            .chain(preempt)
     }
 }
 
@@ -146,6 +199,8 @@ pub trait Kernel {
     fn reattach(&mut self, program: &Program) -> Result<(), HookError>;
     /// Whether the tracepoint record has the field (Err: the format could not be read).
     fn has_field(&self, category: &str, name: &str, field: &str) -> Result<bool, String>;
+    /// Whether the programs were given the preempt count's location (Err: why not).
+    fn preempt_count(&self) -> Result<(), String>;
 }
 
 /// The outcome for one capability.
@@ -175,17 +230,19 @@ impl CapabilityStatus {
 }
 
 /// Flags that switch capabilities off.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Switches {
     pub capture: bool,
     pub http_trace_context: bool,
+    /// `--avoid-hooks`: candidates using these kinds are not tried.
+    pub avoid: Vec<HookKind>,
 }
 
 /// Attaches, per capability, the first candidate that works. A program shared by several
 /// capabilities is attached once; its result is reused.
 pub fn select(
     table: &[Capability],
-    switches: Switches,
+    switches: &Switches,
     kernel: &mut impl Kernel,
 ) -> Vec<CapabilityStatus> {
     let mut results: HashMap<&'static str, Result<(), HookError>> = HashMap::new();
@@ -207,6 +264,13 @@ pub fn select(
         };
         if disabled.is_none() {
             for candidate in cap.candidates {
+                if let Some(kind) = candidate.kinds().find(|k| switches.avoid.contains(k)) {
+                    status.failures.push(HookError::Unusable {
+                        hook: candidate.hook(),
+                        reason: format!("avoided by --avoid-hooks {}", kind.name()),
+                    });
+                    continue;
+                }
                 match try_candidate(candidate, cap.on_demand, kernel, &mut results) {
                     Ok(()) => {
                         let names = candidate.programs.iter().map(|p| p.name).collect();
@@ -240,6 +304,14 @@ fn try_candidate(
             }
             Err(reason) => return Err(HookError::Unusable { hook, reason }),
         }
+    }
+    if candidate.requires == Requires::PreemptCount {
+        kernel
+            .preempt_count()
+            .map_err(|reason| HookError::Unusable {
+                hook: candidate.hook(),
+                reason,
+            })?;
     }
     let mut attached_now = Vec::new();
     for program in candidate.programs {

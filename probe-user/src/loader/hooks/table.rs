@@ -19,13 +19,19 @@ pub const CAPABILITIES: &[Capability] = &[
         lost: "resets and drops built in softirq cannot be told from the interrupted task: no task will be named on them",
         switch: Switch::Always,
         on_demand: false,
-        candidates: &[Candidate {
-            programs: &[
-                SOFTIRQ_ENTRY,
-                prog("softirq_exit", Attach::RawTracepoint("softirq_exit")),
-            ],
-            requires: Requires::Nothing,
-        }],
+        candidates: &[
+            Candidate {
+                programs: &[],
+                requires: Requires::PreemptCount,
+            },
+            Candidate {
+                programs: &[
+                    SOFTIRQ_ENTRY,
+                    prog("softirq_exit", Attach::RawTracepoint("softirq_exit")),
+                ],
+                requires: Requires::Nothing,
+            },
+        ],
     },
     Capability {
         name: "process_exit",
@@ -253,7 +259,8 @@ pub const CAPABILITIES: &[Capability] = &[
         on_demand: true,
         candidates: &[
             Candidate {
-                programs: &[prog("ksys_write_fentry", Attach::FEntry("ksys_write"))],
+                // One program with the arguments and the result (shared with write_result).
+                programs: &[prog("ksys_write_fexit", Attach::FExit("ksys_write"))],
                 requires: Requires::Nothing,
             },
             Candidate {
@@ -276,7 +283,7 @@ pub const CAPABILITIES: &[Capability] = &[
         on_demand: true,
         candidates: &[
             Candidate {
-                programs: &[prog("do_writev_fentry", Attach::FEntry("do_writev"))],
+                programs: &[prog("do_writev_fexit", Attach::FExit("do_writev"))],
                 requires: Requires::Nothing,
             },
             Candidate {

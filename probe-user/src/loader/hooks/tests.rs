@@ -16,6 +16,8 @@ struct FakeKernel {
     detached: Vec<&'static str>,
     refuse_reattach: HashMap<&'static str, HookError>,
     reattached: Vec<&'static str>,
+    /// Why the preempt count cannot be located (None: it can).
+    no_preempt_count: Option<&'static str>,
 }
 
 impl FakeKernel {
@@ -70,11 +72,17 @@ impl Kernel for FakeKernel {
     fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, String> {
         Ok(self.fields.iter().any(|(n, f)| *n == name && *f == field))
     }
+
+    fn preempt_count(&self) -> Result<(), String> {
+        self.no_preempt_count
+            .map_or(Ok(()), |why| Err(why.to_owned()))
+    }
 }
 
 const ALL_ON: Switches = Switches {
     capture: true,
     http_trace_context: true,
+    avoid: Vec::new(),
 };
 
 fn status<'a>(all: &'a [CapabilityStatus], name: &str) -> &'a CapabilityStatus {
@@ -97,7 +105,7 @@ fn first_candidate_that_attaches_wins() {
         "raw_tp tcp_sendmsg_locked",
         "No such file or directory (os error 2)",
     );
-    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     assert_eq!(
         chosen(&all, "http_request_head").as_deref(),
         Some("fentry tcp_sendmsg_locked")
@@ -129,7 +137,7 @@ fn all_candidates_failing_reports_each_in_order() {
             "kprobe tcp_sendmsg_locked",
             "kprobes are not enabled",
         );
-    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     let s = status(&all, "http_request_head");
     assert_eq!(s.chosen, None);
     let programs: Vec<&str> = s
@@ -159,7 +167,7 @@ fn a_field_requirement_moves_to_the_next_candidate() {
     // A kernel whose tcp_send_reset has no `reason` (before 6.10): the no-socket resets need
     // the function hooks; the reset itself still uses the tracepoint.
     let mut kernel = FakeKernel::default();
-    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     assert_eq!(
         chosen(&all, "reset_sent").as_deref(),
         Some("tracepoint tcp:tcp_send_reset")
@@ -177,7 +185,7 @@ fn a_field_requirement_moves_to_the_next_candidate() {
     // With the field, the tracepoint covers both and no function hook is attached.
     let mut kernel = FakeKernel::default();
     kernel.fields.insert(("tcp_send_reset", "reason"));
-    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     assert_eq!(
         chosen(&all, "reset_sent_unowned").as_deref(),
         Some("tracepoint tcp:tcp_send_reset (field reason)")
@@ -193,7 +201,7 @@ fn shared_programs_attach_once_and_failures_are_reused() {
         "raw_tp kfree_skb",
         "Invalid argument (os error 22)",
     );
-    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     assert_eq!(
         chosen(&all, "drops").as_deref(),
         Some("raw_tp kfree_skb"),
@@ -230,7 +238,7 @@ fn a_partial_candidate_is_undone() {
         "fentry tcp_v6_send_reset",
         "R1 invalid mem access 'scalar'",
     );
-    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     assert_eq!(
         chosen(&all, "reset_sent_unowned").as_deref(),
         Some("kprobe tcp_v4_send_reset + kprobe tcp_v6_send_reset")
@@ -244,9 +252,10 @@ fn switched_off_capabilities_are_not_tried() {
     let mut kernel = FakeKernel::default();
     let all = select(
         CAPABILITIES,
-        Switches {
+        &Switches {
             capture: false,
             http_trace_context: false,
+            avoid: Vec::new(),
         },
         &mut kernel,
     );
@@ -299,14 +308,14 @@ fn verifier_reason_is_the_last_meaningful_line() {
 fn an_on_demand_hook_must_attach_again_after_a_detach() {
     let mut kernel = FakeKernel::default();
     kernel.refuse_reattach.insert(
-        "ksys_write_fentry",
+        "ksys_write_fexit",
         HookError::Attach {
-            program: "ksys_write_fentry",
-            hook: "fentry ksys_write".into(),
+            program: "ksys_write_fexit",
+            hook: "fexit ksys_write".into(),
             reason: "attaches once but not again after a detach".into(),
         },
     );
-    let all = select(CAPABILITIES, ALL_ON, &mut kernel);
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     let write = status(&all, "wasm_write");
     assert_eq!(
         write.chosen,
@@ -317,9 +326,65 @@ fn an_on_demand_hook_must_attach_again_after_a_detach() {
             .to_string()
             .contains("not again after a detach")
     );
-    assert!(kernel.detached.contains(&"ksys_write_fentry"));
+    assert!(kernel.detached.contains(&"ksys_write_fexit"));
     assert!(kernel.attached.contains(&"ksys_write_kprobe"));
     // Capabilities that are always attached are not put through it.
     assert!(!kernel.reattached.contains(&"tcp_v4_send_reset_fentry"));
     assert!(kernel.reattached.contains(&"ksys_write_kprobe"));
+}
+
+/// Softirq context comes from the kernel's preempt count where BTF locates it: no program at
+/// all; else the softirq tracepoints.
+#[test]
+fn softirq_context_needs_no_program_where_the_preempt_count_is_located() {
+    let mut kernel = FakeKernel::default();
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
+    let s = status(&all, "softirq_context");
+    assert_eq!(
+        s.chosen,
+        Some((
+            "preempt count (per-CPU, no program)".to_owned(),
+            vec![]
+        ))
+    );
+    assert!(!kernel.attempts.iter().any(|p| p.starts_with("softirq")));
+
+    let mut kernel = FakeKernel {
+        no_preempt_count: Some("BTF has no per-CPU variable runqueues"),
+        ..FakeKernel::default()
+    };
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
+    let s = status(&all, "softirq_context");
+    assert_eq!(
+        s.chosen.as_ref().map(|c| c.1.clone()),
+        Some(vec!["softirq_entry", "softirq_exit"])
+    );
+    assert_eq!(
+        s.failures[0].to_string(),
+        "preempt count (per-CPU, no program): BTF has no per-CPU variable runqueues"
+    );
+}
+
+/// `--avoid-hooks`: candidates of an avoided kind are skipped and say so.
+#[test]
+fn avoided_kinds_of_hook_are_not_tried() {
+    let mut kernel = FakeKernel::default();
+    let switches = Switches {
+        avoid: vec![HookKind::Fentry, HookKind::PreemptCount],
+        ..ALL_ON
+    };
+    let all = select(CAPABILITIES, &switches, &mut kernel);
+    assert_eq!(
+        chosen(&all, "reset_sent_unowned").as_deref(),
+        Some("kprobe tcp_v4_send_reset + kprobe tcp_v6_send_reset")
+    );
+    assert_eq!(
+        status(&all, "reset_sent_unowned").failures[1].to_string(),
+        "fentry tcp_v4_send_reset + fentry tcp_v6_send_reset: avoided by --avoid-hooks fentry"
+    );
+    assert_eq!(
+        chosen(&all, "softirq_context").as_deref(),
+        Some("raw_tp softirq_entry + raw_tp softirq_exit")
+    );
+    assert!(!kernel.attempts.iter().any(|p| p.ends_with("_fentry")));
 }
