@@ -24,6 +24,9 @@ pub mod maps {
     /// Hash: cgroup id -> runtime index, cgroups whose processes are captured (fed by
     /// Kubernetes enrichment for Wasm pods).
     pub const WASM_CGROUPS: &str = "WASM_CGROUPS";
+    /// Array of one `u32`: how many cgroups WASM_CGROUPS holds (the write hooks look up the
+    /// writer's cgroup only while it is not 0; an array read costs next to nothing).
+    pub const WASM_CGROUP_COUNT: &str = "WASM_CGROUP_COUNT";
     /// LPM trie: executable basename (prefix) -> runtime index, the runtimes recognised at exec.
     pub const WASM_RUNTIMES: &str = "WASM_RUNTIMES";
     /// Hash: thread id -> fd, writes whose result the exit hook reports.

@@ -11,7 +11,7 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap},
     programs::TracePointContext,
 };
 use probe_common::{
@@ -31,6 +31,9 @@ pub static WASM_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 pub static WASM_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 
 #[map]
+static WASM_CGROUP_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
 pub static WASM_RUNTIMES: LpmTrie<[u8; EXE_NAME_LEN], u32> = LpmTrie::with_max_entries(256, 0);
 
 #[map]
@@ -40,12 +43,16 @@ static WASM_INFLIGHT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384,
 const MAX_IOVECS: u64 = 4;
 
 /// The runtime index of the current process if it is selected. The hot path for every write
-/// to fd 1/2 on the node: one hash lookup, plus one for the cgroup when not selected by pid.
+/// to fd 1/2 on the node while the write hooks are attached: one hash lookup, plus the
+/// cgroup's only while a Wasm pod's cgroup is captured.
 #[inline(always)]
 fn selected(tgid: u32) -> Option<u32> {
     // SAFETY: the value is copied out at once.
     if let Some(runtime) = unsafe { WASM_PIDS.get(&tgid) } {
         return Some(*runtime);
+    }
+    if WASM_CGROUP_COUNT.get(0).is_none_or(|n| *n == 0) {
+        return None;
     }
     // SAFETY: helper without preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };

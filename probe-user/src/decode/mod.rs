@@ -4,9 +4,9 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
     mem::size_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use probe_common::{

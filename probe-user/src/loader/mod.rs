@@ -339,9 +339,14 @@ impl Probe {
         self.take(maps::DROP_FLOWS)
     }
 
-    /// Takes the map of cgroups whose processes are captured (fed for Wasm pods).
+    /// Takes the map of cgroups whose processes are captured (fed for Wasm pods) and its
+    /// entry count.
     pub fn take_wasm_cgroups(&mut self) -> Result<WasmCgroups, LoaderError> {
-        self.take(maps::WASM_CGROUPS)
+        Ok(WasmCgroups {
+            cgroups: self.take(maps::WASM_CGROUPS)?,
+            count: self.take(maps::WASM_CGROUP_COUNT)?,
+            entries: 0,
+        })
     }
 
     pub fn take_losses(&mut self) -> Result<PerCpuArray<MapData, u64>, LoaderError> {
@@ -361,8 +366,13 @@ impl Probe {
     }
 }
 
-/// cgroup id -> runtime index (`maps::WASM_CGROUPS`).
-pub type WasmCgroups = aya::maps::HashMap<MapData, u64, u32>;
+/// cgroup id -> runtime index (`maps::WASM_CGROUPS`), and how many there are
+/// (`maps::WASM_CGROUP_COUNT`).
+pub struct WasmCgroups {
+    pub cgroups: aya::maps::HashMap<MapData, u64, u32>,
+    pub count: aya::maps::Array<MapData, u32>,
+    pub entries: u32,
+}
 
 /// The in-kernel drop aggregation (`maps::DROP_FLOWS`).
 pub type DropFlows =

@@ -54,11 +54,20 @@ pub trait WasmCgroupMap: Send {
 
 impl WasmCgroupMap for crate::loader::WasmCgroups {
     fn add(&mut self, id: u64) -> Result<(), String> {
-        self.insert(id, probe_common::RUNTIME_BY_CGROUP, 0)
+        self.cgroups
+            .insert(id, probe_common::RUNTIME_BY_CGROUP, 0)
+            .map_err(|e| e.to_string())?;
+        self.entries += 1;
+        self.count
+            .set(0, self.entries, 0)
             .map_err(|e| e.to_string())
     }
     fn remove(&mut self, id: u64) -> Result<(), String> {
-        aya::maps::HashMap::remove(self, &id).map_err(|e| e.to_string())
+        self.cgroups.remove(&id).map_err(|e| e.to_string())?;
+        self.entries = self.entries.saturating_sub(1);
+        self.count
+            .set(0, self.entries, 0)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -342,10 +342,7 @@ fn softirq_context_needs_no_program_where_the_preempt_count_is_located() {
     let s = status(&all, "softirq_context");
     assert_eq!(
         s.chosen,
-        Some((
-            "preempt count (per-CPU, no program)".to_owned(),
-            vec![]
-        ))
+        Some(("preempt count (per-CPU, no program)".to_owned(), vec![]))
     );
     assert!(!kernel.attempts.iter().any(|p| p.starts_with("softirq")));
 
