@@ -29,7 +29,9 @@ impl<W: Write + Send> JsonSink<W> {
 impl<W: Write + Send> Sink for JsonSink<W> {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, record)?;
+        if !super::json_fast::write(&mut self.line, record) {
+            serde_json::to_writer(&mut self.line, record)?;
+        }
         self.line.push(b'\n');
         self.out.write_all(&self.line)
     }

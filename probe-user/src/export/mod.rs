@@ -2,6 +2,7 @@
 //! Lines. Both write to any `io::Write` so they are tested on buffers.
 
 pub mod json;
+mod json_fast;
 #[cfg(test)]
 mod new_kind;
 pub mod otlp;
