@@ -252,7 +252,6 @@ impl Btf {
         None
     }
 
-    /// `sizeof(struct name)` (or union).
     /// The offset of a variable in a data section (e.g. a per-CPU variable in
     /// `.data..percpu`: per-CPU addresses of two variables differ by as much).
     pub fn section_offset(&self, section: &str, var: &str) -> Option<u32> {
@@ -267,6 +266,7 @@ impl Btf {
         })
     }
 
+    /// `sizeof(struct name)` (or union).
     pub fn struct_size(&self, name: &str) -> Option<u32> {
         self.by_name
             .get(name)?

@@ -95,17 +95,10 @@ impl HookKind {
         }
     }
 
-    /// The flag value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Fentry => "fentry",
-            Self::Fexit => "fexit",
-            Self::Kprobe => "kprobe",
-            Self::Kretprobe => "kretprobe",
-            Self::RawTp => "raw-tp",
-            Self::Tracepoint => "tracepoint",
-            Self::PreemptCount => "preempt-count",
-        }
+    /// The flag value, as clap spells it.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map_or_else(String::new, |v| v.get_name().to_owned())
     }
 }
 
