@@ -15,6 +15,15 @@ use probe_tests::*;
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
+/// The reset the client of `port` received, waited for.
+fn received_reset(probe: &mut Probe, port: u16, what: &str) -> Value {
+    probe
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "tcp_reset" && r["direction"] == "received" && r["sport"] == port
+        })
+        .unwrap_or_else(|| panic!("{what}"))
+}
+
 /// Sends `head` and returns the client port once the server's reset arrived.
 fn request_answered_by_reset(head: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -56,22 +65,13 @@ fn a_reset_joins_the_trace_of_the_request_it_broke() {
         "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
     ));
     let plain = request_answered_by_reset("GET /checkout HTTP/1.1\r\nHost: shop\r\n\r\n");
-    let received = |port: u16| {
-        move |r: &Value| {
-            r["kind"] == "tcp_reset" && r["direction"] == "received" && r["sport"] == port
-        }
-    };
-    let record = probe
-        .wait_for(Duration::from_secs(10), received(traced))
-        .expect("the traced reset");
+    let record = received_reset(&mut probe, traced, "the traced reset");
     let server_side = probe
         .wait_for(Duration::from_secs(10), |r| {
             r["kind"] == "tcp_reset" && r["direction"] == "sent" && r["dport"] == traced
         })
         .expect("the server's sent reset");
-    let untraced = probe
-        .wait_for(Duration::from_secs(10), received(plain))
-        .expect("the untraced reset");
+    let untraced = received_reset(&mut probe, plain, "the untraced reset");
     let span = receiver.wait_for("the traced reset span", |s| {
         s["name"] == "tcp.reset.received" && s["attributes"]["network.local.port"] == traced
     });
@@ -146,19 +146,53 @@ fn keep_alive_requests_are_read_other_protocols_are_left_at_once() {
         with(second).leak(),
     );
     let redis_first = exchange(b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n", with(other).leak());
-    let received = |port: u16| {
-        move |r: &Value| {
-            r["kind"] == "tcp_reset" && r["direction"] == "received" && r["sport"] == port
-        }
-    };
-    let kept = probe
-        .wait_for(Duration::from_secs(10), received(keep_alive))
-        .expect("the keep-alive connection's reset");
-    let left = probe
-        .wait_for(Duration::from_secs(10), received(redis_first))
-        .expect("the other connection's reset");
+    let kept = received_reset(&mut probe, keep_alive, "the keep-alive connection's reset");
+    let left = received_reset(&mut probe, redis_first, "the other connection's reset");
     probe.stop();
     assert_eq!(kept["trace_id"], second, "{kept:#}");
     assert_eq!(kept["parent_span_id"], PARENT);
     assert_eq!(left.get("trace_id"), None, "{left:#}");
+}
+
+/// The kernel sends a request to the agent only when it carries a `traceparent` or ends one on
+/// its connection. On one keep-alive connection: a request with context, then one without (it
+/// ends the trace: the reset that follows starts a trace of its own); on another, two plain
+/// requests, which never reach the agent. So exactly two `http_request` events.
+#[test]
+fn only_requests_that_carry_or_end_a_trace_reach_the_agent() {
+    if !require_root("tcp_sendmsg_locked::only_requests_that_carry_or_end_a_trace_reach_the_agent")
+    {
+        return;
+    }
+    let mut probe = Probe::start(&[]);
+    let addr = probe.http_addr();
+    let requests = || {
+        let status: Value = serde_json::from_str(&http_get(addr, "/health/status").2).unwrap();
+        status["http_requests"].as_u64().unwrap()
+    };
+    let before = requests();
+    let plain = "GET /checkout HTTP/1.1\r\nHost: shop\r\n\r\n";
+    let traced = format!(
+        "GET /checkout HTTP/1.1\r\nHost: shop\r\nTraceParent: 00-{TRACE}-{PARENT}-01\r\n\r\n"
+    );
+    let ended = exchange(
+        traced.leak().as_bytes(),
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        plain,
+    );
+    let untraced = exchange(plain.as_bytes(), b"HTTP/1.1 204 No Content\r\n\r\n", plain);
+    let after_end = received_reset(
+        &mut probe,
+        ended,
+        "the reset after the request without context",
+    );
+    let plain_reset = received_reset(&mut probe, untraced, "the plain connection's reset");
+    let counted = requests() - before;
+    probe.stop();
+    assert_eq!(after_end.get("trace_id"), None, "{after_end:#}");
+    assert_eq!(plain_reset.get("trace_id"), None, "{plain_reset:#}");
+    assert_eq!(
+        counted, 2,
+        "http_request events: the traced request and the one ending it"
+    );
 }

@@ -2,13 +2,16 @@
 //! a plaintext HTTP/1.x request is of interest (its W3C `traceparent` header ties kernel events
 //! on that connection to the request's trace). A connection's first send is read (4 bytes of
 //! the user buffer); later sends only where that first one was a request (`HTTP_SOCKETS`):
-//! on every other socket a send costs one read of `bytes_sent` and one map lookup. The head
-//! (up to `HTTP_HEAD` bytes) goes to the agent, which parses it.
+//! on every other socket a send costs one read of `bytes_sent` and one map lookup. A request's
+//! head (up to `HTTP_HEAD` bytes) is scanned here for a `traceparent` header line; it goes to
+//! the agent, which parses it, only when it has one or when the connection's previous request
+//! had one (the agent must then forget that trace). Requests without trace context on
+//! connections without it cost the scan and nothing in the agent.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{fentry, kprobe, map, raw_tracepoint},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use probe_common::{ABSENT, HDR_NETNS, HTTP_HEAD, HttpRequestEvent, SendLayout, family, kind};
@@ -21,8 +24,31 @@ use crate::common::{
 #[unsafe(no_mangle)]
 static SEND_LAYOUT: SendLayout = SendLayout::ABSENT;
 
+/// Sockets whose first send was a request or a PROXY line: `PLAIN`, or `TRACED` while the
+/// last request sent on it carried a `traceparent` header.
 #[map]
 static HTTP_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+const PLAIN: u8 = 1;
+const TRACED: u8 = 2;
+
+/// The head being scanned: its length, then the bytes (a 16-byte tail keeps the 12-byte
+/// compare at the last index in bounds). The length is kept here, not in a register, so
+/// that the verifier leaves the scan with one state, not one per byte where it stopped.
+#[repr(C)]
+struct Head {
+    len: u64,
+    data: [u8; HTTP_HEAD + 16],
+}
+
+#[map]
+static HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
+
+/// "\ntraceparent:" after the newline, as little-endian words; letters compared with their
+/// 0x20 bit set (case-insensitive).
+const TP_LO: u64 = u64::from_le_bytes(*b"tracepar");
+const TP_HI: u32 = u32::from_le_bytes(*b"ent:");
+const LOWER_8: u64 = 0x2020_2020_2020_2020;
+const LOWER_4: u32 = 0x2020_2020;
 
 /// A PROXY protocol v1 line ("PROXY TCP4 ..."), which a proxy sends before the request.
 const PROXY: u32 = u32::from_le_bytes(*b"PROX");
@@ -71,9 +97,14 @@ fn on_send(sk: u64, msg: u64) {
     }
     // Not the connection's first send: read on only if that one was a request.
     let first_send = read_kernel::<u64>(sk, l.bytes_sent).is_none_or(|sent| sent == 0);
-    // SAFETY: the value is not kept.
-    if !first_send && unsafe { HTTP_SOCKETS.get(&sk) }.is_none() {
-        return;
+    // The socket's map value, null on its first send (a plain pointer, set on every path:
+    // 5.10's verifier rejects a read of a stack slot one path left unwritten).
+    let mut state: *mut u8 = core::ptr::null_mut();
+    if !first_send {
+        match HTTP_SOCKETS.get_ptr_mut(&sk) {
+            None => return,
+            Some(p) => state = p,
+        }
     }
     let Some((src, count)) = user_data(msg, &l) else {
         return;
@@ -86,13 +117,105 @@ fn on_send(sk: u64, msg: u64) {
         return;
     };
     let request = METHODS.contains(&first);
-    if first_send && (request || first == PROXY) {
-        // A full map only forgets its oldest socket: its later requests go unread.
-        let _ = HTTP_SOCKETS.insert(&sk, &1, 0);
+    if !request {
+        if first_send && first == PROXY {
+            // A full map only forgets its oldest socket: its later requests go unread.
+            let _ = HTTP_SOCKETS.insert(&sk, &PLAIN, 0);
+        }
+        return;
     }
-    if request {
-        emit(sk, src, count, &l);
+    let Some(head) = HEAD.get_ptr_mut(0) else {
+        return;
+    };
+    let n = clamp_len(count, HTTP_HEAD as u64) as usize;
+    // SAFETY: the per-CPU scratch buffer is this program's alone while it runs.
+    let head = unsafe { &mut *head };
+    let Some(dst) = head.data.get_mut(..n) else {
+        return;
+    };
+    // SAFETY: bpf_probe_read_user_buf validates the address.
+    if unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.is_err() {
+        return;
     }
+    // SAFETY: a field of the scratch value; volatile: read back from memory after the scan.
+    unsafe { core::ptr::write_volatile(&mut head.len, n as u64) };
+    let traced = has_traceparent(head);
+    let now = if traced { TRACED } else { PLAIN };
+    if state.is_null() {
+        let _ = HTTP_SOCKETS.insert(&sk, &now, 0);
+    } else {
+        // SAFETY: the socket's value in this program's map (an LRU may reuse it for another
+        // socket at worst: one event too many or too few, never a fault).
+        let before = unsafe { *state };
+        if before != now {
+            // SAFETY: as above.
+            unsafe { *state = now };
+        }
+        if before == TRACED && !traced {
+            emit(sk, head, &l);
+            return;
+        }
+    }
+    if traced {
+        emit(sk, head, &l);
+    }
+}
+
+/// Whether a header line of the head is named `traceparent` (any case). A loose test (a match
+/// in a body counts too): the agent parses the head exactly. Eight bytes at a time: a word
+/// without a newline costs a few instructions; the bytes of one with a newline are looked at.
+#[inline(always)]
+fn has_traceparent(head: &Head) -> bool {
+    // SAFETY: a field of the scratch value.
+    let n = clamp_len(
+        unsafe { core::ptr::read_volatile(&head.len) },
+        HTTP_HEAD as u64,
+    ) as usize;
+    let data = &head.data;
+    let words = data.as_ptr() as *const u64;
+    let mut w = 0usize;
+    while w < HTTP_HEAD / 8 {
+        let start = w * 8;
+        if start + 13 > n {
+            return false;
+        }
+        // SAFETY: within `data`, which follows a u64 in `Head`: 8-byte aligned.
+        let v = unsafe { *words.add(w & (HTTP_HEAD / 8 - 1)) } ^ NEWLINES;
+        // Non-zero when a byte of the word is a newline (or, after one, a false alarm).
+        if v.wrapping_sub(ONES) & !v & HIGHS != 0 {
+            let mut j = 0usize;
+            while j < 8 {
+                let at = (start + j) & (HTTP_HEAD - 1);
+                if at + 13 <= n && data[at] == b'\n' && names_traceparent(data, at + 1) {
+                    return true;
+                }
+                j += 1;
+            }
+        }
+        w += 1;
+    }
+    false
+}
+
+const NEWLINES: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether the 12 bytes at `at` read "traceparent:", any case.
+#[inline(always)]
+fn names_traceparent(data: &[u8; HTTP_HEAD + 16], at: usize) -> bool {
+    if at > HTTP_HEAD {
+        return false;
+    }
+    // SAFETY: `at + 12` is within the buffer's 16-byte tail; unaligned loads.
+    let (lo, hi) = unsafe {
+        let p = data.as_ptr().add(at);
+        (
+            core::ptr::read_unaligned(p as *const u64),
+            core::ptr::read_unaligned(p.add(8) as *const u32),
+        )
+    };
+    lo | LOWER_8 == TP_LO && hi | LOWER_4 == TP_HI
 }
 
 /// The user buffer and byte count of the send (single-buffer and iovec sends).
@@ -117,7 +240,7 @@ fn user_data(msg: u64, l: &SendLayout) -> Option<(u64, u64)> {
 }
 
 #[inline(always)]
-fn emit(sk: u64, src: u64, count: u64, l: &SendLayout) {
+fn emit(sk: u64, head: &Head, l: &SendLayout) {
     let Some(mut entry) = EVENTS.reserve::<HttpRequestEvent>(0) else {
         count_loss(kind::HTTP_REQUEST);
         return;
@@ -146,12 +269,16 @@ fn emit(sk: u64, src: u64, count: u64, l: &SendLayout) {
         saddr = read_kernel(sk, l.skc_v6_rcv_saddr).unwrap_or([0; 16]);
         daddr = read_kernel(sk, l.skc_v6_daddr).unwrap_or([0; 16]);
     }
-    let n = clamp_len(count, HTTP_HEAD as u64) as usize;
+    // SAFETY: a field of the scratch value.
+    let n = clamp_len(
+        unsafe { core::ptr::read_volatile(&head.len) },
+        HTTP_HEAD as u64,
+    ) as usize;
     // SAFETY: `ev` points at a reserved event; every field is written before submit.
     unsafe {
         let mut len = n as u32;
         if let Some(dst) = (*ev).data.get_mut(..n)
-            && bpf_probe_read_user_buf(src as *const u8, dst).is_err()
+            && bpf_probe_read_kernel_buf(head.data.as_ptr(), dst).is_err()
         {
             len = 0;
         }

@@ -286,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stages: enrich::event_stages(enrich::StageConfig {
             own_endpoint: listening,
             own_skipped: state.metrics.own_traffic_skipped.clone(),
+            http_requests: state.metrics.http_requests.clone(),
             wasm_runtimes: cli.wasm_runtimes.names(),
             wasm_line_idle: WASM_LINE_IDLE,
             core_wait: cli.core_wait,
@@ -301,7 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         wasm_cgroups,
         fed_wasm_cgroups: std::collections::HashSet::new(),
         wasm_cgroup_count,
-        event_counters: std::collections::HashMap::new(),
+        event_counters: Vec::new(),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));

@@ -215,7 +215,7 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
             let ev: SignalEvent = read_pod(bytes, "core_signal event")?;
             Ok(Decoded {
                 common: common(&ev.header),
-                body: Body::CoreSignal(core_signal(&ev, tables)),
+                body: Body::CoreSignal(Box::new(core_signal(&ev, tables))),
             })
         }
         Kind::WasmWrite => {
@@ -297,8 +297,30 @@ fn common(h: &EventHeader) -> Common {
         cgroup_id: (h.flags & HDR_CGROUP != 0).then_some(h.cgroup_id),
         pid: task.then_some(h.pid),
         tid: task.then_some(h.tid),
-        comm: task.then(|| comm(&h.comm)),
+        comm: task.then(|| shared_comm(&h.comm)),
     }
+}
+
+/// The task name of an event header, shared with the other events of the same name: a small
+/// direct-mapped cache on the reader's thread (names repeat: a storm is a few processes).
+fn shared_comm(raw: &[u8; 16]) -> std::sync::Arc<str> {
+    const SLOTS: usize = 64;
+    type Slot = Option<([u8; 16], std::sync::Arc<str>)>;
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<Slot>> = std::cell::RefCell::new(vec![None; SLOTS]);
+    }
+    let slot = raw.iter().fold(0x811c_9dc5_u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    }) as usize
+        % SLOTS;
+    NAMES.with_borrow_mut(|names| match &names[slot] {
+        Some((bytes, name)) if bytes == raw => name.clone(),
+        _ => {
+            let name: std::sync::Arc<str> = comm(raw).into();
+            names[slot] = Some((*raw, name.clone()));
+            name
+        }
+    })
 }
 
 fn comm(raw: &[u8]) -> String {

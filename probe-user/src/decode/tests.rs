@@ -207,7 +207,7 @@ fn core_signal_round_trip() {
     assert_eq!(d.common.comm.as_deref(), Some("curl"));
     assert_eq!(
         d.body,
-        Body::CoreSignal(CoreSignal {
+        Body::CoreSignal(Box::new(CoreSignal {
             signal: 11,
             signal_name: "SIGSEGV".into(),
             origin: crate::model::signals::Origin::User,
@@ -223,7 +223,7 @@ fn core_signal_round_trip() {
             core_pattern: None,
             core_uses_pid: None,
             exit_code: None,
-        })
+        }))
     );
     let mut ev = signal_event();
     ev.flags = 0;

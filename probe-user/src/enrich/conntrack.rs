@@ -11,7 +11,7 @@ use std::{
 
 use lru::LruCache;
 
-use super::{Decoded, Enricher, Stage};
+use super::{Decoded, Enricher, Stage, recent::RecentRing};
 use crate::{
     model::{Body, ConntrackExpiry, Evidence, Finding, Record, describe::endpoint},
     status::AgentState,
@@ -25,6 +25,21 @@ impl FlowKey {
     pub fn new(a: IpAddr, a_port: u16, b: IpAddr, b_port: u16) -> Self {
         let (x, y) = ((a, a_port), (b, b_port));
         Self(if x <= y { [x, y] } else { [y, x] })
+    }
+
+    /// A 32-bit digest of the key (equal keys, equal tags), cheaper than a hasher.
+    pub fn tag(&self) -> u32 {
+        let fold = |ip: &IpAddr| match ip {
+            IpAddr::V4(v4) => v4.to_bits(),
+            IpAddr::V6(v6) => {
+                let b = v6.to_bits();
+                (b as u32) ^ ((b >> 32) as u32) ^ ((b >> 64) as u32) ^ ((b >> 96) as u32)
+            }
+        };
+        let [(a, a_port), (b, b_port)] = &self.0;
+        let mixed =
+            fold(a).rotate_left(7) ^ fold(b) ^ (u32::from(*a_port) << 16 | u32::from(*b_port));
+        mixed.wrapping_mul(0x9e37_79b1)
     }
 }
 
@@ -48,14 +63,14 @@ pub struct FlowCorrelator {
     expired: LruCache<FlowKey, Expired>,
     /// Reply-direction endpoints -> original key (differs under NAT).
     aliases: LruCache<FlowKey, FlowKey>,
-    recent: LruCache<FlowKey, Vec<(Instant, Record)>>,
+    recent: RecentRing,
     /// Expired flows forgotten to make room, before any finding.
     pub evictions: u64,
 }
 
-/// Flows whose recent resets/drops are remembered for an expiry that arrives after them, and
-/// records kept per flow: bounded so a reset storm costs little memory.
-const RECENT_FLOWS: usize = 4096;
+/// Resets/drops remembered for an expiry that arrives after them, and records kept per flow:
+/// bounded so a reset storm costs little memory.
+const RECENT_RECORDS: usize = 8192;
 const RECENT_PER_FLOW: usize = 4;
 
 impl FlowCorrelator {
@@ -65,7 +80,7 @@ impl FlowCorrelator {
             window,
             expired: LruCache::new(cap),
             aliases: LruCache::new(cap),
-            recent: LruCache::new(cap.min(NonZeroUsize::new(RECENT_FLOWS).expect("non-zero"))),
+            recent: RecentRing::new(RECENT_RECORDS.min(capacity), RECENT_PER_FLOW, RECENT),
             evictions: 0,
         }
     }
@@ -105,14 +120,7 @@ impl FlowCorrelator {
             due: None,
         };
         for key in [orig, reply] {
-            if let Some(recent) = self.recent.pop(&key) {
-                entry.evidence.extend(
-                    recent
-                        .into_iter()
-                        .filter(|(t, _)| now.duration_since(*t) <= RECENT)
-                        .map(|(_, r)| r),
-                );
-            }
+            entry.evidence.extend(self.recent.take(key, now));
         }
         if !entry.evidence.is_empty() {
             entry.due = Some(now + GRACE);
@@ -128,19 +136,17 @@ impl FlowCorrelator {
     }
 
     fn on_followup(&mut self, key: FlowKey, record: Record, now: Instant) {
-        let orig = self.aliases.get(&key).copied().unwrap_or(key);
-        if let Some(entry) = self.expired.get_mut(&orig)
-            && now.duration_since(entry.seen) <= self.window
-        {
-            entry.evidence.push(record);
-            entry.due.get_or_insert(now + GRACE);
-            return;
+        if !self.expired.is_empty() {
+            let orig = self.aliases.get(&key).copied().unwrap_or(key);
+            if let Some(entry) = self.expired.get_mut(&orig)
+                && now.duration_since(entry.seen) <= self.window
+            {
+                entry.evidence.push(record);
+                entry.due.get_or_insert(now + GRACE);
+                return;
+            }
         }
-        let list = self.recent.get_or_insert_mut(key, Vec::new);
-        list.retain(|(t, _)| now.duration_since(*t) <= RECENT);
-        if list.len() < RECENT_PER_FLOW {
-            list.push((now, record));
-        }
+        self.recent.push(key, record, now);
     }
 
     /// Findings whose evidence is complete (with the watched namespace's inode), and expired
@@ -172,6 +178,9 @@ impl FlowCorrelator {
 /// sinks (keeping expiries, resets and drops, moved), and writes findings when their evidence
 /// is complete. Only in the stage list while a conntrack namespace is watched.
 impl Stage for FlowCorrelator {
+    fn wants(&self, _: &Decoded) -> bool {
+        false
+    }
     fn on_event(&mut self, event: Decoded, _: &Enricher, _: &mut Vec<Record>) -> Option<Decoded> {
         Some(event)
     }

@@ -145,6 +145,9 @@ pub fn suppression(c: &CoreSignal, exit_code: u32) -> Option<String> {
 
 impl super::Stage for CoreJoin {
     /// Takes core signals (held until their target exits) and exits (which release them).
+    fn wants(&self, event: &Decoded) -> bool {
+        matches!(event.body, Body::ProcessExit(_) | Body::CoreSignal(_))
+    }
     fn on_event(
         &mut self,
         event: Decoded,
@@ -193,7 +196,7 @@ mod tests {
                 pid: Some(pid),
                 ..Common::none()
             },
-            body: Body::CoreSignal(CoreSignal {
+            body: Body::CoreSignal(Box::new(CoreSignal {
                 signal: 11,
                 signal_name: "SIGSEGV".into(),
                 origin: Origin::Kernel,
@@ -209,7 +212,7 @@ mod tests {
                 core_pattern: Some("core".into()),
                 core_uses_pid: Some(false),
                 exit_code: None,
-            }),
+            })),
         }
     }
 

@@ -152,6 +152,9 @@ impl DropTotals {
 
 impl super::Stage for DropTotals {
     /// Takes drop events: a record per flow and reason with the drops since the last one.
+    fn wants(&self, event: &Decoded) -> bool {
+        matches!(event.body, Body::PacketDrop(_))
+    }
     fn on_event(
         &mut self,
         event: Decoded,

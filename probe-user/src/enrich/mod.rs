@@ -7,6 +7,7 @@ pub mod core_signal;
 pub mod drops;
 pub mod k8s;
 pub mod own_traffic;
+mod recent;
 pub mod trace_context;
 pub mod wasm_output;
 
@@ -23,6 +24,11 @@ use crate::{
 /// its decode (decode/), its record body (model/) and, when it is more than one record per
 /// event, one stage file here.
 pub trait Stage: Send {
+    /// Whether `on_event` is to be offered this event (by reference: the event is moved into
+    /// `on_event` only when the stage has something to do with it).
+    fn wants(&self, _event: &Decoded) -> bool {
+        true
+    }
     fn on_event(&mut self, event: Decoded, cx: &Enricher, out: &mut Vec<Record>)
     -> Option<Decoded>;
     fn pending(&self, _now: std::time::Instant) -> bool {
@@ -51,6 +57,8 @@ pub struct StageConfig {
     /// The agent's HTTP endpoint, whose traffic makes no records.
     pub own_endpoint: Option<std::net::SocketAddr>,
     pub own_skipped: prometheus_client::metrics::counter::Counter,
+    /// Request heads taken by the trace tie.
+    pub http_requests: prometheus_client::metrics::counter::Counter,
     pub wasm_runtimes: Vec<String>,
     pub wasm_line_idle: std::time::Duration,
     pub core_wait: std::time::Duration,
@@ -75,7 +83,10 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
             skipped: c.own_skipped,
         }));
     }
-    stages.push(Box::new(trace_context::TraceContexts::new(c.flows)));
+    stages.push(Box::new(trace_context::TraceContexts::new(
+        c.flows,
+        c.http_requests,
+    )));
     stages.push(Box::new(wasm_output::WasmAssembler::new(
         c.wasm_runtimes,
         c.wasm_line_idle,

@@ -63,6 +63,9 @@ pub struct OwnTraffic {
 }
 
 impl super::Stage for OwnTraffic {
+    fn wants(&self, event: &crate::decode::Decoded) -> bool {
+        matches!(event.body, Body::TcpReset(_) | Body::PacketDrop(_))
+    }
     fn on_event(
         &mut self,
         event: crate::decode::Decoded,

@@ -9,6 +9,7 @@ use std::{
 };
 
 use lru::LruCache;
+use prometheus_client::metrics::counter::Counter;
 
 use super::conntrack::FlowKey;
 use crate::model::{Body, HttpRequest, Record, TraceParent, TraceRef};
@@ -18,16 +19,20 @@ const TTL: Duration = Duration::from_secs(600);
 
 pub struct TraceContexts {
     flows: LruCache<FlowKey, (TraceParent, Instant)>,
+    /// Request heads taken (the kernel sends only those that carry or end a context).
+    requests: Counter,
 }
 
 impl TraceContexts {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, requests: Counter) -> Self {
         Self {
             flows: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+            requests,
         }
     }
 
     pub fn on_request(&mut self, req: &HttpRequest, now: Instant) {
+        self.requests.inc();
         let key = FlowKey::new(req.saddr, req.sport, req.daddr, req.dport);
         match req.traceparent {
             Some(tp) => {
@@ -69,6 +74,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl super::Stage for TraceContexts {
+    fn wants(&self, event: &crate::decode::Decoded) -> bool {
+        matches!(event.body, Body::HttpRequest(_))
+    }
     /// Takes HTTP request heads (they make no record of their own).
     fn on_event(
         &mut self,
@@ -138,7 +146,7 @@ mod tests {
             span_id: [0x01; 8],
             flags: 1,
         };
-        let mut c = TraceContexts::new(16);
+        let mut c = TraceContexts::new(16, Counter::default());
         let t0 = Instant::now();
         c.on_request(&request(40000, Some(tp)), t0);
         let mut r = reset(40000);

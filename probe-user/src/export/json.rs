@@ -85,12 +85,12 @@ mod tests {
         use crate::model::{Body, CoreSignal, RlimitCore, Stream, WasmOutput};
         let mut r = core_signal_record();
         if let Body::CoreSignal(c) = &mut r.body {
-            *c = CoreSignal {
+            **c = CoreSignal {
                 core_dumped: Some(true),
                 core_suppressed_by: None,
                 rlimit_core: Some(RlimitCore(u64::MAX)),
                 exit_code: Some(139),
-                ..c.clone()
+                ..(**c).clone()
             };
         }
         let v = render(&r);

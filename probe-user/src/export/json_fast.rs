@@ -16,11 +16,10 @@ pub fn write(out: &mut Vec<u8>, record: &Record) -> bool {
     if record.k8s.is_some() {
         return false;
     }
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(record.time_unix_nano);
     out.extend_from_slice(b"{\"time_unix_nano\":");
     number(out, record.time_unix_nano);
     out.extend_from_slice(b",\"time\":\"");
-    let _ = write!(out, "{}", humantime::format_rfc3339_nanos(time));
+    rfc3339(out, record.time_unix_nano);
     out.extend_from_slice(b"\",\"kind\":");
     string(out, record.kind);
     out.extend_from_slice(b",\"node\":");
@@ -57,9 +56,13 @@ fn reset(out: &mut Vec<u8>, t: &TcpReset) {
         Family::Ipv6 => b",\"family\":\"ipv6\"",
     });
     // Addresses need no escaping.
-    let _ = write!(out, ",\"saddr\":\"{}\",\"sport\":", t.saddr);
+    out.extend_from_slice(b",\"saddr\":\"");
+    address(out, t.saddr);
+    out.extend_from_slice(b"\",\"sport\":");
     number(out, t.sport);
-    let _ = write!(out, ",\"daddr\":\"{}\",\"dport\":", t.daddr);
+    out.extend_from_slice(b",\"daddr\":\"");
+    address(out, t.daddr);
+    out.extend_from_slice(b"\",\"dport\":");
     number(out, t.dport);
     out.extend_from_slice(b",\"tcp_state\":");
     option(out, t.tcp_state.as_deref(), string);
@@ -73,10 +76,61 @@ fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// A JSON string, escaped as serde_json escapes it.
+/// A JSON string, escaped as serde_json escapes it (one with nothing to escape as it is).
 fn string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// An address as `Display` writes it; IPv4 (the storm's) without the formatter.
+fn address(out: &mut Vec<u8>, addr: std::net::IpAddr) {
+    match addr {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(out, octet);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `time` as humantime's RFC 3339 with nanoseconds writes it; the part up to the seconds is
+/// formatted once per second of event time (a storm's events share it).
+fn rfc3339(out: &mut Vec<u8>, nanos: u64) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, Vec<u8>)> =
+            const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let (secs, sub) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            text.clear();
+            let _ = write!(text, "{}", humantime::format_rfc3339_seconds(time));
+            // "...:SSZ": keep up to the seconds.
+            text.pop();
+            *at = secs;
+        }
+        out.extend_from_slice(text);
+    });
+    let mut digits = [b'0'; 9];
+    let mut buffer = itoa::Buffer::new();
+    let formatted = buffer.format(sub).as_bytes();
+    digits[9 - formatted.len()..].copy_from_slice(formatted);
+    out.push(b'.');
+    out.extend_from_slice(&digits);
+    out.push(b'Z');
 }
 
 fn option<T>(out: &mut Vec<u8>, value: Option<T>, some: impl Fn(&mut Vec<u8>, T)) {
@@ -101,6 +155,38 @@ mod tests {
             String::from_utf8(fast).unwrap(),
             serde_json::to_string(r).unwrap(),
         )
+    }
+
+    #[test]
+    fn times_and_addresses_are_what_humantime_and_display_write() {
+        for nanos in [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            1_764_705_600_000_000_007,
+            1_764_705_600_123_456_789,
+            1_764_705_601_100_000_000,
+        ] {
+            let mut out = Vec::new();
+            rfc3339(&mut out, nanos);
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                humantime::format_rfc3339_nanos(time).to_string()
+            );
+        }
+        for addr in [
+            "0.0.0.0",
+            "10.0.255.1",
+            "255.255.255.255",
+            "::1",
+            "fd00::a:1",
+        ] {
+            let mut out = Vec::new();
+            address(&mut out, addr.parse().unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), addr);
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub(crate) mod tests {
         use crate::model::{CoreSignal, Handler, RlimitCore};
         let mut r = reset_record();
         r.kind = "core_signal";
-        r.body = Body::CoreSignal(CoreSignal {
+        r.body = Body::CoreSignal(Box::new(CoreSignal {
             signal: 11,
             signal_name: "SIGSEGV".into(),
             origin: crate::model::signals::Origin::Kernel,
@@ -120,7 +120,7 @@ pub(crate) mod tests {
             core_pattern: Some("core".into()),
             core_uses_pid: Some(false),
             exit_code: Some(11),
-        });
+        }));
         r
     }
 

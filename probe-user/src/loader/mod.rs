@@ -126,7 +126,7 @@ impl Probe {
         }
         let size = config.ringbuf_bytes;
         check_ringbuf_bytes(size)?;
-        raise_memlock();
+        requirements::raise_memlock();
         let tracefs = tracefs::ensure_mounted().map_err(|e| e.to_string());
         let btf = match Btf::from_file(Path::new(VMLINUX_BTF)) {
             Ok(btf) => Some(btf),
@@ -185,7 +185,10 @@ impl Probe {
             wakeup_bytes: size / 16,
             _reserved: 0,
         };
+        // The verifier's reason and statistics only: on kernels whose log keeps its start, a
+        // verbose log of a program with a loop overflows and loses the reason at its end.
         let ebpf = EbpfLoader::new()
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
             .override_global(globals::AGENT, &agent, true)
             .override_global(globals::KERNEL_OFFSETS, &offsets, true)
             .override_global(globals::TASK_OFFSETS, &task, true)
@@ -379,23 +382,6 @@ pub type DropFlows =
     aya::maps::PerCpuHashMap<MapData, probe_common::DropKey, probe_common::DropCount>;
 
 /// The kernel wants a power-of-two multiple of the page size.
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (containers often get 64 KiB-8 MiB):
-/// lift it, as aya's template does. Later kernels charge the memory cgroup and ignore it.
-fn raise_memlock() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        debug!(
-            "RLIMIT_MEMLOCK stays as it is ({}): fine where BPF memory is charged to the memory \
-             cgroup (5.11+); older kernels need CAP_SYS_RESOURCE or a larger limit",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 pub fn check_ringbuf_bytes(size: u32) -> Result<(), LoaderError> {
     if size.is_power_of_two() && size >= 4096 {
         Ok(())

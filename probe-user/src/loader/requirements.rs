@@ -26,3 +26,20 @@ pub fn requirements() -> serde_json::Value {
         "api_resources": ["endpointslices", "nodes", "pods", "services"],
     })
 }
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (containers often get 64 KiB-8 MiB):
+/// lift it, as aya's template does. Later kernels charge the memory cgroup and ignore it.
+pub(super) fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "RLIMIT_MEMLOCK stays as it is ({}): fine where BPF memory is charged to the memory \
+             cgroup (5.11+); older kernels need CAP_SYS_RESOURCE or a larger limit",
+            std::io::Error::last_os_error()
+        );
+    }
+}

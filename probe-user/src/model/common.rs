@@ -11,7 +11,8 @@ pub struct Common {
     pub cgroup_id: Option<u64>,
     pub pid: Option<u32>,
     pub tid: Option<u32>,
-    pub comm: Option<String>,
+    /// Shared: a process's name is one allocation however many of its events there are.
+    pub comm: Option<std::sync::Arc<str>>,
 }
 
 impl Common {

@@ -81,7 +81,8 @@ pub struct TraceRef {
 #[serde(untagged)]
 pub enum Body {
     TcpReset(TcpReset),
-    CoreSignal(CoreSignal),
+    /// Boxed: rare, and the largest of the kinds of one event (records stay small).
+    CoreSignal(Box<CoreSignal>),
     /// Internal: joined into the `core_signal` record of the process, never written.
     ProcessExit(ProcessExit),
     WasmOutput(WasmOutput),
@@ -123,7 +124,7 @@ impl Body {
     pub fn describe(&self) -> Option<&dyn Describe> {
         Some(match self {
             Self::TcpReset(b) => b,
-            Self::CoreSignal(b) => b,
+            Self::CoreSignal(b) => &**b,
             Self::WasmOutput(b) => b,
             Self::PacketDrop(b) => b,
             Self::ConntrackExpiry(b) => &**b,

@@ -51,7 +51,7 @@ pub fn reset() -> Record {
 }
 
 pub fn core_signal() -> Record {
-    record(Body::CoreSignal(CoreSignal {
+    record(Body::CoreSignal(Box::new(CoreSignal {
         signal: 11,
         signal_name: "SIGSEGV".into(),
         origin: signals::Origin::Kernel,
@@ -67,7 +67,7 @@ pub fn core_signal() -> Record {
         core_pattern: Some("core".into()),
         core_uses_pid: Some(false),
         exit_code: Some(139),
-    }))
+    })))
 }
 
 pub fn expiry() -> Record {

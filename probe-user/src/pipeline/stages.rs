@@ -4,7 +4,6 @@
 //! reports and the drain at shutdown.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -42,7 +41,7 @@ pub struct Stages {
     /// How long the records left at shutdown may wait for room in a queued output.
     pub drain_for: Duration,
     /// The `probe_events_total` counter of each kind (no label allocation per record).
-    pub event_counters: HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
+    pub event_counters: Vec<(&'static str, prometheus_client::metrics::counter::Counter)>,
     pub state: Arc<AgentState>,
 }
 
@@ -80,17 +79,22 @@ impl Stages {
     /// Enriches with Kubernetes metadata (holding records whose pod is not cached yet), then
     /// writes.
     fn write(&mut self, records: Vec<Record>) -> std::io::Result<()> {
-        let now = Instant::now();
-        let mut ready = Vec::with_capacity(records.len());
-        for mut record in records {
-            match self.k8s.enrich(&mut record, now) {
-                Verdict::PodNotCached(_) if self.held.len() < HOLD_MAX => {
-                    self.held.push_back((now + HOLD_FOR, record));
-                }
-                _ => ready.push(record),
-            }
-        }
-        self.emit(ready, now)
+        self.write_at(records, Instant::now())
+    }
+
+    /// `write` with the consumer's clock of this burst.
+    fn write_at(&mut self, mut records: Vec<Record>, now: Instant) -> std::io::Result<()> {
+        let (k8s, held) = (&mut self.k8s, &mut self.held);
+        // Taken out in place: the records that go out now are not moved into another vector.
+        let mut room = HOLD_MAX.saturating_sub(held.len());
+        let hold = records.extract_if(.., |record| {
+            let verdict = k8s.enrich(record, now);
+            let wait = room > 0 && matches!(verdict, Verdict::PodNotCached(_));
+            room -= usize::from(wait);
+            wait
+        });
+        held.extend(hold.map(|record| (now + HOLD_FOR, record)));
+        self.emit(records, now)
     }
 
     /// Held records whose pod arrived, or whose wait is over (`all`: every one, at shutdown).
@@ -117,19 +121,7 @@ impl Stages {
         }
         for record in records {
             self.sink.write(&record)?;
-            let state = &self.state;
-            self.event_counters
-                .entry(record.kind)
-                .or_insert_with(|| {
-                    state
-                        .metrics
-                        .events
-                        .get_or_create(&KindLabel {
-                            kind: record.kind.into(),
-                        })
-                        .clone()
-                })
-                .inc();
+            self.count_event(record.kind);
             // After the sinks: stages that keep records (the findings correlator) take them.
             let mut record = Some(record);
             for stage in self.stages.iter_mut().filter(|s| s.wants_written()) {
@@ -138,6 +130,27 @@ impl Stages {
             }
         }
         Ok(())
+    }
+
+    /// `probe_events_total{kind}` one up: a short list of the kinds seen, searched by the
+    /// address of the kind's name first (one `&'static str` per kind), no hashing per record.
+    fn count_event(&mut self, kind: &'static str) {
+        let known = self
+            .event_counters
+            .iter()
+            .position(|(k, _)| std::ptr::eq(*k, kind))
+            .or_else(|| self.event_counters.iter().position(|(k, _)| *k == kind));
+        let i = known.unwrap_or_else(|| {
+            let counter = self
+                .state
+                .metrics
+                .events
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .clone();
+            self.event_counters.push((kind, counter));
+            self.event_counters.len() - 1
+        });
+        self.event_counters[i].1.inc();
     }
 
     /// Loss records for what was lost since the last report, then a flush.
@@ -167,21 +180,24 @@ impl Stages {
 
     /// Offers a kernel event to the stages in order; one that no stage takes is a record as
     /// it is. Records of other sources go out as they are.
-    fn handle(&mut self, event: Event) -> std::io::Result<()> {
+    fn handle(&mut self, event: Event, now: Instant) -> std::io::Result<()> {
         let event = match event {
             Event::Kernel(event) => event,
-            Event::Record(record) => return self.write(vec![*record]),
+            Event::Record(record) => return self.write_at(vec![*record], now),
         };
         let mut out = Vec::new();
         let mut event = Some(event);
         for stage in &mut self.stages {
-            let Some(e) = event.take() else { break };
-            event = stage.on_event(e, &self.enricher, &mut out);
+            match event.take_if(|e| stage.wants(e)) {
+                Some(e) => event = stage.on_event(e, &self.enricher, &mut out),
+                None if event.is_none() => break,
+                None => {}
+            }
         }
         if let Some(e) = event {
             out.push(self.enricher.kernel_event(e));
         }
-        self.write(out)
+        self.write_at(out, now)
     }
 
     /// Timed work: records waiting for their pod, the Wasm pods' cgroups, each stage's due
@@ -255,6 +271,9 @@ pub async fn consume(
     result
 }
 
+/// Events handled on one reading of the clock at most.
+const CLOCK_EVERY: u32 = 64;
+
 async fn consume_loop(
     rx: &mut mpsc::Receiver<Event>,
     stages: &mut Stages,
@@ -264,19 +283,30 @@ async fn consume_loop(
     tick.tick().await;
     let mut join_tick = tokio::time::interval(Duration::from_millis(250));
     join_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut now = Instant::now();
+    let mut handled = CLOCK_EVERY;
     loop {
         tokio::select! {
             biased;
             _ = tick.tick() => stages.report_losses().map_err(PipelineError::Sink)?,
-            _ = join_tick.tick(), if stages.timed_work_pending(Instant::now()) => {
-                stages.timed(Instant::now()).map_err(PipelineError::Sink)?;
+            _ = join_tick.tick(), if stages.timed_work_pending(now) => {
+                now = Instant::now();
+                stages.timed(now).map_err(PipelineError::Sink)?;
                 stages.update_gauges(rx.len());
             }
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                stages.handle(event).map_err(PipelineError::Sink)?;
+                // The clock is read at a burst's first event and every CLOCK_EVERY events
+                // after, not per event: what it times (holds, joins, windows) is seconds.
+                handled += 1;
+                if handled >= CLOCK_EVERY {
+                    now = Instant::now();
+                    handled = 0;
+                }
+                stages.handle(event, now).map_err(PipelineError::Sink)?;
                 // Once per burst, not per event.
                 if rx.is_empty() {
+                    handled = CLOCK_EVERY;
                     stages.sink.flush().map_err(PipelineError::Sink)?;
                     stages.update_gauges(0);
                 }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub conntrack_destroys_without_state: Gauge,
     pub kubernetes_up: Gauge,
     pub own_traffic_skipped: Counter,
+    /// HTTP/1.x request heads the kernel sent for the trace tie.
+    pub http_requests: Counter,
     /// 1 while the write hooks are attached (something is selected for capture).
     pub write_hooks_attached: Gauge,
     pub write_hooks_attaches: Counter,
@@ -112,6 +114,12 @@ impl Metrics {
             "1 while the Kubernetes API server answers every watch, 0 while one fails or before the first answer (and with enrichment off)",
             kubernetes_up.clone(),
         );
+        let http_requests = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP/1.x requests read on the send path that carry a traceparent or end one on their connection",
+            http_requests.clone(),
+        );
         let own_traffic_skipped = Counter::default();
         registry.register(
             "own_traffic_skipped",
@@ -150,6 +158,7 @@ impl Metrics {
             conntrack_destroys_without_state,
             kubernetes_up,
             own_traffic_skipped,
+            http_requests,
             write_hooks_attached,
             write_hooks_attaches,
             events,

@@ -262,6 +262,12 @@ pub fn proc_fd_resolver() -> FdResolver {
 }
 
 impl super::Stage for WasmAssembler {
+    fn wants(&self, event: &Decoded) -> bool {
+        matches!(
+            event.body,
+            Body::WasmWrite(_) | Body::WasmWriteResult(_) | Body::ProcessExit(_)
+        )
+    }
     /// Takes write chunks and results (lines out when complete); flushes a process's partial
     /// lines at its exit and passes the exit on.
     fn on_event(
