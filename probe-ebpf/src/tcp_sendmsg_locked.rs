@@ -40,6 +40,18 @@ struct Head {
     data: [u8; HTTP_HEAD + 16],
 }
 
+impl Head {
+    /// The head's length, read back from memory and bounded for the verifier.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // SAFETY: a field of the scratch value; volatile: not a register copy from before.
+        clamp_len(
+            unsafe { core::ptr::read_volatile(&self.len) },
+            HTTP_HEAD as u64,
+        ) as usize
+    }
+}
+
 #[map]
 static HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
 
@@ -141,22 +153,20 @@ fn on_send(sk: u64, msg: u64) {
     unsafe { core::ptr::write_volatile(&mut head.len, n as u64) };
     let traced = has_traceparent(head);
     let now = if traced { TRACED } else { PLAIN };
+    let mut before = PLAIN;
     if state.is_null() {
         let _ = HTTP_SOCKETS.insert(&sk, &now, 0);
     } else {
         // SAFETY: the socket's value in this program's map (an LRU may reuse it for another
         // socket at worst: one event too many or too few, never a fault).
-        let before = unsafe { *state };
+        before = unsafe { *state };
         if before != now {
             // SAFETY: as above.
             unsafe { *state = now };
         }
-        if before == TRACED && !traced {
-            emit(sk, head, &l);
-            return;
-        }
     }
-    if traced {
+    // A request with trace context, or the one that ends the context of the one before.
+    if traced || before == TRACED {
         emit(sk, head, &l);
     }
 }
@@ -166,11 +176,7 @@ fn on_send(sk: u64, msg: u64) {
 /// without a newline costs a few instructions; the bytes of one with a newline are looked at.
 #[inline(always)]
 fn has_traceparent(head: &Head) -> bool {
-    // SAFETY: a field of the scratch value.
-    let n = clamp_len(
-        unsafe { core::ptr::read_volatile(&head.len) },
-        HTTP_HEAD as u64,
-    ) as usize;
+    let n = head.len();
     let data = &head.data;
     let words = data.as_ptr() as *const u64;
     let mut w = 0usize;
@@ -269,11 +275,7 @@ fn emit(sk: u64, head: &Head, l: &SendLayout) {
         saddr = read_kernel(sk, l.skc_v6_rcv_saddr).unwrap_or([0; 16]);
         daddr = read_kernel(sk, l.skc_v6_daddr).unwrap_or([0; 16]);
     }
-    // SAFETY: a field of the scratch value.
-    let n = clamp_len(
-        unsafe { core::ptr::read_volatile(&head.len) },
-        HTTP_HEAD as u64,
-    ) as usize;
+    let n = head.len();
     // SAFETY: `ev` points at a reserved event; every field is written before submit.
     unsafe {
         let mut len = n as u32;
