@@ -240,7 +240,7 @@ pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeErro
             let ev: PacketDropEvent = read_pod(bytes, "packet_drop event")?;
             Ok(Decoded {
                 common: common(&ev.header),
-                body: Body::PacketDrop(packet_drop(&ev, tables)?),
+                body: Body::PacketDrop(Box::new(packet_drop(&ev, tables)?)),
             })
         }
         Kind::HttpRequest => {

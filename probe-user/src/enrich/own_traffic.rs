@@ -86,7 +86,7 @@ mod tests {
     use crate::model::{Family, PacketDrop};
 
     fn drop(s: &str, sport: u16, d: &str, dport: u16) -> Body {
-        Body::PacketDrop(PacketDrop {
+        Body::PacketDrop(Box::new(PacketDrop {
             family: Family::Ipv4,
             saddr: s.parse().unwrap(),
             sport,
@@ -104,7 +104,7 @@ mod tests {
                 reason: 0,
                 netns: 0,
             },
-        })
+        }))
     }
 
     #[test]

@@ -61,11 +61,11 @@ impl TraceContexts {
             self.flows.pop(&key);
             return;
         }
-        record.trace = Some(TraceRef {
+        record.trace = Some(Box::new(TraceRef {
             trace_id: hex(&tp.trace_id),
             parent_span_id: hex(&tp.span_id),
             parent: tp,
-        });
+        }));
     }
 }
 

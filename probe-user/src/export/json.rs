@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(v["pid"], 1234);
 
         r.kind = "wasm_output";
-        r.body = Body::WasmOutput(WasmOutput {
+        r.body = Body::WasmOutput(Box::new(WasmOutput {
             stream: Stream::Stderr,
             runtime: "wasmtime".into(),
             text: "\\xff".into(),
@@ -112,7 +112,7 @@ mod tests {
             truncated: false,
             write_result: Some(2),
             fd_target: Some("/dev/null".into()),
-        });
+        }));
         let v = render(&r);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         for key in [

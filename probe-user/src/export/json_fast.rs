@@ -208,7 +208,7 @@ mod tests {
         r.common.comm = Some("we\"ird\\\u{1}é".into());
         r.common.pid = None;
         r.common.netns = None;
-        r.trace = Some(TraceRef {
+        r.trace = Some(Box::new(TraceRef {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             parent_span_id: "00f067aa0ba902b7".into(),
             parent: crate::model::TraceParent {
@@ -216,7 +216,7 @@ mod tests {
                 span_id: [0; 8],
                 flags: 1,
             },
-        });
+        }));
         let (fast, serde) = both(&r);
         assert_eq!(fast, serde);
         r.common.comm = None;

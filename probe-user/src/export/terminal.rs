@@ -191,7 +191,7 @@ pub(crate) mod tests {
         use crate::model::{Stream, WasmOutput};
         let mut r = reset_record();
         r.kind = "wasm_output";
-        r.body = Body::WasmOutput(WasmOutput {
+        r.body = Body::WasmOutput(Box::new(WasmOutput {
             stream: Stream::Stdout,
             runtime: "wasmtime".into(),
             text: "héllo".into(),
@@ -199,7 +199,7 @@ pub(crate) mod tests {
             truncated: true,
             write_result: Some(6),
             fd_target: Some("pipe".into()),
-        });
+        }));
         assert_eq!(
             render(&r, false),
             "2023-11-14T22:13:20.123Z WASM stdout redis-cli[1234] runtime=wasmtime fd=pipe result=6 TRUNCATED | héllo\n"

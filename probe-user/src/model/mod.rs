@@ -44,7 +44,8 @@ pub struct Record {
     pub k8s: Option<Box<K8sAttrs>>,
     /// The W3C trace context of the HTTP request last sent on the event's connection.
     #[serde(flatten)]
-    pub trace: Option<TraceRef>,
+    /// Boxed: set on few records, and the record is moved several times on its way out.
+    pub trace: Option<Box<TraceRef>>,
 }
 
 fn time_keys<S: serde::Serializer>(nanos: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -85,12 +86,14 @@ pub enum Body {
     CoreSignal(Box<CoreSignal>),
     /// Internal: joined into the `core_signal` record of the process, never written.
     ProcessExit(ProcessExit),
-    WasmOutput(WasmOutput),
+    /// Boxed: a line owns its strings anyway; inline it would make every record larger.
+    WasmOutput(Box<WasmOutput>),
     /// Internal: assembled into `wasm_output` lines, never written.
     WasmWrite(WasmWrite),
     /// Internal: completes a `WasmWrite`, never written.
     WasmWriteResult(WasmWriteResult),
-    PacketDrop(PacketDrop),
+    /// Boxed: the largest of the frequent kinds (a TCP reset is the size the others set).
+    PacketDrop(Box<PacketDrop>),
     /// Internal: the trace context of a connection, never written.
     HttpRequest(HttpRequest),
     /// Boxed, as `Finding`: rare and large, they would make every record large.
@@ -100,6 +103,11 @@ pub enum Body {
     /// A kind that is not one of the above: it describes and serializes itself.
     Other(Other),
 }
+
+// Every record is moved several times between the ring buffer and the sinks (channel, stages,
+// the queued output's copy, the correlator's ring): rare or large bodies are boxed to keep
+// it at this size (64-bit targets).
+const _: () = assert!(size_of::<Record>() <= 208);
 
 impl Body {
     /// The `kind` key.
@@ -125,8 +133,8 @@ impl Body {
         Some(match self {
             Self::TcpReset(b) => b,
             Self::CoreSignal(b) => &**b,
-            Self::WasmOutput(b) => b,
-            Self::PacketDrop(b) => b,
+            Self::WasmOutput(b) => &**b,
+            Self::PacketDrop(b) => &**b,
             Self::ConntrackExpiry(b) => &**b,
             Self::Finding(b) => &**b,
             Self::Loss(b) => b,

@@ -104,7 +104,7 @@ pub fn expiry() -> Record {
 }
 
 pub fn drop() -> Record {
-    record(Body::PacketDrop(PacketDrop {
+    record(Body::PacketDrop(Box::new(PacketDrop {
         family: Family::Ipv4,
         saddr: ip("10.0.0.1"),
         sport: 5000,
@@ -122,11 +122,11 @@ pub fn drop() -> Record {
             reason: 0,
             netns: 0,
         },
-    }))
+    })))
 }
 
 pub fn wasm() -> Record {
-    record(Body::WasmOutput(WasmOutput {
+    record(Body::WasmOutput(Box::new(WasmOutput {
         stream: Stream::Stdout,
         runtime: "wasmtime".into(),
         text: "hi".into(),
@@ -134,7 +134,7 @@ pub fn wasm() -> Record {
         truncated: false,
         write_result: Some(3),
         fd_target: Some("pipe".into()),
-    }))
+    })))
 }
 
 pub fn finding() -> Record {

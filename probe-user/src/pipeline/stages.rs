@@ -78,12 +78,13 @@ const HOLD_MAX: usize = 4096;
 impl Stages {
     /// Enriches with Kubernetes metadata (holding records whose pod is not cached yet), then
     /// writes.
-    fn write(&mut self, records: Vec<Record>) -> std::io::Result<()> {
-        self.write_at(records, Instant::now())
+    fn write(&mut self, mut records: Vec<Record>) -> std::io::Result<()> {
+        self.write_at(&mut records, Instant::now())
     }
 
-    /// `write` with the consumer's clock of this burst.
-    fn write_at(&mut self, mut records: Vec<Record>, now: Instant) -> std::io::Result<()> {
+    /// `write` with the consumer's clock of this burst; leaves `records` empty (a buffer the
+    /// caller reuses).
+    fn write_at(&mut self, records: &mut Vec<Record>, now: Instant) -> std::io::Result<()> {
         let (k8s, held) = (&mut self.k8s, &mut self.held);
         // Taken out in place: the records that go out now are not moved into another vector.
         let mut room = HOLD_MAX.saturating_sub(held.len());
@@ -110,16 +111,16 @@ impl Stages {
             }
         }
         self.held = keep;
-        self.emit(out, now)
+        self.emit(&mut out, now)
     }
 
-    fn emit(&mut self, mut records: Vec<Record>, now: Instant) -> std::io::Result<()> {
-        for record in &mut records {
+    fn emit(&mut self, records: &mut Vec<Record>, now: Instant) -> std::io::Result<()> {
+        for record in records.iter_mut() {
             for stage in &mut self.stages {
                 stage.on_record(record, now);
             }
         }
-        for record in records {
+        for record in records.drain(..) {
             self.sink.write(&record)?;
             self.count_event(record.kind);
             // After the sinks: stages that keep records (the findings correlator) take them.
@@ -175,17 +176,19 @@ impl Stages {
     }
 
     /// Offers a kernel event to the stages in order; one that no stage takes is a record as
-    /// it is. Records of other sources go out as they are.
-    fn handle(&mut self, event: Event, now: Instant) -> std::io::Result<()> {
+    /// it is. Records of other sources go out as they are. `out`: an empty buffer, left empty.
+    fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Record>) -> std::io::Result<()> {
         let event = match event {
             Event::Kernel(event) => event,
-            Event::Record(record) => return self.write_at(vec![*record], now),
+            Event::Record(record) => {
+                out.push(*record);
+                return self.write_at(out, now);
+            }
         };
-        let mut out = Vec::new();
         let mut event = Some(event);
         for stage in &mut self.stages {
             match event.take_if(|e| stage.wants(e)) {
-                Some(e) => event = stage.on_event(e, &self.enricher, &mut out),
+                Some(e) => event = stage.on_event(e, &self.enricher, out),
                 None if event.is_none() => break,
                 None => {}
             }
@@ -267,8 +270,8 @@ pub async fn consume(
     result
 }
 
-/// Events handled on one reading of the clock at most.
-const CLOCK_EVERY: u32 = 64;
+/// Events taken from the channel at once, handled on one reading of the clock.
+const RECV_BATCH: usize = 64;
 
 async fn consume_loop(
     rx: &mut mpsc::Receiver<Event>,
@@ -280,7 +283,7 @@ async fn consume_loop(
     let mut join_tick = tokio::time::interval(Duration::from_millis(250));
     join_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut now = Instant::now();
-    let mut handled = CLOCK_EVERY;
+    let (mut batch, mut out) = (Vec::with_capacity(RECV_BATCH), Vec::new());
     loop {
         tokio::select! {
             biased;
@@ -290,19 +293,18 @@ async fn consume_loop(
                 stages.timed(now).map_err(PipelineError::Sink)?;
                 stages.update_gauges(rx.len());
             }
-            event = rx.recv() => {
-                let Some(event) = event else { break };
-                // The clock is read at a burst's first event and every CLOCK_EVERY events
-                // after, not per event: what it times (holds, joins, windows) is seconds.
-                handled += 1;
-                if handled >= CLOCK_EVERY {
-                    now = Instant::now();
-                    handled = 0;
+            taken = rx.recv_many(&mut batch, RECV_BATCH) => {
+                if taken == 0 {
+                    break;
                 }
-                stages.handle(event, now).map_err(PipelineError::Sink)?;
+                // The clock is read once per batch, not per event: what it times (holds,
+                // joins, windows) is seconds.
+                now = Instant::now();
+                for event in batch.drain(..) {
+                    stages.handle(event, now, &mut out).map_err(PipelineError::Sink)?;
+                }
                 // Once per burst, not per event.
                 if rx.is_empty() {
-                    handled = CLOCK_EVERY;
                     stages.sink.flush().map_err(PipelineError::Sink)?;
                     stages.update_gauges(0);
                 }

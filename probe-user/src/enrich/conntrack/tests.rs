@@ -68,7 +68,7 @@ fn reset(local: (&str, u16), remote: (&str, u16), direction: Direction) -> Recor
 }
 
 fn drop(src: (&str, u16), dst: (&str, u16), reason: &str) -> Record {
-    record(Body::PacketDrop(PacketDrop {
+    record(Body::PacketDrop(Box::new(PacketDrop {
         family: Family::Ipv4,
         saddr: ip(src.0),
         sport: src.1,
@@ -86,7 +86,7 @@ fn drop(src: (&str, u16), dst: (&str, u16), reason: &str) -> Record {
             reason: 0,
             netns: 0,
         },
-    }))
+    })))
 }
 
 const WINDOW: Duration = Duration::from_secs(60);

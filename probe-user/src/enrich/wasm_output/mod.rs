@@ -281,11 +281,13 @@ impl super::Stage for WasmAssembler {
             Body::WasmWriteResult(r) => {
                 let lines =
                     self.on_result(&event.common, r.fd, r.result, r.fd_kind, Instant::now());
-                out.extend(cx.kernel_events(lines, Body::WasmOutput));
+                out.extend(cx.kernel_events(lines, |w| Body::WasmOutput(Box::new(w))));
             }
             Body::ProcessExit(_) => {
                 if let Some(pid) = event.common.pid {
-                    out.extend(cx.kernel_events(self.on_exit(pid), Body::WasmOutput));
+                    out.extend(
+                        cx.kernel_events(self.on_exit(pid), |w| Body::WasmOutput(Box::new(w))),
+                    );
                 }
                 return Some(event);
             }
@@ -297,10 +299,12 @@ impl super::Stage for WasmAssembler {
         self.buffered() > 0
     }
     fn on_tick(&mut self, now: Instant, cx: &super::Enricher, out: &mut Vec<Record>) {
-        out.extend(cx.kernel_events(self.flush_idle(now), Body::WasmOutput));
+        out.extend(cx.kernel_events(self.flush_idle(now), |w| Body::WasmOutput(Box::new(w))));
     }
     fn drain(&mut self, cx: &super::Enricher, out: &mut Vec<Record>) {
-        out.extend(cx.kernel_events(WasmAssembler::drain(self), Body::WasmOutput));
+        out.extend(cx.kernel_events(WasmAssembler::drain(self), |w| {
+            Body::WasmOutput(Box::new(w))
+        }));
     }
 }
 
