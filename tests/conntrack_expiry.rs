@@ -136,10 +136,11 @@ fn idle_redis_connection_dies_when_its_dnat_entry_expires() {
             .contains(&Value::from("DST_NAT")),
         "{x:#}"
     );
-    // One PING, then idle: the timeout ran out 3 s after the entry was created (the kernel
-    // computes the expiry in jiffies: a few ms either way).
+    // One PING, then idle: the entry dies once its timeout ran out, 3 s after it was created
+    // (the kernel counts in jiffies: a few ms either way), when the kernel's conntrack garbage
+    // collector (a work item) reaches it: on a busy machine up to a second or two later.
     let lived = x["established_for_s"].as_f64().expect("established_for_s");
-    assert!((2.9..3.5).contains(&lived), "{lived}");
+    assert!((2.9..5.0).contains(&lived), "{lived}");
 
     let findings = of_kind(&records, "finding", port);
     assert_eq!(findings.len(), 1, "{findings:#?}");

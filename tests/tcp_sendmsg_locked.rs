@@ -14,6 +14,7 @@ use probe_tests::*;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
+const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
 
 /// The reset the client of `port` received, waited for.
 fn received_reset(probe: &mut Probe, port: u16, what: &str) -> Value {
@@ -26,11 +27,23 @@ fn received_reset(probe: &mut Probe, port: u16, what: &str) -> Value {
 
 /// Sends `head` and returns the client port once the server's reset arrived.
 fn request_answered_by_reset(head: &'static str) -> u16 {
+    exchange(None, head)
+}
+
+/// One connection to a loopback server: optionally a first message and the server's answer,
+/// then `then`, a request the server answers by resetting (SO_LINGER 0). Returns the client
+/// port once the client got the reset.
+fn exchange(first: Option<(&'static [u8], &'static [u8])>, then: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         let mut buf = [0u8; 2048];
+        if let Some((message, reply)) = first {
+            let n = conn.read(&mut buf).unwrap();
+            assert_eq!(&buf[..n], message);
+            conn.write_all(reply).unwrap();
+        }
         let n = conn.read(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"GET /checkout HTTP/1.1"));
         socket2::SockRef::from(&conn)
@@ -40,9 +53,14 @@ fn request_answered_by_reset(head: &'static str) -> u16 {
     });
     let mut client = TcpStream::connect(addr).unwrap();
     let port = client.local_addr().unwrap().port();
-    client.write_all(head.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 64];
+    if let Some((message, reply)) = first {
+        client.write_all(message).unwrap();
+        client.read_exact(&mut buf[..reply.len()]).unwrap();
+        assert_eq!(&buf[..reply.len()], reply);
+    }
+    client.write_all(then.as_bytes()).unwrap();
     server.join().unwrap();
-    let mut buf = [0u8; 16];
     let err = client.read(&mut buf).expect_err("the server resets");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     port
@@ -91,36 +109,6 @@ fn a_reset_joins_the_trace_of_the_request_it_broke() {
     assert_eq!(own["parent_span_id"], "");
 }
 
-/// One connection: the client sends `first`, the server answers `reply`, the client sends
-/// `then`, the server resets. Returns the client port once the reset arrived.
-fn exchange(first: &'static [u8], reply: &'static [u8], then: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 2048];
-        let n = conn.read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], first);
-        conn.write_all(reply).unwrap();
-        let n = conn.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"GET /checkout HTTP/1.1"));
-        socket2::SockRef::from(&conn)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(conn);
-    });
-    let mut client = TcpStream::connect(addr).unwrap();
-    let port = client.local_addr().unwrap().port();
-    client.write_all(first).unwrap();
-    let mut buf = vec![0u8; reply.len()];
-    client.read_exact(&mut buf).unwrap();
-    client.write_all(then.as_bytes()).unwrap();
-    server.join().unwrap();
-    let err = client.read(&mut buf).expect_err("the server resets");
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
-    port
-}
-
 /// Only a connection's first send is read unless it was a request: the second request of a
 /// keep-alive connection is read (its reset joins that request's trace); a request after
 /// another protocol's first message on the same connection is not (one read of the socket's
@@ -141,11 +129,13 @@ fn keep_alive_requests_are_read_other_protocols_are_left_at_once() {
     let second = "0af7651916cd43dd8448eb211c80319c";
     let other = "5c1f0a86b2a25d3d4b4ae1e1c2a0d1b8";
     let keep_alive = exchange(
-        with(TRACE).leak().as_bytes(),
-        b"HTTP/1.1 204 No Content\r\n\r\n",
+        Some((with(TRACE).leak().as_bytes(), NO_CONTENT)),
         with(second).leak(),
     );
-    let redis_first = exchange(b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n", with(other).leak());
+    let redis_first = exchange(
+        Some((b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n")),
+        with(other).leak(),
+    );
     let kept = received_reset(&mut probe, keep_alive, "the keep-alive connection's reset");
     let left = received_reset(&mut probe, redis_first, "the other connection's reset");
     probe.stop();
@@ -175,12 +165,8 @@ fn only_requests_that_carry_or_end_a_trace_reach_the_agent() {
     let traced = format!(
         "GET /checkout HTTP/1.1\r\nHost: shop\r\nTraceParent: 00-{TRACE}-{PARENT}-01\r\n\r\n"
     );
-    let ended = exchange(
-        traced.leak().as_bytes(),
-        b"HTTP/1.1 204 No Content\r\n\r\n",
-        plain,
-    );
-    let untraced = exchange(plain.as_bytes(), b"HTTP/1.1 204 No Content\r\n\r\n", plain);
+    let ended = exchange(Some((traced.leak().as_bytes(), NO_CONTENT)), plain);
+    let untraced = exchange(Some((plain.as_bytes(), NO_CONTENT)), plain);
     let after_end = received_reset(
         &mut probe,
         ended,

@@ -25,7 +25,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Cli, Color, KubeMode, LogFormat, Output},
+    config::{Cli, KubeMode, LogFormat, Output},
     enrich::{
         Enricher,
         k8s::{K8sCache, K8sConfig, attrs::K8sEnricher},
@@ -93,6 +93,7 @@ fn loader_config(cli: &Cli) -> LoaderConfig {
         wasm_runtimes: cli.wasm_runtimes.0.clone(),
         http_trace_context: cli.http_trace_context,
         avoid_hooks: cli.avoid_hooks.clone(),
+        verbose_verifier: cli.verifier_log == config::values::VerifierLog::Verbose,
     }
 }
 
@@ -223,15 +224,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // queue (counted losses), never the pipeline, the endpoints or signal handling.
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut stdout_output = None;
-    let color = match cli.color {
-        Color::Always => true,
-        Color::Never => false,
-        Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-    };
     let stdout = export::stdout_sink(
         cli.output.contains(&Output::Json),
         cli.output.contains(&Output::Terminal),
-        color,
+        cli.color.enabled(),
     );
     if let Some((name, inner)) = stdout {
         let (queued, output, _detached) = export::queued::spawn(name, inner, OUTPUT_QUEUE)

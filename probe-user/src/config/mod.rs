@@ -238,6 +238,10 @@ pub struct Cli {
     #[arg(long, env = "PROBE_AVOID_HOOKS", value_enum, value_delimiter = ',')]
     pub avoid_hooks: Vec<crate::loader::hooks::HookKind>,
 
+    /// Verifier log of a rejected program, logged at debug level (`--log-level probe=debug`).
+    #[arg(long, value_enum, env = "PROBE_VERIFIER_LOG", default_value_t = values::VerifierLog::Stats)]
+    pub verifier_log: values::VerifierLog,
+
     /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax: info,
     /// probe=debug,kube=warn).
     #[arg(long, env = "PROBE_LOG", default_value = "info", value_parser = parse_log_filter)]
@@ -376,6 +380,7 @@ impl Cli {
             "k8s-pod-labels": self.k8s_pod_labels,
             "http-trace-context": self.http_trace_context,
             "avoid-hooks": self.avoid_hooks.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "verifier-log": format!("{:?}", self.verifier_log).to_lowercase(),
             "wasm-runtime-classes": self.wasm_runtime_classes,
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),

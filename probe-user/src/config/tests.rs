@@ -13,6 +13,9 @@ fn defaults() {
     assert_eq!(cli.signals.count_ones(), 10);
     let cli = Cli::try_parse_from(["probe", "--signals", "SIGSEGV,6"]).unwrap();
     assert_eq!(cli.signals, (1 << 11) | (1 << 6));
+    assert_eq!(cli.verifier_log, values::VerifierLog::Stats);
+    let cli = Cli::try_parse_from(["probe", "--verifier-log", "verbose"]).unwrap();
+    assert_eq!(cli.verifier_log, values::VerifierLog::Verbose);
 }
 
 fn load(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -120,6 +123,7 @@ fn rejects_bad_values_naming_the_flag() {
         &["probe", "--otlp-endpoint", "not a url"],
         &["probe", "--otlp-endpoint", "ftp://collector:21"],
         &["probe", "--otlp-headers", "novalue"],
+        &["probe", "--verifier-log", "loud"],
     ] {
         let err = Cli::try_parse_from(args).unwrap_err().to_string();
         let flag = args[1].split('=').next().unwrap();

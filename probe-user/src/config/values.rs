@@ -209,6 +209,29 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
+/// `--verifier-log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifierLog {
+    /// The verifier's reason and statistics.
+    Stats,
+    /// Also each instruction it walked (large: for porting a program to a new kernel).
+    Verbose,
+}
+
+impl super::Color {
+    /// Whether the terminal output is coloured.
+    pub fn enabled(self) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => {
+                std::io::IsTerminal::is_terminal(&std::io::stdout())
+                    && std::env::var_os("NO_COLOR").is_none()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

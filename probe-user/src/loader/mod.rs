@@ -86,6 +86,8 @@ pub struct LoaderConfig {
     pub http_trace_context: bool,
     /// `--avoid-hooks`.
     pub avoid_hooks: Vec<hooks::HookKind>,
+    /// `--verifier-log verbose`: the verifier's instruction trace too.
+    pub verbose_verifier: bool,
 }
 
 /// Whether a program is attached, and why not.
@@ -185,10 +187,15 @@ impl Probe {
             wakeup_bytes: size / 16,
             _reserved: 0,
         };
-        // The verifier's reason and statistics only: on kernels whose log keeps its start, a
-        // verbose log of a program with a loop overflows and loses the reason at its end.
+        // The verifier's reason and statistics by default: on kernels whose log keeps its
+        // start, a verbose log of a program with a loop overflows and loses the reason at its end.
+        let log = if config.verbose_verifier {
+            aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS
+        } else {
+            aya::VerifierLogLevel::STATS
+        };
         let ebpf = EbpfLoader::new()
-            .verifier_log_level(aya::VerifierLogLevel::STATS)
+            .verifier_log_level(log)
             .override_global(globals::AGENT, &agent, true)
             .override_global(globals::KERNEL_OFFSETS, &offsets, true)
             .override_global(globals::TASK_OFFSETS, &task, true)
