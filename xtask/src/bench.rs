@@ -331,11 +331,29 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         storm.delivered,
         storm.delivered as f64 / storm.generated.max(1) as f64
     );
-    println!("{:<28} {:>14}", "lost, counted", storm.lost);
+    let by: Vec<String> = storm
+        .lost_by
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    println!(
+        "{:<28} {:>14}   ({})",
+        "lost, counted",
+        storm.lost,
+        if by.is_empty() {
+            "none".to_owned()
+        } else {
+            by.join(", ")
+        }
+    );
     println!("{:<28} {:>14}   (target 0)", "unaccounted", unaccounted);
     println!(
-        "{:<28} {:>14.3}   (target < 1)",
-        "agent CPU s / M events", storm.cpu_s_per_million
+        "{:<28} {:>14.3}   (target < 1; handled: delivered, or lost at an output's queue)",
+        "agent CPU s / M handled", storm.cpu_s_per_million
+    );
+    println!(
+        "{:<28} {:>14.3}",
+        "agent CPU s / M delivered", storm.cpu_s_per_million_delivered
     );
     println!(
         "{:<28} {:>14.1}   (target < 64)",
@@ -368,8 +386,10 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
                   "capture_off_rps": http_nocap, "capture_off_median_ratio": http_nocap_ratio },
         "reset_storm": { "seconds": storm.seconds, "generated": storm.generated,
                          "delivered": storm.delivered, "lost": storm.lost,
+                         "lost_by_source": storm.lost_by,
                          "unaccounted": unaccounted,
                          "agent_cpu_s_per_million_events": storm.cpu_s_per_million,
+                         "agent_cpu_s_per_million_delivered": storm.cpu_s_per_million_delivered,
                          "agent_peak_rss_mib": storm.peak_rss_mib },
         "json_latency_ms": { "p50": p50, "p99": p99 },
         "otlp_latency_ms": { "p50": otlp50, "p99": otlp99 },

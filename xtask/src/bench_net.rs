@@ -139,7 +139,14 @@ pub struct Storm {
     pub generated: u64,
     pub delivered: u64,
     pub lost: u64,
+    /// The loss records' counts by source (`ringbuf`, `channel`, an output's name...).
+    pub lost_by: std::collections::BTreeMap<String, u64>,
+    /// Agent CPU per million events it handled: delivered, or lost at an output's queue
+    /// after going through the whole pipeline (not those the ring buffer or the channel lost,
+    /// which it never or barely saw).
     pub cpu_s_per_million: f64,
+    /// The same per million delivered events.
+    pub cpu_s_per_million_delivered: f64,
     pub peak_rss_mib: f64,
 }
 
@@ -175,24 +182,41 @@ pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
         .iter()
         .filter(|(_, l)| on_port(l, port).is_some())
         .count() as u64;
-    let lost: u64 = lines
+    let mut lost_by = std::collections::BTreeMap::new();
+    for v in lines
         .iter()
         .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["kind"] == "loss")
-        .filter_map(|v| v["count"].as_u64())
+    {
+        let source = v["source"].as_str().unwrap_or("unknown").to_owned();
+        *lost_by.entry(source).or_insert(0) += v["count"].as_u64().unwrap_or(0);
+    }
+    let lost = lost_by.values().sum();
+    let at_outputs: u64 = lost_by
+        .iter()
+        .filter(|(source, _)| {
+            !["ringbuf", "channel", "decode", "netlink"].contains(&source.as_str())
+        })
+        .map(|(_, n)| n)
         .sum();
     Ok(Storm {
         seconds,
         generated: 2 * connects.load(Ordering::Relaxed),
         delivered,
         lost,
-        cpu_s_per_million: if delivered > 0 {
-            cpu / (delivered as f64 / 1e6)
-        } else {
-            0.0
-        },
+        lost_by,
+        cpu_s_per_million: per_million(cpu, delivered + at_outputs),
+        cpu_s_per_million_delivered: per_million(cpu, delivered),
         peak_rss_mib: rss,
     })
+}
+
+fn per_million(cpu: f64, events: u64) -> f64 {
+    if events > 0 {
+        cpu / (events as f64 / 1e6)
+    } else {
+        0.0
+    }
 }
 
 /// p50 and p99, in ms, from kernel event time to the moment its JSON line was read.
