@@ -25,11 +25,6 @@ fn received_reset(probe: &mut Probe, port: u16, what: &str) -> Value {
         .unwrap_or_else(|| panic!("{what}"))
 }
 
-/// Sends `head` and returns the client port once the server's reset arrived.
-fn request_answered_by_reset(head: &'static str) -> u16 {
-    exchange(None, head)
-}
-
 /// One connection to a loopback server: optionally a first message and the server's answer,
 /// then `then`, a request the server answers by resetting (SO_LINGER 0). Returns the client
 /// port once the client got the reset.
@@ -78,11 +73,14 @@ fn a_reset_joins_the_trace_of_the_request_it_broke() {
         "--otlp-endpoint",
         &format!("http://{}", receiver.grpc),
     ]);
-    let traced = request_answered_by_reset(concat!(
-        "GET /checkout HTTP/1.1\r\nHost: shop\r\n",
-        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
-    ));
-    let plain = request_answered_by_reset("GET /checkout HTTP/1.1\r\nHost: shop\r\n\r\n");
+    let traced = exchange(
+        None,
+        concat!(
+            "GET /checkout HTTP/1.1\r\nHost: shop\r\n",
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+        ),
+    );
+    let plain = exchange(None, "GET /checkout HTTP/1.1\r\nHost: shop\r\n\r\n");
     let record = received_reset(&mut probe, traced, "the traced reset");
     let server_side = probe
         .wait_for(Duration::from_secs(10), |r| {

@@ -165,22 +165,18 @@ impl super::Stage for DropTotals {
             return Some(event);
         };
         let counted = DropTotals::on_event(self, event.common, *drop, Instant::now());
-        out.extend(cx.kernel_events(counted, |d| Body::PacketDrop(Box::new(d))));
+        out.extend(cx.kernel_events(counted, Body::packet_drop));
         None
     }
     fn pending(&self, now: Instant) -> bool {
         self.active(now)
     }
     fn on_tick(&mut self, now: Instant, cx: &super::Enricher, out: &mut Vec<Record>) {
-        out.extend(
-            cx.kernel_events(self.sweep(now, super::boottime_ns()), |d| {
-                Body::PacketDrop(Box::new(d))
-            }),
-        );
+        out.extend(cx.kernel_events(self.sweep(now, super::boottime_ns()), Body::packet_drop));
     }
     fn drain(&mut self, cx: &super::Enricher, out: &mut Vec<Record>) {
         let tail = self.final_sweep(Instant::now(), super::boottime_ns());
-        out.extend(cx.kernel_events(tail, |d| Body::PacketDrop(Box::new(d))));
+        out.extend(cx.kernel_events(tail, Body::packet_drop));
     }
 }
 

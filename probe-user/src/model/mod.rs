@@ -43,8 +43,8 @@ pub struct Record {
     #[serde(flatten)]
     pub k8s: Option<Box<K8sAttrs>>,
     /// The W3C trace context of the HTTP request last sent on the event's connection.
-    #[serde(flatten)]
     /// Boxed: set on few records, and the record is moved several times on its way out.
+    #[serde(flatten)]
     pub trace: Option<Box<TraceRef>>,
 }
 
@@ -110,6 +110,16 @@ pub enum Body {
 const _: () = assert!(size_of::<Record>() <= 208);
 
 impl Body {
+    /// A packet drop's body (boxed), e.g. for `Enricher::kernel_events`.
+    pub fn packet_drop(d: PacketDrop) -> Self {
+        Self::PacketDrop(Box::new(d))
+    }
+
+    /// A Wasm output line's body (boxed), e.g. for `Enricher::kernel_events`.
+    pub fn wasm_output(w: WasmOutput) -> Self {
+        Self::WasmOutput(Box::new(w))
+    }
+
     /// The `kind` key.
     pub fn kind(&self) -> &'static str {
         match self {

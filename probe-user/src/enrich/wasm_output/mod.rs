@@ -281,13 +281,11 @@ impl super::Stage for WasmAssembler {
             Body::WasmWriteResult(r) => {
                 let lines =
                     self.on_result(&event.common, r.fd, r.result, r.fd_kind, Instant::now());
-                out.extend(cx.kernel_events(lines, |w| Body::WasmOutput(Box::new(w))));
+                out.extend(cx.kernel_events(lines, Body::wasm_output));
             }
             Body::ProcessExit(_) => {
                 if let Some(pid) = event.common.pid {
-                    out.extend(
-                        cx.kernel_events(self.on_exit(pid), |w| Body::WasmOutput(Box::new(w))),
-                    );
+                    out.extend(cx.kernel_events(self.on_exit(pid), Body::wasm_output));
                 }
                 return Some(event);
             }
@@ -299,12 +297,10 @@ impl super::Stage for WasmAssembler {
         self.buffered() > 0
     }
     fn on_tick(&mut self, now: Instant, cx: &super::Enricher, out: &mut Vec<Record>) {
-        out.extend(cx.kernel_events(self.flush_idle(now), |w| Body::WasmOutput(Box::new(w))));
+        out.extend(cx.kernel_events(self.flush_idle(now), Body::wasm_output));
     }
     fn drain(&mut self, cx: &super::Enricher, out: &mut Vec<Record>) {
-        out.extend(cx.kernel_events(WasmAssembler::drain(self), |w| {
-            Body::WasmOutput(Box::new(w))
-        }));
+        out.extend(cx.kernel_events(WasmAssembler::drain(self), Body::wasm_output));
     }
 }
 
