@@ -29,6 +29,11 @@ pub struct HttpRequestEvent {
 }
 const _: () = assert!(size_of::<HttpRequestEvent>() == 56 + 48 + HTTP_HEAD);
 
+/// Bytes of `struct iov_iter` the send hook reads in one go (its type, offset, count and buffer
+/// pointer are in the first 32 bytes on every kernel since 4.x); the loader leaves the layout
+/// absent where a field lies beyond, or an 8-byte field is not 8-byte aligned in it.
+pub const ITER_WINDOW: usize = 48;
+
 /// Offsets for reading the data of a `tcp_sendmsg_locked` call and its socket's addresses,
 /// from BTF; `ABSENT` where the kernel lacks them.
 #[repr(C)]

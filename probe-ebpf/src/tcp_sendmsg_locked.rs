@@ -2,10 +2,11 @@
 //! a plaintext HTTP/1.x request is of interest (its W3C `traceparent` header ties kernel events
 //! on that connection to the request's trace). A connection's first send is read (4 bytes of
 //! the user buffer); later sends only where that first one was a request (`HTTP_SOCKETS`):
-//! on every other socket a send costs one read of `bytes_sent` and one map lookup. A request's
-//! head (up to `HTTP_HEAD` bytes) is scanned here for a `traceparent` header line; it goes to
-//! the agent, which parses it, only when it has one or when the connection's previous request
-//! had one (the agent must then forget that trace). Requests without trace context on
+//! on every other socket a send costs one read of `bytes_sent` and one map lookup. On a
+//! request's connection a send costs three reads (`bytes_sent`, the message's `iov_iter` in one
+//! window, the head itself: up to `HTTP_HEAD` bytes). The head is scanned here for a
+//! `traceparent` header line; it goes to the agent, which parses it, only when it has one or
+//! when the connection's previous request had one (the agent must then forget that trace). Requests without trace context on
 //! connections without it cost the scan and nothing in the agent.
 
 use aya_ebpf::{
@@ -14,7 +15,9 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
-use probe_common::{ABSENT, HDR_NETNS, HTTP_HEAD, HttpRequestEvent, SendLayout, family, kind};
+use probe_common::{
+    ABSENT, HDR_NETNS, HTTP_HEAD, HttpRequestEvent, ITER_WINDOW, SendLayout, family, kind,
+};
 
 use crate::common::{
     EVENTS, TaskContext, clamp_len, count_loss, fill_task, new_header, offsets, read_kernel,
@@ -31,12 +34,15 @@ static HTTP_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0
 const PLAIN: u8 = 1;
 const TRACED: u8 = 2;
 
-/// The head being scanned: its length, then the bytes (a 16-byte tail keeps the 12-byte
-/// compare at the last index in bounds). The length is kept here, not in a register, so
-/// that the verifier leaves the scan with one state, not one per byte where it stopped.
+/// The head being scanned: its length, the send's `iov_iter` window, then the bytes (a 16-byte
+/// tail keeps the 12-byte compare at the last index in bounds). The length is kept here, not
+/// in a register, so that the verifier leaves the scan with one state, not one per byte where
+/// it stopped. The window is here, not on the stack, since its words are picked at load-time
+/// offsets (a variable stack offset is refused by older verifiers; a map value's is not).
 #[repr(C)]
 struct Head {
     len: u64,
+    iter: [u64; ITER_WINDOW / 8],
     data: [u8; HTTP_HEAD + 16],
 }
 
@@ -118,35 +124,43 @@ fn on_send(sk: u64, msg: u64) {
             Some(p) => state = p,
         }
     }
-    let Some((src, count)) = user_data(msg, &l) else {
+    let Some(head) = HEAD.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch buffer is this program's alone while it runs.
+    let head = unsafe { &mut *head };
+    let Some((src, count)) = user_data(msg, &l, &mut head.iter) else {
         return;
     };
     if count < 16 {
         return;
     }
-    // SAFETY: bpf_probe_read_user validates the address.
-    let Ok(first) = (unsafe { bpf_probe_read_user(src as *const u32) }) else {
-        return;
-    };
-    let request = METHODS.contains(&first);
-    if !request {
-        if first_send && first == PROXY {
-            // A full map only forgets its oldest socket: its later requests go unread.
-            let _ = HTTP_SOCKETS.insert(&sk, &PLAIN, 0);
+    if first_send {
+        // Most first sends are no request: 4 bytes tell.
+        // SAFETY: bpf_probe_read_user validates the address.
+        let Ok(first) = (unsafe { bpf_probe_read_user(src as *const u32) }) else {
+            return;
+        };
+        if !METHODS.contains(&first) {
+            if first == PROXY {
+                // A full map only forgets its oldest socket: its later requests go unread.
+                let _ = HTTP_SOCKETS.insert(&sk, &PLAIN, 0);
+            }
+            return;
         }
-        return;
     }
-    let Some(head) = HEAD.get_ptr_mut(0) else {
-        return;
-    };
     let n = clamp_len(count, HTTP_HEAD as u64) as usize;
-    // SAFETY: the per-CPU scratch buffer is this program's alone while it runs.
-    let head = unsafe { &mut *head };
     let Some(dst) = head.data.get_mut(..n) else {
         return;
     };
     // SAFETY: bpf_probe_read_user_buf validates the address.
     if unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.is_err() {
+        return;
+    }
+    // A later send on a request's connection: read at once (one call less per request), the
+    // method checked in the copy.
+    // SAFETY: within `data`, 8-byte aligned in `Head`.
+    if !first_send && !METHODS.contains(&unsafe { *(head.data.as_ptr() as *const u32) }) {
         return;
     }
     // SAFETY: a field of the scratch value; volatile: read back from memory after the scan.
@@ -224,20 +238,28 @@ fn names_traceparent(data: &[u8; HTTP_HEAD + 16], at: usize) -> bool {
     lo | LOWER_8 == TP_LO && hi | LOWER_4 == TP_HI
 }
 
-/// The user buffer and byte count of the send (single-buffer and iovec sends).
+/// The user buffer and byte count of the send (single-buffer and iovec sends). The `iov_iter`
+/// is read in one window into `window` (the loader checked its fields lie in it, the 8-byte
+/// ones aligned).
 #[inline(always)]
-fn user_data(msg: u64, l: &SendLayout) -> Option<(u64, u64)> {
+fn user_data(msg: u64, l: &SendLayout, window: &mut [u64; ITER_WINDOW / 8]) -> Option<(u64, u64)> {
     let iter = msg + u64::from(l.msg_iter);
-    let iter_type = u32::from(read_kernel::<u8>(iter, l.iter_type)?);
-    let offset: u64 = read_kernel(iter, l.iov_offset).unwrap_or(0);
-    let count: u64 = read_kernel(iter, l.count)?;
-    let ptr: u64 = read_kernel(iter, l.iter_ptr)?;
+    // SAFETY: `window` is plain bytes; bpf_probe_read_kernel_buf validates the address.
+    let bytes =
+        unsafe { core::slice::from_raw_parts_mut(window.as_mut_ptr() as *mut u8, ITER_WINDOW) };
+    // SAFETY: bpf_probe_read_kernel_buf validates the address.
+    unsafe { bpf_probe_read_kernel_buf(iter as *const u8, bytes) }.ok()?;
+    let word = |off: u32| window.get(off as usize / 8).copied();
+    let iter_type = (word(l.iter_type)? >> (8 * (l.iter_type % 8))) as u8;
+    let iter_type = u32::from(iter_type);
+    let offset = word(l.iov_offset)?;
+    let count = word(l.count)?;
+    let ptr = word(l.iter_ptr)?;
     if iter_type == l.iter_ubuf {
         Some((ptr + offset, count))
     } else if iter_type == l.iter_iovec {
-        // The first iovec: { iov_base, iov_len } (uapi layout).
-        let base: u64 = read_kernel(ptr, 0)?;
-        let len: u64 = read_kernel(ptr, 8)?;
+        // The first iovec: { iov_base, iov_len } (uapi layout), in one read.
+        let [base, len]: [u64; 2] = read_kernel(ptr, 0)?;
         let len = if len > offset { len - offset } else { 0 };
         Some((base + offset, if len < count { len } else { count }))
     } else {

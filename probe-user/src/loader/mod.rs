@@ -143,6 +143,11 @@ impl Probe {
         let task = btf.as_ref().map_or(TaskOffsets::ABSENT, task_offsets);
         let skb = btf.as_ref().map_or(SkbOffsets::ABSENT, skb_offsets);
         let send = btf.as_ref().map_or(SendLayout::ABSENT, send_layout);
+        if btf.is_some() && send.msg_iter == probe_common::ABSENT {
+            warn!(
+                "this kernel's msghdr/iov_iter layout is not one the send hook reads: requests' traceparent headers will not be seen"
+            );
+        }
         let preempt = if config.avoid_hooks.contains(&hooks::HookKind::PreemptCount) {
             Err("avoided by --avoid-hooks".to_owned())
         } else {

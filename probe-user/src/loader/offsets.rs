@@ -126,7 +126,7 @@ pub fn send_layout(btf: &Btf) -> SendLayout {
         ),
         at => (at, e("ITER_IOVEC").unwrap_or(ABSENT)),
     };
-    SendLayout {
+    let layout = SendLayout {
         msg_iter: m("msghdr", "msg_iter"),
         iter_type,
         iov_offset: m("iov_iter", "iov_offset"),
@@ -143,7 +143,26 @@ pub fn send_layout(btf: &Btf) -> SendLayout {
         skc_v6_daddr: m("sock_common", "skc_v6_daddr"),
         bytes_sent: m("tcp_sock", "bytes_sent"),
         _reserved: 0,
+    };
+    if iter_window_holds(&layout) {
+        layout
+    } else {
+        SendLayout {
+            msg_iter: ABSENT,
+            ..layout
+        }
     }
+}
+
+/// Whether the `iov_iter` fields the send hook reads lie in the window it reads at once
+/// ([`probe_common::ITER_WINDOW`]), the 8-byte ones 8-byte aligned (it reads them as words).
+pub fn iter_window_holds(l: &SendLayout) -> bool {
+    let words = [l.iov_offset, l.iter_ptr, l.count];
+    l.iter_type != ABSENT
+        && (l.iter_type as usize) < probe_common::ITER_WINDOW
+        && words
+            .iter()
+            .all(|&o| o != ABSENT && o % 8 == 0 && o as usize + 8 <= probe_common::ITER_WINDOW)
 }
 
 /// `struct sk_buff` members for the drop hook.
@@ -243,5 +262,48 @@ pub fn write_layout(enter: &Format, exit: Option<&Format>, buf: &str, count: &st
         buf: off(enter.offset(buf)),
         count: off(enter.offset(count)),
         exit_ret: off(exit.and_then(|f| f.offset("ret"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(iter_type: u32, iov_offset: u32, iter_ptr: u32, count: u32) -> SendLayout {
+        SendLayout {
+            msg_iter: 16,
+            iter_type,
+            iov_offset,
+            iter_ptr,
+            count,
+            ..SendLayout::ABSENT
+        }
+    }
+
+    #[test]
+    fn the_iter_window_holds_on_the_kernels_of_the_matrix_and_not_beyond() {
+        // 5.10 (`unsigned int type`), 6.1 (`u8 iter_type`, `iov` before `count`), 6.12 on
+        // (`ubuf` in the union before `count`).
+        assert!(iter_window_holds(&layout(0, 8, 24, 16)));
+        assert!(iter_window_holds(&layout(0, 8, 16, 24)));
+        // A field beyond the window, or unaligned, or missing: not read (the hook then says
+        // nothing rather than read the wrong bytes).
+        assert!(!iter_window_holds(&layout(0, 8, 48, 16)));
+        assert!(!iter_window_holds(&layout(0, 12, 24, 16)));
+        assert!(!iter_window_holds(&layout(0, 8, ABSENT, 16)));
+        assert!(!iter_window_holds(&layout(48, 8, 24, 16)));
+    }
+
+    #[test]
+    fn this_kernels_send_layout_is_complete() {
+        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
+        let Ok(btf) = Btf::from_file(path) else {
+            eprintln!("skipped: no kernel BTF at {}", path.display());
+            return;
+        };
+        let l = send_layout(&btf);
+        assert_ne!(l.msg_iter, ABSENT, "{l:?}");
+        assert!(iter_window_holds(&l), "{l:?}");
+        assert_ne!(l.bytes_sent, ABSENT);
     }
 }
