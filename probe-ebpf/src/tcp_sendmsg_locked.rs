@@ -2,8 +2,8 @@
 //! a plaintext HTTP/1.x request is of interest (its W3C `traceparent` header ties kernel events
 //! on that connection to the request's trace). A connection's first send is read (4 bytes of
 //! the user buffer); later sends only where that first one was a request (`HTTP_SOCKETS`):
-//! on every other socket a send costs one read of `bytes_sent` and one map lookup. On a
-//! request's connection a send costs three reads (`bytes_sent`, the message's `iov_iter` in one
+//! on every other socket a send costs one map lookup and one read of `bytes_sent`. On a
+//! request's connection a send costs the lookup and two reads (the message's `iov_iter` in one
 //! window, the head itself: up to `HTTP_HEAD` bytes). The head is scanned here for a
 //! `traceparent` header line; it goes to the agent, which parses it, only when it has one or
 //! when the connection's previous request had one (the agent must then forget that trace). Requests without trace context on
@@ -113,15 +113,18 @@ fn on_send(sk: u64, msg: u64) {
     if l.msg_iter == ABSENT {
         return;
     }
-    // Not the connection's first send: read on only if that one was a request.
-    let first_send = read_kernel::<u64>(sk, l.bytes_sent).is_none_or(|sent| sent == 0);
-    // The socket's map value, null on its first send (a plain pointer, set on every path:
-    // 5.10's verifier rejects a read of a stack slot one path left unwritten).
+    // A request's connection: read on (`bytes_sent` is not needed). Any other: read on only
+    // on its first send. The socket's map value stays null there (a plain pointer, set on
+    // every path: 5.10's verifier rejects a read of a stack slot one path left unwritten).
     let mut state: *mut u8 = core::ptr::null_mut();
-    if !first_send {
-        match HTTP_SOCKETS.get_ptr_mut(&sk) {
-            None => return,
-            Some(p) => state = p,
+    let mut first_send = false;
+    match HTTP_SOCKETS.get_ptr_mut(&sk) {
+        Some(p) => state = p,
+        None => {
+            if read_kernel::<u64>(sk, l.bytes_sent).is_some_and(|sent| sent != 0) {
+                return;
+            }
+            first_send = true;
         }
     }
     let Some(head) = HEAD.get_ptr_mut(0) else {
@@ -157,8 +160,9 @@ fn on_send(sk: u64, msg: u64) {
     if unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.is_err() {
         return;
     }
-    // A later send on a request's connection: read at once (one call less per request), the
-    // method checked in the copy.
+    // A send on a request's connection: read at once (one call less per request), the
+    // method checked in the copy. (A socket reusing a forgotten one's address gets here on
+    // its first send too: a request is then read as on any first send, anything else left.)
     // SAFETY: within `data`, 8-byte aligned in `Head`.
     if !first_send && !METHODS.contains(&unsafe { *(head.data.as_ptr() as *const u32) }) {
         return;
