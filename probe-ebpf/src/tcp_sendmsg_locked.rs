@@ -6,8 +6,9 @@
 //! request's connection a send costs the lookup and two reads (the message's `iov_iter` in one
 //! window, the head itself: up to `HTTP_HEAD` bytes). The head is scanned here for a
 //! `traceparent` header line; it goes to the agent, which parses it, only when it has one or
-//! when the connection's previous request had one (the agent must then forget that trace). Requests without trace context on
-//! connections without it cost the scan and nothing in the agent.
+//! when the connection's previous request had one (the agent must then forget that trace).
+//! Requests without trace context on connections without it cost the scan and nothing in the
+//! agent.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_buf},
@@ -248,14 +249,14 @@ fn names_traceparent(data: &[u8; HTTP_HEAD + 16], at: usize) -> bool {
 #[inline(always)]
 fn user_data(msg: u64, l: &SendLayout, window: &mut [u64; ITER_WINDOW / 8]) -> Option<(u64, u64)> {
     let iter = msg + u64::from(l.msg_iter);
-    // SAFETY: `window` is plain bytes; bpf_probe_read_kernel_buf validates the address.
+    // SAFETY: the window's ITER_WINDOW bytes, any of whose values is a valid u64.
     let bytes =
         unsafe { core::slice::from_raw_parts_mut(window.as_mut_ptr() as *mut u8, ITER_WINDOW) };
     // SAFETY: bpf_probe_read_kernel_buf validates the address.
     unsafe { bpf_probe_read_kernel_buf(iter as *const u8, bytes) }.ok()?;
     let word = |off: u32| window.get(off as usize / 8).copied();
-    let iter_type = (word(l.iter_type)? >> (8 * (l.iter_type % 8))) as u8;
-    let iter_type = u32::from(iter_type);
+    // The type's byte of its word (little-endian).
+    let iter_type = u32::from((word(l.iter_type)? >> (8 * (l.iter_type % 8))) as u8);
     let offset = word(l.iov_offset)?;
     let count = word(l.count)?;
     let ptr = word(l.iter_ptr)?;

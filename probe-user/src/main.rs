@@ -230,15 +230,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.color.enabled(),
     );
     if let Some((name, inner)) = stdout {
-        let (queued, output, _detached) = export::queued::spawn(
-            name,
-            inner,
-            std::env::var("XQ")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(OUTPUT_QUEUE),
-        )
-        .context("starting the stdout output thread")?;
+        let (queued, output, _detached) = export::queued::spawn(name, inner, OUTPUT_QUEUE)
+            .context("starting the stdout output thread")?;
         sinks.push(Box::new(queued));
         stdout_output = Some(output);
     }
