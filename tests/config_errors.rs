@@ -159,3 +159,121 @@ fn secrets_never_appear_on_any_surface() {
         &records.iter().map(Value::to_string).collect::<String>(),
     );
 }
+
+/// Runs the agent with `args` and `envs`, killing it after 30 s (a config read that blocks
+/// would hang the test otherwise); returns the exit code and stderr.
+fn run_bounded(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = probe_command()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the probe");
+    let stderr = stderr_of(&mut child);
+    let (status, _) = wait_child_exit(&mut child, std::time::Duration::from_secs(30));
+    (status.code(), stderr.join().unwrap_or_default())
+}
+
+#[test]
+fn config_files_are_bounded_and_never_echoed() {
+    let dir = TempDir::new("config-bounds");
+    let fifo = dir.0.join("fifo.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap().to_owned();
+    let big = file(&dir, "big.toml", &"#".repeat(2 << 20));
+    let long_key = file(
+        &dir,
+        "long-key.toml",
+        &format!("{} = 1\n", "k".repeat(200_000)),
+    );
+    let unterminated = file(
+        &dir,
+        "secret.toml",
+        &format!("queue-size = 64\notlp-headers = \"x-api-key={SECRET}\n"),
+    );
+    // Not a regular file: refused before it is opened (a device would be read until the agent
+    // runs out of memory, a FIFO without a writer would block for ever).
+    for (path, what) in [
+        ("/dev/zero", "a character device"),
+        ("/dev/urandom", "a character device"),
+        (fifo.as_str(), "a FIFO"),
+        ("/tmp", "a directory"),
+    ] {
+        let (code, stderr) = run_bounded(&["--config", path, "--print-config"], &[]);
+        assert_eq!(code, Some(2), "{path}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--config {path}: not a regular file ({what})")),
+            "{path}: {stderr}"
+        );
+    }
+    let (code, stderr) = run_bounded(&["--config", &big, "--print-config"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("larger than the 1048576 bytes"), "{stderr}");
+    // A key of 200,000 characters is shown in 64 (the error stays short).
+    let (code, stderr) = run_bounded(&["--config", &long_key, "--print-config"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown key"), "{stderr}");
+    assert!(stderr.len() < 1024, "{} bytes of error", stderr.len());
+    // A syntax error names the file, the line and the key, never the text of the line.
+    let (code, stderr) = run_bounded(&["--config", &unterminated], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--config {unterminated}: not valid TOML at line 2, column"
+        )) && stderr.contains("(key \"otlp-headers\")"),
+        "{stderr}"
+    );
+    assert_clean("a TOML syntax error", &stderr);
+}
+
+#[test]
+fn errors_name_where_the_value_came_from_and_conflicts_exit_2() {
+    let dir = TempDir::new("config-sources");
+    let from_file = file(&dir, "queue.toml", "queue-size = -5\n");
+    for (args, envs, expected) in [
+        (
+            vec!["--print-config"],
+            vec![("PROBE_QUEUE_SIZE", "-5")],
+            "the value came from the environment variable PROBE_QUEUE_SIZE".to_owned(),
+        ),
+        (
+            vec!["--config", from_file.as_str(), "--print-config"],
+            vec![],
+            format!("the value came from key \"queue-size\" of {from_file}"),
+        ),
+        (
+            vec!["--output", "terminal,json"],
+            vec![],
+            "--output: terminal and json both write to stdout".to_owned(),
+        ),
+        (
+            vec!["--print-config"],
+            vec![("PROBE_OUTPUT", "json,terminal")],
+            "--output: terminal and json both write to stdout".to_owned(),
+        ),
+        (
+            vec!["--print-config", "--check-kernel"],
+            vec![],
+            "'--print-config' cannot be used with '--check-kernel'".to_owned(),
+        ),
+        (
+            vec!["--print-requirements"],
+            vec![("PROBE_CHECK_KERNEL", "true")],
+            "cannot be used with".to_owned(),
+        ),
+    ] {
+        let (code, stderr) = run_bounded(&args, &envs);
+        assert_eq!(code, Some(2), "{args:?} {envs:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{args:?} {envs:?}: {stderr}");
+    }
+    // On the command line, the flag is the source: no tip.
+    let (code, stderr) = run_bounded(&["--queue-size", "-5", "--print-config"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(!stderr.contains("came from"), "{stderr}");
+}

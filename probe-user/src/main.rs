@@ -38,8 +38,6 @@ use crate::{
 
 /// Core signals held at once while waiting for their target's exit.
 const CORE_JOIN_CAPACITY: usize = 4096;
-/// A partial Wasm output line goes out after this long without more output.
-const WASM_LINE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Records waiting for the stdout output's thread at most (about 1 KiB each).
 const OUTPUT_QUEUE: usize = 8192;
 /// Expired conntrack flows held at once while waiting for a follow-up.
@@ -113,11 +111,6 @@ fn init_logging(cli: &Cli) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.output.contains(&Output::Json) && cli.output.contains(&Output::Terminal) {
-        bail!(
-            "--output: terminal and json both write to stdout; choose one (otlp combines with either)"
-        );
-    }
     let sink_names = cli
         .output
         .iter()
@@ -129,7 +122,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The endpoints come up first, so a failing load is visible in /health/status too.
     let (http, listening) = match cli.http_addr.0 {
         Some(addr) => {
-            let (local, done) = status::http::spawn(addr, state.clone(), stop_rx.clone())?;
+            let limits = status::http::Limits {
+                max: cli.http_max_connections as usize,
+                idle: cli.http_idle_timeout,
+                header: cli
+                    .http_idle_timeout
+                    .min(std::time::Duration::from_secs(10)),
+            };
+            let (local, done) = status::http::spawn(addr, limits, state.clone(), stop_rx.clone())?;
             info!(
                 "http: listening on {local} (/health/live, /health/ready, /health/status, /metrics)"
             );
@@ -284,7 +284,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             own_skipped: state.metrics.own_traffic_skipped.clone(),
             http_requests: state.metrics.http_requests.clone(),
             wasm_runtimes: cli.wasm_runtimes.names(),
-            wasm_line_idle: WASM_LINE_IDLE,
+            wasm_line_idle: cli.wasm_line_idle,
+            wasm_line_max: cli.wasm_line_max_bytes as usize,
             core_wait: cli.core_wait,
             core_join_capacity: CORE_JOIN_CAPACITY,
             flows: CONNTRACK_FLOWS,

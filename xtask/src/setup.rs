@@ -176,6 +176,8 @@ pub fn test_peers(target_dir: &Path) -> Result<std::path::PathBuf> {
     .context("installing containerd, runc and the CNI plugins for the pod tests")?;
     // The CA and server certificate of the OTLP-over-TLS tests.
     apt_install(&["openssl"]).context("installing openssl for the OTLP TLS tests")?;
+    // What the kernel says is attached, beside what the agent reports (http_endpoints).
+    apt_install(&["bpftool"]).context("installing bpftool for the attachment tests")?;
     let dir = target_dir.join("test-peers").join("wasmtime");
     let bin = dir.join("wasmtime_cli").join("wasmtime");
     if !bin.is_file() {

@@ -166,6 +166,19 @@ pub struct Cli {
           value_parser = parse_runtime_list)]
     pub wasm_runtimes: Runtimes,
 
+    /// The most bytes of one Wasm output record: a longer line (or output without newlines)
+    /// goes out in records of this size marked `partial` (as CRI logs split at 16 KiB);
+    /// 64 to 1048576.
+    #[arg(long, env = "PROBE_WASM_LINE_MAX_BYTES", default_value_t = 16384, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub wasm_line_max_bytes: u32,
+
+    /// A Wasm output line without its newline goes out (marked `partial`) after this long
+    /// without more output from that stream; 10ms to 1m.
+    #[arg(long, env = "PROBE_WASM_LINE_IDLE", allow_hyphen_values = true, default_value = "500ms",
+          value_parser = duration_between(ms(10), secs(60)))]
+    pub wasm_line_idle: Duration,
+
     /// Watch conntrack expiries and settings in the agent's own network namespace (the host's
     /// in a hostNetwork DaemonSet).
     #[arg(long, env = "PROBE_CONNTRACK", default_value_t = true, action = clap::ArgAction::Set)]
@@ -256,16 +269,32 @@ pub struct Cli {
           value_parser = parse_http_addr)]
     pub http_addr: HttpAddr,
 
+    /// Connections to the endpoints open at once at most; at the cap the connection idle the
+    /// longest is closed to serve a new one (a health probe is always answered); 4 to 4096.
+    #[arg(long, env = "PROBE_HTTP_MAX_CONNECTIONS", default_value_t = 128, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(4..=4096))]
+    pub http_max_connections: u32,
+
+    /// An endpoint connection that moves no byte for this long is closed; a request head must
+    /// arrive within it too (at most 10s); 100ms to 1h.
+    #[arg(long, env = "PROBE_HTTP_IDLE_TIMEOUT", allow_hyphen_values = true, default_value = "60s",
+          value_parser = duration_between(ms(100), secs(3600)))]
+    pub http_idle_timeout: Duration,
+
     /// TOML file with any of these flags as keys (e.g. mounted from a ConfigMap).
     #[arg(long, env = "PROBE_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Print the effective configuration as JSON and exit.
-    #[arg(long, env = "PROBE_PRINT_CONFIG")]
+    #[arg(long, env = "PROBE_PRINT_CONFIG", conflicts_with_all = ["print_requirements", "check_kernel"])]
     pub print_config: bool,
 
     /// Print what the agent needs from its host (paths, API resources) as JSON and exit.
-    #[arg(long, env = "PROBE_PRINT_REQUIREMENTS")]
+    #[arg(
+        long,
+        env = "PROBE_PRINT_REQUIREMENTS",
+        conflicts_with = "check_kernel"
+    )]
     pub print_requirements: bool,
 
     /// Load and attach every program, print which hook serves each capability on this kernel
@@ -305,6 +334,46 @@ fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
         .map_err(|e| format!("{e} (expected HOST:PORT such as 0.0.0.0:9464, or none)"))
 }
 
+/// Adds to a value error where the value came from when it was not the command line: the
+/// environment variable, or the config file's key (clap names only the flag).
+fn attribute(mut e: clap::Error, args: &[OsString], file: Option<&std::path::Path>) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(invalid)) = e.get(ContextKind::InvalidArg) else {
+        return e;
+    };
+    let Some(long) = invalid
+        .strip_prefix("--")
+        .and_then(|s| s.split([' ', '=']).next())
+        .map(str::to_owned)
+    else {
+        return e;
+    };
+    let on_command_line = args.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+    });
+    if on_command_line {
+        return e;
+    }
+    let command = Cli::command();
+    let env = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long.as_str()))
+        .and_then(|a| a.get_env())
+        .filter(|var| std::env::var_os(var).is_some())
+        .map(|var| var.to_string_lossy().into_owned());
+    let from = match (env, file) {
+        (Some(var), _) => format!("the value came from the environment variable {var}"),
+        (None, Some(path)) => format!("the value came from key {long:?} of {}", path.display()),
+        (None, None) => return e,
+    };
+    e.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![from.into()]),
+    );
+    e
+}
+
 /// An error in the configuration: the message names the flag or key; exit status 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -312,34 +381,51 @@ pub struct ConfigError(pub String);
 
 impl Cli {
     /// Parses the command line and environment, then fills what is still at its default from
-    /// the `--config` file.
+    /// the `--config` file. Every error exits with status 2 and names where the bad value came
+    /// from: the flag, the environment variable, or the file and its key.
     pub fn load(args: Vec<OsString>) -> Result<Self, clap::Error> {
-        let matches = Self::command().try_get_matches_from(&args)?;
-        let cli = Self::from_arg_matches(&matches)?;
+        let matches = Self::command()
+            .try_get_matches_from(&args)
+            .map_err(|e| attribute(e, &args, None))?;
+        let cli = Self::from_arg_matches(&matches).map_err(|e| attribute(e, &args, None))?;
         let Some(path) = cli.config.clone() else {
-            return Ok(cli);
+            return cli.checked();
         };
         let file = file::read_config_file(&path)
             .map_err(|e| Self::command().error(clap::error::ErrorKind::Io, e.to_string()))?;
         let mut extra = Vec::new();
         let command = Self::command();
-        for (key, value) in file {
+        for (key, value) in &file {
             let arg = command
                 .get_arguments()
                 .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
                 .ok_or_else(|| {
                     Self::command().error(
                         clap::error::ErrorKind::UnknownArgument,
-                        format!("{}: unknown key {key:?}", path.display()),
+                        format!("{}: unknown key {:?}", path.display(), file::shown(key)),
                     )
                 })?;
             if matches.value_source(arg.get_id().as_str()) == Some(ValueSource::DefaultValue) {
                 extra.push(OsString::from(format!("--{key}={value}")));
             }
         }
-        let mut all = args;
+        let mut all = args.clone();
         all.extend(extra);
         Self::try_parse_from(all)
+            .map_err(|e| attribute(e, &args, Some(&path)))?
+            .checked()
+    }
+
+    /// What no single flag's parser can see: conflicting values of different flags.
+    fn checked(self) -> Result<Self, clap::Error> {
+        if self.output.contains(&Output::Json) && self.output.contains(&Output::Terminal) {
+            return Err(Self::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--output: terminal and json both write to stdout; choose one (otlp combines \
+                 with either)",
+            ));
+        }
+        Ok(self)
     }
 
     /// The effective configuration, as `--print-config` and /health/status show it.
@@ -369,6 +455,8 @@ impl Cli {
             "core-wait": humantime::format_duration(self.core_wait).to_string(),
             "capture-bytes": self.capture_bytes,
             "wasm-runtimes": self.wasm_runtimes.names(),
+            "wasm-line-max-bytes": self.wasm_line_max_bytes,
+            "wasm-line-idle": humantime::format_duration(self.wasm_line_idle).to_string(),
             "conntrack": self.conntrack,
             "conntrack-netns": self.conntrack_netns,
             "conntrack-settings-interval": humantime::format_duration(self.conntrack_settings_interval).to_string(),
@@ -385,6 +473,8 @@ impl Cli {
             "log-level": self.log_level,
             "log-format": format!("{:?}", self.log_format).to_lowercase(),
             "http-addr": self.http_addr.0.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+            "http-max-connections": self.http_max_connections,
+            "http-idle-timeout": humantime::format_duration(self.http_idle_timeout).to_string(),
             "config": self.config,
         })
     }

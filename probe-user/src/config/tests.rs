@@ -167,3 +167,38 @@ fn secrets_stay_out_of_errors_config_and_debug() {
         serde_json::json!(["authorization=<redacted>", "x-team=<redacted>"])
     );
 }
+
+#[test]
+fn file_errors_name_line_and_key_never_the_text() {
+    let f = file("queue-size = 1\n\notlp-headers = \"x-api-key=hunter2\nsignals = 1\n");
+    let e = load(&["probe", "--config", f.arg()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not valid TOML at line 3, column") && e.contains("(key \"otlp-headers\")"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+    let f = file(&format!("{} = 1\n", "k".repeat(500)));
+    let e = load(&["probe", "--config", f.arg()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("unknown key \"{}…\"", "k".repeat(64))),
+        "{e}"
+    );
+    assert!(e.len() < 400, "{e}");
+}
+
+#[test]
+fn conflicting_outputs_and_actions_are_usage_errors() {
+    for args in [
+        &["probe", "--output", "terminal,json"][..],
+        &["probe", "--print-config", "--check-kernel"],
+        &["probe", "--print-requirements", "--check-kernel"],
+        &["probe", "--print-config", "--print-requirements"],
+    ] {
+        let e = load(args).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+    }
+}

@@ -61,6 +61,8 @@ pub struct StageConfig {
     pub http_requests: prometheus_client::metrics::counter::Counter,
     pub wasm_runtimes: Vec<String>,
     pub wasm_line_idle: std::time::Duration,
+    /// The most bytes of one Wasm output record.
+    pub wasm_line_max: usize,
     pub core_wait: std::time::Duration,
     pub core_join_capacity: usize,
     /// Connections whose request context is kept.
@@ -90,6 +92,7 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
     stages.push(Box::new(wasm_output::WasmAssembler::new(
         c.wasm_runtimes,
         c.wasm_line_idle,
+        c.wasm_line_max,
         wasm_output::proc_fd_resolver(),
     )));
     stages.push(Box::new(core_signal::CoreJoin::new(

@@ -196,6 +196,7 @@ pub(crate) mod tests {
             runtime: "wasmtime".into(),
             text: "héllo".into(),
             data_b64: None,
+            partial: true,
             truncated: true,
             write_result: Some(6),
             fd_target: Some("pipe".into()),

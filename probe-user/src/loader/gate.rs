@@ -172,10 +172,19 @@ impl GateThread {
     }
 }
 
-/// The gauges the gate keeps: attached (0/1) and attaches.
+/// The gauges the gate keeps: attached (0/1) and attaches; and the agent's program reports,
+/// which follow every attach and detach (`probe_program_attached`, /health/status).
 pub struct GateMetrics {
     pub attached: Gauge,
     pub attaches: Counter,
+    pub state: Arc<crate::status::AgentState>,
+}
+
+impl GateMetrics {
+    fn set(&self, programs: &[&str], attached: bool) {
+        self.attached.set(i64::from(attached));
+        self.state.set_on_demand(programs, attached);
+    }
 }
 
 /// Runs the gate: `wasm_cgroups` is the number of Wasm pod cgroups the agent captures.
@@ -194,12 +203,12 @@ pub fn spawn(
         r.programs = gate.programs.iter().map(|(name, _)| *name).collect();
         if gate.any_selected_pid() || wasm_cgroups.load(Ordering::Relaxed) > 0 {
             r.state = "attached";
-            metrics.attached.set(1);
+            metrics.set(&r.programs, true);
             wanted_at = Some(Instant::now());
         } else {
             gate.detach();
             r.state = "detached";
-            metrics.attached.set(0);
+            metrics.set(&r.programs, false);
         }
     }
     let thread = std::thread::Builder::new()
@@ -220,7 +229,7 @@ pub fn spawn(
                             r.attaches += 1;
                             r.state = "attached";
                             r.error = None;
-                            metrics.attached.set(1);
+                            metrics.set(&r.programs, true);
                             metrics.attaches.inc();
                             match exec {
                                 Some(at) => {
@@ -248,11 +257,13 @@ pub fn spawn(
                     gate.detach();
                     r.detaches += 1;
                     r.state = "detached";
-                    metrics.attached.set(0);
+                    metrics.set(&r.programs, false);
                     info!("write hooks detached: no Wasm runtime or pod left on the node");
                 }
             }
             gate.detach();
+            let programs: Vec<&str> = gate.programs.iter().map(|(name, _)| *name).collect();
+            metrics.set(&programs, false);
             info!("write gate stopped");
         })?;
     Ok(GateThread {
@@ -287,7 +298,7 @@ fn wait_for_selection(gate: &mut WriteGate) -> Option<u64> {
 /// `wasm_cgroups` is the number of Wasm pod cgroups the agent captures (kept by the pipeline).
 pub fn start(
     probe: &mut super::Probe,
-    state: &crate::status::AgentState,
+    state: &Arc<crate::status::AgentState>,
     wasm_cgroups: Arc<AtomicUsize>,
 ) -> Option<GateThread> {
     let gate = match probe.write_gate() {
@@ -303,6 +314,7 @@ pub fn start(
     let metrics = GateMetrics {
         attached: state.metrics.write_hooks_attached.clone(),
         attaches: state.metrics.write_hooks_attaches.clone(),
+        state: state.clone(),
     };
     match spawn(gate, wasm_cgroups, status, metrics) {
         Ok(thread) => Some(thread),

@@ -17,6 +17,7 @@ impl Probe {
                 program: p.program.into(),
                 hook: p.hook.clone(),
                 attached: p.result.is_ok(),
+                on_demand: false,
                 error: p.result.clone().err(),
             })
             .collect()

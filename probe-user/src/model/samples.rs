@@ -131,6 +131,7 @@ pub fn wasm() -> Record {
         runtime: "wasmtime".into(),
         text: "hi".into(),
         data_b64: None,
+        partial: false,
         truncated: false,
         write_result: Some(3),
         fd_target: Some("pipe".into()),

@@ -27,6 +27,10 @@ pub struct WasmOutput {
     pub text: String,
     /// The raw bytes, base64, only when they are not valid UTF-8.
     pub data_b64: Option<String>,
+    /// The line went out without its newline: at `--wasm-line-max-bytes` (its next bytes
+    /// follow in the next record), after `--wasm-line-idle` without more output, at the
+    /// process's exit, or truncated.
+    pub partial: bool,
     /// Bytes of the write beyond the capture cap are missing.
     pub truncated: bool,
     /// Result of the (last) write that carried the line: bytes written, or -errno.
@@ -81,7 +85,13 @@ impl Describe for WasmOutput {
                 self.runtime,
                 self.fd_target.as_deref().unwrap_or("-"),
                 opt(&self.write_result),
-                if self.truncated { " TRUNCATED" } else { "" },
+                if self.truncated {
+                    " TRUNCATED"
+                } else if self.partial {
+                    " PARTIAL"
+                } else {
+                    ""
+                },
                 self.text,
             ),
         }
@@ -106,6 +116,7 @@ impl Describe for WasmOutput {
     fn attributes(&self, a: &mut Attrs) {
         a.str("log.iostream", self.stream.name());
         a.str("probe.runtime", &self.runtime);
+        a.push("probe.partial", super::AttrValue::Bool(self.partial));
         a.push("probe.truncated", super::AttrValue::Bool(self.truncated));
         if let Some(r) = self.write_result {
             a.signed("probe.write_result", r);

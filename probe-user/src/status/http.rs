@@ -21,6 +21,7 @@ use tokio::{
 };
 
 use super::AgentState;
+pub use super::http_conn::Limits;
 
 #[derive(Debug, Error)]
 pub enum HttpError {
@@ -29,8 +30,6 @@ pub enum HttpError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("serving HTTP: {0}")]
-    Serve(#[source] std::io::Error),
     #[error("starting the HTTP thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -40,6 +39,7 @@ pub enum HttpError {
 /// consumer's turn). Returns the bound address and a receiver of the server's end.
 pub fn spawn(
     addr: SocketAddr,
+    limits: Limits,
     state: Arc<AgentState>,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, oneshot::Receiver<Result<(), HttpError>>), HttpError> {
@@ -59,7 +59,7 @@ pub fn spawn(
                 }
             };
             runtime.block_on(async move {
-                match bind(addr, state, stop).await {
+                match bind(addr, limits, state, stop).await {
                     Ok((local, serve)) => {
                         let _ = bound_tx.send(Ok(local));
                         let _ = done_tx.send(serve.await);
@@ -128,8 +128,9 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
 /// Binds `addr` (errors name the flag) and returns the bound address and the server future.
 async fn bind(
     addr: SocketAddr,
+    limits: Limits,
     state: Arc<AgentState>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), HttpError>>), HttpError> {
     let listener = match TcpListener::bind(addr).await {
         // `[::]` (every address, both families) on a node booted with IPv6 disabled: every
@@ -151,16 +152,10 @@ async fn bind(
     let local = listener
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;
+    let metrics = state.metrics.http_connections.clone();
     let serve = async move {
-        axum::serve(
-            listener,
-            router(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(HttpError::Serve)
+        super::http_conn::serve(listener, router(state), limits, metrics, stop).await;
+        Ok(())
     };
     Ok((local, serve))
 }

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub write_hooks_attaches: Counter,
     otlp_exported: Family<SignalLabel, Counter>,
     otlp_dropped: Family<SignalLabel, Counter>,
+    /// The HTTP endpoint's connections: open, closed for idling, evicted at the cap.
+    pub http_connections: super::http_conn::ConnMetrics,
 }
 
 impl Metrics {
@@ -150,8 +152,25 @@ impl Metrics {
             "Spans and log records dropped (queue full while the collector was down or slow)",
             otlp_dropped.clone(),
         );
+        let http_connections = super::http_conn::ConnMetrics::default();
+        registry.register(
+            "http_connections",
+            "Open connections to these endpoints",
+            http_connections.open.clone(),
+        );
+        registry.register(
+            "http_connections_closed_idle",
+            "Connections to these endpoints closed after --http-idle-timeout without a byte",
+            http_connections.closed_idle.clone(),
+        );
+        registry.register(
+            "http_connections_evicted",
+            "Connections closed at --http-max-connections (the one idle the longest) to serve a new one",
+            http_connections.evicted.clone(),
+        );
         Self {
             registry,
+            http_connections,
             otlp_exported,
             otlp_dropped,
             conntrack_flows_evicted,

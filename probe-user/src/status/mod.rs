@@ -3,6 +3,7 @@
 //! `http.rs` as health checks, a JSON status document and Prometheus metrics.
 
 pub mod http;
+mod http_conn;
 mod metrics;
 
 pub use self::metrics::{CapabilityLabel, KindLabel, LossLabel, Metrics, ProgramLabel};
@@ -48,7 +49,11 @@ pub struct CapabilityReport {
 pub struct ProgramReport {
     pub program: String,
     pub hook: String,
+    /// Whether the program is attached in the kernel now (the write gate's programs come and
+    /// go with the Wasm runtimes on the node).
     pub attached: bool,
+    /// Attached only while something needs it (the write gate's programs).
+    pub on_demand: bool,
     pub error: Option<String>,
 }
 
@@ -119,6 +124,25 @@ impl AgentState {
                 .set(i64::from(r.attached));
         }
         *self.programs.lock().unwrap_or_else(|e| e.into_inner()) = reports;
+    }
+
+    /// The write gate attached or detached `programs`: their reports and gauges follow.
+    pub fn set_on_demand(&self, programs: &[&str], attached: bool) {
+        let mut reports = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        for r in reports
+            .iter_mut()
+            .filter(|r| programs.contains(&r.program.as_str()))
+        {
+            r.on_demand = true;
+            r.attached = attached;
+            self.metrics
+                .program_attached
+                .get_or_create(&ProgramLabel {
+                    program: r.program.clone(),
+                    hook: r.hook.clone(),
+                })
+                .set(i64::from(attached));
+        }
     }
 
     pub fn set_capabilities(&self, reports: Vec<CapabilityReport>) {

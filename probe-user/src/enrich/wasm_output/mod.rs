@@ -1,7 +1,11 @@
 //! Reassembles what Wasm runtimes write into lines per (process, stream). Chunks of a write
-//! wait for its result (bytes written or -errno); complete lines go out at once, a partial
-//! line after `idle` without more output or when the process exits. Bytes stay exact: valid
-//! UTF-8 as text, anything else losslessly escaped with the raw bytes in base64.
+//! wait for its result (bytes written or -errno); complete lines go out at once. A line never
+//! holds more than `line_max` bytes: at the cap its bytes so far go out as a `partial` record
+//! (as the CRI log format splits lines at 16 KiB), cut on a UTF-8 boundary, and so does a
+//! line without its newline after `idle` without more output or when the process exits. A
+//! runtime that writes without newlines therefore costs at most `line_max` bytes per stream.
+//! Bytes stay exact: valid UTF-8 as text, anything else losslessly escaped with the raw bytes
+//! in base64.
 
 use std::{
     collections::HashMap,
@@ -36,6 +40,8 @@ struct Line {
 pub struct WasmAssembler {
     runtimes: Vec<String>,
     idle: Duration,
+    /// The most bytes a line record carries (at least 4: a UTF-8 character fits).
+    line_max: usize,
     resolve: FdResolver,
     /// Writes waiting for their result, by thread id.
     inflight: HashMap<u32, Pending>,
@@ -51,10 +57,16 @@ fn stream_of(fd: u32) -> Stream {
 }
 
 impl WasmAssembler {
-    pub fn new(runtimes: Vec<String>, idle: Duration, resolve: FdResolver) -> Self {
+    pub fn new(
+        runtimes: Vec<String>,
+        idle: Duration,
+        line_max: usize,
+        resolve: FdResolver,
+    ) -> Self {
         Self {
             runtimes,
             idle,
+            line_max: line_max.max(4),
             resolve,
             inflight: HashMap::new(),
             lines: HashMap::new(),
@@ -93,7 +105,9 @@ impl WasmAssembler {
             self.lines.insert((pid, chunk.fd), line);
         }
         match self.inflight.get_mut(&tid) {
-            Some(p) if p.write.fd == chunk.fd => {
+            // A later chunk of the same write (a chunk at offset 0 starts a new write: the
+            // older one's result was lost, and its bytes are not kept growing).
+            Some(p) if p.write.fd == chunk.fd && chunk.offset != 0 => {
                 p.write.data.extend_from_slice(&chunk.data);
                 p.write.truncated |= chunk.truncated;
                 p.write.unreadable |= chunk.unreadable;
@@ -148,19 +162,17 @@ impl WasmAssembler {
         }
         line.last_seen = now;
         let mut out = Vec::new();
-        if write.truncated {
-            // The bytes after the cap are missing: the line cannot be completed.
-            line.buf.extend_from_slice(&data);
-            out.push(emit(line, fd, true));
-            return out;
-        }
         let mut rest = data.as_slice();
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            line.buf.extend_from_slice(&rest[..nl]);
-            out.push(emit(line, fd, false));
+            append(line, fd, &rest[..nl], self.line_max, &mut out);
+            out.push(emit(line, fd, Ending::Newline));
             rest = &rest[nl + 1..];
         }
-        line.buf.extend_from_slice(rest);
+        append(line, fd, rest, self.line_max, &mut out);
+        if write.truncated {
+            // The bytes after the capture cap are missing: the line cannot be completed.
+            out.push(emit(line, fd, Ending::Truncated));
+        }
         out
     }
 
@@ -170,7 +182,7 @@ impl WasmAssembler {
         self.lines
             .iter_mut()
             .filter(|(_, l)| !l.buf.is_empty() && now.duration_since(l.last_seen) >= idle)
-            .map(|((_, fd), l)| emit(l, *fd, false))
+            .map(|((_, fd), l)| emit(l, *fd, Ending::Partial))
             .collect()
     }
 
@@ -188,7 +200,7 @@ impl WasmAssembler {
             if let Some(mut line) = self.lines.remove(&key)
                 && !line.buf.is_empty()
             {
-                out.push(emit(&mut line, key.1, false));
+                out.push(emit(&mut line, key.1, Ending::Partial));
             }
         }
         out
@@ -201,7 +213,62 @@ impl WasmAssembler {
     }
 }
 
-fn emit(line: &mut Line, fd: u32, truncated: bool) -> (Common, WasmOutput) {
+/// How a line record ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// At its newline: a whole line.
+    Newline,
+    /// Without its newline (the size cap, idle, the process's exit): more may follow.
+    Partial,
+    /// The write's bytes beyond the capture cap are missing.
+    Truncated,
+}
+
+/// Adds a newline-free segment to the line; every time the line would pass `max` bytes, what
+/// it holds goes out as a partial record (cut before a character the cap would split).
+fn append(
+    line: &mut Line,
+    fd: u32,
+    mut bytes: &[u8],
+    max: usize,
+    out: &mut Vec<(Common, WasmOutput)>,
+) {
+    loop {
+        let room = max.saturating_sub(line.buf.len());
+        if bytes.len() <= room {
+            line.buf.extend_from_slice(bytes);
+            return;
+        }
+        line.buf.extend_from_slice(&bytes[..room]);
+        bytes = &bytes[room..];
+        let carry = line.buf.split_off(utf8_cut(&line.buf));
+        out.push(emit(line, fd, Ending::Partial));
+        line.buf = carry;
+    }
+}
+
+/// Where to cut `buf` so that a UTF-8 character is not split: before an incomplete sequence
+/// at its end (at most 3 bytes), else at its end (bytes that are not UTF-8 are cut anywhere).
+fn utf8_cut(buf: &[u8]) -> usize {
+    let len = buf.len();
+    for back in 1..=3.min(len) {
+        let at = len - back;
+        let b = buf[at];
+        if b & 0xc0 == 0x80 {
+            continue;
+        }
+        let need = match b {
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => 1,
+        };
+        return if need > back && at > 0 { at } else { len };
+    }
+    len
+}
+
+fn emit(line: &mut Line, fd: u32, ending: Ending) -> (Common, WasmOutput) {
     let bytes = std::mem::take(&mut line.buf);
     let (text, data_b64) = render(&bytes);
     (
@@ -211,7 +278,8 @@ fn emit(line: &mut Line, fd: u32, truncated: bool) -> (Common, WasmOutput) {
             runtime: line.runtime.clone(),
             text,
             data_b64,
-            truncated,
+            partial: ending != Ending::Newline,
+            truncated: ending == Ending::Truncated,
             write_result: line.last_result,
             fd_target: line.fd_target.clone(),
         },

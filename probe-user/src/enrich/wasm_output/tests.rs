@@ -23,10 +23,13 @@ fn chunk(fd: u32, data: &[u8], truncated: bool) -> WasmWrite {
     }
 }
 
+const LINE_MAX: usize = 16;
+
 fn assembler() -> WasmAssembler {
     WasmAssembler::new(
         vec!["wasmedge".into(), "wasmtime".into()],
         Duration::from_millis(500),
+        LINE_MAX,
         Box::new(|_, fd| {
             Some(if fd == 1 {
                 "pipe".into()
@@ -59,7 +62,13 @@ fn lines_across_writes_and_chunks() {
     assert_eq!(write(&mut a, 1, b"lo\n\nwor", t), vec!["hello", ""]);
     // Two chunks of one write.
     a.on_chunk(common(10, 11), chunk(1, b"ld\nx", false));
-    a.on_chunk(common(10, 11), chunk(1, b"y\n", false));
+    a.on_chunk(
+        common(10, 11),
+        WasmWrite {
+            offset: 4,
+            ..chunk(1, b"y\n", false)
+        },
+    );
     let out = a.on_result(&common(10, 11), 1, 6, Some("pipe"), t);
     let texts: Vec<&str> = out.iter().map(|(_, o)| o.text.as_str()).collect();
     assert_eq!(texts, ["world", "xy"]);
@@ -108,6 +117,7 @@ fn partial_lines_flush_after_idle_and_at_exit() {
     assert!(a.flush_idle(t + Duration::from_millis(100)).is_empty());
     let out = a.flush_idle(t + Duration::from_millis(500));
     assert_eq!(out[0].1.text, "prompt> ");
+    assert!(out[0].1.partial);
     assert!(
         a.flush_idle(t + Duration::from_secs(5)).is_empty(),
         "flushed once"
@@ -126,7 +136,90 @@ fn truncated_writes_are_flagged() {
     let out = a.on_result(&common(10, 11), 1, 100_000, Some("pipe"), Instant::now());
     assert_eq!(out.len(), 1);
     assert!(out[0].1.truncated);
+    assert!(out[0].1.partial);
     assert_eq!(out[0].1.text, "abc");
+    // Whole lines of a truncated write go out as lines; what follows the last newline is the
+    // truncated rest (empty when the cap fell right after a newline).
+    a.on_chunk(common(10, 11), chunk(1, b"one\ntw", true));
+    let out = a.on_result(&common(10, 11), 1, 100_000, Some("pipe"), Instant::now());
+    let got: Vec<(&str, bool, bool)> = out
+        .iter()
+        .map(|(_, o)| (o.text.as_str(), o.partial, o.truncated))
+        .collect();
+    assert_eq!(got, [("one", false, false), ("tw", true, true)]);
+}
+
+/// (text, partial) of every record `bytes` written in one write make.
+fn records(a: &mut WasmAssembler, bytes: &[u8]) -> Vec<(String, bool)> {
+    a.on_chunk(common(10, 11), chunk(1, bytes, false));
+    a.on_result(
+        &common(10, 11),
+        1,
+        bytes.len() as i64,
+        Some("pipe"),
+        Instant::now(),
+    )
+    .into_iter()
+    .map(|(_, o)| (o.text, o.partial))
+    .collect()
+}
+
+#[test]
+fn output_without_newlines_goes_out_in_capped_partial_records() {
+    let mut a = assembler();
+    // 40 bytes without a newline: two full records of 16, 8 bytes held.
+    let out = records(&mut a, &[b'a'; 40]);
+    assert_eq!(
+        out,
+        [("a".repeat(16), true), ("a".repeat(16), true)],
+        "records at the cap"
+    );
+    assert_eq!(a.buffered(), 1);
+    // Exactly the cap before a newline is one whole line, not a partial and an empty one.
+    let out = records(&mut a, b"bbbbbbbb\n");
+    assert_eq!(out, [(format!("{}bbbbbbbb", "a".repeat(8)), false)]);
+    assert_eq!(
+        records(&mut a, b"cccccccccccccccc\n"),
+        [("c".repeat(16), false)]
+    );
+    // Held bytes never exceed the cap, however much arrives.
+    let out = records(&mut a, &[b'z'; 16 * 1000 + 5]);
+    assert_eq!(out.len(), 1000);
+    assert!(out.iter().all(|(t, p)| t.len() == 16 && *p));
+    let rest = a.flush_idle(Instant::now() + Duration::from_secs(1));
+    assert_eq!(rest[0].1.text, "zzzzz");
+}
+
+#[test]
+fn the_cap_never_splits_a_character() {
+    let mut a = assembler();
+    // 14 ASCII bytes, then a 3-byte character across the 16-byte cap.
+    let mut bytes = b"xxxxxxxxxxxxxx".to_vec();
+    bytes.extend_from_slice("✓✓".as_bytes());
+    bytes.push(b'\n');
+    let out = records(&mut a, &bytes);
+    assert_eq!(
+        out,
+        [
+            ("xxxxxxxxxxxxxx".to_owned(), true),
+            ("✓✓".to_owned(), false)
+        ]
+    );
+    // Bytes that are not UTF-8 are cut at the cap and stay exact (escaped, base64).
+    let out = records(&mut a, &[0xffu8; 20]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, "\\xff".repeat(16));
+}
+
+#[test]
+fn a_new_write_never_grows_a_write_whose_result_was_lost() {
+    let mut a = assembler();
+    a.on_chunk(common(10, 11), chunk(1, b"lost write\n", false));
+    // Its result never arrives; the next write of the thread starts at offset 0.
+    a.on_chunk(common(10, 11), chunk(1, b"next\n", false));
+    let out = a.on_result(&common(10, 11), 1, 5, Some("pipe"), Instant::now());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.text, "next");
 }
 
 fn unescape(text: &str) -> Vec<u8> {
