@@ -326,3 +326,228 @@ fn a_black_holed_collector_does_not_hold_shutdown_and_its_losses_are_counted() {
     assert!(spans >= 2 * clients.len() as u64, "{line}");
     drop(hole);
 }
+
+/// The agent exporting HTTP/protobuf to a receiver with `faults`, batches sent 200 ms after
+/// their first record; no conntrack (its settings would add log records).
+fn against_faulty_collector(faults: &str) -> (Probe, OtlpReceiver) {
+    let receiver = OtlpReceiver::start_faulty(env!("CARGO_BIN_EXE_otlp_receiver"), faults);
+    let probe = Probe::start(&[
+        "--output",
+        "json,otlp",
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-endpoint",
+        &format!("http://{}", receiver.http),
+        "--otlp-batch-delay",
+        "200ms",
+        "--conntrack",
+        "false",
+    ]);
+    (probe, receiver)
+}
+
+/// What happened to the spans of `connects` refused connects (two resets each), once every
+/// one is accounted for: (spans made, exported, dropped, the receiver's lines).
+fn settle(
+    probe: &mut Probe,
+    receiver: &mut OtlpReceiver,
+    connects: usize,
+) -> (u64, u64, u64, Vec<Value>) {
+    let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let port = closed_port(ip);
+    let clients: Vec<u16> = (0..connects).map(|_| refused_connect(ip, port)).collect();
+    for c in &clients {
+        probe
+            .wait_for(WAIT, |r| r["direction"] == "received" && r["sport"] == *c)
+            .expect("a reset was not reported");
+    }
+    let http = probe.http_addr();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = probe
+            .seen()
+            .iter()
+            .filter(|r| r["kind"] == "tcp_reset")
+            .count() as u64;
+        let exported = metric(http, "probe_otlp_exported_total", "spans");
+        let dropped = metric(http, "probe_otlp_dropped_total", "spans");
+        let lines = receiver.collect(Duration::from_millis(300)).to_vec();
+        let received = lines.iter().filter(|l| l["signal"] == "span").count() as u64;
+        if exported + dropped == made && received == exported {
+            return (made, exported, dropped, lines);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "made {made}, exported {exported}, dropped {dropped}, received {received}"
+        );
+        let _ = probe.wait_for(Duration::from_millis(200), |_| false);
+    }
+}
+
+fn requests(lines: &[Value], path: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|l| l["signal"] == "request" && l["path"] == path)
+        .cloned()
+        .collect()
+}
+
+/// `probe_otlp_rejected_total{signal="spans",cause}`.
+fn rejected(http: std::net::SocketAddr, cause: &str) -> u64 {
+    let body = http_get(http, "/metrics").2;
+    body.lines()
+        .filter(|l| l.starts_with("probe_otlp_rejected_total{"))
+        .filter(|l| l.contains("signal=\"spans\"") && l.contains(&format!("cause=\"{cause}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn a_batch_the_collector_refuses_for_good_is_dropped_once_and_counted() {
+    if !require_root(
+        "otlp_export::a_batch_the_collector_refuses_for_good_is_dropped_once_and_counted",
+    ) {
+        return;
+    }
+    // The collector answers the first request with 400 Bad Request: not retryable.
+    let (mut probe, mut receiver) = against_faulty_collector("status=400:1");
+    let (made, exported, dropped, lines) = settle(&mut probe, &mut receiver, 6);
+    let http = probe.http_addr();
+    let traces = requests(&lines, "/v1/traces");
+    let refused: Vec<&Value> = traces.iter().filter(|r| r["status"] == 400).collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "the refused batch was sent again: {traces:#?}"
+    );
+    let in_refused = refused[0]["records"].as_u64().unwrap();
+    assert!(in_refused >= 1);
+    assert_eq!(dropped, in_refused, "dropped: exactly the refused batch");
+    assert_eq!(rejected(http, "rejected"), in_refused);
+    assert_eq!(exported + in_refused, made);
+    assert!(
+        traces
+            .iter()
+            .filter(|r| r["status"] != 400)
+            .all(|r| r["status"] == 200)
+    );
+    let (_, _, log) = probe.stop_with_log();
+    assert!(log.contains("dropped, not retried: HTTP 400"), "{log}");
+}
+
+#[test]
+fn a_batch_too_large_is_split_and_a_record_too_large_is_dropped() {
+    if !require_root("otlp_export::a_batch_too_large_is_split_and_a_record_too_large_is_dropped") {
+        return;
+    }
+    // 413 above 2,000 bytes: a batch of a dozen reset spans does not fit, a few do.
+    let (mut probe, mut receiver) = against_faulty_collector("max-body=2000");
+    let (made, exported, dropped, lines) = settle(&mut probe, &mut receiver, 8);
+    let traces = requests(&lines, "/v1/traces");
+    assert_eq!(
+        (exported, dropped),
+        (made, 0),
+        "every span arrives: {traces:#?}"
+    );
+    assert!(traces.iter().any(|r| r["status"] == 413), "{traces:#?}");
+    for r in traces.iter().filter(|r| r["status"] == 200) {
+        assert!(r["bytes"].as_u64().unwrap() <= 2000, "{r}");
+    }
+    assert_eq!(rejected(probe.http_addr(), "too_large"), 0);
+    probe.stop();
+
+    // 413 above 100 bytes: no span fits alone; each is dropped once and counted.
+    let (mut probe, mut receiver) = against_faulty_collector("max-body=100");
+    let (made, exported, dropped, lines) = settle(&mut probe, &mut receiver, 3);
+    assert_eq!((exported, dropped), (0, made));
+    assert_eq!(rejected(probe.http_addr(), "too_large"), made);
+    let singles = requests(&lines, "/v1/traces")
+        .iter()
+        .filter(|r| r["records"] == 1)
+        .count() as u64;
+    assert_eq!(singles, made, "each span was tried alone exactly once");
+    probe.stop();
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    if !require_root("otlp_export::retry_after_is_honoured") {
+        return;
+    }
+    // 503 with Retry-After: 2 for the first request; then the collector takes everything.
+    let (mut probe, mut receiver) = against_faulty_collector("status=503:1:2");
+    let (made, exported, dropped, lines) = settle(&mut probe, &mut receiver, 4);
+    assert_eq!((exported, dropped), (made, 0), "retried, nothing lost");
+    let all: Vec<&Value> = lines.iter().filter(|l| l["signal"] == "request").collect();
+    assert_eq!(all[0]["status"], 503, "{all:#?}");
+    let (first, next) = (
+        all[0]["at_ms"].as_u64().unwrap(),
+        all[1]["at_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        next >= first + 2000,
+        "the next request came {} ms after the 503 with Retry-After: 2",
+        next - first
+    );
+    assert!(
+        all[1]["records"].as_u64() >= all[0]["records"].as_u64(),
+        "the refused batch is in the next request: {all:#?}"
+    );
+    probe.stop();
+}
+
+#[test]
+fn an_untrusted_collector_certificate_is_named() {
+    if !require_root("otlp_export::an_untrusted_collector_certificate_is_named") {
+        return;
+    }
+    for protocol in ["grpc", "http/protobuf"] {
+        let dir = TempDir::new(&format!("otlp-untrusted-{}", protocol.replace('/', "-")));
+        let other = TempDir::new(&format!("otlp-other-ca-{}", protocol.replace('/', "-")));
+        tls_certificates(&dir.0);
+        // The node trusts another CA than the one that signed the collector's certificate.
+        let other_ca = tls_certificates(&other.0);
+        let receiver = OtlpReceiver::start_tls(env!("CARGO_BIN_EXE_otlp_receiver"), &dir.0);
+        let endpoint = match protocol {
+            "grpc" => format!("https://{}", receiver.grpc),
+            _ => format!("https://{}", receiver.http),
+        };
+        let probe = Probe::start_with_env(
+            &[
+                "--output",
+                "json,otlp",
+                "--otlp-protocol",
+                protocol,
+                "--otlp-endpoint",
+                &endpoint,
+                "--otlp-batch-delay",
+                "0ms",
+            ],
+            &[("SSL_CERT_FILE", other_ca.as_os_str())],
+        );
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        refused_connect(ip, closed_port(ip));
+        let deadline = Instant::now() + WAIT;
+        let error = loop {
+            let status: Value =
+                serde_json::from_str(&http_get(probe.http_addr(), "/health/status").2).unwrap();
+            if status["exporter"]["state"] == "retrying" {
+                break status["exporter"]["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            }
+            assert!(Instant::now() < deadline, "no failed export: {status:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            error.contains("invalid peer certificate"),
+            "{protocol}: the error does not name the certificate problem: {error}"
+        );
+        let (_, _, log) = probe.stop_with_log();
+        assert!(
+            log.contains("invalid peer certificate"),
+            "{protocol}: {log}"
+        );
+    }
+}

@@ -16,3 +16,8 @@ pub fn now_ns(clock: libc::clockid_t) -> i64 {
 pub fn boottime_ns() -> u64 {
     u64::try_from(now_ns(libc::CLOCK_BOOTTIME)).unwrap_or(0)
 }
+
+/// Now on the wall clock (CLOCK_REALTIME), in ns since the Unix epoch.
+pub fn unix_nanos_now() -> u64 {
+    u64::try_from(now_ns(libc::CLOCK_REALTIME)).unwrap_or(0)
+}

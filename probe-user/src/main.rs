@@ -251,6 +251,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect(),
             timeout: cli.otlp_timeout,
             queue_size: cli.otlp_queue_size as usize,
+            queue_bytes: cli.otlp_queue_bytes as usize,
+            batch_bytes: cli.otlp_batch_bytes as usize,
+            batch_delay: cli.otlp_batch_delay,
             // Half the shutdown budget: the reader and the consumer drain first.
             drain_for: cli.shutdown_timeout / 2,
             resource: export::otlp::resource(

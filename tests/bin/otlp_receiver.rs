@@ -4,6 +4,11 @@
 //! first line is `{"grpc":"ADDR","http":"ADDR"}`. Usage: otlp_receiver [GRPC_PORT HTTP_PORT].
 //! With `OTLP_RECEIVER_TLS=DIR` (DIR/cert.pem: the server's chain, DIR/key.pem) both listen
 //! with TLS only and name their transport `grpcs` / `https`.
+//! With `OTLP_RECEIVER_FAULTS` (comma-separated) the HTTP endpoint misbehaves as collectors do:
+//! `max-body=N` answers 413 to a body over N bytes; `status=CODE:COUNT[:RETRY_AFTER]` answers
+//! the first COUNT requests with CODE (and a `Retry-After` of RETRY_AFTER seconds). Each HTTP
+//! request is printed too: `{"signal":"request","path","status","bytes","records","at_ms"}`
+//! (records: how many spans or log records the body held).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -159,6 +164,87 @@ fn serve_http(listener: TcpListener, tls: Option<std::sync::Arc<rustls::ServerCo
     }
 }
 
+/// The faults of `OTLP_RECEIVER_FAULTS`.
+#[derive(Default)]
+struct Faults {
+    max_body: Option<usize>,
+    /// (code, requests left to answer with it, Retry-After seconds)
+    status: Option<(u16, usize, Option<u64>)>,
+}
+
+static FAULTS: std::sync::Mutex<Option<Faults>> = std::sync::Mutex::new(None);
+
+fn faults_from_env() -> Faults {
+    let mut f = Faults::default();
+    for part in std::env::var("OTLP_RECEIVER_FAULTS")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some(n) = part.strip_prefix("max-body=") {
+            f.max_body = Some(n.parse().expect("max-body=BYTES"));
+        } else if let Some(spec) = part.strip_prefix("status=") {
+            let mut it = spec.split(':');
+            let code = it
+                .next()
+                .and_then(|c| c.parse().ok())
+                .expect("status=CODE:COUNT");
+            let count = it
+                .next()
+                .and_then(|c| c.parse().ok())
+                .expect("status=CODE:COUNT");
+            f.status = Some((code, count, it.next().and_then(|r| r.parse().ok())));
+        }
+    }
+    f
+}
+
+/// The fault this request gets: (status line, extra headers), or None to take it.
+fn fault(len: usize) -> Option<(String, String)> {
+    let mut guard = FAULTS.lock().unwrap();
+    let f = guard.get_or_insert_with(faults_from_env);
+    if f.max_body.is_some_and(|max| len > max) {
+        return Some(("413 Payload Too Large".into(), String::new()));
+    }
+    match &mut f.status {
+        Some((code, left, retry_after)) if *left > 0 => {
+            *left -= 1;
+            let extra = retry_after.map_or_else(String::new, |s| format!("Retry-After: {s}\r\n"));
+            Some((format!("{code} Fault"), extra))
+        }
+        _ => None,
+    }
+}
+
+fn print_request(path: &str, status: &str, bytes: usize, body: &[u8]) {
+    let records = match path {
+        "/v1/traces" => ExportTraceServiceRequest::decode(body).map_or(0, |r| {
+            r.resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum::<usize>()
+        }),
+        "/v1/logs" => ExportLogsServiceRequest::decode(body).map_or(0, |r| {
+            r.resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len())
+                .sum::<usize>()
+        }),
+        _ => 0,
+    };
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let status: u16 = status.split(' ').next().unwrap_or("0").parse().unwrap_or(0);
+    let line = json!({"signal": "request", "path": path, "status": status, "bytes": bytes,
+                      "records": records, "at_ms": at_ms});
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 fn handle_http<S: Read + Write>(stream: S, transport: &str) {
     {
         {
@@ -188,31 +274,15 @@ fn handle_http<S: Read + Write>(stream: S, transport: &str) {
                 if reader.read_exact(&mut body).is_err() {
                     return;
                 }
-                let (status, reply) = match path.as_str() {
-                    "/v1/traces" => match ExportTraceServiceRequest::decode(body.as_slice()) {
-                        Ok(req) => {
-                            print_traces(&req, transport);
-                            (
-                                "200 OK",
-                                ExportTraceServiceResponse::default().encode_to_vec(),
-                            )
-                        }
-                        Err(_) => ("400 Bad Request", Vec::new()),
-                    },
-                    "/v1/logs" => match ExportLogsServiceRequest::decode(body.as_slice()) {
-                        Ok(req) => {
-                            print_logs(&req, transport);
-                            (
-                                "200 OK",
-                                ExportLogsServiceResponse::default().encode_to_vec(),
-                            )
-                        }
-                        Err(_) => ("400 Bad Request", Vec::new()),
-                    },
-                    _ => ("404 Not Found", Vec::new()),
+                let (status, extra, reply) = if let Some((status, extra)) = fault(body.len()) {
+                    (status, extra, Vec::new())
+                } else {
+                    let (status, reply) = taken(&path, &body, transport);
+                    (status.to_owned(), String::new(), reply)
                 };
+                print_request(&path, &status, body.len(), &body);
                 let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                    "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\n{extra}Content-Length: {}\r\n\r\n",
                     reply.len()
                 );
                 let conn = reader.get_mut();
@@ -226,6 +296,29 @@ fn handle_http<S: Read + Write>(stream: S, transport: &str) {
                 }
             }
         }
+    }
+}
+
+/// A request the receiver takes: printed, answered 200 (400 when it does not decode).
+fn taken(path: &str, body: &[u8], transport: &str) -> (&'static str, Vec<u8>) {
+    match path {
+        "/v1/traces" => match ExportTraceServiceRequest::decode(body) {
+            Ok(req) => {
+                print_traces(&req, transport);
+                let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                ("200 OK", reply)
+            }
+            Err(_) => ("400 Bad Request", Vec::new()),
+        },
+        "/v1/logs" => match ExportLogsServiceRequest::decode(body) {
+            Ok(req) => {
+                print_logs(&req, transport);
+                let reply = ExportLogsServiceResponse::default().encode_to_vec();
+                ("200 OK", reply)
+            }
+            Err(_) => ("400 Bad Request", Vec::new()),
+        },
+        _ => ("404 Not Found", Vec::new()),
     }
 }
 

@@ -23,17 +23,28 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// `bin`: `env!("CARGO_BIN_EXE_otlp_receiver")` of the test.
     pub fn start(bin: &str, ports: Option<(u16, u16)>) -> Self {
-        Self::start_with(bin, ports, None)
+        Self::start_with(bin, ports, None, "")
+    }
+
+    /// The receiver with `OTLP_RECEIVER_FAULTS` set (see bin/otlp_receiver.rs).
+    pub fn start_faulty(bin: &str, faults: &str) -> Self {
+        Self::start_with(bin, None, None, faults)
     }
 
     /// The receiver with TLS on both endpoints; `dir` holds cert.pem and key.pem
     /// ([`tls_certificates`]).
     pub fn start_tls(bin: &str, dir: &std::path::Path) -> Self {
-        Self::start_with(bin, None, Some(dir))
+        Self::start_with(bin, None, Some(dir), "")
     }
 
-    fn start_with(bin: &str, ports: Option<(u16, u16)>, tls: Option<&std::path::Path>) -> Self {
+    fn start_with(
+        bin: &str,
+        ports: Option<(u16, u16)>,
+        tls: Option<&std::path::Path>,
+        faults: &str,
+    ) -> Self {
         let mut cmd = Command::new(bin);
+        cmd.env("OTLP_RECEIVER_FAULTS", faults);
         if let Some(dir) = tls {
             cmd.env("OTLP_RECEIVER_TLS", dir);
         }
@@ -86,6 +97,20 @@ impl OtlpReceiver {
             }
         }
         panic!("the receiver did not get {what}; it got {:#?}", self.seen);
+    }
+}
+
+impl OtlpReceiver {
+    /// Every line received so far, after collecting for `wait`.
+    pub fn collect(&mut self, wait: Duration) -> &[Value] {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(_) => break,
+            }
+        }
+        &self.seen
     }
 }
 

@@ -106,6 +106,24 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=QUEUE_MAX as i64))]
     pub otlp_queue_size: u32,
 
+    /// Encoded bytes of the records waiting for the collector at most, per signal (spans, log
+    /// records); more are dropped and counted. 1 MiB to 1 GiB.
+    #[arg(long, env = "PROBE_OTLP_QUEUE_BYTES", allow_hyphen_values = true, default_value_t = 32 << 20,
+          value_parser = clap::value_parser!(u32).range((1 << 20)..=(1 << 30)))]
+    pub otlp_queue_bytes: u32,
+
+    /// Encoded bytes of one export request at most (also at most 512 records); a collector that
+    /// answers 413 gets the batch in halves. 4 KiB to 16 MiB.
+    #[arg(long, env = "PROBE_OTLP_BATCH_BYTES", allow_hyphen_values = true, default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u32).range(4096..=(16 << 20)))]
+    pub otlp_batch_bytes: u32,
+
+    /// How long the first waiting record waits for a batch to fill before it is sent (a
+    /// steady flow makes few large requests); 0 to 1m.
+    #[arg(long, env = "PROBE_OTLP_BATCH_DELAY", allow_hyphen_values = true, default_value = "1s",
+          value_parser = duration_between(ms(0), secs(60)))]
+    pub otlp_batch_delay: Duration,
+
     /// service.name of the OTLP resource.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "node-probe")]
     pub service_name: String,
@@ -444,6 +462,9 @@ impl Cli {
             },
             "otlp-timeout": humantime::format_duration(self.otlp_timeout).to_string(),
             "otlp-queue-size": self.otlp_queue_size,
+            "otlp-queue-bytes": self.otlp_queue_bytes,
+            "otlp-batch-bytes": self.otlp_batch_bytes,
+            "otlp-batch-delay": humantime::format_duration(self.otlp_batch_delay).to_string(),
             "service-name": self.service_name,
             "color": format!("{:?}", self.color).to_lowercase(),
             "node-name": self.node_name,

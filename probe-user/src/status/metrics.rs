@@ -23,6 +23,14 @@ pub struct SignalLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OtlpLabel {
+    pub signal: String,
+    /// `outcome` of a request (accepted, retry, too_large, rejected), or the `reason` records
+    /// were refused for good (rejected, too_large, partial_success).
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabel {
     pub program: String,
     pub hook: String,
@@ -55,6 +63,8 @@ pub struct Metrics {
     pub write_hooks_attaches: Counter,
     otlp_exported: Family<SignalLabel, Counter>,
     otlp_dropped: Family<SignalLabel, Counter>,
+    otlp_requests: Family<OtlpLabel, Counter>,
+    otlp_rejected: Family<OtlpLabel, Counter>,
     /// The HTTP endpoint's connections: open, closed for idling, evicted at the cap.
     pub http_connections: super::http_conn::ConnMetrics,
 }
@@ -152,6 +162,18 @@ impl Metrics {
             "Spans and log records dropped (queue full while the collector was down or slow)",
             otlp_dropped.clone(),
         );
+        let otlp_requests = Family::<OtlpLabel, Counter>::default();
+        registry.register(
+            "otlp_requests",
+            "Export requests sent to the OTLP collector, by signal and what the collector answered (cause: accepted, retry, too_large, rejected)",
+            otlp_requests.clone(),
+        );
+        let otlp_rejected = Family::<OtlpLabel, Counter>::default();
+        registry.register(
+            "otlp_rejected",
+            "Spans and log records the collector refused for good and were dropped without a retry (also in otlp_dropped), by cause: rejected (e.g. HTTP 400), too_large (a single record over the collector's limit), partial_success",
+            otlp_rejected.clone(),
+        );
         let http_connections = super::http_conn::ConnMetrics::default();
         registry.register(
             "http_connections",
@@ -173,6 +195,8 @@ impl Metrics {
             http_connections,
             otlp_exported,
             otlp_dropped,
+            otlp_requests,
+            otlp_rejected,
             conntrack_flows_evicted,
             conntrack_destroys_without_state,
             kubernetes_up,
@@ -201,6 +225,24 @@ impl Metrics {
         self.otlp_dropped
             .get_or_create(&SignalLabel {
                 signal: signal.into(),
+            })
+            .clone()
+    }
+
+    pub fn otlp_request(&self, signal: &str, outcome: &str) -> Counter {
+        self.otlp_requests
+            .get_or_create(&OtlpLabel {
+                signal: signal.into(),
+                cause: outcome.into(),
+            })
+            .clone()
+    }
+
+    pub fn otlp_rejected(&self, signal: &str, reason: &str) -> Counter {
+        self.otlp_rejected
+            .get_or_create(&OtlpLabel {
+                signal: signal.into(),
+                cause: reason.into(),
             })
             .clone()
     }

@@ -1,91 +1,106 @@
-//! Records -> OTLP spans and log records. Every event is a span named per kind
-//! (`tcp.reset.sent`, `conntrack.expiry`, `process.core_signal`, ...) at the kernel's timestamp,
-//! with OpenTelemetry semantic-convention attributes where one exists, `probe.*` otherwise, and
-//! `isolation.layer` (kernel.tcp, kernel.netfilter, process, wasm.runtime, container, pod, node).
-//! A finding is a parent span whose children are its evidence, one per layer. Wasm output lines
-//! are log records (with the text) and spans (so TraceQL can count them per pod); conntrack
-//! settings and losses are log records. All of it comes from the typed record
+//! Records -> OTLP protobuf spans and log records, built directly as the wire types (no SDK
+//! span in between). Every event is a span named per kind (`tcp.reset.sent`,
+//! `conntrack.expiry`, `process.core_signal`, ...) at the kernel's timestamp, with
+//! OpenTelemetry semantic-convention attributes where one exists, `probe.*` otherwise, and
+//! `isolation.layer` (kernel.tcp, kernel.netfilter, process, wasm.runtime, container, pod,
+//! node). A finding is a parent span whose children are its evidence, one per layer. Wasm
+//! output lines are log records (with the text) and spans (so TraceQL can count them per pod);
+//! conntrack settings and losses are log records. All of it comes from the typed record
 //! ([`Record::attributes`] and each kind's [`Describe`](crate::model::Describe)): no kind is
 //! named here.
 
-use std::{
-    borrow::Cow,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value},
+    logs::v1::{LogRecord, SeverityNumber},
+    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
 };
 
-use opentelemetry::{
-    InstrumentationScope, KeyValue, StringValue, Value as OtelValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+use crate::model::{self, AttrValue, Attrs, Record, describe::LogLine};
 
-use crate::model::{AttrValue, Attrs, Record};
+/// W3C trace flag: sampled.
+const SAMPLED: u32 = 0x01;
+/// OTLP span flags: whether the parent is remote is known (0x100), and it is (0x200).
+const HAS_IS_REMOTE: u32 = 0x100;
+const IS_REMOTE: u32 = 0x200;
 
-/// A typed attribute as OpenTelemetry's value.
-pub fn otel_value(v: AttrValue) -> OtelValue {
-    match v {
-        AttrValue::Str(s) => OtelValue::String(s.into()),
-        AttrValue::Int(i) => OtelValue::I64(i),
-        AttrValue::Float(f) => OtelValue::F64(f),
-        AttrValue::Bool(b) => OtelValue::Bool(b),
-        AttrValue::List(items) => OtelValue::Array(
-            items
+/// The instrumentation scope of everything the agent exports.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "node-probe".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..InstrumentationScope::default()
+    }
+}
+
+/// A typed attribute as an OTLP value.
+pub fn any_value(v: AttrValue) -> AnyValue {
+    let value = match v {
+        AttrValue::Str(s) => Value::StringValue(s),
+        AttrValue::Int(i) => Value::IntValue(i),
+        AttrValue::Float(f) => Value::DoubleValue(f),
+        AttrValue::Bool(b) => Value::BoolValue(b),
+        AttrValue::List(items) => Value::ArrayValue(ArrayValue {
+            values: items
                 .into_iter()
-                .map(StringValue::from)
-                .collect::<Vec<_>>()
-                .into(),
-        ),
+                .map(|s| AnyValue {
+                    value: Some(Value::StringValue(s)),
+                })
+                .collect(),
+        }),
+    };
+    AnyValue { value: Some(value) }
+}
+
+pub fn key_value(key: impl Into<String>, value: AttrValue) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(any_value(value)),
+        ..KeyValue::default()
     }
 }
 
 /// The attributes of a record, as the exporter sends them.
 pub fn attributes(record: &Record) -> Vec<KeyValue> {
     let Attrs(list) = record.attributes();
-    list.into_iter()
-        .map(|(k, v)| KeyValue::new(k, otel_value(v)))
-        .collect()
+    list.into_iter().map(|(k, v)| key_value(k, v)).collect()
 }
 
-pub fn time(unix_nano: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(unix_nano)
+/// A random ID that is not all zeroes (an all-zero ID is invalid in OTLP).
+fn random_id<const N: usize>() -> Vec<u8> {
+    loop {
+        let id: [u8; N] = rand::random();
+        if id != [0; N] {
+            return id.to_vec();
+        }
+    }
 }
 
 fn span(
-    name: Cow<'static, str>,
-    trace_id: TraceId,
-    parent: SpanId,
-    at: SystemTime,
+    name: String,
+    trace_id: &[u8],
+    parent: Vec<u8>,
+    at: u64,
     attributes: Vec<KeyValue>,
-    status: Status,
-    scope: &InstrumentationScope,
-) -> SpanData {
-    let ids = RandomIdGenerator::default();
-    SpanData {
-        span_context: SpanContext::new(
-            trace_id,
-            ids.new_span_id(),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
+    status: Option<Status>,
+) -> Span {
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: random_id::<8>(),
         parent_span_id: parent,
-        parent_span_is_remote: false,
-        span_kind: SpanKind::Internal,
+        flags: SAMPLED | HAS_IS_REMOTE,
         name,
-        start_time: at,
-        end_time: at,
+        kind: SpanKind::Internal as i32,
+        start_time_unix_nano: at,
+        end_time_unix_nano: at,
         attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
         status,
-        instrumentation_scope: scope.clone(),
+        ..Span::default()
     }
 }
 
 /// The spans of a record: one for an event (a parent and its evidence for a finding), none for
 /// kinds that are only log records or internal.
-pub fn spans(record: &Record, scope: &InstrumentationScope) -> Vec<SpanData> {
+pub fn spans(record: &Record) -> Vec<Span> {
     let Some(body) = record.body.describe() else {
         return Vec::new();
     };
@@ -95,43 +110,64 @@ pub fn spans(record: &Record, scope: &InstrumentationScope) -> Vec<SpanData> {
     // Inside the request's trace, as a child of the client's span, when the connection
     // carried a traceparent; a trace of its own otherwise.
     let (trace_id, parent, remote) = match &record.trace {
-        Some(t) => (
-            TraceId::from_bytes(t.parent.trace_id),
-            SpanId::from_bytes(t.parent.span_id),
-            true,
-        ),
-        None => (
-            RandomIdGenerator::default().new_trace_id(),
-            SpanId::INVALID,
-            false,
-        ),
+        Some(t) => (t.parent.trace_id.to_vec(), t.parent.span_id.to_vec(), true),
+        None => (random_id::<16>(), Vec::new(), false),
     };
-    let status = body.span_error().map_or(Status::Unset, Status::error);
+    let status = body.span_error().map(|message| Status {
+        code: StatusCode::Error as i32,
+        message,
+    });
     let mut head = span(
-        name,
-        trace_id,
+        name.into_owned(),
+        &trace_id,
         parent,
-        time(record.time_unix_nano),
+        record.time_unix_nano,
         attributes(record),
         status,
-        scope,
     );
-    head.parent_span_is_remote = remote;
-    let head_id = head.span_context.span_id();
+    if remote {
+        head.flags |= IS_REMOTE;
+    }
+    let head_id = head.span_id.clone();
     let mut out = vec![head];
     for ev in body.evidence() {
         let Some(name) = ev.body.describe().and_then(|b| b.span_name()) else {
             continue;
         };
         out.push(span(
-            name,
-            trace_id,
-            head_id,
-            time(ev.time_unix_nano),
+            name.into_owned(),
+            &trace_id,
+            head_id.clone(),
+            ev.time_unix_nano,
             attributes(ev),
-            Status::Unset,
-            scope,
+            None,
         ));
     }
     out
+}
+
+/// The log record of a record that has one (Wasm lines, findings, settings, losses).
+pub fn log_record(record: &Record, line: LogLine, observed_unix_nano: u64) -> LogRecord {
+    let (number, text) = match line.severity {
+        model::describe::Severity::Info => (SeverityNumber::Info, "INFO"),
+        model::describe::Severity::Warn => (SeverityNumber::Warn, "WARN"),
+    };
+    let (trace_id, span_id) = match &record.trace {
+        Some(t) => (t.parent.trace_id.to_vec(), t.parent.span_id.to_vec()),
+        None => (Vec::new(), Vec::new()),
+    };
+    LogRecord {
+        time_unix_nano: record.time_unix_nano,
+        observed_time_unix_nano: observed_unix_nano,
+        severity_number: number as i32,
+        severity_text: text.into(),
+        event_name: line.event_name.into(),
+        body: Some(AnyValue {
+            value: Some(Value::StringValue(line.body)),
+        }),
+        attributes: attributes(record),
+        trace_id,
+        span_id,
+        ..LogRecord::default()
+    }
 }

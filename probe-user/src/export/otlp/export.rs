@@ -1,331 +1,518 @@
-//! The export side of the OTLP sink: the exporters of a protocol, and the task that sends
-//! queued batches, retries with backoff while the collector fails, and at shutdown drains
-//! within its deadline, counting what it could not send.
+//! The export side of the OTLP sink: the task that takes queued records in batches (at most
+//! [`BATCH`] records and `--otlp-batch-bytes` each, sent when a batch is full or
+//! `--otlp-batch-delay` after the first record waited), and does with each answer what the
+//! OTLP specification says: a retryable failure puts the batch back and waits (the collector's
+//! `Retry-After`/RetryInfo, else a backoff doubling to 5 s); a batch too large is split in
+//! halves and sent again (a single record too large is dropped); a batch refused for good
+//! (HTTP 400, gRPC INVALID_ARGUMENT, ...) is dropped at once. Every dropped record is counted
+//! (`probe_otlp_dropped_total`, and by cause in `probe_otlp_rejected_total`). At shutdown it
+//! drains within its deadline and counts what it could not send.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
-use opentelemetry_sdk::{
-    logs::{LogBatch, LogExporter as _, SdkLogRecord},
-    trace::{SpanData, SpanExporter as _},
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse},
+        trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
+    },
+    common::v1::InstrumentationScope,
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
+use prost::Message as _;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{OtlpConfig, OtlpError, Protocol, Redactor, Shared};
+use super::{
+    Queue, Queues, Redactor, Shared,
+    transport::{Outcome, Service, Transport},
+};
 use crate::status::AgentState;
 
-/// Both exporters of one protocol.
-pub(super) enum Exporters {
-    Grpc(
-        opentelemetry_otlp::SpanExporter,
-        opentelemetry_otlp::LogExporter,
-    ),
-    Http(
-        opentelemetry_otlp::SpanExporter,
-        opentelemetry_otlp::LogExporter,
-    ),
+/// Records per export request at most (the SDK's OTEL_BSP_MAX_EXPORT_BATCH_SIZE default).
+pub const BATCH: usize = 512;
+
+/// A signal: its records, its request and response, where its queue is.
+pub(super) trait Signal {
+    type Item: prost::Message + Send;
+    type Request: prost::Message;
+    type Response: prost::Message + Default + Send + 'static;
+    /// The `signal` label of the metrics.
+    const NAME: &'static str;
+    const SERVICE: Service;
+    fn request(
+        resource: &Resource,
+        scope: &InstrumentationScope,
+        items: Vec<Self::Item>,
+    ) -> Self::Request;
+    fn items(request: Self::Request) -> Vec<Self::Item>;
+    fn rejected(response: &Self::Response) -> u64;
+    fn queue(q: &mut Queues) -> &mut Queue<Self::Item>;
 }
 
-pub(super) fn build(config: &OtlpConfig) -> Result<Exporters, OtlpError> {
-    let endpoint = config.endpoint();
-    let redactor = Redactor::new(config);
-    let err = |source: opentelemetry_otlp::ExporterBuildError| OtlpError::Build {
-        endpoint: config.shown.clone(),
-        reason: redactor.clean(&source.to_string()),
+pub(super) struct Traces;
+pub(super) struct Logs;
+
+impl Signal for Traces {
+    type Item = Span;
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+    const NAME: &'static str = "spans";
+    const SERVICE: Service = Service {
+        http_path: "/v1/traces",
+        grpc_path: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     };
-    let headers: HashMap<String, String> = config.headers.iter().cloned().collect();
-    // https:// verifies the collector against the node's CA bundle (rustls-native-certs:
-    // SSL_CERT_FILE, SSL_CERT_DIR, else the system's store; the image sets SSL_CERT_FILE).
-    let tls = endpoint.starts_with("https://");
-    let mut exporters = match config.protocol {
-        Protocol::Grpc => {
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            for (k, v) in &headers {
-                let (Ok(k), Ok(v)) = (
-                    tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                    v.parse(),
-                ) else {
-                    return Err(OtlpError::Header(k.clone()));
-                };
-                metadata.insert(k, v);
-            }
-            let tls_config = || {
-                tonic::transport::ClientTlsConfig::new()
-                    .with_native_roots()
-                    .assume_http2(true)
-            };
-            let mut spans = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .with_timeout(config.timeout)
-                .with_metadata(metadata.clone());
-            let mut logs = opentelemetry_otlp::LogExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .with_timeout(config.timeout)
-                .with_metadata(metadata);
-            if tls {
-                spans = spans.with_tls_config(tls_config());
-                logs = logs.with_tls_config(tls_config());
-            }
-            Exporters::Grpc(spans.build().map_err(err)?, logs.build().map_err(err)?)
-        }
-        Protocol::HttpProtobuf => {
-            let base = endpoint.trim_end_matches('/');
-            if tls {
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_native_roots()
-                    .map_err(|e| OtlpError::Build {
-                        endpoint: config.shown.clone(),
-                        reason: format!("no CA certificates for https:// ({e})"),
-                    })?
-                    .https_only()
-                    .enable_http1()
-                    .build();
-                let client =
-                    opentelemetry_http::hyper::HyperClient::new(connector, config.timeout, None);
-                http_exporters(client, base, config, headers).map_err(err)?
-            } else {
-                let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
-                    config.timeout,
-                    None,
-                );
-                http_exporters(client, base, config, headers).map_err(err)?
-            }
-        }
-    };
-    match &mut exporters {
-        Exporters::Grpc(s, l) | Exporters::Http(s, l) => {
-            s.set_resource(&config.resource);
-            l.set_resource(&config.resource);
+    fn request(
+        resource: &Resource,
+        scope: &InstrumentationScope,
+        spans: Vec<Span>,
+    ) -> Self::Request {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope.clone()),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
         }
     }
-    Ok(exporters)
+    fn items(request: Self::Request) -> Vec<Span> {
+        request
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .collect()
+    }
+    fn rejected(response: &Self::Response) -> u64 {
+        response
+            .partial_success
+            .as_ref()
+            .map_or(0, |p| p.rejected_spans.max(0) as u64)
+    }
+    fn queue(q: &mut Queues) -> &mut Queue<Span> {
+        &mut q.spans
+    }
 }
 
-/// Both HTTP/protobuf exporters on one client (plain or TLS).
-fn http_exporters<C: opentelemetry_http::HttpClient + Clone + 'static>(
-    client: C,
-    base: &str,
-    config: &OtlpConfig,
-    headers: HashMap<String, String>,
-) -> Result<Exporters, opentelemetry_otlp::ExporterBuildError> {
-    Ok(Exporters::Http(
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(client.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(format!("{base}/v1/traces"))
-            .with_timeout(config.timeout)
-            .with_headers(headers.clone())
-            .build()?,
-        opentelemetry_otlp::LogExporter::builder()
-            .with_http()
-            .with_http_client(client)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(format!("{base}/v1/logs"))
-            .with_timeout(config.timeout)
-            .with_headers(headers)
-            .build()?,
-    ))
-}
-
-/// Records per export call.
-const BATCH: usize = 512;
-
-/// Counts what the drain could not send and says so once (the last word on OTLP losses).
-fn give_up(shared: &Shared, state: &AgentState, unsent: (u64, u64)) {
-    let (s, l) = {
-        let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
-        let counts = (q.spans.len() as u64, q.logs.len() as u64);
-        q.spans.clear();
-        q.logs.clear();
-        counts
+impl Signal for Logs {
+    type Item = LogRecord;
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+    const NAME: &'static str = "logs";
+    const SERVICE: Service = Service {
+        http_path: "/v1/logs",
+        grpc_path: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
     };
-    let (spans, logs) = (unsent.0 + s, unsent.1 + l);
-    state.metrics.otlp_dropped("spans").inc_by(spans);
-    state.metrics.otlp_dropped("logs").inc_by(logs);
-    let total_spans = state.metrics.otlp_dropped("spans").get();
-    let total_logs = state.metrics.otlp_dropped("logs").get();
-    warn!(
-        "otlp: shutdown: {spans} spans and {logs} log records could not be delivered before \
-         the deadline (lost in total: {total_spans} spans, {total_logs} log records)"
-    );
+    fn request(
+        resource: &Resource,
+        scope: &InstrumentationScope,
+        log_records: Vec<LogRecord>,
+    ) -> Self::Request {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope.clone()),
+                    log_records,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        }
+    }
+    fn items(request: Self::Request) -> Vec<LogRecord> {
+        request
+            .resource_logs
+            .into_iter()
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records)
+            .collect()
+    }
+    fn rejected(response: &Self::Response) -> u64 {
+        response
+            .partial_success
+            .as_ref()
+            .map_or(0, |p| p.rejected_log_records.max(0) as u64)
+    }
+    fn queue(q: &mut Queues) -> &mut Queue<LogRecord> {
+        &mut q.logs
+    }
 }
 
-pub(super) async fn export_loop(
-    exporters: Exporters,
-    shared: Arc<Shared>,
-    state: Arc<AgentState>,
-    redactor: Redactor,
-) {
-    let scope = InstrumentationScope::builder("node-probe").build();
-    let mut backoff = Duration::from_millis(100);
-    let mut failing = false;
-    let mut drain_deadline = None;
-    loop {
-        let (spans, logs, closed) = {
-            let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
-            let n = q.spans.len().min(BATCH);
-            let spans: Vec<SpanData> = q.spans.drain(..n).collect();
-            let n = q.logs.len().min(BATCH);
-            let logs: Vec<SdkLogRecord> = q.logs.drain(..n).collect();
-            (spans, logs, q.closed)
-        };
-        if closed && drain_deadline.is_none() {
-            drain_deadline = Some(tokio::time::Instant::now() + shared.drain_for);
+/// A retryable failure: the batch went back to its queue.
+struct RetryLater {
+    after: Option<Duration>,
+    reason: String,
+}
+
+/// The export task's state.
+pub(super) struct Exporter {
+    pub transport: Transport,
+    pub shared: Arc<Shared>,
+    pub state: Arc<AgentState>,
+    pub redactor: Redactor,
+    pub resource: Resource,
+    pub scope: InstrumentationScope,
+    pub batch_bytes: usize,
+    pub delay: Duration,
+    failing: bool,
+    /// The last reason a batch was refused for good (said once per change).
+    last_rejection: Option<String>,
+    /// Spans and log records taken from the queues and not yet answered for (counted as lost
+    /// when the drain's deadline cuts a send short).
+    in_flight: [u64; 2],
+}
+
+impl Exporter {
+    #[expect(clippy::too_many_arguments, reason = "the task's whole configuration")]
+    pub fn new(
+        transport: Transport,
+        shared: Arc<Shared>,
+        state: Arc<AgentState>,
+        redactor: Redactor,
+        resource: Resource,
+        scope: InstrumentationScope,
+        batch_bytes: usize,
+        delay: Duration,
+    ) -> Self {
+        Self {
+            transport,
+            shared,
+            state,
+            redactor,
+            resource,
+            scope,
+            batch_bytes,
+            delay,
+            failing: false,
+            last_rejection: None,
+            in_flight: [0; 2],
         }
-        if spans.is_empty() && logs.is_empty() {
-            if closed {
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(1), shared.notify.notified()).await;
-            continue;
-        }
-        let (span_count, log_count) = (spans.len() as u64, logs.len() as u64);
-        let attempt = async {
-            match &exporters {
-                Exporters::Grpc(s, l) | Exporters::Http(s, l) => {
-                    let mut first_err = None;
-                    let mut unsent_spans = Vec::new();
-                    if !spans.is_empty() {
-                        let keep = spans.clone();
-                        match s.export(spans).await {
-                            Ok(()) => {
-                                state.metrics.otlp_exported("spans").inc_by(span_count);
-                            }
-                            Err(e) => {
-                                first_err = Some(e.to_string());
-                                unsent_spans = keep;
-                            }
-                        }
-                    }
-                    let mut unsent_logs = Vec::new();
-                    if !logs.is_empty() {
-                        let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-                            logs.iter().map(|l| (l, &scope)).collect();
-                        match l.export(LogBatch::new(&pairs)).await {
-                            Ok(()) => {
-                                state.metrics.otlp_exported("logs").inc_by(log_count);
-                            }
-                            Err(e) => {
-                                first_err.get_or_insert(e.to_string());
-                                unsent_logs = logs;
-                            }
-                        }
-                    }
-                    match first_err {
-                        None => Ok(()),
-                        Some(e) => Err((e, unsent_spans, unsent_logs)),
-                    }
-                }
-            }
-        };
-        // While draining, an attempt (a black-holed collector holds it for --otlp-timeout)
-        // may not outlast the deadline.
-        let mut attempt = std::pin::pin!(attempt);
-        if drain_deadline.is_none() {
-            tokio::select! {
-                r = &mut attempt => {
-                    handled(r, &mut failing, &mut backoff, &shared, &state, &redactor, None).await;
-                    continue;
-                }
-                () = shared.closing.notified() => {
-                    drain_deadline = Some(tokio::time::Instant::now() + shared.drain_for);
-                }
-            }
-        }
-        let deadline = drain_deadline.unwrap_or_else(tokio::time::Instant::now);
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(r) => {
-                if !handled(
-                    r,
-                    &mut failing,
-                    &mut backoff,
-                    &shared,
-                    &state,
-                    &redactor,
-                    drain_deadline,
-                )
-                .await
+    }
+
+    /// Waits until something is to be sent: a full batch, the batching delay after the first
+    /// waiting record, or the sink's close. True once the sink is closed.
+    async fn wait_ready(&self) -> bool {
+        loop {
+            let wait = {
+                let q = self.shared.lock();
+                let full = |n: usize, bytes: usize| n >= BATCH || bytes >= self.batch_bytes;
+                if q.closed
+                    || full(q.spans.items.len(), q.spans.bytes)
+                    || full(q.logs.items.len(), q.logs.bytes)
                 {
+                    return q.closed;
+                }
+                match q.since {
+                    Some(t) if t.elapsed() >= self.delay => return false,
+                    Some(t) => self.delay - t.elapsed(),
+                    None => Duration::from_secs(1),
+                }
+            };
+            let _ = tokio::time::timeout(wait, self.shared.notify.notified()).await;
+        }
+    }
+
+    /// Takes what one request carries from `S`'s queue (at most `limit` records).
+    fn take_batch<S: Signal>(&self, limit: usize) -> Vec<(usize, S::Item)> {
+        let mut q = self.shared.lock();
+        let queue = S::queue(&mut q);
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < limit.min(BATCH) {
+            let Some((len, _)) = queue.items.front() else {
+                break;
+            };
+            if !batch.is_empty() && bytes + len > self.batch_bytes {
+                break;
+            }
+            bytes += len;
+            let item = queue.items.pop_front().expect("a front item");
+            queue.bytes -= item.0;
+            batch.push(item);
+        }
+        batch
+    }
+
+    /// Sends what `S`'s queue held when called, batch by batch.
+    async fn send_queued<S: Signal>(&mut self) -> Result<(), RetryLater> {
+        let mut left = S::queue(&mut self.shared.lock()).items.len();
+        while left > 0 {
+            let batch = self.take_batch::<S>(left);
+            if batch.is_empty() {
+                break;
+            }
+            left = left.saturating_sub(batch.len());
+            self.send_batch::<S>(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// One batch: split while the collector finds it too large; put back on a retryable
+    /// failure (with what was not sent yet).
+    async fn send_batch<S: Signal>(
+        &mut self,
+        batch: Vec<(usize, S::Item)>,
+    ) -> Result<(), RetryLater> {
+        let mut stack = vec![batch];
+        while let Some(part) = stack.pop() {
+            self.set_in_flight::<S>(part.len() + stack.iter().map(Vec::len).sum::<usize>());
+            let sizes: Vec<usize> = part.iter().map(|(len, _)| *len).collect();
+            let n = part.len() as u64;
+            let request = S::request(
+                &self.resource,
+                &self.scope,
+                part.into_iter().map(|(_, item)| item).collect(),
+            );
+            let body = request.encode_to_vec();
+            let bytes = body.len();
+            let outcome = self
+                .transport
+                .send::<S::Response>(S::SERVICE, body, S::rejected)
+                .await;
+            let metrics = &self.state.metrics;
+            metrics.otlp_request(S::NAME, outcome_name(&outcome)).inc();
+            let items: Vec<(usize, S::Item)> = sizes.into_iter().zip(S::items(request)).collect();
+            match outcome {
+                Outcome::Accepted { rejected } => {
+                    let rejected = rejected.min(n);
+                    metrics.otlp_exported(S::NAME).inc_by(n - rejected);
+                    if rejected > 0 {
+                        self.drop_rejected::<S>(
+                            rejected,
+                            "partial_success",
+                            "the collector refused part of a batch",
+                        );
+                    }
+                    self.recovered();
+                }
+                Outcome::TooLarge { reason } if items.len() > 1 => {
+                    let mut first = items;
+                    let second = first.split_off(first.len() / 2);
+                    info!(
+                        "otlp: the collector found a batch of {n} {} ({bytes} bytes) too large ({}); sending it in halves",
+                        S::NAME,
+                        self.redactor.clean(&reason)
+                    );
+                    stack.push(second);
+                    stack.push(first);
+                }
+                Outcome::TooLarge { reason } => {
+                    let why =
+                        format!("one of {bytes} bytes is too large for the collector: {reason}");
+                    self.drop_rejected::<S>(n, "too_large", &why);
+                }
+                Outcome::Rejected { reason } => {
+                    self.drop_rejected::<S>(n, "rejected", &reason);
+                }
+                Outcome::Retry { after, reason } => {
+                    let mut back = items;
+                    while let Some(p) = stack.pop() {
+                        back.extend(p);
+                    }
+                    self.requeue::<S>(back);
+                    self.set_in_flight::<S>(0);
+                    return Err(RetryLater { after, reason });
+                }
+            }
+        }
+        self.set_in_flight::<S>(0);
+        Ok(())
+    }
+
+    fn set_in_flight<S: Signal>(&mut self, n: usize) {
+        self.in_flight[usize::from(S::NAME == "logs")] = n as u64;
+    }
+
+    /// Records the collector will never take: dropped, counted, said once per reason.
+    fn drop_rejected<S: Signal>(&mut self, n: u64, cause: &str, reason: &str) {
+        let metrics = &self.state.metrics;
+        metrics.otlp_dropped(S::NAME).inc_by(n);
+        metrics.otlp_rejected(S::NAME, cause).inc_by(n);
+        let reason = self.redactor.clean(reason);
+        if self.last_rejection.as_deref() != Some(reason.as_str()) {
+            warn!(
+                "otlp: {n} {} dropped, not retried: {reason} (counted in probe_otlp_rejected_total)",
+                S::NAME
+            );
+            self.state
+                .set_exporter_state("running", Some(format!("otlp: {reason}")));
+            self.last_rejection = Some(reason);
+        }
+    }
+
+    /// A batch back in front of its queue; what no longer fits is dropped and counted.
+    fn requeue<S: Signal>(&self, items: Vec<(usize, S::Item)>) {
+        let mut dropped = 0u64;
+        {
+            let mut q = self.shared.lock();
+            let (capacity, max_bytes) = (self.shared.capacity, self.shared.max_bytes);
+            let queue = S::queue(&mut q);
+            for (len, item) in items.into_iter().rev() {
+                if queue.items.len() < capacity && queue.bytes + len <= max_bytes {
+                    queue.bytes += len;
+                    queue.items.push_front((len, item));
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+        self.state.metrics.otlp_dropped(S::NAME).inc_by(dropped);
+    }
+
+    fn recovered(&mut self) {
+        if self.failing {
+            info!("otlp: export works again");
+            self.state.set_exporter_state("running", None);
+        }
+        self.failing = false;
+    }
+
+    fn retrying(&mut self, reason: &str) {
+        let reason = self.redactor.clean(reason);
+        if !self.failing {
+            warn!(
+                "otlp: export failed ({reason}); retrying with backoff, newer records queue (bounded)"
+            );
+        }
+        self.failing = true;
+        self.state
+            .set_exporter_state("retrying", Some(format!("otlp: {reason}")));
+    }
+
+    /// Counts what the drain could not send and says so once (the last word on OTLP losses).
+    fn give_up(&self) {
+        let (spans, logs) = {
+            let mut q = self.shared.lock();
+            let counts = (
+                q.spans.items.len() as u64 + self.in_flight[0],
+                q.logs.items.len() as u64 + self.in_flight[1],
+            );
+            q.spans = Queue::default();
+            q.logs = Queue::default();
+            counts
+        };
+        let m = &self.state.metrics;
+        m.otlp_dropped("spans").inc_by(spans);
+        m.otlp_dropped("logs").inc_by(logs);
+        warn!(
+            "otlp: shutdown: {spans} spans and {logs} log records could not be delivered before \
+             the deadline (lost in total: {} spans, {} log records)",
+            m.otlp_dropped("spans").get(),
+            m.otlp_dropped("logs").get()
+        );
+    }
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Accepted { .. } => "accepted",
+        Outcome::Retry { .. } => "retry",
+        Outcome::TooLarge { .. } => "too_large",
+        Outcome::Rejected { .. } => "rejected",
+    }
+}
+
+/// The export task: waits for a batch, sends, waits out failures; after the sink closes,
+/// drains within `drain_for`.
+pub(super) async fn export_loop(mut ex: Exporter) {
+    let mut backoff = Duration::from_millis(100);
+    let mut drain_deadline: Option<Instant> = None;
+    // After a retryable failure the batch put back goes out again as soon as the wait is over.
+    let mut retry_now = false;
+    loop {
+        let closed = match drain_deadline {
+            Some(_) => true,
+            None if retry_now => ex.shared.lock().closed,
+            None => ex.wait_ready().await,
+        };
+        retry_now = false;
+        if closed && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + ex.shared.drain_for);
+        }
+        ex.shared.lock().since = None;
+        let shared = ex.shared.clone();
+        // None: the drain's deadline passed during the round.
+        let finished = {
+            let round = async {
+                ex.send_queued::<Traces>().await?;
+                ex.send_queued::<Logs>().await
+            };
+            let mut round = std::pin::pin!(round);
+            let mut result = None;
+            if drain_deadline.is_none() {
+                tokio::select! {
+                    r = &mut round => result = Some(r),
+                    () = shared.closing.notified() => {
+                        drain_deadline = Some(Instant::now() + shared.drain_for);
+                    }
+                }
+            }
+            match (result, drain_deadline) {
+                (Some(r), _) => Some(r),
+                // While draining, an attempt (a black-holed collector holds it for
+                // --otlp-timeout) may not outlast the deadline.
+                (None, Some(deadline)) => tokio::time::timeout_at(deadline, round).await.ok(),
+                (None, None) => unreachable!("a round ends or the drain begins"),
+            }
+        };
+        let Some(result) = finished else {
+            ex.give_up();
+            return;
+        };
+        match result {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                if drain_deadline.is_some() && ex.shared.lock().is_empty() {
                     return;
                 }
             }
-            Err(_) => {
-                give_up(&shared, &state, (span_count, log_count));
-                return;
+            Err(RetryLater { after, reason }) => {
+                ex.retrying(&reason);
+                retry_now = true;
+                let wait = after.unwrap_or(backoff).max(Duration::from_millis(100));
+                match drain_deadline {
+                    Some(deadline) if Instant::now() + wait >= deadline => {
+                        tokio::time::sleep_until(deadline).await;
+                        ex.give_up();
+                        return;
+                    }
+                    Some(_) => tokio::time::sleep(wait).await,
+                    // Closing the sink (shutdown) ends the wait: the drain begins at once.
+                    None => {
+                        let _ = tokio::time::timeout(wait, ex.shared.closing.notified()).await;
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
 }
 
-/// What an export attempt's result does; false when the drain gave up.
-async fn handled(
-    result: Result<(), (String, Vec<SpanData>, Vec<SdkLogRecord>)>,
-    failing: &mut bool,
-    backoff: &mut Duration,
-    shared: &Shared,
-    state: &AgentState,
-    redactor: &Redactor,
-    drain_deadline: Option<tokio::time::Instant>,
-) -> bool {
-    match result {
-        Ok(()) => {
-            if *failing {
-                info!("otlp: export works again");
-                state.set_exporter_state("running", None);
-            }
-            *failing = false;
-            *backoff = Duration::from_millis(100);
+/// The encoded size a record adds to a request (its bytes, tag and length prefix).
+pub fn encoded_size<T: prost::Message>(item: &T) -> usize {
+    let len = item.encoded_len();
+    len + prost::length_delimiter_len(len) + 1
+}
+
+impl<T> Queue<T> {
+    pub fn push(&mut self, len: usize, item: T, capacity: usize, max_bytes: usize) -> bool {
+        if self.items.len() >= capacity || self.bytes + len > max_bytes {
+            return false;
         }
-        Err((e, spans, logs)) => {
-            let e = redactor.clean(&e);
-            if !*failing {
-                warn!(
-                    "otlp: export failed ({e}); retrying with backoff, newer records queue (bounded)"
-                );
-            }
-            *failing = true;
-            state.set_exporter_state("retrying", Some(format!("otlp: {e}")));
-            if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                give_up(shared, state, (spans.len() as u64, logs.len() as u64));
-                return false;
-            }
-            // Put the batch back in front; what no longer fits is dropped and counted.
-            let mut dropped = (0u64, 0u64);
-            {
-                let mut q = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
-                for s in spans.into_iter().rev() {
-                    if q.spans.len() < shared.capacity {
-                        q.spans.push_front(s);
-                    } else {
-                        dropped.0 += 1;
-                    }
-                }
-                for l in logs.into_iter().rev() {
-                    if q.logs.len() < shared.capacity {
-                        q.logs.push_front(l);
-                    } else {
-                        dropped.1 += 1;
-                    }
-                }
-            }
-            state.metrics.otlp_dropped("spans").inc_by(dropped.0);
-            state.metrics.otlp_dropped("logs").inc_by(dropped.1);
-            match drain_deadline {
-                None => {
-                    // Closing the sink (shutdown) ends the wait: the drain begins at once.
-                    let _ = tokio::time::timeout(*backoff, shared.closing.notified()).await;
-                }
-                Some(deadline) => {
-                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + *backoff))
-                        .await;
-                }
-            }
-            *backoff = (*backoff * 2).min(Duration::from_secs(5));
-        }
+        self.bytes += len;
+        self.items.push_back((len, item));
+        true
     }
-    true
+}
+
+impl Queues {
+    fn is_empty(&self) -> bool {
+        self.spans.items.is_empty() && self.logs.items.is_empty()
+    }
 }

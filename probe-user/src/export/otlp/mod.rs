@@ -1,35 +1,32 @@
-//! The OTLP sink (opentelemetry-otlp 0.33, gRPC or HTTP/protobuf). The sink converts records
-//! on the consumer's thread and puts them in bounded queues; an export task sends batches. A
-//! collector that is down or slow costs at most the queues (`--otlp-queue-size` spans and as
-//! many log records): a failed batch is retried with backoff while newer records wait, and
-//! records that find a full queue are dropped and counted (`probe_otlp_dropped_total`).
+//! The OTLP sink: records encoded straight into OTLP protobuf (opentelemetry-proto), sent over
+//! gRPC (tonic) or HTTP/protobuf (hyper) by an export task of our own, which does with every
+//! answer what the OTLP specification says (see `export`). The sink converts records on the
+//! consumer's thread and puts them in bounded queues (`--otlp-queue-size` records and
+//! `--otlp-queue-bytes` per signal): a collector that is down or slow costs at most the
+//! queues; records that find a queue full are dropped and counted
+//! (`probe_otlp_dropped_total`).
 
 pub mod convert;
 mod export;
+mod transport;
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
-use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity},
-};
-use opentelemetry_sdk::{
-    Resource,
-    logs::{SdkLogRecord, SdkLoggerProvider},
-    trace::SpanData,
+use opentelemetry_proto::tonic::{
+    common::v1::KeyValue, logs::v1::LogRecord, resource::v1::Resource, trace::v1::Span,
 };
 use thiserror::Error;
 use tokio::sync::Notify;
 use tracing::info;
 
-use self::export::{build, export_loop};
+use self::export::{Exporter, encoded_size, export_loop};
 use super::Sink;
 use crate::{
-    model::{self, AttrValue, Record, describe::LogLine},
+    model::{AttrValue, Record},
     status::AgentState,
 };
 
@@ -91,7 +88,13 @@ pub struct OtlpConfig {
     /// Header names (lowercase, checked at parse time) and values (secret).
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Records per queue at most, and their encoded bytes at most (per signal).
     pub queue_size: usize,
+    pub queue_bytes: usize,
+    /// Encoded bytes per export request at most, and how long the first waiting record waits
+    /// for a batch to fill.
+    pub batch_bytes: usize,
+    pub batch_delay: Duration,
     /// How long what is queued may still be sent once the sink is closed (at shutdown):
     /// export attempts and retries stop at this deadline, and what is left is counted as
     /// dropped and said in one line.
@@ -115,43 +118,67 @@ impl OtlpConfig {
     }
 }
 
+/// One signal's queue: records with their encoded size, and the sum of the sizes.
+pub(super) struct Queue<T> {
+    items: VecDeque<(usize, T)>,
+    bytes: usize,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self {
+            items: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
 /// What waits to be exported.
 #[derive(Default)]
-struct Queues {
-    spans: VecDeque<SpanData>,
-    logs: VecDeque<SdkLogRecord>,
+pub(super) struct Queues {
+    spans: Queue<Span>,
+    logs: Queue<LogRecord>,
+    /// When the oldest record now waiting arrived (the batching delay counts from it).
+    since: Option<Instant>,
     closed: bool,
 }
 
-struct Shared {
+pub(super) struct Shared {
     queues: Mutex<Queues>,
     notify: Notify,
     /// Notified once, when the sink closes (ends a retry backoff early).
     closing: Notify,
+    /// Records per queue at most, and their encoded bytes at most.
     capacity: usize,
+    max_bytes: usize,
     drain_for: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct OtlpSink {
     shared: Arc<Shared>,
-    scope: InstrumentationScope,
-    logs: SdkLoggerProvider,
     state: Arc<AgentState>,
 }
 
 impl OtlpSink {
-    /// Builds the exporters (a bad endpoint or header is an error naming it) and starts the
+    /// Builds the transport (a bad endpoint or header is an error naming it) and starts the
     /// export task.
     pub fn start(
         config: &OtlpConfig,
         state: Arc<AgentState>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), OtlpError> {
-        let exporters = build(config)?;
+        let transport = transport::Transport::new(config)?;
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             notify: Notify::new(),
             closing: Notify::new(),
             capacity: config.queue_size,
+            max_bytes: config.queue_bytes,
             drain_for: config.drain_for,
         });
         info!(
@@ -159,74 +186,36 @@ impl OtlpSink {
             protocol = ?config.protocol,
             "otlp: exporting spans and logs"
         );
-        let task = tokio::spawn(export_loop(
-            exporters,
+        let exporter = Exporter::new(
+            transport,
             shared.clone(),
             state.clone(),
             Redactor::new(config),
-        ));
-        Ok((
-            Self {
-                shared,
-                scope: InstrumentationScope::builder("node-probe")
-                    .with_version(env!("CARGO_PKG_VERSION"))
-                    .build(),
-                logs: SdkLoggerProvider::builder().build(),
-                state,
-            },
-            task,
-        ))
+            config.resource.clone(),
+            convert::scope(),
+            config.batch_bytes,
+            config.batch_delay,
+        );
+        let task = tokio::spawn(export_loop(exporter));
+        Ok((Self { shared, state }, task))
     }
 
-    fn log_record(&self, record: &Record, line: LogLine) -> SdkLogRecord {
-        let logger = self.logs.logger("node-probe");
-        let mut log = logger.create_log_record();
-        log.set_timestamp(convert::time(record.time_unix_nano));
-        log.set_observed_timestamp(std::time::SystemTime::now());
-        let severity = match line.severity {
-            model::describe::Severity::Info => Severity::Info,
-            model::describe::Severity::Warn => Severity::Warn,
-        };
-        log.set_severity_number(severity);
-        log.set_severity_text(severity.name());
-        log.set_event_name(line.event_name);
-        log.set_body(AnyValue::String(line.body.into()));
-        for (key, value) in record.attributes().0 {
-            let value = match value {
-                AttrValue::Bool(b) => AnyValue::Boolean(b),
-                AttrValue::Int(i) => AnyValue::Int(i),
-                AttrValue::Float(f) => AnyValue::Double(f),
-                AttrValue::Str(s) => AnyValue::String(s.into()),
-                AttrValue::List(items) => AnyValue::ListAny(Box::new(
-                    items
-                        .into_iter()
-                        .map(|s| AnyValue::String(s.into()))
-                        .collect(),
-                )),
-            };
-            log.add_attribute(key, value);
-        }
-        log
-    }
-
-    fn push(&self, spans: Vec<SpanData>, log: Option<SdkLogRecord>) {
-        let mut q = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+    fn push(&self, spans: Vec<Span>, log: Option<LogRecord>) {
+        let sized: Vec<(usize, Span)> = spans.into_iter().map(|s| (encoded_size(&s), s)).collect();
+        let log = log.map(|l| (encoded_size(&l), l));
+        let (capacity, max_bytes) = (self.shared.capacity, self.shared.max_bytes);
         let (mut dropped_spans, mut dropped_logs) = (0u64, 0u64);
-        for s in spans {
-            if q.spans.len() < self.shared.capacity {
-                q.spans.push_back(s);
-            } else {
-                dropped_spans += 1;
+        let full = {
+            let mut q = self.shared.lock();
+            for (len, s) in sized {
+                dropped_spans += u64::from(!q.spans.push(len, s, capacity, max_bytes));
             }
-        }
-        if let Some(l) = log {
-            if q.logs.len() < self.shared.capacity {
-                q.logs.push_back(l);
-            } else {
-                dropped_logs += 1;
+            if let Some((len, l)) = log {
+                dropped_logs += u64::from(!q.logs.push(len, l, capacity, max_bytes));
             }
-        }
-        drop(q);
+            q.since.get_or_insert_with(Instant::now);
+            q.spans.items.len() >= export::BATCH || q.logs.items.len() >= export::BATCH
+        };
         let m = &self.state.metrics;
         if dropped_spans > 0 {
             m.otlp_dropped("spans").inc_by(dropped_spans);
@@ -234,7 +223,9 @@ impl OtlpSink {
         if dropped_logs > 0 {
             m.otlp_dropped("logs").inc_by(dropped_logs);
         }
-        self.shared.notify.notify_one();
+        if full {
+            self.shared.notify.notify_one();
+        }
     }
 }
 
@@ -244,8 +235,8 @@ impl Sink for OtlpSink {
             .body
             .describe()
             .and_then(|b| b.log())
-            .map(|line| self.log_record(record, line));
-        let spans = convert::spans(record, &self.scope);
+            .map(|line| convert::log_record(record, line, crate::clock::unix_nanos_now()));
+        let spans = convert::spans(record);
         if log.is_some() || !spans.is_empty() {
             self.push(spans, log);
         }
@@ -259,11 +250,7 @@ impl Sink for OtlpSink {
 
 impl Drop for OtlpSink {
     fn drop(&mut self) {
-        self.shared
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .closed = true;
+        self.shared.lock().closed = true;
         self.shared.notify.notify_one();
         self.shared.closing.notify_one();
     }
@@ -278,16 +265,17 @@ pub fn resource(
     extra: &[(String, String)],
 ) -> Resource {
     let mut attrs = vec![
-        KeyValue::new("host.name", crate::enrich::default_node_name()),
-        KeyValue::new("k8s.node.name", node.to_owned()),
-        KeyValue::new("os.type", "linux"),
-        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        ("service.name".to_owned(), service_name.to_owned()),
+        ("host.name".into(), crate::enrich::default_node_name()),
+        ("k8s.node.name".into(), node.to_owned()),
+        ("os.type".into(), "linux".into()),
+        ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
     ];
     if let Some(c) = cluster {
-        attrs.push(KeyValue::new("k8s.cluster.name", c.to_owned()));
+        attrs.push(("k8s.cluster.name".into(), c.to_owned()));
     }
     if let Some(release) = crate::enrich::read_sysctl("kernel/osrelease") {
-        attrs.push(KeyValue::new("os.version", release));
+        attrs.push(("os.version".into(), release));
     }
     for (name, key) in [
         ("kernel/core_pattern", "linux.kernel.core_pattern"),
@@ -301,16 +289,21 @@ pub fn resource(
         ),
     ] {
         if let Some(v) = crate::enrich::read_sysctl(name) {
-            attrs.push(KeyValue::new(key, v));
+            attrs.push((key.into(), v));
         }
     }
+    // Later keys win (OTEL_RESOURCE_ATTRIBUTES may set service.version, ...).
     for (k, v) in extra {
-        attrs.push(KeyValue::new(k.clone(), v.clone()));
+        attrs.retain(|(key, _)| key != k);
+        attrs.push((k.clone(), v.clone()));
     }
-    Resource::builder()
-        .with_service_name(service_name.to_owned())
-        .with_attributes(attrs)
-        .build()
+    Resource {
+        attributes: attrs
+            .into_iter()
+            .map(|(k, v)| convert::key_value(k, AttrValue::Str(v)))
+            .collect::<Vec<KeyValue>>(),
+        ..Resource::default()
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use opentelemetry::InstrumentationScope;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, any_value::Value as V};
 use serde_json::Value;
 
 use super::convert::{attributes, spans};
@@ -12,9 +12,8 @@ use crate::model::{Body, Evidence, Record, samples};
 fn emitted() -> (BTreeSet<String>, BTreeSet<String>) {
     let mut names = BTreeSet::new();
     let mut attrs = BTreeSet::new();
-    let scope = InstrumentationScope::builder("t").build();
     for r in samples::all() {
-        for s in spans(&r, &scope) {
+        for s in spans(&r) {
             names.insert(s.name.to_string());
         }
         for kv in attributes(&r) {
@@ -22,8 +21,8 @@ fn emitted() -> (BTreeSet<String>, BTreeSet<String>) {
         }
     }
     let resource = super::resource("node-probe", "node-3", Some("prod"), &[]);
-    for (k, _) in resource.iter() {
-        attrs.insert(format!("resource.{k}"));
+    for kv in &resource.attributes {
+        attrs.insert(format!("resource.{}", kv.key));
     }
     (names, attrs)
 }
@@ -34,41 +33,47 @@ fn attributes_keep_their_types() {
         attributes(r)
             .into_iter()
             .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value)
+            .and_then(|kv| kv.value?.value)
     };
-    use opentelemetry::Value as V;
     let signal = samples::core_signal();
-    assert_eq!(value(&signal, "signal.number"), Some(V::I64(11)));
+    assert_eq!(value(&signal, "signal.number"), Some(V::IntValue(11)));
     assert_eq!(
         value(&signal, "probe.rlimit_core"),
-        Some(V::String("unlimited".into()))
+        Some(V::StringValue("unlimited".into()))
     );
-    assert_eq!(value(&signal, "probe.core_dumped"), Some(V::Bool(false)));
+    assert_eq!(
+        value(&signal, "probe.core_dumped"),
+        Some(V::BoolValue(false))
+    );
     assert_eq!(value(&signal, "probe.sender_pid"), None, "null is left out");
     let expiry = samples::expiry();
-    assert_eq!(value(&expiry, "probe.established_for_s"), Some(V::F64(7.5)));
+    assert_eq!(
+        value(&expiry, "probe.established_for_s"),
+        Some(V::DoubleValue(7.5))
+    );
     assert_eq!(
         value(&expiry, "probe.status"),
-        Some(V::Array(
-            vec![
-                opentelemetry::StringValue::from("ASSURED"),
-                opentelemetry::StringValue::from("DST_NAT")
-            ]
-            .into()
-        ))
+        Some(V::ArrayValue(ArrayValue {
+            values: ["ASSURED", "DST_NAT"]
+                .into_iter()
+                .map(|s| AnyValue {
+                    value: Some(V::StringValue(s.into()))
+                })
+                .collect()
+        }))
     );
     assert_eq!(
         value(&expiry, "isolation.layer"),
-        Some(V::String("kernel.netfilter".into()))
+        Some(V::StringValue("kernel.netfilter".into()))
     );
     let reset = samples::reset();
     assert_eq!(
         value(&reset, "k8s.pod.label.app"),
-        Some(V::String("redis-client".into()))
+        Some(V::StringValue("redis-client".into()))
     );
     assert_eq!(
         value(&reset, "network.peer.address"),
-        Some(V::String("10.96.0.15".into()))
+        Some(V::StringValue("10.96.0.15".into()))
     );
     let node: Vec<_> = attributes(&reset)
         .into_iter()
@@ -158,30 +163,32 @@ fn a_finding_is_a_parent_span_with_its_evidence_as_children() {
         ));
     }
     record.time_unix_nano = 2_000_000_000;
-    let out = spans(&record, &InstrumentationScope::builder("t").build());
+    let out = spans(&record);
     assert_eq!(out.len(), 3);
     assert_eq!(out[0].name, "finding.conntrack_expiry_reset");
-    let trace = out[0].span_context.trace_id();
-    let parent = out[0].span_context.span_id();
-    let children: Vec<&str> = out[1..].iter().map(|s| s.name.as_ref()).collect();
+    assert_eq!(out[0].trace_id.len(), 16);
+    assert_eq!(out[0].span_id.len(), 8);
+    assert!(out[0].parent_span_id.is_empty(), "a trace of its own");
+    let children: Vec<&str> = out[1..].iter().map(|s| s.name.as_str()).collect();
     assert_eq!(children, ["conntrack.expiry", "tcp.reset.sent"]);
     for child in &out[1..] {
-        assert_eq!(child.span_context.trace_id(), trace);
-        assert_eq!(child.parent_span_id, parent);
-        assert_eq!(
-            child.start_time,
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1)
-        );
+        assert_eq!(child.trace_id, out[0].trace_id);
+        assert_eq!(child.parent_span_id, out[0].span_id);
+        assert_ne!(child.span_id, out[0].span_id);
+        assert_eq!(child.start_time_unix_nano, 1_000_000_000);
     }
     let layers: Vec<String> = out[1..]
         .iter()
         .map(|s| {
-            s.attributes
+            let v = s
+                .attributes
                 .iter()
                 .find(|kv| kv.key.as_str() == "isolation.layer")
-                .unwrap()
-                .value
-                .to_string()
+                .and_then(|kv| kv.value.clone()?.value);
+            match v {
+                Some(V::StringValue(s)) => s,
+                other => panic!("{other:?}"),
+            }
         })
         .collect();
     assert_eq!(layers, ["kernel.netfilter", "kernel.tcp"]);
