@@ -36,6 +36,14 @@ struct State {
     /// Watches from a resourceVersion below this get 410 Gone.
     oldest_rv: u64,
     requests: Vec<String>,
+    /// 410 Gone at a watch's start as an HTTP status (not an event in the stream).
+    gone_as_status: bool,
+    /// The next lists of a resource that return a resourceVersion already compacted away.
+    stale_lists: HashMap<&'static str, usize>,
+    /// Resources every watch of which gets a 410 Gone event at once.
+    always_gone: std::collections::HashSet<&'static str>,
+    /// Resources whose next watch streams this many bytes without a newline.
+    endless: HashMap<&'static str, usize>,
 }
 
 /// A running fake; stops serving when dropped (its threads end with their connections).
@@ -164,6 +172,47 @@ impl KubeFake {
         }
     }
 
+    /// Misbehaviours of real API servers and proxies, for the watch tests: a 410 at a watch's
+    /// start as an HTTP status; the next `n` lists of `resource` answering with a
+    /// resourceVersion that is already gone (what a list served from a cache that compaction
+    /// overtook looks like).
+    pub fn stale_lists(&self, resource: &str, n: usize) {
+        let resource = Self::collection(resource);
+        let mut s = self.state.lock().unwrap();
+        s.gone_as_status = true;
+        s.rv += 1;
+        s.oldest_rv = s.rv;
+        s.stale_lists.insert(resource, n);
+    }
+
+    /// Every watch of `resource` gets a 410 Gone event at once (a server that cannot serve it).
+    pub fn always_gone(&self, resource: &str) {
+        let resource = Self::collection(resource);
+        self.state.lock().unwrap().always_gone.insert(resource);
+    }
+
+    /// The next watch of `resource` streams `bytes` without a newline, then ends.
+    pub fn endless_line(&self, resource: &str, bytes: usize) {
+        let resource = Self::collection(resource);
+        self.state.lock().unwrap().endless.insert(resource, bytes);
+    }
+
+    /// Lists (not watches) of `resource` so far.
+    pub fn lists(&self, resource: &str) -> usize {
+        let path = COLLECTIONS
+            .iter()
+            .find(|(_, r, _)| *r == resource)
+            .map(|(p, _, _)| *p)
+            .expect("a collection");
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r.split_once('?').map_or(r.as_str(), |(p, _)| p) == format!("GET {path}")
+                    && !r.contains("watch=true")
+            })
+            .count()
+    }
+
     /// Request lines seen so far ("GET /api/v1/pods?..."), in order.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
@@ -269,7 +318,14 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                 watch(&mut conn, state, resource, query, fields.as_deref());
                 return;
             }
-            let s = state.lock().unwrap();
+            let mut s = state.lock().unwrap();
+            let rv = match s.stale_lists.get_mut(resource) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    s.oldest_rv - 1
+                }
+                _ => s.rv,
+            };
             let items: Vec<Value> = s
                 .objects
                 .get(resource)
@@ -281,7 +337,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                 })
                 .unwrap_or_default();
             let list = json!({"kind": list_kind, "apiVersion": "v1",
-                "metadata": {"resourceVersion": s.rv.to_string()}, "items": items});
+                "metadata": {"resourceVersion": rv.to_string()}, "items": items});
             drop(s);
             respond(&mut conn, "200 OK", &list)
         } else if let Some(name) = path.strip_prefix("/api/v1/nodes/") {
@@ -325,14 +381,21 @@ fn watch(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let (tx, rx) = mpsc::channel();
-    let too_old = {
+    let (too_old, as_status, endless) = {
         let mut s = state.lock().unwrap();
-        let too_old = from < s.oldest_rv;
-        if !too_old {
+        let too_old = from < s.oldest_rv || s.always_gone.contains(resource);
+        let endless = s.endless.remove(resource);
+        if !too_old && endless.is_none() {
             s.watchers.entry(resource).or_default().push(tx);
         }
-        too_old
+        (too_old, s.gone_as_status, endless)
     };
+    if too_old && as_status {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410});
+        let _ = respond(conn, "410 Gone", &status);
+        return;
+    }
     let head =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     if conn.write_all(head.as_bytes()).is_err() {
@@ -342,6 +405,26 @@ fn watch(
         let line = format!("{event}\n");
         write!(conn, "{:x}\r\n{line}\r\n", line.len()).and_then(|()| conn.flush())
     };
+    if let Some(bytes) = endless {
+        // An ADDED event whose line never ends.
+        let piece = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        let start = b"{\"type\":\"ADDED\",\"object\":{\"x\":\"";
+        let _ = write!(conn, "{:x}\r\n", start.len())
+            .and_then(|()| conn.write_all(start))
+            .and_then(|()| conn.write_all(b"\r\n"));
+        while sent < bytes {
+            let ok = write!(conn, "{:x}\r\n", piece.len())
+                .and_then(|()| conn.write_all(&piece))
+                .and_then(|()| conn.write_all(b"\r\n"));
+            if ok.is_err() {
+                return;
+            }
+            sent += piece.len();
+        }
+        let _ = conn.write_all(b"0\r\n\r\n");
+        return;
+    }
     if too_old {
         let _ = chunk(conn, &gone_event());
         let _ = conn.write_all(b"0\r\n\r\n");

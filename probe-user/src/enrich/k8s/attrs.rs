@@ -139,8 +139,8 @@ impl K8sEnricher {
         }
         if let Some((ip, _port)) = peer {
             if let Some(svc) = idx.services.get(&ip) {
-                attrs.peer_service_name = Some(svc.name.clone());
-                attrs.peer_namespace = Some(svc.namespace.clone());
+                attrs.peer_service_name = Some(svc.name.to_string());
+                attrs.peer_namespace = Some(svc.namespace.to_string());
             } else if let Some(pod) = idx.pod_by_ip.get(&ip) {
                 attrs.peer_pod_name = Some(pod.name.clone());
                 attrs.peer_namespace = Some(pod.namespace.clone());
@@ -150,9 +150,9 @@ impl K8sEnricher {
                     .map(|(k, v)| (format!("peer.{k}"), v.clone()))
                     .collect();
             } else if let Some(b) = idx.backends.get(&ip) {
-                attrs.peer_pod_name = b.pod_name.clone();
-                attrs.peer_namespace = Some(b.namespace.clone());
-                attrs.peer_service_name = b.service.clone();
+                attrs.peer_pod_name = b.pod_name.as_deref().map(str::to_owned);
+                attrs.peer_namespace = Some(b.namespace.to_string());
+                attrs.peer_service_name = b.service.as_deref().map(str::to_owned);
             }
         }
         // A DNAT'ed flow: the backend that really served it.
@@ -162,7 +162,7 @@ impl K8sEnricher {
             if let Some(pod) = idx.pod_by_ip.get(&x.reply_saddr) {
                 attrs.peer_pod_name = Some(pod.name.clone());
             } else if let Some(b) = idx.backends.get(&x.reply_saddr) {
-                attrs.peer_pod_name = b.pod_name.clone();
+                attrs.peer_pod_name = b.pod_name.as_deref().map(str::to_owned);
             }
         }
         if let Some(pod) = &subject {

@@ -1,6 +1,9 @@
 //! What the watches know, indexed for the enricher: pods of this node by UID, IP and container
-//! id; Services by cluster IP; EndpointSlice endpoints (backends anywhere in the cluster) by
-//! address. Built from the reflector stores; objects are trimmed as they arrive.
+//! id (rebuilt from the pod store: a node's pods are few); Services by cluster IP and
+//! EndpointSlice endpoints (backends anywhere in the cluster) by address, kept as compact
+//! entries only (no object is stored) and updated per event: the cost of a Service or
+//! EndpointSlice change does not grow with the cluster. A relist builds the new entries aside
+//! and swaps them in whole.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,19 +39,22 @@ pub struct PodInfo {
 /// crun's annotation for a Wasm container image.
 pub const WASM_ANNOTATION: &str = "module.wasm.image/variant";
 
-/// A Service, by one of its cluster IPs.
+/// A Service, by one of its cluster IPs (the names shared by all its IPs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
-    pub name: String,
-    pub namespace: String,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
 }
 
-/// An endpoint of a Service: the pod behind an address (anywhere in the cluster).
+/// An endpoint of a Service: the pod behind an address (anywhere in the cluster). The
+/// namespace, Service and owning slice are shared by the slice's endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    pub pod_name: Option<String>,
-    pub namespace: String,
-    pub service: Option<String>,
+    pub pod_name: Option<Box<str>>,
+    pub namespace: Arc<str>,
+    pub service: Option<Arc<str>>,
+    /// `namespace/name` of the EndpointSlice that lists it.
+    pub slice: Arc<str>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +63,92 @@ pub struct Indexes {
     pub pod_by_ip: HashMap<IpAddr, Arc<PodInfo>>,
     pub services: HashMap<IpAddr, ServiceInfo>,
     pub backends: HashMap<IpAddr, Backend>,
+    /// The cluster IPs of each Service and the addresses of each EndpointSlice, by
+    /// `namespace/name`: what an update or a delete removes.
+    service_ips: HashMap<Arc<str>, Box<[IpAddr]>>,
+    slice_addrs: HashMap<Arc<str>, Box<[IpAddr]>>,
+}
+
+/// A Service as the index keeps it: its key, names and cluster IPs.
+pub struct ServiceEntry {
+    key: Arc<str>,
+    info: ServiceInfo,
+    ips: Box<[IpAddr]>,
+}
+
+/// An EndpointSlice as the index keeps it: its key and its endpoints.
+pub struct SliceEntry {
+    key: Arc<str>,
+    backends: Vec<(IpAddr, Backend)>,
+}
+
+fn object_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Arc<str>> {
+    Some(
+        format!(
+            "{}/{}",
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref()?
+        )
+        .into(),
+    )
+}
+
+/// What the index keeps of a Service (None without a name).
+pub fn service_entry(svc: &Service) -> Option<ServiceEntry> {
+    let key = object_key(&svc.metadata)?;
+    let name: Arc<str> = svc.metadata.name.as_deref()?.into();
+    let namespace: Arc<str> = svc.metadata.namespace.as_deref().unwrap_or_default().into();
+    let spec = svc.spec.as_ref();
+    let mut ips: Vec<IpAddr> = spec
+        .into_iter()
+        .flat_map(|s| s.cluster_ips.iter().flatten().chain(s.cluster_ip.iter()))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    Some(ServiceEntry {
+        key,
+        info: ServiceInfo { name, namespace },
+        ips: ips.into(),
+    })
+}
+
+/// What the index keeps of an EndpointSlice (None without a name).
+pub fn slice_entry(slice: &EndpointSlice) -> Option<SliceEntry> {
+    let key = object_key(&slice.metadata)?;
+    let namespace: Arc<str> = slice
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or_default()
+        .into();
+    let service: Option<Arc<str>> = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/service-name"))
+        .map(|s| s.as_str().into());
+    let mut backends = Vec::new();
+    for ep in slice.endpoints.iter().flatten() {
+        let pod_name: Option<Box<str>> = ep
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| r.name.as_deref())
+            .map(Into::into);
+        for addr in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+            backends.push((
+                addr,
+                Backend {
+                    pod_name: pod_name.clone(),
+                    namespace: namespace.clone(),
+                    service: service.clone(),
+                    slice: key.clone(),
+                },
+            ));
+        }
+    }
+    Some(SliceEntry { key, backends })
 }
 
 impl Indexes {
@@ -77,58 +169,79 @@ impl Indexes {
         }
     }
 
-    pub fn set_services(&mut self, services: &[Arc<Service>]) {
-        self.services.clear();
-        for svc in services {
-            let (Some(name), Some(spec)) = (&svc.metadata.name, &svc.spec) else {
-                continue;
-            };
-            let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-            let ips = spec
-                .cluster_ips
-                .iter()
-                .flatten()
-                .chain(spec.cluster_ip.iter());
-            for ip in ips.filter_map(|s| s.parse::<IpAddr>().ok()) {
-                self.services.insert(
-                    ip,
-                    ServiceInfo {
-                        name: name.clone(),
-                        namespace: namespace.clone(),
-                    },
-                );
+    /// A Service added or changed: its old cluster IPs out, its current ones in.
+    pub fn apply_service(&mut self, entry: ServiceEntry) {
+        self.delete_service(&entry.key);
+        for ip in &entry.ips {
+            self.services.insert(*ip, entry.info.clone());
+        }
+        self.service_ips.insert(entry.key, entry.ips);
+    }
+
+    /// A Service deleted: its cluster IPs out (unless another Service holds one now).
+    pub fn delete_service(&mut self, key: &str) {
+        let Some(ips) = self.service_ips.remove(key) else {
+            return;
+        };
+        let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+        for ip in ips.iter() {
+            if self
+                .services
+                .get(ip)
+                .is_some_and(|s| &*s.name == name && &*s.namespace == namespace)
+            {
+                self.services.remove(ip);
             }
         }
     }
 
-    pub fn set_endpoint_slices(&mut self, slices: &[Arc<EndpointSlice>]) {
-        self.backends.clear();
-        for slice in slices {
-            let namespace = slice.metadata.namespace.clone().unwrap_or_default();
-            let service = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                .cloned();
-            for ep in slice.endpoints.iter().flatten() {
-                let pod_name = ep
-                    .target_ref
-                    .as_ref()
-                    .filter(|r| r.kind.as_deref() == Some("Pod"))
-                    .and_then(|r| r.name.clone());
-                for addr in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                    self.backends.insert(
-                        addr,
-                        Backend {
-                            pod_name: pod_name.clone(),
-                            namespace: namespace.clone(),
-                            service: service.clone(),
-                        },
-                    );
-                }
+    /// Every Service at once (a relist): the entries replace what was there.
+    pub fn replace_services(&mut self, entries: Vec<ServiceEntry>) {
+        self.services.clear();
+        self.service_ips.clear();
+        for e in entries {
+            self.apply_service(e);
+        }
+        self.services.shrink_to_fit();
+        self.service_ips.shrink_to_fit();
+    }
+
+    /// An EndpointSlice added or changed: its old addresses out, its endpoints in.
+    pub fn apply_slice(&mut self, entry: SliceEntry) {
+        self.delete_slice(&entry.key);
+        let addrs: Box<[IpAddr]> = entry.backends.iter().map(|(ip, _)| *ip).collect();
+        for (ip, backend) in entry.backends {
+            self.backends.insert(ip, backend);
+        }
+        self.slice_addrs.insert(entry.key, addrs);
+    }
+
+    /// An EndpointSlice deleted: the addresses it (still) owns out.
+    pub fn delete_slice(&mut self, key: &str) {
+        let Some(addrs) = self.slice_addrs.remove(key) else {
+            return;
+        };
+        for ip in addrs.iter() {
+            if self.backends.get(ip).is_some_and(|b| &*b.slice == key) {
+                self.backends.remove(ip);
             }
         }
+    }
+
+    /// Every EndpointSlice at once (a relist).
+    pub fn replace_slices(&mut self, entries: Vec<SliceEntry>) {
+        self.backends.clear();
+        self.slice_addrs.clear();
+        for e in entries {
+            self.apply_slice(e);
+        }
+        self.backends.shrink_to_fit();
+        self.slice_addrs.shrink_to_fit();
+    }
+
+    /// Services and EndpointSlices known (objects, not addresses).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.service_ips.len(), self.slice_addrs.len())
     }
 }
 
@@ -153,17 +266,6 @@ pub fn trim_pod(pod: &mut Pod) {
     if let Some(status) = pod.status.as_mut() {
         status.conditions = None;
     }
-}
-
-pub fn trim_service(svc: &mut Service) {
-    svc.metadata.managed_fields = None;
-    svc.metadata.annotations = None;
-    svc.status = None;
-}
-
-pub fn trim_endpoint_slice(slice: &mut EndpointSlice) {
-    slice.metadata.managed_fields = None;
-    slice.metadata.annotations = None;
 }
 
 fn pod_info(pod: &Pod, wanted_labels: &[String], wasm_classes: &[String]) -> Option<PodInfo> {
@@ -354,5 +456,108 @@ mod tests {
             "host-network pods share the node's address: not a pod identity"
         );
         assert!(idx.pods.contains_key("u-2"));
+    }
+
+    fn service(ns: &str, name: &str, ips: &[&str]) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ips.first(), "clusterIPs": ips}
+        }))
+        .unwrap()
+    }
+
+    fn slice(ns: &str, name: &str, svc: &str, eps: &[(&str, &str)]) -> EndpointSlice {
+        let endpoints: Vec<serde_json::Value> = eps
+            .iter()
+            .map(|(ip, pod)| {
+                serde_json::json!({"addresses": [ip],
+                    "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns,
+                "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "endpoints": endpoints
+        }))
+        .unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn services_change_one_at_a_time() {
+        let mut idx = Indexes::default();
+        idx.apply_service(
+            service_entry(&service("shop", "redis", &["10.96.0.15", "fd00::15"])).unwrap(),
+        );
+        idx.apply_service(service_entry(&service("shop", "web", &["10.96.0.20"])).unwrap());
+        assert_eq!(&*idx.services[&ip("fd00::15")].name, "redis");
+        assert_eq!(idx.counts(), (2, 0));
+        // Its cluster IP changes: the old one is gone, the other Service untouched.
+        idx.apply_service(service_entry(&service("shop", "redis", &["10.96.0.16"])).unwrap());
+        assert!(!idx.services.contains_key(&ip("10.96.0.15")));
+        assert!(!idx.services.contains_key(&ip("fd00::15")));
+        assert_eq!(&*idx.services[&ip("10.96.0.16")].name, "redis");
+        assert_eq!(&*idx.services[&ip("10.96.0.20")].name, "web");
+        // Deleted: its IP goes, unless another Service took it meanwhile.
+        idx.apply_service(service_entry(&service("other", "taker", &["10.96.0.20"])).unwrap());
+        idx.delete_service("shop/web");
+        assert_eq!(&*idx.services[&ip("10.96.0.20")].name, "taker");
+        idx.delete_service("shop/redis");
+        assert!(!idx.services.contains_key(&ip("10.96.0.16")));
+        assert_eq!(idx.counts(), (1, 0));
+        // A relist replaces everything.
+        idx.replace_services(vec![
+            service_entry(&service("a", "b", &["10.96.1.1"])).unwrap(),
+        ]);
+        assert_eq!(idx.services.len(), 1);
+        assert_eq!(&*idx.services[&ip("10.96.1.1")].namespace, "a");
+    }
+
+    #[test]
+    fn endpoint_slices_own_their_addresses() {
+        let mut idx = Indexes::default();
+        idx.apply_slice(
+            slice_entry(&slice(
+                "shop",
+                "redis-abc",
+                "redis",
+                &[("10.2.0.9", "redis-0"), ("10.2.0.10", "redis-1")],
+            ))
+            .unwrap(),
+        );
+        let b = &idx.backends[&ip("10.2.0.9")];
+        assert_eq!(
+            (b.pod_name.as_deref(), &*b.namespace, b.service.as_deref()),
+            (Some("redis-0"), "shop", Some("redis"))
+        );
+        // The slice changes: redis-1 left.
+        idx.apply_slice(
+            slice_entry(&slice(
+                "shop",
+                "redis-abc",
+                "redis",
+                &[("10.2.0.9", "redis-0")],
+            ))
+            .unwrap(),
+        );
+        assert!(!idx.backends.contains_key(&ip("10.2.0.10")));
+        // An address another slice lists now stays when the first slice is deleted.
+        idx.apply_slice(
+            slice_entry(&slice(
+                "shop",
+                "redis-def",
+                "redis",
+                &[("10.2.0.9", "redis-0")],
+            ))
+            .unwrap(),
+        );
+        idx.delete_slice("shop/redis-abc");
+        assert_eq!(&*idx.backends[&ip("10.2.0.9")].slice, "shop/redis-def");
+        idx.delete_slice("shop/redis-def");
+        assert!(idx.backends.is_empty());
+        assert_eq!(idx.counts(), (0, 0));
     }
 }

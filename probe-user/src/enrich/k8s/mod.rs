@@ -6,37 +6,31 @@
 
 pub mod attrs;
 pub mod cgroup;
+mod client;
 pub mod index;
 pub mod netns;
+mod watch;
 
 pub mod health;
 
 use std::{
-    fmt::Debug,
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, RwLock, atomic::AtomicBool},
     time::Duration,
 };
 
-use futures::StreamExt as _;
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client,
-    runtime::{WatchStreamExt as _, reflector, watcher},
+    runtime::{reflector, watcher},
 };
 use serde::Serialize;
 use tokio::sync::watch as tokio_watch;
 use tracing::{info, warn};
 
-use self::{
-    health::{Backoff, Health},
-    index::Indexes,
-};
+use self::{health::Health, index::Indexes};
 
 /// Node labels that carry the cluster's name on managed platforms (eksctl, AKS).
 pub const CLUSTER_NAME_LABELS: [&str; 2] = [
@@ -187,7 +181,7 @@ pub fn start_with(
     stop: tokio_watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let server = kube_config.cluster_url.to_string();
-    let client = match Client::try_from(kube_config) {
+    let client = match client::build(kube_config) {
         Ok(c) => c,
         Err(e) => {
             warn!("kubernetes: enrichment off: cannot build a client for {server}: {e}");
@@ -226,115 +220,39 @@ pub fn start_with(
             cache.clone(),
         )));
     }
-    let labels = config.labels.clone();
-    let wasm_classes = config.wasm_runtime_classes.clone();
     let pods_cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node));
-    tasks.push(tokio::spawn(run_watch(
+    let (reader, writer) = reflector::store::<Pod>();
+    let pods = watch::Pods {
+        reader,
+        writer,
+        labels: config.labels.clone(),
+        wasm_classes: config.wasm_runtime_classes.clone(),
+    };
+    tasks.push(tokio::spawn(watch::run_watch(
         "pods",
         Api::<Pod>::all(client.clone()),
         pods_cfg,
-        index::trim_pod,
         cache.clone(),
         stop.clone(),
-        move |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<Pod>]| {
-            idx.set_pods(all, &labels, &wasm_classes);
-            st.pods = all.len();
-        },
+        pods,
     )));
-    tasks.push(tokio::spawn(run_watch(
+    tasks.push(tokio::spawn(watch::run_watch(
         "services",
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
-        index::trim_service,
         cache.clone(),
         stop.clone(),
-        |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<Service>]| {
-            idx.set_services(all);
-            st.services = all.len();
-        },
+        watch::CompactIndex::<Service>::default(),
     )));
-    tasks.push(tokio::spawn(run_watch(
+    tasks.push(tokio::spawn(watch::run_watch(
         "endpointslices",
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
-        index::trim_endpoint_slice,
         cache,
         stop,
-        |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<EndpointSlice>]| {
-            idx.set_endpoint_slices(all);
-            st.endpoints = all.len();
-        },
+        watch::CompactIndex::<EndpointSlice>::default(),
     )));
     tasks
-}
-
-/// One reflector: watch (list, then watch from its resourceVersion; relist on 410 Gone; after
-/// an error, wait 1 s doubling to 30 s, with jitter), trim, store, and rebuild the index from
-/// the store after every change.
-async fn run_watch<K>(
-    name: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    trim: fn(&mut K),
-    cache: Arc<K8sCache>,
-    mut stop: tokio_watch::Receiver<bool>,
-    rebuild: impl Fn(&mut Indexes, &mut K8sStatus, &[Arc<K>]) + Send + 'static,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + Debug
-        + Send
-        + Sync
-        + serde::de::DeserializeOwned
-        + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let stream = watcher(api, config).modify(trim).reflect(writer);
-    let mut stream = std::pin::pin!(stream);
-    let mut backoff = Backoff::default();
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match next {
-            None => return,
-            Some(Ok(event)) => {
-                // `Init` comes before every (re)list, also one that is about to fail: it is
-                // no answer (resetting the backoff on it made kube's retries a loop of
-                // several a second).
-                if matches!(event, watcher::Event::Init) {
-                    continue;
-                }
-                backoff.reset();
-                cache.watch_answered(name);
-                if matches!(event, watcher::Event::InitApply(_)) {
-                    continue;
-                }
-                let all = reader.state();
-                let mut idx = cache.indexes.write().unwrap_or_else(|e| e.into_inner());
-                cache.set_status(|st| {
-                    rebuild(&mut idx, st, &all);
-                    cache.active.store(true, Ordering::Relaxed);
-                    cache
-                        .has_wasm_pods
-                        .store(idx.pods.values().any(|p| p.wasm), Ordering::Relaxed);
-                    st.synced.insert(name);
-                    if st.synced.len() == 3 && st.state != "synced" {
-                        info!("kubernetes: caches synced");
-                        st.state = "synced".into();
-                    }
-                });
-            }
-            Some(Err(e)) => {
-                cache.watch_failed(name, e.to_string());
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-        }
-    }
 }
 
 /// `k8s.cluster.name` from well-known node labels, when no `--cluster-name` was given.

@@ -115,7 +115,7 @@ async fn the_cache_follows_list_watch_bookmarks_and_a_relist() {
             ]
         );
         assert_eq!(p.containers["a".repeat(64).as_str()].0, "app");
-        assert_eq!(idx.services[&"10.96.0.15".parse().unwrap()].name, "redis");
+        assert_eq!(&*idx.services[&"10.96.0.15".parse().unwrap()].name, "redis");
         assert_eq!(
             idx.backends[&"10.2.0.9".parse().unwrap()]
                 .pod_name
@@ -233,17 +233,20 @@ async fn an_unreachable_api_server_leaves_enrichment_off_and_says_why() {
     let client = Client::try_from(config).unwrap();
     let cache = K8sCache::new();
     let (_tx, rx) = tokio_watch::channel(false);
-    let task = tokio::spawn(run_watch(
+    let (reader, writer) = kube::runtime::reflector::store::<Pod>();
+    let pods = watch::Pods {
+        reader,
+        writer,
+        labels: Vec::new(),
+        wasm_classes: Vec::new(),
+    };
+    let task = tokio::spawn(watch::run_watch(
         "pods",
         Api::<Pod>::all(client),
         watcher::Config::default(),
-        index::trim_pod,
         cache.clone(),
         rx,
-        |idx: &mut Indexes, st: &mut K8sStatus, all: &[Arc<Pod>]| {
-            idx.set_pods(all, &[], &[]);
-            st.pods = all.len();
-        },
+        pods,
     ));
     let deadline = Instant::now() + Duration::from_secs(10);
     while cache.status().last_error.is_none() {
