@@ -38,8 +38,10 @@ use crate::{
 
 /// Core signals held at once while waiting for their target's exit.
 const CORE_JOIN_CAPACITY: usize = 4096;
-/// Records waiting for the stdout output's thread at most (about 1 KiB each).
+/// Records waiting for the stdout output's thread at most, and their bytes at most (Wasm lines
+/// are up to --wasm-line-max-bytes each).
 const OUTPUT_QUEUE: usize = 8192;
+const OUTPUT_QUEUE_BYTES: usize = 32 << 20;
 /// Expired conntrack flows held at once while waiting for a follow-up.
 const CONNTRACK_FLOWS: usize = 16384;
 
@@ -230,8 +232,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.color.enabled(),
     );
     if let Some((name, inner)) = stdout {
-        let (queued, output, _detached) = export::queued::spawn(name, inner, OUTPUT_QUEUE)
-            .context("starting the stdout output thread")?;
+        let (queued, output, _detached) =
+            export::queued::spawn_bounded(name, inner, OUTPUT_QUEUE, OUTPUT_QUEUE_BYTES)
+                .context("starting the stdout output thread")?;
         sinks.push(Box::new(queued));
         stdout_output = Some(output);
     }

@@ -4,7 +4,8 @@
 //! (EPIPE: `probe | head -1`) is said once as an ERROR, and every later record is counted as
 //! lost for it; the agent is told through [`Output::gone`]. Records are handed to the thread
 //! in batches (up to [`BATCH`], or what is there when the pipeline flushes), so a busy stream
-//! wakes the thread once per batch, not per record; the bound is on records all the same.
+//! wakes the thread once per batch, not per record; the bound is on records and on their
+//! bytes ([`Record::approx_bytes`]: a queue of long Wasm lines is held to its byte budget).
 
 use std::{
     io,
@@ -54,6 +55,8 @@ pub struct Output {
     /// Records accepted and not yet taken by the writer (the bound), and whether a flush is
     /// on its way to the writer (one at a time: a blocked writer does not pile them up).
     records: AtomicUsize,
+    /// The approximate bytes of those records (the other bound).
+    bytes: AtomicUsize,
     flush_asked: AtomicBool,
     /// Why the output failed, once it has.
     failed: OnceLock<String>,
@@ -195,19 +198,33 @@ pub struct QueuedSink {
     /// (the shared counters are touched once per batch, not per record).
     pending_weight: u64,
     pending_own: u64,
+    pending_bytes: usize,
     batch: usize,
     capacity: usize,
+    max_bytes: usize,
     /// At shutdown: wait for room in the queue until then instead of dropping (the last
     /// records, the final loss report, must not be lost to a queue the reader is draining).
     wait_until: Option<std::time::Instant>,
 }
 
-/// Starts `inner` on its own thread behind a queue of `capacity` records. The thread ends
-/// when the [`QueuedSink`] is dropped and the queue is written out (or the output failed).
+/// Starts `inner` on its own thread behind a queue of `capacity` records (no byte budget).
+#[cfg(test)]
 pub fn spawn(
+    name: &'static str,
+    inner: Box<dyn Sink>,
+    capacity: usize,
+) -> io::Result<(QueuedSink, Arc<Output>, thread::JoinHandle<()>)> {
+    spawn_bounded(name, inner, capacity, usize::MAX)
+}
+
+/// Starts `inner` on its own thread behind a queue of `capacity` records and `max_bytes`
+/// approximate bytes. The thread ends when the [`QueuedSink`] is dropped and the queue is
+/// written out (or the output failed).
+pub fn spawn_bounded(
     name: &'static str,
     mut inner: Box<dyn Sink>,
     capacity: usize,
+    max_bytes: usize,
 ) -> io::Result<(QueuedSink, Arc<Output>, thread::JoinHandle<()>)> {
     // Unbounded in messages, bounded in records (`Output::records`) and flushes (one at a time).
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -219,6 +236,7 @@ pub fn spawn(
         queued_own: AtomicU64::new(0),
         reported_written: AtomicU64::new(0),
         records: AtomicUsize::new(0),
+        bytes: AtomicUsize::new(0),
         flush_asked: AtomicBool::new(false),
         failed: OnceLock::new(),
         gone: tokio::sync::Notify::new(),
@@ -249,6 +267,8 @@ pub fn spawn(
                 match msg {
                     Msg::Records(batch) => {
                         out.records.fetch_sub(batch.len(), Ordering::Relaxed);
+                        let bytes: usize = batch.iter().map(Record::approx_bytes).sum();
+                        out.bytes.fetch_sub(bytes, Ordering::Relaxed);
                         for record in batch {
                             out.enqueued(&record, -1);
                             if out.failure().is_some() {
@@ -278,8 +298,10 @@ pub fn spawn(
             pending: Vec::with_capacity(BATCH),
             pending_weight: 0,
             pending_own: 0,
+            pending_bytes: 0,
             batch: BATCH.min(capacity).max(1),
             capacity,
+            max_bytes,
             wait_until: None,
         },
         output,
@@ -296,6 +318,8 @@ impl QueuedSink {
         let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
         let out = &self.output;
         out.records.fetch_add(batch.len(), Ordering::Relaxed);
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        out.bytes.fetch_add(bytes, Ordering::Relaxed);
         out.queued
             .fetch_add(std::mem::take(&mut self.pending_weight), Ordering::Relaxed);
         out.queued_own
@@ -303,6 +327,7 @@ impl QueuedSink {
         if let Err(mpsc::SendError(Msg::Records(batch))) = self.tx.send(Msg::Records(batch)) {
             // The writer thread is gone (it panicked): what it would have written is lost.
             out.records.fetch_sub(batch.len(), Ordering::Relaxed);
+            out.bytes.fetch_sub(bytes, Ordering::Relaxed);
             for record in &batch {
                 out.enqueued(record, -1);
                 out.lose(record);
@@ -310,11 +335,14 @@ impl QueuedSink {
         }
     }
 
-    /// Whether the queue has room for one more record; at shutdown, waits for it until the
-    /// deadline.
-    fn room(&mut self) -> bool {
+    /// Whether the queue has room for one more record of `bytes`; at shutdown, waits for it
+    /// until the deadline.
+    fn room(&mut self, bytes: usize) -> bool {
         loop {
-            if self.output.records.load(Ordering::Relaxed) + self.pending.len() < self.capacity {
+            let out = &self.output;
+            if out.records.load(Ordering::Relaxed) + self.pending.len() < self.capacity
+                && out.bytes.load(Ordering::Relaxed) + self.pending_bytes + bytes <= self.max_bytes
+            {
                 return true;
             }
             if self.wait_until.is_none_or(|t| Instant::now() >= t) {
@@ -328,10 +356,12 @@ impl QueuedSink {
 
 impl Sink for QueuedSink {
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        if self.output.failure().is_some() || !self.room() {
+        let bytes = record.approx_bytes();
+        if self.output.failure().is_some() || !self.room(bytes) {
             self.output.lose(record);
             return Ok(());
         }
+        self.pending_bytes += bytes;
         let n = weight(record);
         self.pending_weight += n;
         if self.output.is_own_report(record) {

@@ -234,3 +234,47 @@ fn records_are_handed_over_in_batches_and_at_a_flush() {
     assert_eq!(out.queued(), 0);
     assert_eq!(out.lost.load(Ordering::Relaxed), 0);
 }
+
+/// Long records (Wasm lines) are held to the byte budget, however few they are.
+#[test]
+fn the_queue_is_bounded_in_bytes_too() {
+    use crate::model::{Body, Stream, WasmOutput};
+    let (g, open, written) = gate();
+    let mut line = reset_record();
+    line.kind = "wasm_output";
+    line.body = Body::WasmOutput(Box::new(WasmOutput {
+        stream: Stream::Stdout,
+        runtime: "wasmtime".into(),
+        text: "x".repeat(16 * 1024),
+        data_b64: None,
+        partial: true,
+        truncated: false,
+        write_result: Some(16384),
+        fd_target: Some("pipe".into()),
+    }));
+    let size = line.approx_bytes();
+    assert!(size > 16 * 1024);
+    // Room for three lines in bytes, a thousand in records.
+    let (mut sink, out, thread) = spawn_bounded("json", Box::new(g), 1000, 3 * size).unwrap();
+    for _ in 0..20 {
+        sink.write(&line).unwrap();
+        sink.flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // One held by the blocked writer, three queued, the rest counted as lost.
+    let lost = out.lost.load(Ordering::Relaxed);
+    assert!((15..=17).contains(&lost), "{lost}");
+    assert!(out.bytes.load(Ordering::Relaxed) <= 3 * size);
+    release(&open, true);
+    drop(sink);
+    thread.join().unwrap();
+    assert_eq!(
+        written.load(Ordering::Relaxed) + out.lost.load(Ordering::Relaxed),
+        20
+    );
+    assert_eq!(
+        out.bytes.load(Ordering::Relaxed),
+        0,
+        "every byte handed back"
+    );
+}

@@ -48,6 +48,27 @@ pub struct Record {
     pub trace: Option<Box<TraceRef>>,
 }
 
+impl Record {
+    /// About what the record holds in memory: itself, and the variable-sized part of the kinds
+    /// that have one (a Wasm line's text; a finding's evidence). What byte budgets count.
+    pub fn approx_bytes(&self) -> usize {
+        size_of::<Self>()
+            + match &self.body {
+                Body::WasmOutput(w) => {
+                    size_of::<WasmOutput>()
+                        + w.text.len()
+                        + w.data_b64.as_ref().map_or(0, String::len)
+                        + w.runtime.len()
+                        + w.fd_target.as_ref().map_or(0, String::len)
+                }
+                Body::Finding(f) => {
+                    size_of::<Finding>() + f.summary.len() + f.evidence.len() * size_of::<Self>()
+                }
+                _ => 0,
+            }
+    }
+}
+
 fn time_keys<S: serde::Serializer>(nanos: &u64, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap as _;
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(*nanos);
