@@ -369,6 +369,24 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
     println!("\n== latency, kernel event -> span decoded by an OTLP receiver (gRPC)");
     println!("{:<28} {:>14.3}", "p50 (ms)", otlp50);
     println!("{:<28} {:>14.3}", "p99 (ms)", otlp99);
+    // Steady rates with OTLP (JSON plus OTLP over HTTP/protobuf to the test receiver).
+    let steady = bench_net::otlp_steady(bin, receiver, 2000, if quick { 5 } else { 15 })?;
+    println!(
+        "\n== steady {:.0} events/s: agent CPU per million events, OTLP export requests",
+        steady.events_per_s
+    );
+    println!(
+        "{:<28} {:>14.3}",
+        "JSON: CPU s / M events", steady.cpu_s_per_million_json
+    );
+    println!(
+        "{:<28} {:>14.3}   (target <= 2)",
+        "JSON+OTLP: CPU s / M events", steady.cpu_s_per_million_otlp
+    );
+    println!(
+        "{:<28} {:>14.2}   (spans received {})",
+        "OTLP requests / s", steady.requests_per_s, steady.spans_received
+    );
     let doc = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
                      "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
@@ -393,6 +411,11 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
                          "agent_peak_rss_mib": storm.peak_rss_mib },
         "json_latency_ms": { "p50": p50, "p99": p99 },
         "otlp_latency_ms": { "p50": otlp50, "p99": otlp99 },
+        "steady_otlp": { "events_per_s": steady.events_per_s,
+                         "json_cpu_s_per_million": steady.cpu_s_per_million_json,
+                         "otlp_cpu_s_per_million": steady.cpu_s_per_million_otlp,
+                         "spans_received": steady.spans_received,
+                         "requests_per_s": steady.requests_per_s },
     });
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;

@@ -355,3 +355,93 @@ impl Drop for Nginx {
         let _ = self.0.wait();
     }
 }
+
+/// The agent at a steady event rate, with JSON only and with JSON and OTLP (HTTP/protobuf to
+/// the test receiver): CPU per million events each way (the OTLP figure includes the JSON
+/// output), and the export requests per second.
+pub struct Steady {
+    pub events_per_s: f64,
+    pub cpu_s_per_million_json: f64,
+    pub cpu_s_per_million_otlp: f64,
+    pub spans_received: u64,
+    pub requests_per_s: f64,
+}
+
+/// Refused connects (two resets each) paced to `events_per_s` for `seconds`; the resets made.
+fn paced_resets(port: u16, events_per_s: u32, seconds: u32) -> u64 {
+    let connects = u64::from(events_per_s / 2 * seconds);
+    let interval = Duration::from_secs(1) / (events_per_s / 2).max(1);
+    let start = Instant::now();
+    for i in 0..connects {
+        if let Some(wait) = (start + interval * i as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let _ = TcpStream::connect(("127.0.0.1", port));
+    }
+    2 * connects
+}
+
+pub fn otlp_steady(bin: &Path, receiver: &Path, events_per_s: u32, seconds: u32) -> Result<Steady> {
+    let port = closed_port()?;
+    // JSON only.
+    let agent = Observed::start(bin, &[])?;
+    let cpu0 = cpu_seconds(agent.pid());
+    let made = paced_resets(port, events_per_s, seconds);
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_json = cpu_seconds(agent.pid()) - cpu0;
+    drop(agent);
+    // JSON and OTLP.
+    let mut rx = Command::new(receiver)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", receiver.display()))?;
+    let mut out = BufReader::new(rx.stdout.take().context("receiver stdout")?).lines();
+    let first = out.next().context("receiver address")??;
+    let addrs: serde_json::Value = serde_json::from_str(&first)?;
+    let http = addrs["http"].as_str().context("http address")?.to_owned();
+    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let seen = counts.clone();
+    std::thread::spawn(move || {
+        for line in out.map_while(Result::ok) {
+            if line.starts_with("{\"signal\":\"request\"")
+                || line.contains("\"signal\":\"request\"")
+            {
+                seen.0.fetch_add(1, Ordering::Relaxed);
+            } else if line.contains("\"signal\":\"span\"") {
+                seen.1.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let endpoint = format!("http://{http}");
+    let agent = Observed::start(
+        bin,
+        &[
+            "--output",
+            "otlp",
+            "--otlp-protocol",
+            "http/protobuf",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    )?;
+    let cpu0 = cpu_seconds(agent.pid());
+    let requests0 = counts.0.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let made_otlp = paced_resets(port, events_per_s, seconds);
+    // The last batch waits up to the batching delay (1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu_otlp = cpu_seconds(agent.pid()) - cpu0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = counts.0.load(Ordering::Relaxed) - requests0;
+    drop(agent);
+    let _ = rx.kill();
+    let _ = rx.wait();
+    Ok(Steady {
+        events_per_s: f64::from(events_per_s),
+        cpu_s_per_million_json: per_million(cpu_json, made),
+        cpu_s_per_million_otlp: per_million(cpu_otlp, made_otlp),
+        spans_received: counts.1.load(Ordering::Relaxed),
+        requests_per_s: requests as f64 / elapsed,
+    })
+}
