@@ -113,9 +113,14 @@ impl KubeFake {
         let mut s = self.state.lock().unwrap();
         s.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
-        let key = key_of(&obj);
+        let (namespace, name) = (
+            obj["metadata"]["namespace"].clone(),
+            obj["metadata"]["name"].clone(),
+        );
         let list = s.objects.entry(resource).or_default();
-        let kind = match list.iter_mut().find(|o| key_of(o) == key) {
+        let same =
+            |o: &Value| o["metadata"]["name"] == name && o["metadata"]["namespace"] == namespace;
+        let kind = match list.iter_mut().find(|o| same(o)) {
             Some(old) => {
                 *old = obj.clone();
                 "MODIFIED"
@@ -126,6 +131,20 @@ impl KubeFake {
             }
         };
         Self::notify(&mut s, resource, json!({"type": kind, "object": obj}));
+    }
+
+    /// Adds many new objects at once (names not used yet: no look-up), without events: a
+    /// cluster's worth of objects for the benchmarks.
+    pub fn extend(&self, resource: &str, objs: Vec<Value>) {
+        let resource = Self::collection(resource);
+        let mut s = self.state.lock().unwrap();
+        s.rv += 1;
+        let rv = json!(s.rv.to_string());
+        let list = s.objects.entry(resource).or_default();
+        for mut obj in objs {
+            obj["metadata"]["resourceVersion"] = rv.clone();
+            list.push(obj);
+        }
     }
 
     /// Deletes an object; watchers get DELETED.

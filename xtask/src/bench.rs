@@ -387,6 +387,52 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         "{:<28} {:>14.2}   (spans received {})",
         "OTLP requests / s", steady.requests_per_s, steady.spans_received
     );
+    // Kubernetes caches at two cluster sizes (the fake beside the receiver).
+    let kube_scale = receiver.with_file_name("kube_scale");
+    let (updates, rate) = (if quick { 100 } else { 200 }, 20);
+    let small = crate::bench_k8s::scale(bin, &kube_scale, 2_000, updates, rate)?;
+    let large = crate::bench_k8s::scale(bin, &kube_scale, 20_000, updates, rate)?;
+    println!(
+        "\n== Kubernetes caches: Services + 3x EndpointSlices, {updates} slice updates at {rate}/s"
+    );
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "objects",
+        small.services + small.slices,
+        large.services + large.slices
+    );
+    for (label, a, b) in [
+        ("sync (s)", small.sync_s, large.sync_s),
+        (
+            "RSS synced (MiB)",
+            small.rss_synced_mib,
+            large.rss_synced_mib,
+        ),
+        ("peak RSS (MiB)", small.peak_rss_mib, large.peak_rss_mib),
+        (
+            "bytes per cached object",
+            small.bytes_per_object,
+            large.bytes_per_object,
+        ),
+        (
+            "CPU ms per update",
+            small.cpu_ms_per_update,
+            large.cpu_ms_per_update,
+        ),
+    ] {
+        println!("{label:<28} {a:>14.2} {b:>14.2}");
+    }
+    println!(
+        "{:<28} {:>14.2}   (target: about 1, no full rebuild per event; RSS within 256 MiB)",
+        "CPU per update, large/small",
+        large.cpu_ms_per_update / small.cpu_ms_per_update.max(1e-6)
+    );
+    let k8s_json = |s: &crate::bench_k8s::Scale| {
+        serde_json::json!({ "services": s.services, "slices": s.slices, "sync_s": s.sync_s,
+            "rss_base_mib": s.rss_base_mib, "rss_synced_mib": s.rss_synced_mib,
+            "peak_rss_mib": s.peak_rss_mib, "bytes_per_object": s.bytes_per_object,
+            "cpu_ms_per_update": s.cpu_ms_per_update })
+    };
     let doc = serde_json::json!({
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
                      "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim() },
@@ -411,6 +457,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
                          "agent_peak_rss_mib": storm.peak_rss_mib },
         "json_latency_ms": { "p50": p50, "p99": p99 },
         "otlp_latency_ms": { "p50": otlp50, "p99": otlp99 },
+        "kubernetes": [k8s_json(&small), k8s_json(&large)],
         "steady_otlp": { "events_per_s": steady.events_per_s,
                          "json_cpu_s_per_million": steady.cpu_s_per_million_json,
                          "otlp_cpu_s_per_million": steady.cpu_s_per_million_otlp,

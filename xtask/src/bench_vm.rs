@@ -13,6 +13,11 @@ use crate::{
     vm,
 };
 
+/// The Kubernetes bench's fake, built beside the OTLP receiver.
+fn receiver_dir_file(receiver: &Path) -> std::path::PathBuf {
+    receiver.with_file_name("kube_scale")
+}
+
 /// Runs the benchmarks on `line`'s newest kernel; prints the guest's table.
 pub fn bench_in_vm(
     line: &'static vm::Line,
@@ -40,7 +45,10 @@ pub fn bench_in_vm(
         }
         Ok(to)
     };
+    let receiver_src = receiver.to_path_buf();
     let (xtask, agent, receiver) = (keep(&xtask)?, keep(agent)?, keep(receiver)?);
+    // The API server fake of the Kubernetes bench, found beside the receiver.
+    keep(&receiver_dir_file(&receiver_src))?;
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let mut script = e2e::guest_setup(&out_dir);
     let _ = writeln!(

@@ -2,6 +2,7 @@
 //! set the machine up first (`cargo xtask setup`).
 
 mod bench;
+mod bench_k8s;
 mod bench_net;
 mod bench_vm;
 mod e2e;
@@ -110,6 +111,8 @@ fn main() -> Result<()> {
                 "probe-tests",
                 "--bin",
                 "otlp_receiver",
+                "--bin",
+                "kube_scale",
             ]))?;
             let receiver = target_dir().join("release").join("otlp_receiver");
             for column in columns {
