@@ -12,16 +12,6 @@ use probe_tests::*;
 
 const WRITER: &str = env!("CARGO_BIN_EXE_writer");
 
-/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 #[test]
 fn output_without_newlines_is_capped_and_exact() {
     if !require_root("bounded_memory::output_without_newlines_is_capped_and_exact") {

@@ -46,15 +46,6 @@ fn wait_status(probe: &Probe, what: &str, ok: impl Fn(&Value) -> bool) -> Value 
     }
 }
 
-fn hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .expect("VmHWM")
-}
-
 #[test]
 fn a_watch_line_that_never_ends_is_cut_and_retried() {
     if !require_root("k8s_watch::a_watch_line_that_never_ends_is_cut_and_retried") {
@@ -66,7 +57,7 @@ fn a_watch_line_that_never_ends_is_cut_and_retried() {
     // The first watch of Services streams 150 MiB without a newline.
     fake.endless_line("services", 150 << 20);
     let probe = start(&fake, &dir);
-    let before = hwm_kib(probe.pid());
+    let before = status_kib(probe.pid(), "VmHWM");
     let k = wait_status(&probe, "the endless line was not cut", |k| {
         k["last_error"]
             .as_str()
@@ -84,7 +75,7 @@ fn a_watch_line_that_never_ends_is_cut_and_retried() {
     wait_status(&probe, "the watch did not recover", |k| {
         k["services"] == 2 && k["connected"] == true
     });
-    let grew = hwm_kib(probe.pid()).saturating_sub(before) / 1024;
+    let grew = status_kib(probe.pid(), "VmHWM").saturating_sub(before) / 1024;
     assert!(
         grew < 32,
         "the agent's peak RSS grew by {grew} MiB on a 150 MiB line"

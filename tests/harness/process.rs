@@ -82,3 +82,13 @@ pub fn unreported_losses(log: &str, output: &str) -> u64 {
         })
         .sum()
 }
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`: the peak resident set).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}

@@ -245,9 +245,11 @@ pub fn json_latency(bin: &Path, events: u32) -> Result<(f64, f64)> {
     Ok((pick(0.5), pick(0.99)))
 }
 
-/// p50 and p99, in ms, from kernel event time to the moment the test OTLP receiver
-/// (tests/bin/otlp_receiver.rs) decoded its span, over gRPC.
-pub fn otlp_latency(bin: &Path, receiver: &Path, events: u32) -> Result<(f64, f64)> {
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// The test OTLP receiver: the process, its output after the first line, and that first
+/// line (`{"grpc": ADDR, "http": ADDR}`).
+fn start_receiver(receiver: &Path) -> Result<(Child, Lines, serde_json::Value)> {
     let mut rx = Command::new(receiver)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -255,7 +257,13 @@ pub fn otlp_latency(bin: &Path, receiver: &Path, events: u32) -> Result<(f64, f6
         .with_context(|| format!("starting {}", receiver.display()))?;
     let mut out = BufReader::new(rx.stdout.take().context("receiver stdout")?).lines();
     let first = out.next().context("receiver address")??;
-    let addrs: serde_json::Value = serde_json::from_str(&first)?;
+    Ok((rx, out, serde_json::from_str(&first)?))
+}
+
+/// p50 and p99, in ms, from kernel event time to the moment the test OTLP receiver
+/// (tests/bin/otlp_receiver.rs) decoded its span, over gRPC.
+pub fn otlp_latency(bin: &Path, receiver: &Path, events: u32) -> Result<(f64, f64)> {
+    let (mut rx, out, addrs) = start_receiver(receiver)?;
     let grpc = addrs["grpc"].as_str().context("grpc address")?.to_owned();
     let (tx, spans) = mpsc::channel();
     std::thread::spawn(move || {
@@ -391,14 +399,7 @@ pub fn otlp_steady(bin: &Path, receiver: &Path, events_per_s: u32, seconds: u32)
     let cpu_json = cpu_seconds(agent.pid()) - cpu0;
     drop(agent);
     // JSON and OTLP.
-    let mut rx = Command::new(receiver)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", receiver.display()))?;
-    let mut out = BufReader::new(rx.stdout.take().context("receiver stdout")?).lines();
-    let first = out.next().context("receiver address")??;
-    let addrs: serde_json::Value = serde_json::from_str(&first)?;
+    let (mut rx, out, addrs) = start_receiver(receiver)?;
     let http = addrs["http"].as_str().context("http address")?.to_owned();
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let seen = counts.clone();

@@ -284,17 +284,8 @@ fn classify(status: &tonic::Status) -> Outcome {
 
 /// A gRPC status as a person reads it: the code, the message, then what caused it.
 fn status_text(status: &tonic::Status) -> String {
-    let mut out = format!("gRPC {:?}: {}", status.code(), status.message());
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+    let out = format!("gRPC {:?}: {}", status.code(), status.message());
+    with_sources(out, std::error::Error::source(status))
 }
 
 /// `Retry-After`: seconds, or an HTTP date; capped at [`RETRY_AFTER_MAX`].
@@ -312,8 +303,11 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// An error and its sources, joined (a TLS error's certificate problem is a source).
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
+    with_sources(e.to_string(), e.source())
+}
+
+/// `out`, then each error of the chain from `source` that it does not say already.
+fn with_sources(mut out: String, mut source: Option<&dyn std::error::Error>) -> String {
     while let Some(s) = source {
         let text = s.to_string();
         if !out.contains(&text) {
