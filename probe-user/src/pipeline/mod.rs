@@ -43,6 +43,24 @@ pub enum Event {
     Record(Box<Record>),
 }
 
+impl Event {
+    /// The payload bytes the event carries beyond its fixed size (a Wasm write's chunk): what
+    /// the channel's byte budget counts.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Self::Kernel(Decoded {
+                body: crate::model::Body::WasmWrite(w),
+                ..
+            }) => w.data.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Payload bytes the channel holds at most (its records are bounded by `--queue-size`): Wasm
+/// chunks beyond it are dropped and counted like a full channel's.
+pub const CHANNEL_PAYLOAD_MAX: usize = 32 << 20;
+
 #[derive(Debug, Error)]
 pub enum PipelineError {
     #[error("polling the event ring buffer: {0}")]
@@ -54,8 +72,11 @@ pub enum PipelineError {
 /// Counters shared by the pipeline stages.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Events dropped because the channel to the sinks was full.
+    /// Events dropped because the channel to the sinks was full (in events, or in payload
+    /// bytes: [`CHANNEL_PAYLOAD_MAX`]).
     pub channel_drops: AtomicU64,
+    /// Payload bytes in the channel now.
+    pub channel_bytes: std::sync::atomic::AtomicUsize,
     /// Records that failed the checked decode.
     pub decode_errors: AtomicU64,
     /// ctnetlink overruns (ENOBUFS): conntrack events the kernel could not queue for us.
@@ -126,7 +147,16 @@ fn drain(
         };
         match decode(&item, tables) {
             Ok(event) => {
-                if tx.try_send(Event::Kernel(event)).is_err() {
+                let event = Event::Kernel(event);
+                let bytes = event.payload_bytes();
+                let held = counters.channel_bytes.load(Ordering::Relaxed);
+                if held + bytes > CHANNEL_PAYLOAD_MAX {
+                    counters.channel_drops.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                counters.channel_bytes.fetch_add(bytes, Ordering::Relaxed);
+                if tx.try_send(event).is_err() {
+                    counters.channel_bytes.fetch_sub(bytes, Ordering::Relaxed);
                     counters.channel_drops.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -300,6 +300,12 @@ async fn consume_loop(
                 // The clock is read once per batch, not per event: what it times (holds,
                 // joins, windows) is seconds.
                 now = Instant::now();
+                let bytes: usize = batch.iter().map(Event::payload_bytes).sum();
+                stages
+                    .losses
+                    .counters
+                    .channel_bytes
+                    .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                 for event in batch.drain(..) {
                     stages.handle(event, now, &mut out).map_err(PipelineError::Sink)?;
                 }
