@@ -163,6 +163,8 @@ impl Shared {
 pub struct OtlpSink {
     shared: Arc<Shared>,
     state: Arc<AgentState>,
+    /// A batch's bytes: the export task is woken when a queue holds that much.
+    batch_bytes: usize,
 }
 
 impl OtlpSink {
@@ -197,7 +199,14 @@ impl OtlpSink {
             config.batch_delay,
         );
         let task = tokio::spawn(export_loop(exporter));
-        Ok((Self { shared, state }, task))
+        Ok((
+            Self {
+                shared,
+                state,
+                batch_bytes: config.batch_bytes,
+            },
+            task,
+        ))
     }
 
     fn push(&self, spans: Vec<Span>, log: Option<LogRecord>) {
@@ -214,7 +223,8 @@ impl OtlpSink {
                 dropped_logs += u64::from(!q.logs.push(len, l, capacity, max_bytes));
             }
             q.since.get_or_insert_with(Instant::now);
-            q.spans.items.len() >= export::BATCH || q.logs.items.len() >= export::BATCH
+            let full = |n: usize, bytes: usize| n >= export::BATCH || bytes >= self.batch_bytes;
+            full(q.spans.items.len(), q.spans.bytes) || full(q.logs.items.len(), q.logs.bytes)
         };
         let m = &self.state.metrics;
         if dropped_spans > 0 {
