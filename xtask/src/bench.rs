@@ -377,11 +377,20 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
     );
     println!(
         "{:<28} {:>14.3}",
+        "idle agent CPU ms / s", steady.idle_cpu_ms_per_s
+    );
+    println!(
+        "{:<28} {:>14.3}   (idle subtracted)",
         "JSON: CPU s / M events", steady.cpu_s_per_million_json
     );
     println!(
         "{:<28} {:>14.3}   (target <= 2)",
         "JSON+OTLP: CPU s / M events", steady.cpu_s_per_million_otlp
+    );
+    println!(
+        "{:<28} {:>14.3}   (OTLP's share: the difference)",
+        "OTLP: CPU s / M spans",
+        steady.cpu_s_per_million_otlp - steady.cpu_s_per_million_json
     );
     println!(
         "{:<28} {:>14.2}   (spans received {})",
@@ -459,6 +468,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         "otlp_latency_ms": { "p50": otlp50, "p99": otlp99 },
         "kubernetes": [k8s_json(&small), k8s_json(&large)],
         "steady_otlp": { "events_per_s": steady.events_per_s,
+                         "idle_cpu_ms_per_s": steady.idle_cpu_ms_per_s,
                          "json_cpu_s_per_million": steady.cpu_s_per_million_json,
                          "otlp_cpu_s_per_million": steady.cpu_s_per_million_otlp,
                          "spans_received": steady.spans_received,

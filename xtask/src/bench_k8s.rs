@@ -35,21 +35,6 @@ fn status_kib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, r)| r)
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
-}
-
 fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -173,14 +158,14 @@ pub fn scale(
     let rss_synced = status_kib(probe.id(), "VmRSS");
     // Idle CPU over as long as the updates take, then the updates.
     let span = Duration::from_secs_f64(updates as f64 / f64::from(rate));
-    let idle0 = cpu_s(probe.id());
+    let idle0 = crate::bench_net::cpu_seconds(probe.id());
     std::thread::sleep(span);
-    let idle = cpu_s(probe.id()) - idle0;
-    let busy0 = cpu_s(probe.id());
+    let idle = crate::bench_net::cpu_seconds(probe.id()) - idle0;
+    let busy0 = crate::bench_net::cpu_seconds(probe.id());
     writeln!(commands, "update {updates} {rate}")?;
     answers.next().context("the fake ended")??;
     std::thread::sleep(Duration::from_millis(500));
-    let busy = cpu_s(probe.id()) - busy0;
+    let busy = crate::bench_net::cpu_seconds(probe.id()) - busy0;
     let peak = status_kib(probe.id(), "VmHWM");
     stop(probe);
     drop(commands);

@@ -94,8 +94,22 @@ impl Drop for Observed {
     }
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+/// CPU time of `pid`, in seconds: the sum of its threads' run time from schedstat
+/// (nanoseconds; utime + stime from /proc/PID/stat have 10 ms ticks, too coarse for a few
+/// seconds of a quiet agent), else /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ns: Option<u64> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        });
+    if let Some(ns) = ns.filter(|&n| n > 0) {
+        return ns as f64 / 1e9;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
@@ -369,6 +383,8 @@ impl Drop for Nginx {
 /// output), and the export requests per second.
 pub struct Steady {
     pub events_per_s: f64,
+    /// The idle agent's CPU per second (subtracted from the per-event figures).
+    pub idle_cpu_ms_per_s: f64,
     pub cpu_s_per_million_json: f64,
     pub cpu_s_per_million_otlp: f64,
     pub spans_received: u64,
@@ -391,12 +407,17 @@ fn paced_resets(port: u16, events_per_s: u32, seconds: u32) -> u64 {
 
 pub fn otlp_steady(bin: &Path, receiver: &Path, events_per_s: u32, seconds: u32) -> Result<Steady> {
     let port = closed_port()?;
-    // JSON only.
+    // JSON only; the agent's idle CPU over as long first (subtracted from both figures: what
+    // an event costs, not what a quiet agent costs per second).
     let agent = Observed::start(bin, &[])?;
+    let busy = Duration::from_secs(u64::from(seconds)) + Duration::from_millis(1500);
+    let idle0 = cpu_seconds(agent.pid());
+    std::thread::sleep(busy);
+    let idle = cpu_seconds(agent.pid()) - idle0;
     let cpu0 = cpu_seconds(agent.pid());
     let made = paced_resets(port, events_per_s, seconds);
-    std::thread::sleep(Duration::from_secs(1));
-    let cpu_json = cpu_seconds(agent.pid()) - cpu0;
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu_json = (cpu_seconds(agent.pid()) - cpu0 - idle).max(0.0);
     drop(agent);
     // JSON and OTLP.
     let (mut rx, out, addrs) = start_receiver(receiver)?;
@@ -432,7 +453,7 @@ pub fn otlp_steady(bin: &Path, receiver: &Path, events_per_s: u32, seconds: u32)
     let made_otlp = paced_resets(port, events_per_s, seconds);
     // The last batch waits up to the batching delay (1 s).
     std::thread::sleep(Duration::from_millis(1500));
-    let cpu_otlp = cpu_seconds(agent.pid()) - cpu0;
+    let cpu_otlp = (cpu_seconds(agent.pid()) - cpu0 - idle).max(0.0);
     let elapsed = started.elapsed().as_secs_f64();
     let requests = counts.0.load(Ordering::Relaxed) - requests0;
     drop(agent);
@@ -440,6 +461,7 @@ pub fn otlp_steady(bin: &Path, receiver: &Path, events_per_s: u32, seconds: u32)
     let _ = rx.wait();
     Ok(Steady {
         events_per_s: f64::from(events_per_s),
+        idle_cpu_ms_per_s: idle * 1000.0 / busy.as_secs_f64(),
         cpu_s_per_million_json: per_million(cpu_json, made),
         cpu_s_per_million_otlp: per_million(cpu_otlp, made_otlp),
         spans_received: counts.1.load(Ordering::Relaxed),

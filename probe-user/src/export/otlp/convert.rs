@@ -11,11 +11,12 @@
 
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value},
-    logs::v1::{LogRecord, SeverityNumber},
-    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
+    logs::v1::SeverityNumber,
+    trace::v1::{span::SpanKind, status::StatusCode},
 };
 
-use crate::model::{self, AttrValue, Attrs, Record, describe::LogLine};
+use super::wire;
+use crate::model::{self, AttrValue, Record, describe::LogLine};
 
 /// W3C trace flag: sampled.
 const SAMPLED: u32 = 0x01;
@@ -32,7 +33,7 @@ pub fn scope() -> InstrumentationScope {
     }
 }
 
-/// A typed attribute as an OTLP value.
+/// A typed attribute as an OTLP value (the resource's, built once).
 pub fn any_value(v: AttrValue) -> AnyValue {
     let value = match v {
         AttrValue::Str(s) => Value::StringValue(s),
@@ -59,48 +60,19 @@ pub fn key_value(key: impl Into<String>, value: AttrValue) -> KeyValue {
     }
 }
 
-/// The attributes of a record, as the exporter sends them.
-pub fn attributes(record: &Record) -> Vec<KeyValue> {
-    let Attrs(list) = record.attributes();
-    list.into_iter().map(|(k, v)| key_value(k, v)).collect()
-}
-
 /// A random ID that is not all zeroes (an all-zero ID is invalid in OTLP).
-fn random_id<const N: usize>() -> Vec<u8> {
+fn random_id<const N: usize>() -> [u8; N] {
     loop {
         let id: [u8; N] = rand::random();
         if id != [0; N] {
-            return id.to_vec();
+            return id;
         }
     }
 }
 
-fn span(
-    name: String,
-    trace_id: &[u8],
-    parent: Vec<u8>,
-    at: u64,
-    attributes: Vec<KeyValue>,
-    status: Option<Status>,
-) -> Span {
-    Span {
-        trace_id: trace_id.to_vec(),
-        span_id: random_id::<8>(),
-        parent_span_id: parent,
-        flags: SAMPLED | HAS_IS_REMOTE,
-        name,
-        kind: SpanKind::Internal as i32,
-        start_time_unix_nano: at,
-        end_time_unix_nano: at,
-        attributes,
-        status,
-        ..Span::default()
-    }
-}
-
-/// The spans of a record: one for an event (a parent and its evidence for a finding), none for
-/// kinds that are only log records or internal.
-pub fn spans(record: &Record) -> Vec<Span> {
+/// The spans of a record, encoded: one for an event (a parent and its evidence for a
+/// finding), none for kinds that are only log records or internal.
+pub fn span_messages(record: &Record) -> Vec<Vec<u8>> {
     let Some(body) = record.body.describe() else {
         return Vec::new();
     };
@@ -109,65 +81,101 @@ pub fn spans(record: &Record) -> Vec<Span> {
     };
     // Inside the request's trace, as a child of the client's span, when the connection
     // carried a traceparent; a trace of its own otherwise.
-    let (trace_id, parent, remote) = match &record.trace {
-        Some(t) => (t.parent.trace_id.to_vec(), t.parent.span_id.to_vec(), true),
-        None => (random_id::<16>(), Vec::new(), false),
+    let (trace_id, parent, flags): ([u8; 16], &[u8], u32) = match &record.trace {
+        Some(t) => (
+            t.parent.trace_id,
+            &t.parent.span_id,
+            SAMPLED | HAS_IS_REMOTE | IS_REMOTE,
+        ),
+        None => (random_id(), &[], SAMPLED | HAS_IS_REMOTE),
     };
-    let status = body.span_error().map(|message| Status {
-        code: StatusCode::Error as i32,
-        message,
-    });
-    let mut head = span(
-        name.into_owned(),
-        &trace_id,
-        parent,
-        record.time_unix_nano,
-        attributes(record),
-        status,
-    );
-    if remote {
-        head.flags |= IS_REMOTE;
-    }
-    let head_id = head.span_id.clone();
-    let mut out = vec![head];
+    let error = body.span_error();
+    let head_id: [u8; 8] = random_id();
+    let attrs = record.attributes();
+    let mut out = vec![wire::span(&wire::SpanFields {
+        trace_id: &trace_id,
+        span_id: &head_id,
+        parent_span_id: parent,
+        flags,
+        name: &name,
+        kind: SpanKind::Internal as i32,
+        time_unix_nano: record.time_unix_nano,
+        attributes: &attrs,
+        status: error
+            .as_deref()
+            .map(|message| (StatusCode::Error as i32, message)),
+    })];
     for ev in body.evidence() {
         let Some(name) = ev.body.describe().and_then(|b| b.span_name()) else {
             continue;
         };
-        out.push(span(
-            name.into_owned(),
-            &trace_id,
-            head_id.clone(),
-            ev.time_unix_nano,
-            attributes(ev),
-            None,
-        ));
+        out.push(wire::span(&wire::SpanFields {
+            trace_id: &trace_id,
+            span_id: &random_id::<8>(),
+            parent_span_id: &head_id,
+            flags: SAMPLED | HAS_IS_REMOTE,
+            name: &name,
+            kind: SpanKind::Internal as i32,
+            time_unix_nano: ev.time_unix_nano,
+            attributes: &ev.attributes(),
+            status: None,
+        }));
     }
     out
 }
 
-/// The log record of a record that has one (Wasm lines, findings, settings, losses).
-pub fn log_record(record: &Record, line: LogLine, observed_unix_nano: u64) -> LogRecord {
+/// The log record of a record that has one (Wasm lines, findings, settings, losses), encoded.
+pub fn log_message(record: &Record, line: &LogLine, observed_unix_nano: u64) -> Vec<u8> {
     let (number, text) = match line.severity {
         model::describe::Severity::Info => (SeverityNumber::Info, "INFO"),
         model::describe::Severity::Warn => (SeverityNumber::Warn, "WARN"),
     };
-    let (trace_id, span_id) = match &record.trace {
-        Some(t) => (t.parent.trace_id.to_vec(), t.parent.span_id.to_vec()),
-        None => (Vec::new(), Vec::new()),
+    let (trace_id, span_id): (&[u8], &[u8]) = match &record.trace {
+        Some(t) => (&t.parent.trace_id, &t.parent.span_id),
+        None => (&[], &[]),
     };
-    LogRecord {
+    wire::log_record(&wire::LogFields {
         time_unix_nano: record.time_unix_nano,
-        observed_time_unix_nano: observed_unix_nano,
+        observed_unix_nano,
         severity_number: number as i32,
-        severity_text: text.into(),
-        event_name: line.event_name.into(),
-        body: Some(AnyValue {
-            value: Some(Value::StringValue(line.body)),
-        }),
-        attributes: attributes(record),
+        severity_text: text,
+        body: &line.body,
+        attributes: &record.attributes(),
         trace_id,
         span_id,
-        ..LogRecord::default()
-    }
+        event_name: line.event_name,
+    })
+}
+
+/// The attributes of a record as the exporter sends them (the wire encoder's bytes, decoded).
+#[cfg(test)]
+pub fn attributes(record: &Record) -> Vec<KeyValue> {
+    use prost::Message as _;
+    let bytes = wire::span(&wire::SpanFields {
+        trace_id: &[1; 16],
+        span_id: &[1; 8],
+        parent_span_id: &[],
+        flags: 0,
+        name: "t",
+        kind: 1,
+        time_unix_nano: 1,
+        attributes: &record.attributes(),
+        status: None,
+    });
+    opentelemetry_proto::tonic::trace::v1::Span::decode(bytes.as_slice())
+        .expect("the wire encoder writes a Span prost decodes")
+        .attributes
+}
+
+/// The spans of a record as the generated types, decoded from what is sent.
+#[cfg(test)]
+pub fn spans(record: &Record) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+    use prost::Message as _;
+    span_messages(record)
+        .iter()
+        .map(|b| {
+            opentelemetry_proto::tonic::trace::v1::Span::decode(b.as_slice())
+                .expect("the wire encoder writes a Span prost decodes")
+        })
+        .collect()
 }

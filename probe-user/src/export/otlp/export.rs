@@ -10,136 +10,71 @@
 
 use std::{sync::Arc, time::Duration};
 
-use opentelemetry_proto::tonic::{
-    collector::{
-        logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse},
-        trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
-    },
-    common::v1::InstrumentationScope,
-    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::ExportLogsServiceResponse, trace::v1::ExportTraceServiceResponse,
 };
-use prost::Message as _;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
     Queue, Queues, Redactor, Shared,
     transport::{Outcome, Service, Transport},
+    wire,
 };
 use crate::status::AgentState;
 
 /// Records per export request at most (the SDK's OTEL_BSP_MAX_EXPORT_BATCH_SIZE default).
 pub const BATCH: usize = 512;
 
-/// A signal: its records, its request and response, where its queue is.
+/// A queued record: its size in a request, and its encoded message.
+pub type Item = (usize, Vec<u8>);
+
+/// A signal: its service, its response, where its queue is. Requests of both signals have one
+/// shape ([`wire::request`]).
 pub(super) trait Signal {
-    type Item: prost::Message + Send;
-    type Request: prost::Message;
     type Response: prost::Message + Default + Send + 'static;
     /// The `signal` label of the metrics.
     const NAME: &'static str;
     const SERVICE: Service;
-    fn request(
-        resource: &Resource,
-        scope: &InstrumentationScope,
-        items: Vec<Self::Item>,
-    ) -> Self::Request;
-    fn items(request: Self::Request) -> Vec<Self::Item>;
     fn rejected(response: &Self::Response) -> u64;
-    fn queue(q: &mut Queues) -> &mut Queue<Self::Item>;
+    fn queue(q: &mut Queues) -> &mut Queue;
 }
 
 pub(super) struct Traces;
 pub(super) struct Logs;
 
 impl Signal for Traces {
-    type Item = Span;
-    type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
     const NAME: &'static str = "spans";
     const SERVICE: Service = Service {
         http_path: "/v1/traces",
         grpc_path: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     };
-    fn request(
-        resource: &Resource,
-        scope: &InstrumentationScope,
-        spans: Vec<Span>,
-    ) -> Self::Request {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope.clone()),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-    }
-    fn items(request: Self::Request) -> Vec<Span> {
-        request
-            .resource_spans
-            .into_iter()
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans)
-            .collect()
-    }
     fn rejected(response: &Self::Response) -> u64 {
         response
             .partial_success
             .as_ref()
             .map_or(0, |p| p.rejected_spans.max(0) as u64)
     }
-    fn queue(q: &mut Queues) -> &mut Queue<Span> {
+    fn queue(q: &mut Queues) -> &mut Queue {
         &mut q.spans
     }
 }
 
 impl Signal for Logs {
-    type Item = LogRecord;
-    type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
     const NAME: &'static str = "logs";
     const SERVICE: Service = Service {
         http_path: "/v1/logs",
         grpc_path: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
     };
-    fn request(
-        resource: &Resource,
-        scope: &InstrumentationScope,
-        log_records: Vec<LogRecord>,
-    ) -> Self::Request {
-        ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: Some(resource.clone()),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(scope.clone()),
-                    log_records,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        }
-    }
-    fn items(request: Self::Request) -> Vec<LogRecord> {
-        request
-            .resource_logs
-            .into_iter()
-            .flat_map(|r| r.scope_logs)
-            .flat_map(|s| s.log_records)
-            .collect()
-    }
     fn rejected(response: &Self::Response) -> u64 {
         response
             .partial_success
             .as_ref()
             .map_or(0, |p| p.rejected_log_records.max(0) as u64)
     }
-    fn queue(q: &mut Queues) -> &mut Queue<LogRecord> {
+    fn queue(q: &mut Queues) -> &mut Queue {
         &mut q.logs
     }
 }
@@ -156,8 +91,9 @@ pub(super) struct Exporter {
     pub shared: Arc<Shared>,
     pub state: Arc<AgentState>,
     pub redactor: Redactor,
-    pub resource: Resource,
-    pub scope: InstrumentationScope,
+    /// The encoded Resource and InstrumentationScope messages every request carries.
+    pub resource: Vec<u8>,
+    pub scope: Vec<u8>,
     pub batch_bytes: usize,
     pub delay: Duration,
     failing: bool,
@@ -175,8 +111,8 @@ impl Exporter {
         shared: Arc<Shared>,
         state: Arc<AgentState>,
         redactor: Redactor,
-        resource: Resource,
-        scope: InstrumentationScope,
+        resource: Vec<u8>,
+        scope: Vec<u8>,
         batch_bytes: usize,
         delay: Duration,
     ) -> Self {
@@ -219,7 +155,7 @@ impl Exporter {
     }
 
     /// Takes what one request carries from `S`'s queue (at most `limit` records).
-    fn take_batch<S: Signal>(&self, limit: usize) -> Vec<(usize, S::Item)> {
+    fn take_batch<S: Signal>(&self, limit: usize) -> Vec<Item> {
         let mut q = self.shared.lock();
         let queue = S::queue(&mut q);
         let mut batch = Vec::new();
@@ -255,21 +191,12 @@ impl Exporter {
 
     /// One batch: split while the collector finds it too large; put back on a retryable
     /// failure (with what was not sent yet).
-    async fn send_batch<S: Signal>(
-        &mut self,
-        batch: Vec<(usize, S::Item)>,
-    ) -> Result<(), RetryLater> {
+    async fn send_batch<S: Signal>(&mut self, batch: Vec<Item>) -> Result<(), RetryLater> {
         let mut stack = vec![batch];
         while let Some(part) = stack.pop() {
             self.set_in_flight::<S>(part.len() + stack.iter().map(Vec::len).sum::<usize>());
-            let sizes: Vec<usize> = part.iter().map(|(len, _)| *len).collect();
             let n = part.len() as u64;
-            let request = S::request(
-                &self.resource,
-                &self.scope,
-                part.into_iter().map(|(_, item)| item).collect(),
-            );
-            let body = request.encode_to_vec();
+            let body = wire::request(&self.resource, &self.scope, &part);
             let bytes = body.len();
             let outcome = self
                 .transport
@@ -277,7 +204,7 @@ impl Exporter {
                 .await;
             let metrics = &self.state.metrics;
             metrics.otlp_request(S::NAME, outcome_name(&outcome)).inc();
-            let items: Vec<(usize, S::Item)> = sizes.into_iter().zip(S::items(request)).collect();
+            let items = part;
             match outcome {
                 Outcome::Accepted { rejected } => {
                     let rejected = rejected.min(n);
@@ -347,7 +274,7 @@ impl Exporter {
     }
 
     /// A batch back in front of its queue; what no longer fits is dropped and counted.
-    fn requeue<S: Signal>(&self, items: Vec<(usize, S::Item)>) {
+    fn requeue<S: Signal>(&self, items: Vec<Item>) {
         let mut dropped = 0u64;
         {
             let mut q = self.shared.lock();
@@ -494,14 +421,8 @@ pub(super) async fn export_loop(mut ex: Exporter) {
     }
 }
 
-/// The encoded size a record adds to a request (its bytes, tag and length prefix).
-pub fn encoded_size<T: prost::Message>(item: &T) -> usize {
-    let len = item.encoded_len();
-    len + prost::length_delimiter_len(len) + 1
-}
-
-impl<T> Queue<T> {
-    pub fn push(&mut self, len: usize, item: T, capacity: usize, max_bytes: usize) -> bool {
+impl Queue {
+    pub fn push(&mut self, len: usize, item: Vec<u8>, capacity: usize, max_bytes: usize) -> bool {
         if self.items.len() >= capacity || self.bytes + len > max_bytes {
             return false;
         }

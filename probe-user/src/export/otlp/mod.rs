@@ -9,6 +9,7 @@
 pub mod convert;
 mod export;
 mod transport;
+mod wire;
 
 use std::{
     collections::VecDeque,
@@ -16,14 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::{
-    common::v1::KeyValue, logs::v1::LogRecord, resource::v1::Resource, trace::v1::Span,
-};
+use opentelemetry_proto::tonic::{common::v1::KeyValue, resource::v1::Resource};
+use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::Notify;
 use tracing::info;
 
-use self::export::{Exporter, encoded_size, export_loop};
+use self::export::{Exporter, Item, export_loop};
 use super::Sink;
 use crate::{
     model::{AttrValue, Record},
@@ -118,13 +118,14 @@ impl OtlpConfig {
     }
 }
 
-/// One signal's queue: records with their encoded size, and the sum of the sizes.
-pub(super) struct Queue<T> {
-    items: VecDeque<(usize, T)>,
+/// One signal's queue: encoded records with their size in a request, and the sum of the
+/// sizes.
+pub(super) struct Queue {
+    items: VecDeque<Item>,
     bytes: usize,
 }
 
-impl<T> Default for Queue<T> {
+impl Default for Queue {
     fn default() -> Self {
         Self {
             items: VecDeque::new(),
@@ -136,8 +137,8 @@ impl<T> Default for Queue<T> {
 /// What waits to be exported.
 #[derive(Default)]
 pub(super) struct Queues {
-    spans: Queue<Span>,
-    logs: Queue<LogRecord>,
+    spans: Queue,
+    logs: Queue,
     /// When the oldest record now waiting arrived (the batching delay counts from it).
     since: Option<Instant>,
     closed: bool,
@@ -193,8 +194,8 @@ impl OtlpSink {
             shared.clone(),
             state.clone(),
             Redactor::new(config),
-            config.resource.clone(),
-            convert::scope(),
+            config.resource.encode_to_vec(),
+            convert::scope().encode_to_vec(),
             config.batch_bytes,
             config.batch_delay,
         );
@@ -209,9 +210,9 @@ impl OtlpSink {
         ))
     }
 
-    fn push(&self, spans: Vec<Span>, log: Option<LogRecord>) {
-        let sized: Vec<(usize, Span)> = spans.into_iter().map(|s| (encoded_size(&s), s)).collect();
-        let log = log.map(|l| (encoded_size(&l), l));
+    fn push(&self, spans: Vec<Vec<u8>>, log: Option<Vec<u8>>) {
+        let sized: Vec<Item> = spans.into_iter().map(|s| (wire::item_len(&s), s)).collect();
+        let log = log.map(|l| (wire::item_len(&l), l));
         let (capacity, max_bytes) = (self.shared.capacity, self.shared.max_bytes);
         let (mut dropped_spans, mut dropped_logs) = (0u64, 0u64);
         let full = {
@@ -245,8 +246,8 @@ impl Sink for OtlpSink {
             .body
             .describe()
             .and_then(|b| b.log())
-            .map(|line| convert::log_record(record, line, crate::clock::unix_nanos_now()));
-        let spans = convert::spans(record);
+            .map(|line| convert::log_message(record, &line, crate::clock::unix_nanos_now()));
+        let spans = convert::span_messages(record);
         if log.is_some() || !spans.is_empty() {
             self.push(spans, log);
         }
