@@ -120,18 +120,10 @@ impl OtlpConfig {
 
 /// One signal's queue: encoded records with their size in a request, and the sum of the
 /// sizes.
+#[derive(Default)]
 pub(super) struct Queue {
     items: VecDeque<Item>,
     bytes: usize,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        Self {
-            items: VecDeque::new(),
-            bytes: 0,
-        }
-    }
 }
 
 /// What waits to be exported.
