@@ -355,8 +355,22 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                         .collect()
                 })
                 .unwrap_or_default();
+            // Pages as the API server does: `limit` items from the `continue` offset.
+            let from: usize = query_param(query, "continue")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let limit = query_param(query, "limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|&l| l > 0)
+                .unwrap_or(usize::MAX);
+            let total = items.len();
+            let items: Vec<Value> = items.into_iter().skip(from).take(limit).collect();
+            let mut metadata = json!({"resourceVersion": rv.to_string()});
+            if from.saturating_add(limit) < total {
+                metadata["continue"] = json!((from + limit).to_string());
+            }
             let list = json!({"kind": list_kind, "apiVersion": "v1",
-                "metadata": {"resourceVersion": rv.to_string()}, "items": items});
+                "metadata": metadata, "items": items});
             drop(s);
             respond(&mut conn, "200 OK", &list)
         } else if let Some(name) = path.strip_prefix("/api/v1/nodes/") {
