@@ -345,17 +345,8 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                 }
                 _ => s.rv,
             };
-            let items: Vec<Value> = s
-                .objects
-                .get(resource)
-                .map(|l| {
-                    l.iter()
-                        .filter(|o| matches_fields(o, fields.as_deref()))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Pages as the API server does: `limit` items from the `continue` offset.
+            // Pages as the API server does: `limit` items from the `continue` offset (only the
+            // page is copied).
             let from: usize = query_param(query, "continue")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
@@ -363,8 +354,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                 .and_then(|l| l.parse::<usize>().ok())
                 .filter(|&l| l > 0)
                 .unwrap_or(usize::MAX);
-            let total = items.len();
-            let items: Vec<Value> = items.into_iter().skip(from).take(limit).collect();
+            let all: &[Value] = s.objects.get(resource).map_or(&[], Vec::as_slice);
+            let matching = || all.iter().filter(|o| matches_fields(o, fields.as_deref()));
+            let total = matching().count();
+            let items: Vec<Value> = matching().skip(from).take(limit).cloned().collect();
             let mut metadata = json!({"resourceVersion": rv.to_string()});
             if from.saturating_add(limit) < total {
                 metadata["continue"] = json!((from + limit).to_string());
