@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::{
 };
 
 use super::wire;
-use crate::model::{self, AttrValue, Record, describe::LogLine};
+use crate::model::{self, AttrValue, Attrs, Record, describe::LogLine};
 
 /// W3C trace flag: sampled.
 const SAMPLED: u32 = 0x01;
@@ -71,8 +71,9 @@ fn random_id<const N: usize>() -> [u8; N] {
 }
 
 /// The spans of a record, encoded: one for an event (a parent and its evidence for a
-/// finding), none for kinds that are only log records or internal.
-pub fn span_messages(record: &Record) -> Vec<Vec<u8>> {
+/// finding), none for kinds that are only log records or internal. `attrs` are the record's
+/// [`Record::attributes`] (built once for its span and its log record).
+pub fn span_messages(record: &Record, attrs: &Attrs) -> Vec<Vec<u8>> {
     let Some(body) = record.body.describe() else {
         return Vec::new();
     };
@@ -91,7 +92,6 @@ pub fn span_messages(record: &Record) -> Vec<Vec<u8>> {
     };
     let error = body.span_error();
     let head_id: [u8; 8] = random_id();
-    let attrs = record.attributes();
     let mut out = vec![wire::span(&wire::SpanFields {
         trace_id: &trace_id,
         span_id: &head_id,
@@ -100,7 +100,7 @@ pub fn span_messages(record: &Record) -> Vec<Vec<u8>> {
         name: &name,
         kind: SpanKind::Internal as i32,
         time_unix_nano: record.time_unix_nano,
-        attributes: &attrs,
+        attributes: attrs,
         status: error
             .as_deref()
             .map(|message| (StatusCode::Error as i32, message)),
@@ -124,8 +124,14 @@ pub fn span_messages(record: &Record) -> Vec<Vec<u8>> {
     out
 }
 
-/// The log record of a record that has one (Wasm lines, findings, settings, losses), encoded.
-pub fn log_message(record: &Record, line: &LogLine, observed_unix_nano: u64) -> Vec<u8> {
+/// The log record of a record that has one (Wasm lines, findings, settings, losses), encoded;
+/// `attrs` are the record's [`Record::attributes`].
+pub fn log_message(
+    record: &Record,
+    attrs: &Attrs,
+    line: &LogLine,
+    observed_unix_nano: u64,
+) -> Vec<u8> {
     let (number, text) = match line.severity {
         model::describe::Severity::Info => (SeverityNumber::Info, "INFO"),
         model::describe::Severity::Warn => (SeverityNumber::Warn, "WARN"),
@@ -140,7 +146,7 @@ pub fn log_message(record: &Record, line: &LogLine, observed_unix_nano: u64) -> 
         severity_number: number as i32,
         severity_text: text,
         body: &line.body,
-        attributes: &record.attributes(),
+        attributes: attrs,
         trace_id,
         span_id,
         event_name: line.event_name,
@@ -171,7 +177,7 @@ pub fn attributes(record: &Record) -> Vec<KeyValue> {
 #[cfg(test)]
 pub fn spans(record: &Record) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
     use prost::Message as _;
-    span_messages(record)
+    span_messages(record, &record.attributes())
         .iter()
         .map(|b| {
             opentelemetry_proto::tonic::trace::v1::Span::decode(b.as_slice())

@@ -234,12 +234,19 @@ impl OtlpSink {
 
 impl Sink for OtlpSink {
     fn write(&mut self, record: &Record) -> std::io::Result<()> {
-        let log = record
-            .body
-            .describe()
-            .and_then(|b| b.log())
-            .map(|line| convert::log_message(record, &line, crate::clock::unix_nanos_now()));
-        let spans = convert::span_messages(record);
+        let Some(body) = record.body.describe() else {
+            return Ok(());
+        };
+        let line = body.log();
+        if line.is_none() && body.span_name().is_none() {
+            return Ok(());
+        }
+        // Once for the span and the log record of a record that is both (Wasm lines).
+        let attrs = record.attributes();
+        let log = line.map(|line| {
+            convert::log_message(record, &attrs, &line, crate::clock::unix_nanos_now())
+        });
+        let spans = convert::span_messages(record, &attrs);
         if log.is_some() || !spans.is_empty() {
             self.push(spans, log);
         }
