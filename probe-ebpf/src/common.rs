@@ -171,20 +171,24 @@ pub fn offsets() -> KernelOffsets {
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
 }
 
-/// `bpf_ringbuf_output`/`submit` flags (uapi): no wake-up of the reader, or a forced one.
-const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_output`/`submit` flags (uapi): the kernel's adaptive wake-up (0), or a forced
+/// one.
+const BPF_RB_ADAPTIVE_WAKEUP: u64 = 0;
 pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `bpf_ringbuf_query`: bytes not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Wake the reader only once WAKEUP_BYTES wait unread; below that it polls on a short timer
-/// (`pipeline::POLL_EVERY`). One wake-up per batch instead of one per event.
+/// The kernel's adaptive wake-up: it wakes the reader only for a record the reader has
+/// caught up to (the first one after it emptied the buffer), so a quiet node costs the
+/// reader nothing and a busy one one wake-up per batch (the reader gathers a batch before it
+/// drains, `pipeline::GATHER`). Once WAKEUP_BYTES wait unread the reader is woken whatever
+/// it is doing.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(agent().wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
     } else {
-        BPF_RB_NO_WAKEUP
+        BPF_RB_ADAPTIVE_WAKEUP
     }
 }
 

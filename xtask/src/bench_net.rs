@@ -17,6 +17,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::bench::median;
+
 /// The agent with its JSON output read line by line, each stamped on arrival (ns since the
 /// Unix epoch).
 pub struct Observed {
@@ -380,13 +382,19 @@ impl Drop for Nginx {
 
 /// The agent at a steady event rate, with JSON only and with JSON and OTLP (HTTP/protobuf to
 /// the test receiver): CPU per million events each way (the OTLP figure includes the JSON
-/// output), and the export requests per second.
+/// output), and the export requests per second. Medians over rounds that alternate the two
+/// (a VM's CPU time varies by tens of percent from one minute to the next).
 pub struct Steady {
     pub events_per_s: f64,
+    pub rounds: usize,
     /// The idle agent's CPU per second (subtracted from the per-event figures).
     pub idle_cpu_ms_per_s: f64,
+    /// The agent's whole CPU per second at this rate with JSON and OTLP (nothing subtracted).
+    pub busy_cpu_ms_per_s_otlp: f64,
     pub cpu_s_per_million_json: f64,
     pub cpu_s_per_million_otlp: f64,
+    /// The median of each round's difference between the two.
+    pub cpu_s_per_million_spans: f64,
     pub spans_received: u64,
     pub requests_per_s: f64,
 }
@@ -405,30 +413,21 @@ fn paced_resets(port: u16, events_per_s: u32, seconds: u32) -> u64 {
     2 * connects
 }
 
-pub fn otlp_steady(bin: &Path, receiver: &Path, events_per_s: u32, seconds: u32) -> Result<Steady> {
+pub fn otlp_steady(
+    bin: &Path,
+    receiver: &Path,
+    events_per_s: u32,
+    seconds: u32,
+    rounds: usize,
+) -> Result<Steady> {
     let port = closed_port()?;
-    // JSON only; the agent's idle CPU over as long first (subtracted from both figures: what
-    // an event costs, not what a quiet agent costs per second).
-    let agent = Observed::start(bin, &[])?;
-    let busy = Duration::from_secs(u64::from(seconds)) + Duration::from_millis(1500);
-    let idle0 = cpu_seconds(agent.pid());
-    std::thread::sleep(busy);
-    let idle = cpu_seconds(agent.pid()) - idle0;
-    let cpu0 = cpu_seconds(agent.pid());
-    let made = paced_resets(port, events_per_s, seconds);
-    std::thread::sleep(Duration::from_millis(1500));
-    let cpu_json = (cpu_seconds(agent.pid()) - cpu0 - idle).max(0.0);
-    drop(agent);
-    // JSON and OTLP.
     let (mut rx, out, addrs) = start_receiver(receiver)?;
     let http = addrs["http"].as_str().context("http address")?.to_owned();
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let seen = counts.clone();
     std::thread::spawn(move || {
         for line in out.map_while(Result::ok) {
-            if line.starts_with("{\"signal\":\"request\"")
-                || line.contains("\"signal\":\"request\"")
-            {
+            if line.contains("\"signal\":\"request\"") {
                 seen.0.fetch_add(1, Ordering::Relaxed);
             } else if line.contains("\"signal\":\"span\"") {
                 seen.1.fetch_add(1, Ordering::Relaxed);
@@ -436,35 +435,74 @@ pub fn otlp_steady(bin: &Path, receiver: &Path, events_per_s: u32, seconds: u32)
         }
     });
     let endpoint = format!("http://{http}");
-    let agent = Observed::start(
-        bin,
-        &[
-            "--output",
-            "otlp",
-            "--otlp-protocol",
-            "http/protobuf",
-            "--otlp-endpoint",
-            &endpoint,
-        ],
-    )?;
-    let cpu0 = cpu_seconds(agent.pid());
-    let requests0 = counts.0.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let made_otlp = paced_resets(port, events_per_s, seconds);
-    // The last batch waits up to the batching delay (1 s).
-    std::thread::sleep(Duration::from_millis(1500));
-    let cpu_otlp = (cpu_seconds(agent.pid()) - cpu0 - idle).max(0.0);
-    let elapsed = started.elapsed().as_secs_f64();
-    let requests = counts.0.load(Ordering::Relaxed) - requests0;
-    drop(agent);
+    let otlp = [
+        "--output",
+        "otlp",
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-endpoint",
+        &endpoint,
+    ];
+    let (mut idle, mut json, mut both, mut spans, mut busy, mut requests) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let run = steady_run(bin, &[], port, events_per_s, seconds)?;
+        idle.push(run.idle_ms_per_s);
+        json.push(run.per_million);
+        let requests0 = counts.0.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let run_otlp = steady_run(bin, &otlp, port, events_per_s, seconds)?;
+        let sent = counts.0.load(Ordering::Relaxed) - requests0;
+        requests.push(sent as f64 / started.elapsed().as_secs_f64());
+        idle.push(run_otlp.idle_ms_per_s);
+        both.push(run_otlp.per_million);
+        busy.push(run_otlp.busy_ms_per_s);
+        spans.push(run_otlp.per_million - run.per_million);
+    }
     let _ = rx.kill();
     let _ = rx.wait();
     Ok(Steady {
         events_per_s: f64::from(events_per_s),
-        idle_cpu_ms_per_s: idle * 1000.0 / busy.as_secs_f64(),
-        cpu_s_per_million_json: per_million(cpu_json, made),
-        cpu_s_per_million_otlp: per_million(cpu_otlp, made_otlp),
+        rounds,
+        idle_cpu_ms_per_s: median(idle),
+        busy_cpu_ms_per_s_otlp: median(busy),
+        cpu_s_per_million_json: median(json),
+        cpu_s_per_million_otlp: median(both),
+        cpu_s_per_million_spans: median(spans),
         spans_received: counts.1.load(Ordering::Relaxed),
-        requests_per_s: requests as f64 / elapsed,
+        requests_per_s: median(requests),
+    })
+}
+
+/// One agent (`extra` flags) idle, then at `events_per_s` for `seconds`.
+struct SteadyRun {
+    idle_ms_per_s: f64,
+    busy_ms_per_s: f64,
+    /// CPU-s per million events, the idle CPU over as long subtracted.
+    per_million: f64,
+}
+
+fn steady_run(
+    bin: &Path,
+    extra: &[&str],
+    port: u16,
+    events_per_s: u32,
+    seconds: u32,
+) -> Result<SteadyRun> {
+    let agent = Observed::start(bin, extra)?;
+    // Over as long as the loaded part lasts (the last batch waits up to the OTLP batching
+    // delay, 1 s).
+    let span = Duration::from_secs(u64::from(seconds)) + Duration::from_millis(1500);
+    let idle0 = cpu_seconds(agent.pid());
+    std::thread::sleep(span);
+    let idle = cpu_seconds(agent.pid()) - idle0;
+    let cpu0 = cpu_seconds(agent.pid());
+    let made = paced_resets(port, events_per_s, seconds);
+    std::thread::sleep(Duration::from_millis(1500));
+    let busy = cpu_seconds(agent.pid()) - cpu0;
+    Ok(SteadyRun {
+        idle_ms_per_s: idle * 1000.0 / span.as_secs_f64(),
+        busy_ms_per_s: busy * 1000.0 / span.as_secs_f64(),
+        per_million: per_million((busy - idle).max(0.0), made),
     })
 }

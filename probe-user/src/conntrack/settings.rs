@@ -150,7 +150,7 @@ impl Describe for ConntrackSettings {
     fn attributes(&self, a: &mut Attrs) {
         a.str("probe.netns_path", &self.netns_path);
         for (k, v) in &self.sysctls {
-            a.json(k.clone(), v);
+            a.json(k, v);
         }
     }
 }

@@ -164,11 +164,11 @@ impl Describe for Finding {
     fn attributes(&self, a: &mut Attrs) {
         a.str("probe.finding", self.finding);
         a.opt_str("probe.netns_path", self.netns_path.as_deref());
-        a.opt_str("client.address", self.saddr);
+        a.opt_ip("client.address", self.saddr);
         a.opt_int("client.port", self.sport);
-        a.opt_str("server.address", self.daddr);
+        a.opt_ip("server.address", self.daddr);
         a.opt_int("server.port", self.dport);
-        a.opt_str("probe.backend_addr", self.backend_addr);
+        a.opt_ip("probe.backend_addr", self.backend_addr);
         a.opt_int("probe.backend_port", self.backend_port);
         a.opt_int("probe.timeout_s", self.timeout_s);
         a.opt_str("probe.timeout_sysctl", self.timeout_sysctl.as_deref());

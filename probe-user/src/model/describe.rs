@@ -10,75 +10,101 @@ use serde::Serialize;
 
 use super::Common;
 
-/// A typed attribute value (OTLP's scalar and string-array values).
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttrValue {
-    Str(String),
+/// A typed attribute value (OTLP's scalar and string-array values) as a kind hands it over,
+/// borrowed: a sink writes it where it goes (the OTLP encoder: straight into protobuf)
+/// without an owned copy in between.
+#[derive(Clone, Copy)]
+pub enum AttrRef<'a> {
+    Str(&'a str),
+    /// Text the sink formats (an address, a number shown as text).
+    Display(&'a dyn fmt::Display),
     Int(i64),
     Float(f64),
     Bool(bool),
-    List(Vec<String>),
+    List(&'a [String]),
 }
 
-/// Attributes in the order they were added; `None` values are left out.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Attrs(pub Vec<(Cow<'static, str>, AttrValue)>);
+/// Where attributes go. `key` is the concatenation of its parts (a label's prefix and its
+/// name), so no key is built as a `String`.
+pub trait AttrSink {
+    fn put(&mut self, key: &[&str], value: AttrRef<'_>);
+}
 
-impl Attrs {
-    pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: AttrValue) {
-        self.0.push((key.into(), value));
+/// A record's attributes in the order they are added, written into a sink; `None` values are
+/// left out.
+pub struct Attrs<'s>(&'s mut dyn AttrSink);
+
+impl<'s> Attrs<'s> {
+    pub fn new(sink: &'s mut dyn AttrSink) -> Self {
+        Self(sink)
     }
-    pub fn str(&mut self, key: &'static str, value: impl fmt::Display) {
-        self.push(key, AttrValue::Str(value.to_string()));
+    pub fn push(&mut self, key: &str, value: AttrRef<'_>) {
+        self.0.put(&[key], value);
     }
-    pub fn opt_str<T: fmt::Display>(&mut self, key: &'static str, value: Option<T>) {
+    /// `key` made of `prefix` and `name` (`k8s.pod.label.<name>`).
+    pub fn prefixed(&mut self, prefix: &str, name: &str, value: AttrRef<'_>) {
+        self.0.put(&[prefix, name], value);
+    }
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.push(key, AttrRef::Str(value));
+    }
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
         if let Some(v) = value {
             self.str(key, v);
         }
     }
-    pub fn ip(&mut self, key: &'static str, value: IpAddr) {
-        self.str(key, value);
+    /// A value shown as text (formatted by the sink, into a reused buffer).
+    pub fn display(&mut self, key: &str, value: impl fmt::Display) {
+        self.push(key, AttrRef::Display(&value));
     }
-    pub fn int(&mut self, key: &'static str, value: impl Into<u64>) {
+    pub fn ip(&mut self, key: &str, value: IpAddr) {
+        self.display(key, value);
+    }
+    pub fn opt_ip(&mut self, key: &str, value: Option<IpAddr>) {
+        if let Some(v) = value {
+            self.ip(key, v);
+        }
+    }
+    pub fn int(&mut self, key: &str, value: impl Into<u64>) {
         let v: u64 = value.into();
         self.push(
             key,
-            i64::try_from(v).map_or(AttrValue::Float(v as f64), AttrValue::Int),
+            i64::try_from(v).map_or(AttrRef::Float(v as f64), AttrRef::Int),
         );
     }
-    pub fn opt_int<T: Into<u64>>(&mut self, key: &'static str, value: Option<T>) {
+    pub fn opt_int<T: Into<u64>>(&mut self, key: &str, value: Option<T>) {
         if let Some(v) = value {
             self.int(key, v);
         }
     }
-    pub fn signed(&mut self, key: &'static str, value: i64) {
-        self.push(key, AttrValue::Int(value));
+    pub fn signed(&mut self, key: &str, value: i64) {
+        self.push(key, AttrRef::Int(value));
     }
-    pub fn float(&mut self, key: &'static str, value: Option<f64>) {
+    pub fn float(&mut self, key: &str, value: Option<f64>) {
         if let Some(v) = value {
-            self.push(key, AttrValue::Float(v));
+            self.push(key, AttrRef::Float(v));
         }
     }
-    pub fn bool(&mut self, key: &'static str, value: Option<bool>) {
+    pub fn bool(&mut self, key: &str, value: Option<bool>) {
         if let Some(v) = value {
-            self.push(key, AttrValue::Bool(v));
+            self.push(key, AttrRef::Bool(v));
         }
     }
-    pub fn list(&mut self, key: &'static str, value: &[String]) {
-        self.push(key, AttrValue::List(value.to_vec()));
+    pub fn list(&mut self, key: &str, value: &[String]) {
+        self.push(key, AttrRef::List(value));
     }
     /// A JSON scalar (sysctl values): numbers stay numbers.
-    pub fn json(&mut self, key: impl Into<Cow<'static, str>>, value: &serde_json::Value) {
+    pub fn json(&mut self, key: &str, value: &serde_json::Value) {
         let v = match value {
             serde_json::Value::Null => return,
-            serde_json::Value::Bool(b) => AttrValue::Bool(*b),
+            serde_json::Value::Bool(b) => AttrRef::Bool(*b),
             serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => AttrValue::Int(i),
-                (None, Some(f)) => AttrValue::Float(f),
+                (Some(i), _) => AttrRef::Int(i),
+                (None, Some(f)) => AttrRef::Float(f),
                 (None, None) => return,
             },
-            serde_json::Value::String(s) => AttrValue::Str(s.clone()),
-            other => AttrValue::Str(other.to_string()),
+            serde_json::Value::String(s) => AttrRef::Str(s),
+            other => AttrRef::Display(other),
         };
         self.push(key, v);
     }

@@ -58,19 +58,16 @@ impl K8sAttrs {
         a.opt_str("container.id", self.container_id.as_deref());
         a.opt_str("container.runtime", self.container_runtime.as_deref());
         for (k, v) in &self.workload {
-            a.push(*k, super::AttrValue::Str(v.clone()));
+            a.push(k, super::AttrRef::Str(v));
         }
         for (k, v) in &self.labels {
-            a.push(
-                format!("k8s.pod.label.{k}"),
-                super::AttrValue::Str(v.clone()),
-            );
+            a.prefixed("k8s.pod.label.", k, super::AttrRef::Str(v));
         }
         a.opt_str("peer.k8s.namespace.name", self.peer_namespace.as_deref());
         a.opt_str("peer.k8s.pod.name", self.peer_pod_name.as_deref());
         a.opt_str("peer.k8s.service.name", self.peer_service_name.as_deref());
         for (k, v) in &self.peer_workload {
-            a.push(k.clone(), super::AttrValue::Str(v.clone()));
+            a.push(k, super::AttrRef::Str(v));
         }
     }
 }

@@ -18,7 +18,7 @@ mod wasm;
 pub use self::{
     common::Common,
     conntrack::{ConntrackExpiry, Evidence, Finding},
-    describe::{AttrValue, Attrs, Describe, Other},
+    describe::{AttrRef, AttrSink, Attrs, Describe, Other},
     k8s::K8sAttrs,
     loss::{Loss, LossSource},
     network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
@@ -181,8 +181,7 @@ impl Body {
 impl Record {
     /// The record's typed attributes: the layer, the common keys, the kind's own, and the
     /// Kubernetes keys (pod labels as `k8s.pod.label.<name>`).
-    pub fn attributes(&self) -> Attrs {
-        let mut a = Attrs::default();
+    pub fn attributes(&self, a: &mut Attrs<'_>) {
         let body = self.body.describe();
         a.str("isolation.layer", body.map_or("node", |b| b.layer()));
         a.str("k8s.node.name", &self.node);
@@ -193,11 +192,10 @@ impl Record {
         a.opt_int("probe.netns.inode", c.netns);
         a.opt_int("probe.cgroup.id", c.cgroup_id);
         if let Some(b) = body {
-            b.attributes(&mut a);
+            b.attributes(a);
         }
         if let Some(k) = &self.k8s {
-            k.attributes(&mut a);
+            k.attributes(a);
         }
-        a
     }
 }

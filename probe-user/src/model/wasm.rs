@@ -116,8 +116,8 @@ impl Describe for WasmOutput {
     fn attributes(&self, a: &mut Attrs) {
         a.str("log.iostream", self.stream.name());
         a.str("probe.runtime", &self.runtime);
-        a.push("probe.partial", super::AttrValue::Bool(self.partial));
-        a.push("probe.truncated", super::AttrValue::Bool(self.truncated));
+        a.push("probe.partial", super::AttrRef::Bool(self.partial));
+        a.push("probe.truncated", super::AttrRef::Bool(self.truncated));
         if let Some(r) = self.write_result {
             a.signed("probe.write_result", r);
         }

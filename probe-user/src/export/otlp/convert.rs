@@ -10,13 +10,15 @@
 //! named here.
 
 use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value},
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
     logs::v1::SeverityNumber,
     trace::v1::{span::SpanKind, status::StatusCode},
 };
 
-use super::wire;
-use crate::model::{self, AttrValue, Attrs, Record, describe::LogLine};
+use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
+
+use super::wire::{self, AttrEncoder};
+use crate::model::{self, Attrs, Record, describe::LogLine};
 
 /// W3C trace flag: sampled.
 const SAMPLED: u32 = 0x01;
@@ -33,47 +35,50 @@ pub fn scope() -> InstrumentationScope {
     }
 }
 
-/// A typed attribute as an OTLP value (the resource's, built once).
-pub fn any_value(v: AttrValue) -> AnyValue {
-    let value = match v {
-        AttrValue::Str(s) => Value::StringValue(s),
-        AttrValue::Int(i) => Value::IntValue(i),
-        AttrValue::Float(f) => Value::DoubleValue(f),
-        AttrValue::Bool(b) => Value::BoolValue(b),
-        AttrValue::List(items) => Value::ArrayValue(ArrayValue {
-            values: items
-                .into_iter()
-                .map(|s| AnyValue {
-                    value: Some(Value::StringValue(s)),
-                })
-                .collect(),
-        }),
-    };
-    AnyValue { value: Some(value) }
-}
-
-pub fn key_value(key: impl Into<String>, value: AttrValue) -> KeyValue {
+/// A string attribute (the resource's, built once).
+pub fn key_value(key: String, value: String) -> KeyValue {
     KeyValue {
-        key: key.into(),
-        value: Some(any_value(value)),
+        key,
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value)),
+        }),
         ..KeyValue::default()
     }
 }
 
-/// A random ID that is not all zeroes (an all-zero ID is invalid in OTLP).
-fn random_id<const N: usize>() -> [u8; N] {
-    loop {
-        let id: [u8; N] = rand::random();
-        if id != [0; N] {
-            return id;
+/// Random trace and span IDs: a small fast generator seeded from the OS (IDs need to be
+/// unique, not secret).
+pub struct Ids(SmallRng);
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self(SmallRng::from_os_rng())
+    }
+}
+
+impl Ids {
+    /// A random ID that is not all zeroes (an all-zero ID is invalid in OTLP).
+    fn id<const N: usize>(&mut self) -> [u8; N] {
+        loop {
+            let mut id = [0u8; N];
+            self.0.fill(&mut id[..]);
+            if id != [0; N] {
+                return id;
+            }
         }
     }
 }
 
+/// A record's [`Record::attributes`] as span attribute entries, in `enc` (cleared first).
+pub fn encode_attributes(record: &Record, enc: &mut AttrEncoder) {
+    enc.clear();
+    record.attributes(&mut Attrs::new(enc));
+}
+
 /// The spans of a record, encoded: one for an event (a parent and its evidence for a
 /// finding), none for kinds that are only log records or internal. `attrs` are the record's
-/// [`Record::attributes`] (built once for its span and its log record).
-pub fn span_messages(record: &Record, attrs: &Attrs) -> Vec<Vec<u8>> {
+/// attributes from [`encode_attributes`] (encoded once for its span and its log record).
+pub fn span_messages(record: &Record, attrs: &[u8], ids: &mut Ids) -> Vec<Vec<u8>> {
     let Some(body) = record.body.describe() else {
         return Vec::new();
     };
@@ -88,10 +93,10 @@ pub fn span_messages(record: &Record, attrs: &Attrs) -> Vec<Vec<u8>> {
             &t.parent.span_id,
             SAMPLED | HAS_IS_REMOTE | IS_REMOTE,
         ),
-        None => (random_id(), &[], SAMPLED | HAS_IS_REMOTE),
+        None => (ids.id(), &[], SAMPLED | HAS_IS_REMOTE),
     };
     let error = body.span_error();
-    let head_id: [u8; 8] = random_id();
+    let head_id: [u8; 8] = ids.id();
     let mut out = vec![wire::span(&wire::SpanFields {
         trace_id: &trace_id,
         span_id: &head_id,
@@ -105,19 +110,21 @@ pub fn span_messages(record: &Record, attrs: &Attrs) -> Vec<Vec<u8>> {
             .as_deref()
             .map(|message| (StatusCode::Error as i32, message)),
     })];
+    let mut ev_attrs = AttrEncoder::default();
     for ev in body.evidence() {
         let Some(name) = ev.body.describe().and_then(|b| b.span_name()) else {
             continue;
         };
+        encode_attributes(ev, &mut ev_attrs);
         out.push(wire::span(&wire::SpanFields {
             trace_id: &trace_id,
-            span_id: &random_id::<8>(),
+            span_id: &ids.id::<8>(),
             parent_span_id: &head_id,
             flags: SAMPLED | HAS_IS_REMOTE,
             name: &name,
             kind: SpanKind::Internal as i32,
             time_unix_nano: ev.time_unix_nano,
-            attributes: &ev.attributes(),
+            attributes: ev_attrs.entries(),
             status: None,
         }));
     }
@@ -125,10 +132,10 @@ pub fn span_messages(record: &Record, attrs: &Attrs) -> Vec<Vec<u8>> {
 }
 
 /// The log record of a record that has one (Wasm lines, findings, settings, losses), encoded;
-/// `attrs` are the record's [`Record::attributes`].
+/// `attrs` are the record's from [`encode_attributes`].
 pub fn log_message(
     record: &Record,
-    attrs: &Attrs,
+    attrs: &[u8],
     line: &LogLine,
     observed_unix_nano: u64,
 ) -> Vec<u8> {
@@ -157,6 +164,8 @@ pub fn log_message(
 #[cfg(test)]
 pub fn attributes(record: &Record) -> Vec<KeyValue> {
     use prost::Message as _;
+    let mut enc = AttrEncoder::default();
+    encode_attributes(record, &mut enc);
     let bytes = wire::span(&wire::SpanFields {
         trace_id: &[1; 16],
         span_id: &[1; 8],
@@ -165,7 +174,7 @@ pub fn attributes(record: &Record) -> Vec<KeyValue> {
         name: "t",
         kind: 1,
         time_unix_nano: 1,
-        attributes: &record.attributes(),
+        attributes: enc.entries(),
         status: None,
     });
     opentelemetry_proto::tonic::trace::v1::Span::decode(bytes.as_slice())
@@ -177,7 +186,9 @@ pub fn attributes(record: &Record) -> Vec<KeyValue> {
 #[cfg(test)]
 pub fn spans(record: &Record) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
     use prost::Message as _;
-    span_messages(record, &record.attributes())
+    let mut enc = AttrEncoder::default();
+    encode_attributes(record, &mut enc);
+    span_messages(record, enc.entries(), &mut Ids::default())
         .iter()
         .map(|b| {
             opentelemetry_proto::tonic::trace::v1::Span::decode(b.as_slice())

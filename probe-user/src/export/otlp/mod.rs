@@ -25,10 +25,7 @@ use tracing::info;
 
 use self::export::{Exporter, Item, export_loop};
 use super::Sink;
-use crate::{
-    model::{AttrValue, Record},
-    status::AgentState,
-};
+use crate::{model::Record, status::AgentState};
 
 #[derive(Debug, Error)]
 pub enum OtlpError {
@@ -155,6 +152,9 @@ impl Shared {
 
 pub struct OtlpSink {
     shared: Arc<Shared>,
+    /// A record's attributes, encoded once for its span and its log record (reused).
+    attrs: wire::AttrEncoder,
+    ids: convert::Ids,
     state: Arc<AgentState>,
     /// A batch's bytes: the export task is woken when a queue holds that much.
     batch_bytes: usize,
@@ -195,6 +195,8 @@ impl OtlpSink {
         Ok((
             Self {
                 shared,
+                attrs: wire::AttrEncoder::default(),
+                ids: convert::Ids::default(),
                 state,
                 batch_bytes: config.batch_bytes,
             },
@@ -242,11 +244,11 @@ impl Sink for OtlpSink {
             return Ok(());
         }
         // Once for the span and the log record of a record that is both (Wasm lines).
-        let attrs = record.attributes();
-        let log = line.map(|line| {
-            convert::log_message(record, &attrs, &line, crate::clock::unix_nanos_now())
-        });
-        let spans = convert::span_messages(record, &attrs);
+        convert::encode_attributes(record, &mut self.attrs);
+        let attrs = self.attrs.entries();
+        let log = line
+            .map(|line| convert::log_message(record, attrs, &line, crate::clock::unix_nanos_now()));
+        let spans = convert::span_messages(record, attrs, &mut self.ids);
         if log.is_some() || !spans.is_empty() {
             self.push(spans, log);
         }
@@ -310,7 +312,7 @@ pub fn resource(
     Resource {
         attributes: attrs
             .into_iter()
-            .map(|(k, v)| convert::key_value(k, AttrValue::Str(v)))
+            .map(|(k, v)| convert::key_value(k, v))
             .collect::<Vec<KeyValue>>(),
         ..Resource::default()
     }

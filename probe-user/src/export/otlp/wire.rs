@@ -1,14 +1,19 @@
 //! OTLP protobuf written directly from a record's attributes: a span or log record becomes its
 //! encoded message once, when it is queued, without building the generated structs (whose
 //! String per attribute key and value, moves and repeated length computations were most of the
-//! export's cost). Requests are framed around the queued messages. The field numbers are
+//! export's cost). A kind hands its attributes to an [`AttrEncoder`] (the model's
+//! [`AttrSink`]), which writes them as protobuf at once: no owned copy of a key or a value,
+//! formatted values (addresses) through one reused buffer. Requests are framed around the
+//! queued messages. The field numbers are
 //! opentelemetry-proto's (trace.proto, logs.proto, common.proto); the unit tests decode these
 //! bytes with prost into the generated types.
+
+use std::fmt::Write as _;
 
 use bytes::BufMut as _;
 use prost::encoding::{WireType, encoded_len_varint, key_len};
 
-use crate::model::{AttrValue, Attrs};
+use crate::model::{AttrRef, AttrSink};
 
 /// A field's key; every tag here is below 16, one byte.
 #[inline]
@@ -68,22 +73,22 @@ fn varint(tag: u32, v: u64, buf: &mut Vec<u8>) {
 }
 
 /// An AnyValue message (its oneof is written even when it holds the default).
-fn any_value(v: &AttrValue, buf: &mut Vec<u8>) {
-    match v {
-        AttrValue::Str(s) => delimited(1, s.as_bytes(), buf),
-        AttrValue::Bool(b) => {
+fn any_value(v: &AttrRef<'_>, buf: &mut Vec<u8>) {
+    match *v {
+        AttrRef::Str(s) => delimited(1, s.as_bytes(), buf),
+        AttrRef::Bool(b) => {
             encode_key(2, WireType::Varint, buf);
-            encode_varint(u64::from(*b), buf);
+            encode_varint(u64::from(b), buf);
         }
-        AttrValue::Int(i) => {
+        AttrRef::Int(i) => {
             encode_key(3, WireType::Varint, buf);
-            encode_varint(*i as u64, buf);
+            encode_varint(i as u64, buf);
         }
-        AttrValue::Float(f) => {
+        AttrRef::Float(f) => {
             encode_key(4, WireType::SixtyFourBit, buf);
-            buf.put_f64_le(*f);
+            buf.put_f64_le(f);
         }
-        AttrValue::List(items) => {
+        AttrRef::List(items) => {
             // ArrayValue { repeated AnyValue values = 1 }, each a string.
             let len: usize = items
                 .iter()
@@ -97,36 +102,104 @@ fn any_value(v: &AttrValue, buf: &mut Vec<u8>) {
                 delimited(1, s.as_bytes(), buf);
             }
         }
+        AttrRef::Display(_) => unreachable!("formatted before it is encoded"),
     }
 }
 
-fn any_value_len(v: &AttrValue) -> usize {
-    match v {
-        AttrValue::Str(s) => delimited_len(1, s.len()),
-        AttrValue::Bool(b) => key_len(2) + encoded_len_varint(u64::from(*b)),
-        AttrValue::Int(i) => key_len(3) + encoded_len_varint(*i as u64),
-        AttrValue::Float(_) => key_len(4) + 8,
-        AttrValue::List(items) => delimited_len(
+fn any_value_len(v: &AttrRef<'_>) -> usize {
+    match *v {
+        AttrRef::Str(s) => delimited_len(1, s.len()),
+        AttrRef::Bool(b) => key_len(2) + encoded_len_varint(u64::from(b)),
+        AttrRef::Int(i) => key_len(3) + encoded_len_varint(i as u64),
+        AttrRef::Float(_) => key_len(4) + 8,
+        AttrRef::List(items) => delimited_len(
             5,
             items
                 .iter()
                 .map(|s| delimited_len(1, delimited_len(1, s.len())))
                 .sum(),
         ),
+        AttrRef::Display(_) => unreachable!("formatted before it is measured"),
     }
 }
 
-/// `repeated KeyValue` at `tag`: each KeyValue { key = 1, AnyValue value = 2 }.
-fn attributes(tag: u32, attrs: &Attrs, buf: &mut Vec<u8>) {
-    for (key, value) in &attrs.0 {
-        let value_len = any_value_len(value);
-        let kv_len = delimited_len(1, key.len()) + delimited_len(2, value_len);
-        encode_key(tag, WireType::LengthDelimited, buf);
+/// The field of `Span` that holds its attributes: the entries an [`AttrEncoder`] writes
+/// (a log record's are moved to its own field by [`retag`]).
+const SPAN_ATTRIBUTES: u32 = 9;
+/// The field of `LogRecord` that holds its attributes.
+const LOG_ATTRIBUTES: u32 = 6;
+
+/// Attributes written as `repeated KeyValue` entries (each KeyValue { key = 1, AnyValue
+/// value = 2 }) of a span, as a kind hands them over: formatted values go through one reused
+/// buffer, nothing is allocated per attribute. Reused from record to record.
+#[derive(Default)]
+pub struct AttrEncoder {
+    buf: Vec<u8>,
+    scratch: String,
+}
+
+impl AttrEncoder {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+    /// The entries written since the last [`clear`](Self::clear).
+    pub fn entries(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl AttrSink for AttrEncoder {
+    fn put(&mut self, key: &[&str], value: AttrRef<'_>) {
+        let Self { buf, scratch } = self;
+        let value = match value {
+            AttrRef::Display(d) => {
+                scratch.clear();
+                let _ = write!(scratch, "{d}");
+                AttrRef::Str(scratch)
+            }
+            v => v,
+        };
+        let key_len: usize = key.iter().map(|k| k.len()).sum();
+        let value_len = any_value_len(&value);
+        let key_field = if key_len == 0 {
+            0
+        } else {
+            delimited_len(1, key_len)
+        };
+        let kv_len = key_field + delimited_len(2, value_len);
+        buf.reserve(delimited_len(SPAN_ATTRIBUTES, kv_len));
+        encode_key(SPAN_ATTRIBUTES, WireType::LengthDelimited, buf);
         encode_varint(kv_len as u64, buf);
-        opt_bytes(1, key.as_bytes(), buf);
+        if key_len > 0 {
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(key_len as u64, buf);
+            for part in key {
+                buf.put_slice(part.as_bytes());
+            }
+        }
         encode_key(2, WireType::LengthDelimited, buf);
         encode_varint(value_len as u64, buf);
-        any_value(value, buf);
+        any_value(&value, buf);
+    }
+}
+
+/// Copies a span's attribute entries into `buf` as the entries of field `tag`: each entry's
+/// one-byte key changes, its length and bytes do not.
+fn retag(entries: &[u8], tag: u32, buf: &mut Vec<u8>) {
+    let mut rest = entries;
+    while let Some((&key, after)) = rest.split_first() {
+        debug_assert_eq!(u32::from(key) >> 3, SPAN_ATTRIBUTES);
+        let mut len_bytes = after;
+        let Ok(len) = prost::encoding::decode_varint(&mut len_bytes) else {
+            return;
+        };
+        let prefix = after.len() - len_bytes.len();
+        let Some(entry) = after.get(..prefix + len as usize) else {
+            return;
+        };
+        encode_key(tag, WireType::LengthDelimited, buf);
+        buf.put_slice(entry);
+        rest = &after[entry.len()..];
     }
 }
 
@@ -139,14 +212,17 @@ pub struct SpanFields<'a> {
     pub name: &'a str,
     pub kind: i32,
     pub time_unix_nano: u64,
-    pub attributes: &'a Attrs,
+    /// Entries an [`AttrEncoder`] wrote.
+    pub attributes: &'a [u8],
     /// (code, message) when the status is set.
     pub status: Option<(i32, &'a str)>,
 }
 
 /// An encoded `Span` message.
 pub fn span(s: &SpanFields<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(
+        96 + s.name.len() + s.attributes.len() + s.status.map_or(0, |(_, m)| 8 + m.len()),
+    );
     opt_bytes(1, s.trace_id, &mut buf);
     opt_bytes(2, s.span_id, &mut buf);
     opt_bytes(4, s.parent_span_id, &mut buf);
@@ -154,7 +230,7 @@ pub fn span(s: &SpanFields<'_>) -> Vec<u8> {
     varint(6, s.kind as u64, &mut buf);
     fixed64(7, s.time_unix_nano, &mut buf);
     fixed64(8, s.time_unix_nano, &mut buf);
-    attributes(9, s.attributes, &mut buf);
+    buf.put_slice(s.attributes);
     if let Some((code, message)) = s.status {
         // Status { string message = 2; StatusCode code = 3 }
         let len = if message.is_empty() {
@@ -182,7 +258,8 @@ pub struct LogFields<'a> {
     pub severity_number: i32,
     pub severity_text: &'a str,
     pub body: &'a str,
-    pub attributes: &'a Attrs,
+    /// Entries an [`AttrEncoder`] wrote (a span's: moved to the log record's field).
+    pub attributes: &'a [u8],
     pub trace_id: &'a [u8],
     pub span_id: &'a [u8],
     pub event_name: &'a str,
@@ -190,7 +267,9 @@ pub struct LogFields<'a> {
 
 /// An encoded `LogRecord` message.
 pub fn log_record(l: &LogFields<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(1024 + l.body.len());
+    let mut buf = Vec::with_capacity(
+        96 + l.severity_text.len() + l.body.len() + l.attributes.len() + l.event_name.len(),
+    );
     fixed64(1, l.time_unix_nano, &mut buf);
     varint(2, l.severity_number as u64, &mut buf);
     opt_bytes(3, l.severity_text.as_bytes(), &mut buf);
@@ -198,7 +277,7 @@ pub fn log_record(l: &LogFields<'_>) -> Vec<u8> {
     encode_key(5, WireType::LengthDelimited, &mut buf);
     encode_varint(delimited_len(1, l.body.len()) as u64, &mut buf);
     delimited(1, l.body.as_bytes(), &mut buf);
-    attributes(6, l.attributes, &mut buf);
+    retag(l.attributes, LOG_ATTRIBUTES, &mut buf);
     opt_bytes(9, l.trace_id, &mut buf);
     opt_bytes(10, l.span_id, &mut buf);
     fixed64(11, l.observed_unix_nano, &mut buf);
@@ -243,23 +322,28 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+    use crate::model::Attrs;
 
-    fn attrs() -> Attrs {
-        let mut a = Attrs(Vec::new());
-        a.push("network.peer.address", AttrValue::Str("10.96.0.15".into()));
-        a.push("empty", AttrValue::Str(String::new()));
-        a.push("process.pid", AttrValue::Int(4242));
-        a.push("negative", AttrValue::Int(-7));
-        a.push("zero", AttrValue::Int(0));
-        a.push("probe.ratio", AttrValue::Float(7.5));
-        a.push("probe.core_dumped", AttrValue::Bool(false));
-        a.push("yes", AttrValue::Bool(true));
-        a.push(
-            "probe.status",
-            AttrValue::List(vec!["ASSURED".into(), String::new()]),
+    fn attrs() -> Vec<u8> {
+        let mut enc = AttrEncoder::default();
+        let mut a = Attrs::new(&mut enc);
+        a.ip("network.peer.address", "10.96.0.15".parse().unwrap());
+        a.push("empty", AttrRef::Str(""));
+        a.int("process.pid", 4242u32);
+        a.signed("negative", -7);
+        a.signed("zero", 0);
+        a.float("probe.ratio", Some(7.5));
+        a.bool("probe.core_dumped", Some(false));
+        a.bool("yes", Some(true));
+        a.list("probe.status", &["ASSURED".into(), String::new()]);
+        a.list("none", &[]);
+        a.prefixed(
+            "k8s.pod.label.",
+            "app",
+            AttrRef::Str("x".repeat(200).as_str()),
         );
-        a.push("none", AttrValue::List(Vec::new()));
-        a
+        a.int("big", u64::MAX);
+        enc.entries().to_vec()
     }
 
     fn kv(key: &str, value: Value) -> KeyValue {
@@ -293,6 +377,8 @@ mod tests {
                 }),
             ),
             kv("none", Value::ArrayValue(ArrayValue { values: Vec::new() })),
+            kv("k8s.pod.label.app", Value::StringValue("x".repeat(200))),
+            kv("big", Value::DoubleValue(u64::MAX as f64)),
         ]
     }
 
@@ -337,7 +423,7 @@ mod tests {
             name: "n",
             kind: 1,
             time_unix_nano: 5,
-            attributes: &Attrs(Vec::new()),
+            attributes: &[],
             status: None,
         });
         let decoded = Span::decode(plain.as_slice()).unwrap();
