@@ -35,6 +35,8 @@ pub(super) trait Signal {
     type Response: prost::Message + Default + Send + 'static;
     /// The `signal` label of the metrics.
     const NAME: &'static str;
+    /// The signal's slot in per-signal arrays (`in_flight`).
+    const SLOT: usize;
     const SERVICE: Service;
     fn rejected(response: &Self::Response) -> u64;
     fn queue(q: &mut Queues) -> &mut Queue;
@@ -46,6 +48,7 @@ pub(super) struct Logs;
 impl Signal for Traces {
     type Response = ExportTraceServiceResponse;
     const NAME: &'static str = "spans";
+    const SLOT: usize = 0;
     const SERVICE: Service = Service {
         http_path: "/v1/traces",
         grpc_path: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -64,6 +67,7 @@ impl Signal for Traces {
 impl Signal for Logs {
     type Response = ExportLogsServiceResponse;
     const NAME: &'static str = "logs";
+    const SLOT: usize = 1;
     const SERVICE: Service = Service {
         http_path: "/v1/logs",
         grpc_path: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
@@ -253,7 +257,7 @@ impl Exporter {
     }
 
     fn set_in_flight<S: Signal>(&mut self, n: usize) {
-        self.in_flight[usize::from(S::NAME == "logs")] = n as u64;
+        self.in_flight[S::SLOT] = n as u64;
     }
 
     /// Records the collector will never take: dropped, counted, said once per reason.
@@ -317,8 +321,8 @@ impl Exporter {
         let (spans, logs) = {
             let mut q = self.shared.lock();
             let counts = (
-                q.spans.items.len() as u64 + self.in_flight[0],
-                q.logs.items.len() as u64 + self.in_flight[1],
+                q.spans.items.len() as u64 + self.in_flight[Traces::SLOT],
+                q.logs.items.len() as u64 + self.in_flight[Logs::SLOT],
             );
             q.spans = Queue::default();
             q.logs = Queue::default();
