@@ -26,7 +26,8 @@ pub struct Scale {
     pub cpu_ms_per_update: f64,
 }
 
-fn status_kib(pid: u32, field: &str) -> f64 {
+/// A kB field of `/proc/PID/status` (`VmRSS`, `VmHWM`), 0 when unreadable.
+pub fn status_kib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::median;
+use crate::{bench::median, bench_k8s::status_kib};
 
 /// The agent with its JSON output read line by line, each stamped on arrival (ns since the
 /// Unix epoch).
@@ -125,16 +125,6 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
-/// VmHWM (peak resident set) of `pid`, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// A loopback port with nothing listening, below the ephemeral range (so no client gets it).
 fn closed_port() -> Result<u16> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
@@ -192,7 +182,7 @@ pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
     let seconds = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));
     let cpu = cpu_seconds(agent.pid()) - cpu0;
-    let rss = peak_rss_mib(agent.pid());
+    let rss = status_kib(agent.pid(), "VmHWM") / 1024.0;
     let lines = agent.stop();
     let delivered = lines
         .iter()
