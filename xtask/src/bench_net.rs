@@ -436,14 +436,11 @@ pub fn otlp_steady(
     let (mut idle, mut json, mut both, mut spans, mut busy, mut requests) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
-        let run = steady_run(bin, &[], port, events_per_s, seconds)?;
+        let run = steady_run(bin, &[], port, events_per_s, seconds, &counts.0)?;
         idle.push(run.idle_ms_per_s);
         json.push(run.per_million);
-        let requests0 = counts.0.load(Ordering::Relaxed);
-        let started = Instant::now();
-        let run_otlp = steady_run(bin, &otlp, port, events_per_s, seconds)?;
-        let sent = counts.0.load(Ordering::Relaxed) - requests0;
-        requests.push(sent as f64 / started.elapsed().as_secs_f64());
+        let run_otlp = steady_run(bin, &otlp, port, events_per_s, seconds, &counts.0)?;
+        requests.push(run_otlp.requests_per_s);
         idle.push(run_otlp.idle_ms_per_s);
         both.push(run_otlp.per_million);
         busy.push(run_otlp.busy_ms_per_s);
@@ -470,6 +467,8 @@ struct SteadyRun {
     busy_ms_per_s: f64,
     /// CPU-s per million events, the idle CPU over as long subtracted.
     per_million: f64,
+    /// Export requests the receiver counted (`requests`) per second of the loaded part.
+    requests_per_s: f64,
 }
 
 fn steady_run(
@@ -478,6 +477,7 @@ fn steady_run(
     port: u16,
     events_per_s: u32,
     seconds: u32,
+    requests: &AtomicU64,
 ) -> Result<SteadyRun> {
     let agent = Observed::start(bin, extra)?;
     // Over as long as the loaded part lasts (the last batch waits up to the OTLP batching
@@ -487,12 +487,16 @@ fn steady_run(
     std::thread::sleep(span);
     let idle = cpu_seconds(agent.pid()) - idle0;
     let cpu0 = cpu_seconds(agent.pid());
+    let requests0 = requests.load(Ordering::Relaxed);
+    let started = Instant::now();
     let made = paced_resets(port, events_per_s, seconds);
     std::thread::sleep(Duration::from_millis(1500));
     let busy = cpu_seconds(agent.pid()) - cpu0;
+    let sent = requests.load(Ordering::Relaxed) - requests0;
     Ok(SteadyRun {
         idle_ms_per_s: idle * 1000.0 / span.as_secs_f64(),
         busy_ms_per_s: busy * 1000.0 / span.as_secs_f64(),
         per_million: per_million((busy - idle).max(0.0), made),
+        requests_per_s: sent as f64 / started.elapsed().as_secs_f64(),
     })
 }
