@@ -4,9 +4,8 @@
 //! export's cost). A kind hands its attributes to an [`AttrEncoder`] (the model's
 //! [`AttrSink`]), which writes them as protobuf at once: no owned copy of a key or a value,
 //! formatted values (addresses) through one reused buffer. Requests are framed around the
-//! queued messages. The field numbers are
-//! opentelemetry-proto's (trace.proto, logs.proto, common.proto); the unit tests decode these
-//! bytes with prost into the generated types.
+//! queued messages. The field numbers are opentelemetry-proto's (trace.proto, logs.proto,
+//! common.proto); the unit tests decode these bytes with prost into the generated types.
 
 use std::fmt::Write as _;
 
