@@ -1,5 +1,6 @@
 //! Root e2e: nothing is lost silently. A reset flood through a deliberately small ring buffer
-//! and queue: every reset generated is either delivered or counted in a `loss` record.
+//! and queue: every reset generated is either delivered or counted in a `loss` record, and
+//! `probe_tcp_resets_total` (counted in the kernel) is exact whatever was lost.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -38,6 +39,23 @@ fn delivered_plus_lost_equals_generated() {
     }
     // Give the last events time to reach the agent; stop() drains the rest.
     let _ = probe.wait_for(Duration::from_millis(500), |_| false);
+    // The kernel counted every reset before its record met the full ring buffer: the metrics
+    // are exact (read once a second by the agent).
+    let counted = |dir: &str| {
+        let label = format!("direction=\"{dir}\"");
+        metric_sum(probe.http_addr(), "probe_tcp_resets_total", &[&label])
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (counted("sent"), counted("received")) != (CONNECTS, CONNECTS)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        (counted("sent"), counted("received")),
+        (CONNECTS, CONNECTS),
+        "probe_tcp_resets_total by direction"
+    );
     let (status, records, log) = probe.stop_with_log();
     assert!(status.success(), "the probe exited with {status}:\n{log}");
     // Lost events whose loss record could not get out before the shutdown deadline are said

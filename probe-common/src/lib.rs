@@ -37,6 +37,9 @@ pub mod maps {
     /// Per-CPU LRU hash: [`crate::DropKey`] -> [`crate::DropCount`], the in-kernel aggregation
     /// of packet drops.
     pub const DROP_FLOWS: &str = "DROP_FLOWS";
+    /// Per-CPU LRU hash: [`crate::CountKey`] -> [`crate::CountValue`], exact counts of the
+    /// events per kind, detail and cgroup.
+    pub const EVENT_COUNTS: &str = "EVENT_COUNTS";
     /// Ring buffer of [`crate::Selection`]: a process was selected for capture at exec. Each
     /// record wakes the agent at once, so it attaches the write hooks (detached while nothing
     /// is selected) before the runtime's first write.
@@ -322,9 +325,11 @@ pub struct WriteResultEvent {
 }
 const _: () = assert!(size_of::<WriteResultEvent>() == 80);
 
+mod counts;
 mod drops;
 mod http;
 mod layouts;
+pub use counts::*;
 pub use drops::*;
 pub use http::*;
 pub use layouts::*;
@@ -357,6 +362,8 @@ mod pod {
     unsafe impl aya::Pod for super::WriteEvent {}
     unsafe impl aya::Pod for super::WriteResultEvent {}
     unsafe impl aya::Pod for super::WriteLayout {}
+    unsafe impl aya::Pod for super::CountKey {}
+    unsafe impl aya::Pod for super::CountValue {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropCount {}
     unsafe impl aya::Pod for super::PacketDropEvent {}

@@ -5,12 +5,12 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use probe_common::{
-    ABSENT, AgentConfig, DropKey, EventHeader, HDR_CGROUP, HDR_NETNS, HDR_TASK, KernelOffsets,
-    LOSS_SLOTS, SkbOffsets, TaskOffsets, family,
+    ABSENT, AgentConfig, COUNT_KEYS, CountKey, CountValue, DropKey, EventHeader, HDR_CGROUP,
+    HDR_NETNS, HDR_TASK, KernelOffsets, LOSS_SLOTS, SkbOffsets, TaskOffsets, family,
 };
 
 use crate::softirq::in_softirq;
@@ -22,6 +22,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Failed ring-buffer writes, per CPU, per event kind.
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// Exact counts per kind, detail and cgroup (`probe_common::CountKey`), per CPU.
+#[map]
+pub static EVENT_COUNTS: LruPerCpuHashMap<CountKey, CountValue> =
+    LruPerCpuHashMap::with_max_entries(COUNT_KEYS, 0);
 
 #[unsafe(no_mangle)]
 static AGENT: AgentConfig = AgentConfig::DEFAULT;
@@ -189,6 +194,32 @@ pub fn wakeup_flags() -> u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_ADAPTIVE_WAKEUP
+    }
+}
+
+/// Counts one event of `key` (and `bytes`) on this CPU, before its record is written: the
+/// count stays exact when the ring buffer is full.
+#[inline(always)]
+pub fn count_event(key: &CountKey, bytes: u64) {
+    if let Some(value) = EVENT_COUNTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value; programs do not migrate while running.
+        unsafe {
+            (*value).events += 1;
+            (*value).bytes += bytes;
+        }
+        return;
+    }
+    let first = CountValue { events: 1, bytes };
+    // BPF_NOEXIST: another program on this CPU cannot have inserted it meanwhile (no
+    // preemption inside a program); another CPU may have, and its insert sets only its value.
+    if EVENT_COUNTS.insert(key, &first, 1).is_err()
+        && let Some(value) = EVENT_COUNTS.get_ptr_mut(key)
+    {
+        // SAFETY: as above.
+        unsafe {
+            (*value).events += 1;
+            (*value).bytes += bytes;
+        }
     }
 }
 

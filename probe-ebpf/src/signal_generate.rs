@@ -9,12 +9,14 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::RawTracePointContext,
 };
-use probe_common::{ABSENT, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, kind};
+use probe_common::{
+    ABSENT, CountKey, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, kind,
+};
 
 use crate::{
     common::{
-        EVENTS, agent, count_loss, describe_task, new_header, offsets, read_kernel, task_offsets,
-        wakeup_flags,
+        EVENTS, agent, count_event, count_loss, describe_task, new_header, offsets, read_kernel,
+        task_offsets, wakeup_flags,
     },
     softirq::in_softirq,
 };
@@ -100,6 +102,14 @@ fn emit(ctx: &RawTracePointContext, sig: u32, agent_tgid: u32) {
     if ev.flags & SIG_HANDLER != 0 && ev.handler == 0 && ev.result != t.result_ignored {
         let _ = CRASH_WATCH.insert(ev.header.pid, sig, 0);
     }
+    let key = CountKey {
+        cgroup_id: ev.header.cgroup_id,
+        netns: ev.header.netns,
+        kind: kind::CORE_SIGNAL,
+        a: sig,
+        b: ev.si_code as u32,
+    };
+    count_event(&key, 0);
     if EVENTS.output::<SignalEvent>(&ev, wakeup_flags()).is_err() {
         count_loss(kind::CORE_SIGNAL);
     }

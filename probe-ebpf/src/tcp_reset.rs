@@ -3,13 +3,13 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TracePointContext};
 use probe_common::{
-    ABSENT, EventHeader, HDR_CGROUP, HDR_NETNS, KernelOffsets, REASON_NONE, TcpResetEvent,
-    TcpResetLayout, direction, family, kind,
+    ABSENT, CountKey, EventHeader, HDR_CGROUP, HDR_NETNS, KernelOffsets, REASON_NONE,
+    TcpResetEvent, TcpResetLayout, direction, family, kind,
 };
 
 use crate::common::{
-    EVENTS, TaskContext, count_loss, fill_task, new_header, offsets, read_field, read_kernel,
-    skb_flow, skb_offsets, wakeup_flags,
+    EVENTS, TaskContext, count_event, count_loss, fill_task, new_header, offsets, read_field,
+    read_kernel, skb_flow, skb_offsets, wakeup_flags,
 };
 
 #[inline(always)]
@@ -87,7 +87,21 @@ pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
         set_netns(&mut ev.header, net, &off);
     }
 
-    if EVENTS.output::<TcpResetEvent>(&ev, wakeup_flags()).is_err() {
+    output(&ev);
+}
+
+/// Counts the reset, then writes its record.
+#[inline(always)]
+fn output(ev: &TcpResetEvent) {
+    let key = CountKey {
+        cgroup_id: ev.header.cgroup_id,
+        netns: ev.header.netns,
+        kind: kind::TCP_RESET,
+        a: u32::from(ev.direction),
+        b: ev.reason,
+    };
+    count_event(&key, 0);
+    if EVENTS.output::<TcpResetEvent>(ev, wakeup_flags()).is_err() {
         count_loss(kind::TCP_RESET);
     }
 }
@@ -137,9 +151,7 @@ pub fn emit_unowned(sk: u64, skb: u64) {
         ev.header.netns = flow.netns;
         ev.header.flags |= HDR_NETNS;
     }
-    if EVENTS.output::<TcpResetEvent>(&ev, wakeup_flags()).is_err() {
-        count_loss(kind::TCP_RESET);
-    }
+    output(&ev);
 }
 
 #[inline(always)]

@@ -15,13 +15,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    EXE_NAME_LEN, EventHeader, HDR_CGROUP, HDR_TASK, MAX_WRITE_CHUNKS, RUNTIME_BY_CGROUP,
+    CountKey, EXE_NAME_LEN, EventHeader, HDR_CGROUP, HDR_TASK, MAX_WRITE_CHUNKS, RUNTIME_BY_CGROUP,
     WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteLayout, WriteResultEvent,
     kind,
 };
 
 use crate::common::{
-    EVENTS, agent, count_loss, new_header, read_field, read_kernel, task_offsets, wakeup_flags,
+    EVENTS, agent, count_event, count_loss, new_header, read_field, read_kernel, task_offsets,
+    wakeup_flags,
 };
 
 #[map]
@@ -310,6 +311,14 @@ fn emit_result(pid_tgid: u64, fd: u32, ret: i64) {
         file_rdev,
         _reserved: 0,
     };
+    let key = CountKey {
+        cgroup_id: ev.header.cgroup_id,
+        netns: 0,
+        kind: kind::WASM_WRITE_RESULT,
+        a: fd,
+        b: 0,
+    };
+    count_event(&key, if ret > 0 { ret as u64 } else { 0 });
     if EVENTS
         .output::<WriteResultEvent>(&ev, wakeup_flags())
         .is_err()

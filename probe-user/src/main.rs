@@ -4,6 +4,7 @@
 mod clock;
 mod config;
 mod conntrack;
+mod counts;
 mod decode;
 mod enrich;
 mod export;
@@ -157,6 +158,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None
         }
     };
+    let event_counts = match probe.take_event_counts() {
+        Ok(map) => Some(counts::EventCounter::new(
+            Box::new(map),
+            tables.clone(),
+            state.metrics.event.clone(),
+            counts::Limits {
+                max_series: cli.metrics_max_series as usize,
+                idle: cli.metrics_series_idle,
+            },
+        )),
+        Err(e) => {
+            warn!("{e}; the event metrics (probe_tcp_resets_total...) will be missing");
+            None
+        }
+    };
     let drop_flows = match probe.take_drop_flows() {
         Ok(map) => Some(Box::new(map) as Box<dyn enrich::drops::DropMap>),
         Err(e) => {
@@ -306,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         fed_wasm_cgroups: std::collections::HashSet::new(),
         wasm_cgroup_count,
         event_counters: Vec::new(),
+        counts: event_counts,
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));

@@ -314,6 +314,24 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<(String, St
     (status, headers, body.to_owned())
 }
 
+/// The sum of the samples of `name` on the agent's /metrics whose label set holds every one
+/// of `labels` (`direction="sent"`).
+pub fn metric_sum(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> u64 {
+    let (status, _, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "/metrics answered {status}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (family, label_set) = series.split_once('{').unwrap_or((series, ""));
+            (family == name && labels.iter().all(|f| label_set.contains(f)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// All of `child`'s stderr (piped), read on a thread until it closes.
 pub fn stderr_of(child: &mut Child) -> thread::JoinHandle<String> {
     use std::io::Read as _;

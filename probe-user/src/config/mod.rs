@@ -299,6 +299,19 @@ pub struct Cli {
           value_parser = duration_between(ms(100), secs(3600)))]
     pub http_idle_timeout: Duration,
 
+    /// Series with pod labels the event metrics (`probe_tcp_resets_total`...) hold at most;
+    /// events of a new pod beyond it count in each family's overflow series
+    /// (`pod="_overflow"`); 100 to 1000000.
+    #[arg(long, env = "PROBE_METRICS_MAX_SERIES", default_value_t = 10_000, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
+    pub metrics_max_series: u32,
+
+    /// An event series without an event for this long is removed from /metrics (a pod that
+    /// is gone stops costing a series); 1m to 30d.
+    #[arg(long, env = "PROBE_METRICS_SERIES_IDLE", allow_hyphen_values = true, default_value = "1h",
+          value_parser = duration_between(secs(60), secs(30 * 86_400)))]
+    pub metrics_series_idle: Duration,
+
     /// TOML file with any of these flags as keys (e.g. mounted from a ConfigMap).
     #[arg(long, env = "PROBE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -452,7 +465,7 @@ impl Cli {
             .filter(|n| self.signals & (1u64 << n) != 0)
             .map(crate::model::signals::signal_name)
             .collect();
-        json!({
+        let mut effective = json!({
             "output": self.output.iter().map(|o| format!("{o:?}").to_lowercase()).collect::<Vec<_>>().join(","),
             "otlp-endpoint": self.otlp_endpoint.as_ref().map(Endpoint::redacted),
             "otlp-headers": self.otlp_headers.iter().map(|h| format!("{}={REDACTED}", h.key)).collect::<Vec<_>>(),
@@ -497,7 +510,12 @@ impl Cli {
             "http-max-connections": self.http_max_connections,
             "http-idle-timeout": humantime::format_duration(self.http_idle_timeout).to_string(),
             "config": self.config,
-        })
+        });
+        // Beyond what one `json!` expands within the recursion limit.
+        effective["metrics-max-series"] = json!(self.metrics_max_series);
+        effective["metrics-series-idle"] =
+            json!(humantime::format_duration(self.metrics_series_idle).to_string());
+        effective
     }
 }
 

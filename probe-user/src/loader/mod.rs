@@ -354,6 +354,11 @@ impl Probe {
         self.take(maps::DROP_FLOWS)
     }
 
+    /// Takes the exact event counts out, for the metrics of the events.
+    pub fn take_event_counts(&mut self) -> Result<EventCounts, LoaderError> {
+        self.take(maps::EVENT_COUNTS)
+    }
+
     /// Takes the map of cgroups whose processes are captured (fed for Wasm pods) and its
     /// entry count.
     pub fn take_wasm_cgroups(&mut self) -> Result<WasmCgroups, LoaderError> {
@@ -392,6 +397,10 @@ pub struct WasmCgroups {
 /// The in-kernel drop aggregation (`maps::DROP_FLOWS`).
 pub type DropFlows =
     aya::maps::PerCpuHashMap<MapData, probe_common::DropKey, probe_common::DropCount>;
+
+/// The kernel's exact event counts (`maps::EVENT_COUNTS`).
+pub type EventCounts =
+    aya::maps::PerCpuHashMap<MapData, probe_common::CountKey, probe_common::CountValue>;
 
 /// The kernel wants a power-of-two multiple of the page size.
 pub fn check_ringbuf_bytes(size: u32) -> Result<(), LoaderError> {

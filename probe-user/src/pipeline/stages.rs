@@ -42,6 +42,8 @@ pub struct Stages {
     pub drain_for: Duration,
     /// The `probe_events_total` counter of each kind (no label allocation per record).
     pub event_counters: Vec<(&'static str, prometheus_client::metrics::counter::Counter)>,
+    /// The kernel's exact event counts into the metrics per pod.
+    pub counts: Option<crate::counts::EventCounter>,
     pub state: Arc<AgentState>,
 }
 
@@ -237,6 +239,13 @@ impl Stages {
         self.fed_wasm_cgroups = want;
     }
 
+    /// The kernel's event counts into the metrics, labelled with their pods.
+    fn sweep_counts(&mut self, now: Instant) {
+        if let Some(counts) = &mut self.counts {
+            counts.sweep(&mut self.k8s, now);
+        }
+    }
+
     fn timed_work_pending(&self, now: Instant) -> bool {
         self.stages.iter().any(|s| s.pending(now))
             || !self.held.is_empty()
@@ -282,12 +291,18 @@ async fn consume_loop(
     tick.tick().await;
     let mut join_tick = tokio::time::interval(Duration::from_millis(250));
     join_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut counts_tick = tokio::time::interval(crate::counts::SWEEP_EVERY);
+    counts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut now = Instant::now();
     let (mut batch, mut out) = (Vec::with_capacity(RECV_BATCH), Vec::new());
     loop {
         tokio::select! {
             biased;
             _ = tick.tick() => stages.report_losses().map_err(PipelineError::Sink)?,
+            _ = counts_tick.tick(), if stages.counts.is_some() => {
+                now = Instant::now();
+                stages.sweep_counts(now);
+            }
             _ = join_tick.tick(), if stages.timed_work_pending(now) => {
                 now = Instant::now();
                 stages.timed(now).map_err(PipelineError::Sink)?;
@@ -329,5 +344,6 @@ async fn consume_loop(
     stages
         .release_held(Instant::now(), true)
         .map_err(PipelineError::Sink)?;
+    stages.sweep_counts(Instant::now());
     stages.report_losses().map_err(PipelineError::Sink)
 }

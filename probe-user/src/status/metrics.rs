@@ -46,6 +46,8 @@ pub struct CapabilityLabel {
 /// Prometheus metrics; also the counters the status document reports.
 pub struct Metrics {
     registry: Registry,
+    /// The events' own families (resets, core signals, Wasm output per pod).
+    pub event: super::event_metrics::EventMetrics,
     pub events: Family<KindLabel, Counter>,
     pub losses: Family<LossLabel, Counter>,
     pub queue_depth: Gauge,
@@ -72,6 +74,8 @@ pub struct Metrics {
 impl Metrics {
     pub(super) fn new() -> Self {
         let mut registry = Registry::with_prefix("probe");
+        let event = super::event_metrics::EventMetrics::default();
+        event.register(&mut registry);
         let events = Family::<KindLabel, Counter>::default();
         registry.register(
             "events",
@@ -192,6 +196,7 @@ impl Metrics {
         );
         Self {
             registry,
+            event,
             http_connections,
             otlp_exported,
             otlp_dropped,

@@ -2,6 +2,7 @@
 //! loss counters, queue depth, exporter state, effective configuration. Served over HTTP by
 //! `http.rs` as health checks, a JSON status document and Prometheus metrics.
 
+pub mod event_metrics;
 pub mod http;
 mod http_conn;
 mod metrics;

@@ -5,8 +5,15 @@
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
-use super::{K8sCache, cgroup, index::PodInfo, netns::PodNetns};
-use crate::model::{Body, Record};
+use super::{
+    K8sCache, cgroup,
+    index::{Indexes, PodInfo},
+    netns::PodNetns,
+};
+use crate::{
+    model::{Body, Record},
+    status::event_metrics::PodLabels,
+};
 
 pub use crate::model::K8sAttrs;
 
@@ -99,31 +106,25 @@ impl K8sEnricher {
             .and_then(|id| self.cgroups.path(id, now))
             .or_else(|| record.common.pid.and_then(cgroup::path_of_pid));
         if let Some(c) = path.as_deref().and_then(cgroup::parse) {
-            match idx.pods.get(&c.pod_uid) {
-                Some(pod) => {
-                    if let Some(id) = &c.container_id {
-                        attrs.container_id = Some(id.clone());
-                        let known = pod.containers.get(id);
-                        attrs.container_name = known.map(|(name, _)| name.clone());
-                        attrs.container_runtime = known
-                            .and_then(|(_, r)| r.clone())
-                            .or(c.runtime.map(str::to_owned));
-                    }
-                    subject = Some(pod.clone());
-                }
-                None => return Verdict::PodNotCached(c.pod_uid),
+            let Some(pod) = idx.pods.get(&c.pod_uid) else {
+                return Verdict::PodNotCached(c.pod_uid);
+            };
+            if let Some(id) = &c.container_id {
+                attrs.container_id = Some(id.clone());
+                let known = pod.containers.get(id);
+                attrs.container_name = known.map(|(name, _)| name.clone());
+                attrs.container_runtime = known
+                    .and_then(|(_, r)| r.clone())
+                    .or(c.runtime.map(str::to_owned));
             }
+            subject = Some(pod.clone());
         }
         // 2. The network namespace: an event no pod's task or socket owns (built in softirq)
         // that happened in a pod's network.
         if subject.is_none()
             && let Some(netns) = record.common.netns
         {
-            let on_pod_network = |uid: &str| idx.pods.get(uid).is_some_and(|p| !p.host_network);
-            subject = self
-                .netns
-                .pod_uid(netns, &mut self.cgroups, on_pod_network, now)
-                .and_then(|uid| idx.pods.get(&uid).cloned());
+            subject = pod_of_netns(&mut self.netns, &mut self.cgroups, &idx, netns, now);
         }
         // 3. The local address of a network event, 4. its peer.
         let (mut local, mut peer) = endpoints(&record.body);
@@ -183,6 +184,89 @@ impl K8sEnricher {
             record.k8s = Some(Box::new(attrs));
         }
         Verdict::Done
+    }
+}
+
+impl K8sEnricher {
+    /// The pod (and container) a cgroup, else a network namespace (0: none), belongs to: the
+    /// labels of the event metrics, as `enrich` finds a record's pod.
+    pub fn owner(&mut self, cgroup_id: u64, netns: u32, now: Instant) -> Owner {
+        if !self.active() {
+            return Owner::None;
+        }
+        let idx = self.cache.indexes.read().unwrap_or_else(|e| e.into_inner());
+        let path = (cgroup_id != 0)
+            .then(|| self.cgroups.path(cgroup_id, now))
+            .flatten();
+        let mut container = String::new();
+        let mut pod = None;
+        if let Some(c) = path.as_deref().and_then(cgroup::parse) {
+            let Some(known) = idx.pods.get(&c.pod_uid) else {
+                return Owner::NotCached;
+            };
+            if let Some((name, _)) = c
+                .container_id
+                .as_ref()
+                .and_then(|id| known.containers.get(id))
+            {
+                container.clone_from(name);
+            }
+            pod = Some(known.clone());
+        }
+        if pod.is_none() && netns != 0 {
+            pod = pod_of_netns(&mut self.netns, &mut self.cgroups, &idx, netns, now);
+        }
+        match pod {
+            Some(p) => Owner::Pod(pod_labels(&p, container)),
+            None => Owner::None,
+        }
+    }
+}
+
+/// The pod of a network namespace (not the host's: pods on the host network share it).
+fn pod_of_netns(
+    netns_index: &mut PodNetns,
+    cgroups: &mut cgroup::CgroupPaths,
+    idx: &Indexes,
+    netns: u32,
+    now: Instant,
+) -> Option<Arc<PodInfo>> {
+    let on_pod_network = |uid: &str| idx.pods.get(uid).is_some_and(|p| !p.host_network);
+    netns_index
+        .pod_uid(netns, cgroups, on_pod_network, now)
+        .and_then(|uid| idx.pods.get(&uid).cloned())
+}
+
+/// Whom events belong to, for their metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Pod(PodLabels),
+    /// A pod's cgroup whose pod the cache does not know yet.
+    NotCached,
+    /// No pod (the host, or enrichment off).
+    None,
+}
+
+/// The metric labels of a pod: its top-level workload (the Deployment rather than its
+/// ReplicaSet, the CronJob rather than its Job).
+fn pod_labels(pod: &PodInfo, container: String) -> PodLabels {
+    let (workload_kind, workload) = pod
+        .workload
+        .last()
+        .map(|(key, name)| {
+            let kind = key
+                .strip_prefix("k8s.")
+                .and_then(|k| k.strip_suffix(".name"))
+                .unwrap_or(key);
+            (kind.to_owned(), name.clone())
+        })
+        .unwrap_or_default();
+    PodLabels {
+        namespace: pod.namespace.clone(),
+        pod: pod.name.clone(),
+        container,
+        workload_kind,
+        workload,
     }
 }
 

@@ -1,0 +1,224 @@
+//! The series of the event families: one per kernel key's labels (the kind's own labels and
+//! the pod's), at most `Limits::max_series` with pod labels; beyond it a family's events count
+//! in its overflow series (`pod="_overflow"`, the kind's labels kept). Series without an event
+//! for `Limits::idle` are removed.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use probe_common::{CountKey, REASON_NONE, direction, kind};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::{
+    decode::SymbolTables,
+    model::signals::{origin, signal_name},
+    status::event_metrics::{
+        EventMetrics, MetricLabel, OVERFLOW_POD, PodLabels, ResetLabels, SignalLabels,
+        StreamLabels, names,
+    },
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Series with pod labels at most.
+    pub max_series: usize,
+    /// A series without an event for this long is removed.
+    pub idle: Duration,
+}
+
+/// How often idle series are looked for.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+/// The labels of one series, in its family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SeriesKey {
+    Reset(ResetLabels),
+    Signal(SignalLabels),
+    Wasm(StreamLabels),
+}
+
+impl SeriesKey {
+    /// The series of a kernel key's events owned by `pod`; None for kinds without metrics.
+    pub fn of(key: &CountKey, pod: PodLabels, tables: &SymbolTables) -> Option<Self> {
+        Some(match key.kind {
+            kind::TCP_RESET => Self::Reset(ResetLabels {
+                direction: match u16::try_from(key.a) {
+                    Ok(direction::SENT) => "sent",
+                    Ok(direction::RECEIVED) => "received",
+                    _ => "unknown",
+                },
+                reason: match tables.reset_reasons.get(&key.b) {
+                    Some(name) => name.to_string(),
+                    None if key.b == REASON_NONE => "unknown".to_owned(),
+                    None => key.b.to_string(),
+                },
+                pod,
+            }),
+            kind::CORE_SIGNAL => Self::Signal(SignalLabels {
+                signal: signal_name(key.a),
+                origin: origin(key.b as i32).name(),
+                pod,
+            }),
+            kind::WASM_WRITE_RESULT => Self::Wasm(StreamLabels {
+                stream: if key.a == 2 { "stderr" } else { "stdout" },
+                pod,
+            }),
+            _ => return None,
+        })
+    }
+
+    fn pod(&self) -> &PodLabels {
+        match self {
+            Self::Reset(l) => &l.pod,
+            Self::Signal(l) => &l.pod,
+            Self::Wasm(l) => &l.pod,
+        }
+    }
+
+    fn pod_mut(&mut self) -> &mut PodLabels {
+        match self {
+            Self::Reset(l) => &mut l.pod,
+            Self::Signal(l) => &mut l.pod,
+            Self::Wasm(l) => &mut l.pod,
+        }
+    }
+
+    /// The family's overflow series with the same kind labels.
+    fn overflow(&self) -> Self {
+        let mut key = self.clone();
+        *key.pod_mut() = PodLabels {
+            pod: OVERFLOW_POD.to_owned(),
+            ..PodLabels::default()
+        };
+        key
+    }
+
+    fn is_overflow(&self) -> bool {
+        self.pod().pod == OVERFLOW_POD
+    }
+
+    fn family(&self) -> &'static str {
+        match self {
+            Self::Reset(_) => names::TCP_RESETS,
+            Self::Signal(_) => names::CORE_SIGNALS,
+            Self::Wasm(_) => names::WASM_OUTPUT_WRITES,
+        }
+    }
+}
+
+struct Entry {
+    events: Counter,
+    /// Wasm output only.
+    bytes: Option<Counter>,
+    last: Instant,
+}
+
+pub struct Series {
+    metrics: EventMetrics,
+    limits: Limits,
+    entries: HashMap<SeriesKey, Entry>,
+    /// Entries with pod labels (the overflow series not included).
+    counted: usize,
+    last_expiry: Option<Instant>,
+}
+
+impl Series {
+    pub fn new(metrics: EventMetrics, limits: Limits) -> Self {
+        Self {
+            metrics,
+            limits,
+            entries: HashMap::new(),
+            counted: 0,
+            last_expiry: None,
+        }
+    }
+
+    /// Adds `events` (and `bytes`) to the series of `key`, made if needed: in its family's
+    /// overflow series when the cap is reached.
+    pub fn add(&mut self, key: &SeriesKey, events: u64, bytes: u64, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            return Self::inc(entry, events, bytes, now);
+        }
+        if self.counted >= self.limits.max_series {
+            self.metrics
+                .series_overflow
+                .get_or_create(&MetricLabel {
+                    metric: key.family(),
+                })
+                .inc_by(events);
+            let overflow = key.overflow();
+            let entry = match self.entries.get_mut(&overflow) {
+                Some(entry) => entry,
+                None => {
+                    let made = self.make(&overflow, now);
+                    self.entries.entry(overflow).or_insert(made)
+                }
+            };
+            return Self::inc(entry, events, bytes, now);
+        }
+        let mut entry = self.make(key, now);
+        Self::inc(&mut entry, events, bytes, now);
+        self.entries.insert(key.clone(), entry);
+        self.counted += 1;
+        self.metrics.series.set(self.counted as i64);
+    }
+
+    fn inc(entry: &mut Entry, events: u64, bytes: u64, now: Instant) {
+        entry.events.inc_by(events);
+        if let Some(b) = &entry.bytes {
+            b.inc_by(bytes);
+        }
+        entry.last = now;
+    }
+
+    fn make(&self, key: &SeriesKey, now: Instant) -> Entry {
+        let m = &self.metrics;
+        let (events, bytes) = match key {
+            SeriesKey::Reset(l) => (m.tcp_resets.get_or_create(l).clone(), None),
+            SeriesKey::Signal(l) => (m.core_signals.get_or_create(l).clone(), None),
+            SeriesKey::Wasm(l) => (
+                m.wasm_output_writes.get_or_create(l).clone(),
+                Some(m.wasm_output_bytes.get_or_create(l).clone()),
+            ),
+        };
+        Entry {
+            events,
+            bytes,
+            last: now,
+        }
+    }
+
+    /// Removes the series idle for `Limits::idle` (checked once a minute).
+    pub fn expire(&mut self, now: Instant) {
+        if self
+            .last_expiry
+            .is_some_and(|t| now.duration_since(t) < EXPIRE_EVERY)
+        {
+            return;
+        }
+        self.last_expiry = Some(now);
+        let idle = self.limits.idle;
+        let m = &self.metrics;
+        let mut removed = 0usize;
+        self.entries.retain(|key, entry| {
+            if now.duration_since(entry.last) < idle {
+                return true;
+            }
+            match key {
+                SeriesKey::Reset(l) => m.tcp_resets.remove(l),
+                SeriesKey::Signal(l) => m.core_signals.remove(l),
+                SeriesKey::Wasm(l) => {
+                    m.wasm_output_bytes.remove(l);
+                    m.wasm_output_writes.remove(l)
+                }
+            };
+            m.series_expired.inc();
+            removed += usize::from(!key.is_overflow());
+            false
+        });
+        self.counted -= removed;
+        self.metrics.series.set(self.counted as i64);
+    }
+}

@@ -1,0 +1,308 @@
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use probe_common::{CountKey, CountValue, REASON_NONE, direction, kind};
+
+use super::{CountMap, EventCounter, Limits, Owners};
+use crate::{
+    decode::SymbolTables,
+    enrich::k8s::attrs::Owner,
+    status::event_metrics::{EventMetrics, PodLabels, ResetLabels, StreamLabels},
+};
+
+#[derive(Clone, Default)]
+struct FakeMap(Arc<Mutex<Vec<(CountKey, CountValue)>>>);
+
+impl FakeMap {
+    fn set(&self, key: CountKey, events: u64, bytes: u64) {
+        let mut m = self.0.lock().unwrap();
+        m.retain(|(k, _)| *k != key);
+        m.push((key, CountValue { events, bytes }));
+    }
+    fn evict(&self, key: CountKey) {
+        self.0.lock().unwrap().retain(|(k, _)| *k != key);
+    }
+}
+
+impl CountMap for FakeMap {
+    fn read_into(&self, out: &mut Vec<(CountKey, CountValue)>) -> Result<(), String> {
+        out.extend(self.0.lock().unwrap().iter().copied());
+        Ok(())
+    }
+}
+
+/// cgroup id n belongs to pod "p{n}" of namespace "ns" (a Deployment's); 999 to a pod not
+/// cached yet; others to no pod.
+struct FakeOwners;
+
+impl Owners for FakeOwners {
+    fn owner(&mut self, cgroup_id: u64, _netns: u32, _now: Instant) -> Owner {
+        match cgroup_id {
+            999 => Owner::NotCached,
+            1..=100_000 => Owner::Pod(pod(cgroup_id)),
+            _ => Owner::None,
+        }
+    }
+}
+
+fn pod(n: u64) -> PodLabels {
+    PodLabels {
+        namespace: "ns".into(),
+        pod: format!("p{n}"),
+        container: "c".into(),
+        workload_kind: "deployment".into(),
+        workload: "web".into(),
+    }
+}
+
+fn reset_key(cgroup_id: u64, dir: u16) -> CountKey {
+    CountKey {
+        cgroup_id,
+        netns: 0,
+        kind: kind::TCP_RESET,
+        a: u32::from(dir),
+        b: 2,
+    }
+}
+
+fn tables() -> Arc<SymbolTables> {
+    let mut t = SymbolTables::default();
+    t.reset_reasons.insert(2, "NO_SOCKET".into());
+    Arc::new(t)
+}
+
+fn counter(max_series: usize) -> (EventCounter, FakeMap, EventMetrics) {
+    let map = FakeMap::default();
+    let metrics = EventMetrics::default();
+    let limits = Limits {
+        max_series,
+        idle: Duration::from_secs(3600),
+    };
+    let c = EventCounter::new(Box::new(map.clone()), tables(), metrics.clone(), limits);
+    (c, map, metrics)
+}
+
+fn resets(m: &EventMetrics, pod_labels: PodLabels, dir: &'static str) -> u64 {
+    m.tcp_resets
+        .get(&ResetLabels {
+            direction: dir,
+            reason: "NO_SOCKET".into(),
+            pod: pod_labels,
+        })
+        .map_or(0, |c| c.get())
+}
+
+#[test]
+fn sweeps_add_exactly_what_the_kernel_counted_per_pod_and_direction() {
+    let (mut c, map, m) = counter(100);
+    let t = Instant::now();
+    map.set(reset_key(1, direction::SENT), 41_230, 0);
+    map.set(reset_key(2, direction::SENT), 1, 0);
+    map.set(reset_key(2, direction::RECEIVED), 3, 0);
+    c.sweep(&mut FakeOwners, t);
+    map.set(reset_key(1, direction::SENT), 50_000, 0);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(1));
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(2));
+    assert_eq!(resets(&m, pod(1), "sent"), 50_000);
+    assert_eq!(resets(&m, pod(2), "sent"), 1);
+    assert_eq!(resets(&m, pod(2), "received"), 3);
+    assert_eq!(m.series.get(), 3);
+}
+
+#[test]
+fn a_key_evicted_and_counted_again_from_zero_adds_its_new_count() {
+    let (mut c, map, m) = counter(100);
+    let t = Instant::now();
+    map.set(reset_key(1, direction::SENT), 10, 0);
+    c.sweep(&mut FakeOwners, t);
+    map.evict(reset_key(1, direction::SENT));
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(1));
+    map.set(reset_key(1, direction::SENT), 4, 0);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(2));
+    assert_eq!(resets(&m, pod(1), "sent"), 14);
+    // Recreated between two sweeps: a total below the counted one starts again from 0.
+    map.set(reset_key(1, direction::SENT), 2, 0);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(3));
+    assert_eq!(resets(&m, pod(1), "sent"), 16);
+}
+
+#[test]
+fn counts_of_a_pod_not_cached_wait_then_count_without_pod_labels() {
+    let (mut c, map, m) = counter(100);
+    let t = Instant::now();
+    map.set(reset_key(999, direction::SENT), 5, 0);
+    c.sweep(&mut FakeOwners, t);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(4));
+    assert_eq!(resets(&m, PodLabels::default(), "sent"), 0);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(5));
+    assert_eq!(resets(&m, PodLabels::default(), "sent"), 5);
+    // Outside any pod: empty pod labels, counted at once.
+    map.set(reset_key(200_000, direction::SENT), 2, 0);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(6));
+    assert_eq!(resets(&m, PodLabels::default(), "sent"), 7);
+}
+
+#[test]
+fn beyond_the_cap_a_family_counts_in_its_overflow_series() {
+    let (mut c, map, m) = counter(2);
+    let t = Instant::now();
+    for n in 1..=5 {
+        map.set(reset_key(n, direction::SENT), n * 10, 0);
+    }
+    c.sweep(&mut FakeOwners, t);
+    let overflow = PodLabels {
+        pod: "_overflow".into(),
+        ..PodLabels::default()
+    };
+    let own = (1..=5)
+        .filter(|&n| resets(&m, pod(n), "sent") == n * 10)
+        .count();
+    assert_eq!(own, 2);
+    let total: u64 = (1..=5).map(|n| resets(&m, pod(n), "sent")).sum::<u64>()
+        + resets(&m, overflow.clone(), "sent");
+    assert_eq!(total, 150);
+    assert_eq!(m.series.get(), 2);
+    let overflowed = m
+        .series_overflow
+        .get(&crate::status::event_metrics::MetricLabel {
+            metric: "tcp_resets",
+        })
+        .unwrap()
+        .get();
+    assert_eq!(overflowed, resets(&m, overflow, "sent"));
+}
+
+#[test]
+fn idle_series_are_removed_and_free_their_place() {
+    let map = FakeMap::default();
+    let m = EventMetrics::default();
+    let limits = Limits {
+        max_series: 1,
+        idle: Duration::from_secs(60),
+    };
+    let mut c = EventCounter::new(Box::new(map.clone()), tables(), m.clone(), limits);
+    let t = Instant::now();
+    map.set(reset_key(1, direction::SENT), 1, 0);
+    c.sweep(&mut FakeOwners, t);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(61));
+    assert!(
+        m.tcp_resets
+            .get(&ResetLabels {
+                direction: "sent",
+                reason: "NO_SOCKET".into(),
+                pod: pod(1),
+            })
+            .is_none()
+    );
+    assert_eq!(m.series.get(), 0);
+    assert_eq!(m.series_expired.get(), 1);
+    map.set(reset_key(2, direction::SENT), 3, 0);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(62));
+    assert_eq!(resets(&m, pod(2), "sent"), 3);
+}
+
+#[test]
+fn wasm_output_counts_writes_and_bytes_per_stream() {
+    let (mut c, map, m) = counter(100);
+    let key = |fd| CountKey {
+        cgroup_id: 7,
+        netns: 0,
+        kind: kind::WASM_WRITE_RESULT,
+        a: fd,
+        b: 0,
+    };
+    map.set(key(1), 3, 120);
+    map.set(key(2), 1, 9);
+    c.sweep(&mut FakeOwners, Instant::now());
+    let labels = |stream| StreamLabels {
+        stream,
+        pod: pod(7),
+    };
+    assert_eq!(
+        m.wasm_output_writes.get(&labels("stdout")).unwrap().get(),
+        3
+    );
+    assert_eq!(
+        m.wasm_output_bytes.get(&labels("stdout")).unwrap().get(),
+        120
+    );
+    assert_eq!(m.wasm_output_bytes.get(&labels("stderr")).unwrap().get(), 9);
+}
+
+#[test]
+fn families_are_named_and_labelled_as_documented_without_unbounded_labels() {
+    let map = FakeMap::default();
+    let state = crate::status::AgentState::new(serde_json::json!({}), Vec::new());
+    let mut c = EventCounter::new(
+        Box::new(map.clone()),
+        tables(),
+        state.metrics.event.clone(),
+        Limits {
+            max_series: 100,
+            idle: Duration::from_secs(3600),
+        },
+    );
+    map.set(reset_key(1, direction::SENT), 2, 0);
+    map.set(
+        CountKey {
+            cgroup_id: 1,
+            netns: 0,
+            kind: kind::CORE_SIGNAL,
+            a: 11,
+            b: 1,
+        },
+        1,
+        0,
+    );
+    map.set(
+        CountKey {
+            cgroup_id: 0,
+            netns: 0,
+            kind: kind::TCP_RESET,
+            a: u32::from(direction::RECEIVED),
+            b: REASON_NONE,
+        },
+        1,
+        0,
+    );
+    map.set(
+        CountKey {
+            cgroup_id: 1,
+            netns: 0,
+            kind: kind::WASM_WRITE_RESULT,
+            a: 2,
+            b: 0,
+        },
+        1,
+        6,
+    );
+    c.sweep(&mut FakeOwners, Instant::now());
+    let text = state.metrics.encode();
+    let pod = r#"namespace="ns",pod="p1",container="c",workload_kind="deployment",workload="web""#;
+    let expected = [
+        format!(r#"probe_tcp_resets_total{{direction="sent",reason="NO_SOCKET",{pod}}} 2"#),
+        r#"probe_tcp_resets_total{direction="received",reason="unknown",namespace="",pod="",container="",workload_kind="",workload=""} 1"#.to_owned(),
+        format!(r#"probe_core_signals_total{{signal="SIGSEGV",origin="kernel",{pod}}} 1"#),
+        format!(r#"probe_wasm_output_writes_total{{stream="stderr",{pod}}} 1"#),
+        format!(r#"probe_wasm_output_bytes_total{{stream="stderr",{pod}}} 6"#),
+    ];
+    for line in &expected {
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+    }
+    // No label of these families names a port, an address, a PID or a trace.
+    for line in text.lines().filter(|l| {
+        [
+            "probe_tcp_resets",
+            "probe_core_signals",
+            "probe_wasm_output",
+        ]
+        .iter()
+        .any(|f| l.starts_with(f))
+    }) {
+        for bad in ["port", "addr", "pid", "trace", "ip="] {
+            assert!(!line.contains(bad), "{line}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The metric families of the events themselves (counted in the kernel, labelled with the pod
+//! they belong to): their label sets and how they are registered. Filled by `counts/`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// The pod an event belongs to; every label empty for events outside any pod (host processes,
+/// resets no pod's socket or namespace owns). Never ports, addresses, PIDs or trace IDs: the
+/// number of series follows the number of pods, not of connections.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// `deployment`, `statefulset`, `daemonset`, `job`, `cronjob`, `replicaset`; empty for a
+    /// bare pod.
+    pub workload_kind: String,
+    pub workload: String,
+}
+
+/// The value of `pod` in the overflow series of a family (`--metrics-max-series` reached).
+pub const OVERFLOW_POD: &str = "_overflow";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResetLabels {
+    /// `sent` or `received`.
+    pub direction: &'static str,
+    /// `enum sk_rst_reason` name (`NO_SOCKET`...), `unknown` where the kernel gives none.
+    pub reason: String,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    /// `SIGSEGV`...
+    pub signal: String,
+    /// `kernel` (a fault) or `user` (kill, abort...).
+    pub origin: &'static str,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabel {
+    pub metric: &'static str,
+}
+
+/// Names (without the `probe_` prefix and the `_total` suffix) of the event families.
+pub mod names {
+    pub const TCP_RESETS: &str = "tcp_resets";
+    pub const CORE_SIGNALS: &str = "core_signals";
+    pub const WASM_OUTPUT_WRITES: &str = "wasm_output_writes";
+}
+
+/// The event families, and how many series they hold.
+#[derive(Clone, Default)]
+pub struct EventMetrics {
+    pub tcp_resets: Family<ResetLabels, Counter>,
+    pub core_signals: Family<SignalLabels, Counter>,
+    pub wasm_output_writes: Family<StreamLabels, Counter>,
+    pub wasm_output_bytes: Family<StreamLabels, Counter>,
+    /// Series with pod labels across the families (the overflow series not included).
+    pub series: Gauge,
+    /// Events counted in an overflow series because the cap was reached, by family.
+    pub series_overflow: Family<MetricLabel, Counter>,
+    /// Series removed after `--metrics-series-idle` without an event.
+    pub series_expired: Counter,
+}
+
+impl EventMetrics {
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            names::TCP_RESETS,
+            "TCP resets sent and received, counted in the kernel (exact whatever the ring buffer lost), by direction, reason and pod",
+            self.tcp_resets.clone(),
+        );
+        registry.register(
+            names::CORE_SIGNALS,
+            "Core-dumping signals generated for a process, counted in the kernel, by signal, origin and pod",
+            self.core_signals.clone(),
+        );
+        registry.register(
+            names::WASM_OUTPUT_WRITES,
+            "Writes of captured Wasm runtimes to stdout/stderr, counted in the kernel, by stream and pod",
+            self.wasm_output_writes.clone(),
+        );
+        // The unit makes the name `wasm_output_bytes`.
+        registry.register_with_unit(
+            "wasm_output",
+            "Bytes captured Wasm runtimes wrote to stdout/stderr, counted in the kernel, by stream and pod",
+            prometheus_client::registry::Unit::Bytes,
+            self.wasm_output_bytes.clone(),
+        );
+        registry.register(
+            "metric_series",
+            "Series with pod labels in the event metrics (at most --metrics-max-series)",
+            self.series.clone(),
+        );
+        registry.register(
+            "metric_series_overflow",
+            "Events counted in a family's overflow series (pod=\"_overflow\") because --metrics-max-series was reached, by family",
+            self.series_overflow.clone(),
+        );
+        registry.register(
+            "metric_series_expired",
+            "Event series removed after --metrics-series-idle without an event",
+            self.series_expired.clone(),
+        );
+    }
+}
