@@ -36,3 +36,36 @@ const _: () = assert!(size_of::<CountValue>() == 16);
 /// Keys the kernel map holds; the least recently counted is evicted first (its count starts
 /// again from zero, which the agent recognises).
 pub const COUNT_KEYS: u32 = 4096;
+
+/// Key of `maps::FOLDS`: a storm is folded per kind, detail, cgroup, network namespace and
+/// service port, so a storm of one pod, or towards one port, never hides another's event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FoldKey {
+    pub count: CountKey,
+    /// The lower of the two ports of a connection (the service's, where the other end is an
+    /// ephemeral port).
+    pub port: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FoldKey>() == 32);
+
+/// Value of `maps::FOLDS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FoldWindow {
+    /// `bpf_ktime_get_boot_ns()` when the current window began (at its first record).
+    pub start_ns: u64,
+    /// Records sent in full in the current window.
+    pub sent: u64,
+    /// Records only counted (folded), since the entry was made.
+    pub folded: u64,
+    /// When the first record of the current window was folded (0: none yet).
+    pub first_folded_ns: u64,
+    /// When the last record was folded.
+    pub last_folded_ns: u64,
+}
+const _: () = assert!(size_of::<FoldWindow>() == 40);
+
+/// Keys `maps::FOLDS` holds; the least recently used is evicted (its window starts over).
+pub const FOLD_KEYS: u32 = 8192;

@@ -40,6 +40,9 @@ pub mod maps {
     /// Per-CPU LRU hash: [`crate::CountKey`] -> [`crate::CountValue`], exact counts of the
     /// events per kind, detail and cgroup.
     pub const EVENT_COUNTS: &str = "EVENT_COUNTS";
+    /// Per-CPU LRU hash: [`crate::FoldKey`] -> [`crate::FoldWindow`], the records of a key
+    /// sent in full in the current window and those only counted.
+    pub const FOLDS: &str = "FOLDS";
     /// Ring buffer of [`crate::Selection`]: a process was selected for capture at exec. Each
     /// record wakes the agent at once, so it attaches the write hooks (detached while nothing
     /// is selected) before the runtime's first write.
@@ -211,9 +214,13 @@ pub struct AgentConfig {
     pub signal_mask: u64,
     /// Unread ring-buffer bytes at which a submit wakes the reader (it also polls).
     pub wakeup_bytes: u32,
-    pub _reserved: u32,
+    /// Records per fold key, CPU and window sent in full; the rest of the window is only
+    /// counted ([`crate::FoldWindow`]). 0: every record is sent.
+    pub fold_first: u32,
+    /// The fold window, ns.
+    pub fold_window_ns: u64,
 }
-const _: () = assert!(size_of::<AgentConfig>() == 24);
+const _: () = assert!(size_of::<AgentConfig>() == 32);
 
 impl AgentConfig {
     pub const DEFAULT: Self = Self {
@@ -221,7 +228,8 @@ impl AgentConfig {
         capture_bytes: 0,
         signal_mask: 0,
         wakeup_bytes: 0,
-        _reserved: 0,
+        fold_first: 0,
+        fold_window_ns: 0,
     };
 }
 
@@ -364,6 +372,8 @@ mod pod {
     unsafe impl aya::Pod for super::WriteLayout {}
     unsafe impl aya::Pod for super::CountKey {}
     unsafe impl aya::Pod for super::CountValue {}
+    unsafe impl aya::Pod for super::FoldKey {}
+    unsafe impl aya::Pod for super::FoldWindow {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropCount {}
     unsafe impl aya::Pod for super::PacketDropEvent {}

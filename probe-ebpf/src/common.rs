@@ -9,8 +9,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    ABSENT, AgentConfig, COUNT_KEYS, CountKey, CountValue, DropKey, EventHeader, HDR_CGROUP,
-    HDR_NETNS, HDR_TASK, KernelOffsets, LOSS_SLOTS, SkbOffsets, TaskOffsets, family,
+    ABSENT, AgentConfig, COUNT_KEYS, CountKey, CountValue, DropKey, EventHeader, FOLD_KEYS,
+    FoldKey, FoldWindow, HDR_CGROUP, HDR_NETNS, HDR_TASK, KernelOffsets, LOSS_SLOTS, SkbOffsets,
+    TaskOffsets, family,
 };
 
 use crate::softirq::in_softirq;
@@ -27,6 +28,11 @@ pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 
 #[map]
 pub static EVENT_COUNTS: LruPerCpuHashMap<CountKey, CountValue> =
     LruPerCpuHashMap::with_max_entries(COUNT_KEYS, 0);
+
+/// Storm folding per key (`probe_common::FoldKey`), per CPU.
+#[map]
+pub static FOLDS: LruPerCpuHashMap<FoldKey, FoldWindow> =
+    LruPerCpuHashMap::with_max_entries(FOLD_KEYS, 0);
 
 #[unsafe(no_mangle)]
 static AGENT: AgentConfig = AgentConfig::DEFAULT;
@@ -221,6 +227,45 @@ pub fn count_event(key: &CountKey, bytes: u64) {
             (*value).bytes += bytes;
         }
     }
+}
+
+/// Whether the record of `key` at `now` goes out in full: the first `fold_first` of each key's
+/// window on this CPU do; the others are counted as folded (the agent reads the counts and
+/// writes one summary for them).
+#[inline(always)]
+pub fn admit(key: &FoldKey, now: u64) -> bool {
+    let config = agent();
+    if config.fold_first == 0 {
+        return true;
+    }
+    let Some(window) = FOLDS.get_ptr_mut(key) else {
+        let first = FoldWindow {
+            start_ns: now,
+            sent: 1,
+            folded: 0,
+            first_folded_ns: 0,
+            last_folded_ns: 0,
+        };
+        let _ = FOLDS.insert(key, &first, 0);
+        return true;
+    };
+    // SAFETY: this CPU's value; programs do not migrate while running.
+    let w = unsafe { &mut *window };
+    if now.wrapping_sub(w.start_ns) >= config.fold_window_ns {
+        w.start_ns = now;
+        w.sent = 0;
+        w.first_folded_ns = 0;
+    }
+    if w.sent < u64::from(config.fold_first) {
+        w.sent += 1;
+        return true;
+    }
+    if w.first_folded_ns == 0 {
+        w.first_folded_ns = now;
+    }
+    w.folded += 1;
+    w.last_folded_ns = now;
+    false
 }
 
 /// Counts one event of `kind` that could not be written to the ring buffer.

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TracePointContext};
 use probe_common::{
-    ABSENT, CountKey, EventHeader, HDR_CGROUP, HDR_NETNS, KernelOffsets, REASON_NONE,
+    ABSENT, CountKey, EventHeader, FoldKey, HDR_CGROUP, HDR_NETNS, KernelOffsets, REASON_NONE,
     TcpResetEvent, TcpResetLayout, direction, family, kind,
 };
 
 use crate::common::{
-    EVENTS, TaskContext, count_event, count_loss, fill_task, new_header, offsets, read_field,
-    read_kernel, skb_flow, skb_offsets, wakeup_flags,
+    EVENTS, TaskContext, admit, count_event, count_loss, fill_task, new_header, offsets,
+    read_field, read_kernel, skb_flow, skb_offsets, wakeup_flags,
 };
 
 #[inline(always)]
@@ -90,7 +90,7 @@ pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
     output(&ev);
 }
 
-/// Counts the reset, then writes its record.
+/// Counts the reset, then writes its record unless its key's window is folding.
 #[inline(always)]
 fn output(ev: &TcpResetEvent) {
     let key = CountKey {
@@ -101,6 +101,18 @@ fn output(ev: &TcpResetEvent) {
         b: ev.reason,
     };
     count_event(&key, 0);
+    let fold = FoldKey {
+        count: key,
+        port: u32::from(if ev.sport < ev.dport {
+            ev.sport
+        } else {
+            ev.dport
+        }),
+        _pad: 0,
+    };
+    if !admit(&fold, ev.header.ktime_ns) {
+        return;
+    }
     if EVENTS.output::<TcpResetEvent>(ev, wakeup_flags()).is_err() {
         count_loss(kind::TCP_RESET);
     }

@@ -95,6 +95,8 @@ fn loader_config(cli: &Cli) -> LoaderConfig {
         http_trace_context: cli.http_trace_context,
         avoid_hooks: cli.avoid_hooks.clone(),
         verbose_verifier: cli.verifier_log == config::values::VerifierLog::Verbose,
+        fold_first: cli.fold_first,
+        fold_window: cli.fold_window,
     }
 }
 
@@ -173,6 +175,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None
         }
     };
+    let folds = match probe.take_folds() {
+        Ok(map) => Some(Box::new(map) as Box<dyn enrich::folds::FoldMap>),
+        Err(e) => {
+            warn!("{e}; folded resets will have no summary records");
+            None
+        }
+    };
     let drop_flows = match probe.take_drop_flows() {
         Ok(map) => Some(Box::new(map) as Box<dyn enrich::drops::DropMap>),
         Err(e) => {
@@ -234,7 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let reader = tokio::spawn(pipeline::read_events(
         ring,
         tx,
-        tables,
+        tables.clone(),
         counters.clone(),
         stop_rx,
     ));
@@ -312,6 +321,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             core_join_capacity: CORE_JOIN_CAPACITY,
             flows: CONNTRACK_FLOWS,
             drop_flows,
+            folds,
+            tables: tables.clone(),
             // Without a watched namespace there are no expiries to join.
             conntrack_flows: (!conntrack_tasks.is_empty())
                 .then_some((cli.conntrack_window, CONNTRACK_FLOWS)),

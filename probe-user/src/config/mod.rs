@@ -299,6 +299,19 @@ pub struct Cli {
           value_parser = duration_between(ms(100), secs(3600)))]
     pub http_idle_timeout: Duration,
 
+    /// Storm folding: resets of one key (direction, reason, pod or network namespace, service
+    /// port) sent in full per CPU and window; the rest of the window is counted in the kernel
+    /// and written as one `summary` record with the exact count. 0 turns folding off (every
+    /// reset is a record: a storm may fill the ring buffer, counted as lost); 0 to 100000.
+    #[arg(long, env = "PROBE_FOLD_FIRST", default_value_t = 10, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub fold_first: u32,
+
+    /// The folding window; 100ms to 1h.
+    #[arg(long, env = "PROBE_FOLD_WINDOW", allow_hyphen_values = true, default_value = "1s",
+          value_parser = duration_between(ms(100), secs(3600)))]
+    pub fold_window: Duration,
+
     /// Series with pod labels the event metrics (`probe_tcp_resets_total`...) hold at most;
     /// events of a new pod beyond it count in each family's overflow series
     /// (`pod="_overflow"`); 100 to 1000000.
@@ -512,6 +525,8 @@ impl Cli {
             "config": self.config,
         });
         // Beyond what one `json!` expands within the recursion limit.
+        effective["fold-first"] = json!(self.fold_first);
+        effective["fold-window"] = json!(humantime::format_duration(self.fold_window).to_string());
         effective["metrics-max-series"] = json!(self.metrics_max_series);
         effective["metrics-series-idle"] =
             json!(humantime::format_duration(self.metrics_series_idle).to_string());

@@ -5,6 +5,7 @@
 pub mod conntrack;
 pub mod core_signal;
 pub mod drops;
+pub mod folds;
 pub mod k8s;
 pub mod own_traffic;
 mod recent;
@@ -68,6 +69,9 @@ pub struct StageConfig {
     /// Connections whose request context is kept.
     pub flows: usize,
     pub drop_flows: Option<Box<dyn drops::DropMap>>,
+    /// The kernel's storm-folding counts, and the names of reset reasons for the summaries.
+    pub folds: Option<Box<dyn folds::FoldMap>>,
+    pub tables: std::sync::Arc<crate::decode::SymbolTables>,
     /// Conntrack expiries joined with what followed, when a namespace is watched: the window
     /// and the number of expired flows remembered.
     pub conntrack_flows: Option<(std::time::Duration, usize)>,
@@ -75,7 +79,8 @@ pub struct StageConfig {
 
 /// The event path in order: the agent's own traffic out first; request heads kept for the
 /// trace tie; Wasm chunks into lines (which also flushes a process's lines at its exit);
-/// core signals joined with exits; drop totals into per-flow counts; last, after the sinks,
+/// core signals joined with exits; drop totals into per-flow counts; folded resets into
+/// summaries; last, after the sinks,
 /// conntrack expiries joined with the resets and drops that followed into findings.
 pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
@@ -100,6 +105,7 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
         c.core_join_capacity,
     )));
     stages.push(Box::new(drops::DropTotals::new(c.drop_flows)));
+    stages.push(Box::new(folds::FoldTotals::new(c.folds, c.tables)));
     if let Some((window, capacity)) = c.conntrack_flows {
         stages.push(Box::new(conntrack::FlowCorrelator::new(window, capacity)));
     }

@@ -88,6 +88,9 @@ pub struct LoaderConfig {
     pub avoid_hooks: Vec<hooks::HookKind>,
     /// `--verifier-log verbose`: the verifier's instruction trace too.
     pub verbose_verifier: bool,
+    /// Resets per fold key, CPU and window sent in full (0: no folding), and the window.
+    pub fold_first: u32,
+    pub fold_window: std::time::Duration,
 }
 
 /// Whether a program is attached, and why not.
@@ -190,7 +193,8 @@ impl Probe {
             signal_mask: config.signal_mask,
             // A sixteenth of the buffer: a burst wakes the reader well before it is full.
             wakeup_bytes: size / 16,
-            _reserved: 0,
+            fold_first: config.fold_first,
+            fold_window_ns: u64::try_from(config.fold_window.as_nanos()).unwrap_or(u64::MAX),
         };
         // The verifier's reason and statistics by default: on kernels whose log keeps its
         // start, a verbose log of a program with a loop overflows and loses the reason at its end.
@@ -359,6 +363,11 @@ impl Probe {
         self.take(maps::EVENT_COUNTS)
     }
 
+    /// Takes the storm-folding counts out, for the summaries.
+    pub fn take_folds(&mut self) -> Result<Folds, LoaderError> {
+        self.take(maps::FOLDS)
+    }
+
     /// Takes the map of cgroups whose processes are captured (fed for Wasm pods) and its
     /// entry count.
     pub fn take_wasm_cgroups(&mut self) -> Result<WasmCgroups, LoaderError> {
@@ -401,6 +410,9 @@ pub type DropFlows =
 /// The kernel's exact event counts (`maps::EVENT_COUNTS`).
 pub type EventCounts =
     aya::maps::PerCpuHashMap<MapData, probe_common::CountKey, probe_common::CountValue>;
+
+/// The kernel's storm folding per key (`maps::FOLDS`).
+pub type Folds = aya::maps::PerCpuHashMap<MapData, probe_common::FoldKey, probe_common::FoldWindow>;
 
 /// The kernel wants a power-of-two multiple of the page size.
 pub fn check_ringbuf_bytes(size: u32) -> Result<(), LoaderError> {

@@ -13,6 +13,7 @@ mod process;
 #[cfg(test)]
 pub mod samples;
 pub mod signals;
+mod summary;
 mod wasm;
 
 pub use self::{
@@ -23,6 +24,7 @@ pub use self::{
     loss::{Loss, LossSource},
     network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
+    summary::Summary,
     wasm::{Stream, WasmOutput, WasmWrite, WasmWriteResult},
 };
 

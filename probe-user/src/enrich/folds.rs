@@ -1,0 +1,327 @@
+//! Storm folding, the agent's half: the kernel sends the first records of each key and window
+//! (`FOLDS`) and counts the rest; this stage reads those counts once a second while resets
+//! arrive and writes one `summary` record per key with the exact number folded since its
+//! previous summary, the key's fields, and the first and last time.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use probe_common::{FoldKey, FoldWindow, REASON_NONE, direction, kind};
+
+use super::{Enricher, Stage};
+use crate::{
+    decode::{Decoded, SymbolTables},
+    loader::Folds,
+    model::{Body, Common, Direction, Other, Record, Summary},
+};
+
+/// How often the kernel's fold counts are read while resets arrive.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long after the last reset record the counts are still read (the tail of a storm is
+/// folded after the last record that went out).
+const ACTIVE_FOR: Duration = Duration::from_secs(3);
+
+/// The kernel's fold counts of each key, over CPUs: `folded` summed, `first_folded_ns` the
+/// earliest of the current windows, `last_folded_ns` the latest.
+pub trait FoldMap: Send {
+    fn read_into(&self, out: &mut Vec<(FoldKey, FoldWindow)>);
+}
+
+impl FoldMap for Folds {
+    fn read_into(&self, out: &mut Vec<(FoldKey, FoldWindow)>) {
+        for (key, per_cpu) in self.iter().flatten() {
+            let mut sum = FoldWindow::default();
+            for w in per_cpu.iter().filter(|w| w.folded > 0) {
+                sum.folded += w.folded;
+                if w.first_folded_ns != 0
+                    && (sum.first_folded_ns == 0 || w.first_folded_ns < sum.first_folded_ns)
+                {
+                    sum.first_folded_ns = w.first_folded_ns;
+                }
+                sum.last_folded_ns = sum.last_folded_ns.max(w.last_folded_ns);
+            }
+            out.push((key, sum));
+        }
+    }
+}
+
+/// What was summarised of a key: its folded total then, and when its last folded record was.
+#[derive(Clone, Copy)]
+struct Reported {
+    folded: u64,
+    last_ns: u64,
+}
+
+pub struct FoldTotals {
+    map: Option<Box<dyn FoldMap>>,
+    tables: Arc<SymbolTables>,
+    reported: HashMap<FoldKey, Reported>,
+    active_until: Option<Instant>,
+    last_sweep: Option<Instant>,
+    read: Vec<(FoldKey, FoldWindow)>,
+}
+
+impl FoldTotals {
+    pub fn new(map: Option<Box<dyn FoldMap>>, tables: Arc<SymbolTables>) -> Self {
+        Self {
+            map,
+            tables,
+            reported: HashMap::new(),
+            active_until: None,
+            last_sweep: None,
+            read: Vec::new(),
+        }
+    }
+
+    /// The summaries of what the kernel folded since the last sweep.
+    fn sweep(&mut self, cx: &Enricher, out: &mut Vec<Record>) {
+        let Some(map) = &self.map else { return };
+        let mut read = std::mem::take(&mut self.read);
+        map.read_into(&mut read);
+        let mut present = HashMap::with_capacity(read.len());
+        for (key, total) in read.drain(..) {
+            let before = self.reported.get(&key).copied();
+            // Below what was summarised: the kernel evicted the key and made it again.
+            let base = before.filter(|r| r.folded <= total.folded);
+            let count = total.folded - base.map_or(0, |r| r.folded);
+            present.insert(
+                key,
+                Reported {
+                    folded: total.folded,
+                    last_ns: total.last_folded_ns,
+                },
+            );
+            if count == 0 {
+                continue;
+            }
+            // The first of these: the window's first fold, unless that one was summarised.
+            let first_ns = match base {
+                Some(r) if r.last_ns >= total.first_folded_ns => r.last_ns,
+                _ => total.first_folded_ns,
+            };
+            out.push(self.summary(cx, &key, count, first_ns, total.last_folded_ns));
+        }
+        self.reported = present;
+        self.read = read;
+    }
+
+    fn summary(
+        &self,
+        cx: &Enricher,
+        key: &FoldKey,
+        count: u64,
+        first_ns: u64,
+        last_ns: u64,
+    ) -> Record {
+        let k = &key.count;
+        let is_reset = k.kind == kind::TCP_RESET;
+        let direction = match u16::try_from(k.a) {
+            Ok(direction::SENT) if is_reset => Some(Direction::Sent),
+            Ok(direction::RECEIVED) if is_reset => Some(Direction::Received),
+            _ => None,
+        };
+        let reason = (is_reset && k.b != REASON_NONE).then(|| {
+            self.tables
+                .reset_reasons
+                .get(&k.b)
+                .cloned()
+                .unwrap_or_else(|| k.b.to_string().into())
+        });
+        let summary = Summary {
+            folded_kind: probe_common::kind::name(k.kind).unwrap_or("unknown"),
+            count,
+            first_unix_nano: cx.wall_time(first_ns),
+            last_unix_nano: cx.wall_time(last_ns),
+            direction,
+            reason,
+            port: u16::try_from(key.port).unwrap_or(0),
+        };
+        let mut common = Common::none();
+        common.ktime_ns = last_ns;
+        common.cgroup_id = (k.cgroup_id != 0).then_some(k.cgroup_id);
+        common.netns = (k.netns != 0).then_some(k.netns);
+        cx.kernel_event(Decoded {
+            common,
+            body: Body::Other(Other::new(summary)),
+        })
+    }
+}
+
+impl Stage for FoldTotals {
+    fn wants(&self, _event: &Decoded) -> bool {
+        false
+    }
+    fn on_event(
+        &mut self,
+        event: Decoded,
+        _cx: &Enricher,
+        _out: &mut Vec<Record>,
+    ) -> Option<Decoded> {
+        Some(event)
+    }
+    /// A reset going out: its key may be folding; read the counts for a while.
+    fn on_record(&mut self, record: &mut Record, now: Instant) {
+        if self.map.is_some() && matches!(record.body, Body::TcpReset(_)) {
+            self.active_until = Some(now + ACTIVE_FOR);
+        }
+    }
+    fn pending(&self, now: Instant) -> bool {
+        self.active_until.is_some_and(|t| now <= t)
+    }
+    fn on_tick(&mut self, now: Instant, cx: &Enricher, out: &mut Vec<Record>) {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.sweep(cx, out);
+    }
+    fn drain(&mut self, cx: &Enricher, out: &mut Vec<Record>) {
+        self.sweep(cx, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use probe_common::CountKey;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct FakeFolds(Arc<Mutex<Vec<(FoldKey, FoldWindow)>>>);
+
+    impl FakeFolds {
+        fn set(&self, key: FoldKey, folded: u64, first: u64, last: u64) {
+            let mut m = self.0.lock().unwrap();
+            m.retain(|(k, _)| *k != key);
+            let w = FoldWindow {
+                folded,
+                first_folded_ns: first,
+                last_folded_ns: last,
+                ..FoldWindow::default()
+            };
+            m.push((key, w));
+        }
+    }
+
+    impl FoldMap for FakeFolds {
+        fn read_into(&self, out: &mut Vec<(FoldKey, FoldWindow)>) {
+            out.extend(self.0.lock().unwrap().iter().copied());
+        }
+    }
+
+    fn key(cgroup_id: u64, port: u32) -> FoldKey {
+        FoldKey {
+            count: CountKey {
+                cgroup_id,
+                netns: 4026531840,
+                kind: kind::TCP_RESET,
+                a: u32::from(direction::SENT),
+                b: 2,
+            },
+            port,
+            _pad: 0,
+        }
+    }
+
+    fn stage(map: &FakeFolds) -> FoldTotals {
+        let mut tables = SymbolTables::default();
+        tables.reset_reasons.insert(2, "NO_SOCKET".into());
+        FoldTotals::new(Some(Box::new(map.clone())), Arc::new(tables))
+    }
+
+    fn summaries(out: &[Record]) -> Vec<(u64, Summary)> {
+        out.iter()
+            .map(|r| match &r.body {
+                Body::Other(o) => (
+                    r.common.cgroup_id.unwrap_or(0),
+                    o.downcast_ref::<Summary>().expect("a summary").clone(),
+                ),
+                other => panic!("not a summary: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_sweep_summarises_exactly_what_was_folded_since_the_last_per_key() {
+        let map = FakeFolds::default();
+        let mut s = stage(&map);
+        let cx = Enricher::fixed("n", 1_000);
+        let t = Instant::now();
+        map.set(key(1, 8080), 41_230, 100, 900);
+        map.set(key(2, 8080), 0, 0, 0);
+        let mut out = Vec::new();
+        s.on_tick(t, &cx, &mut out);
+        let got = summaries(&out);
+        assert_eq!(got.len(), 1, "a key with nothing folded has no summary");
+        let (cgroup, sum) = &got[0];
+        assert_eq!(*cgroup, 1);
+        assert_eq!(sum.count, 41_230);
+        assert_eq!((sum.first_unix_nano, sum.last_unix_nano), (1_100, 1_900));
+        assert_eq!(sum.port, 8080);
+        assert_eq!(sum.reason.as_deref(), Some("NO_SOCKET"));
+        assert_eq!(sum.direction, Some(Direction::Sent));
+        // Within a second: no sweep. Then only the increase, from where the last one ended.
+        map.set(key(1, 8080), 41_240, 100, 1_500);
+        out.clear();
+        s.on_tick(t + Duration::from_millis(500), &cx, &mut out);
+        assert!(out.is_empty());
+        s.on_tick(t + Duration::from_secs(1), &cx, &mut out);
+        let got = summaries(&out);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.count, 10);
+        assert_eq!(
+            (got[0].1.first_unix_nano, got[0].1.last_unix_nano),
+            (1_900, 2_500)
+        );
+        // Another key (another pod) folds on its own; a recreated key counts from zero.
+        map.set(key(3, 8080), 5, 2_000, 2_100);
+        map.set(key(1, 8080), 7, 3_000, 3_100);
+        out.clear();
+        s.on_tick(t + Duration::from_secs(2), &cx, &mut out);
+        let mut got = summaries(&out);
+        got.sort_by_key(|(c, _)| *c);
+        let counts: Vec<(u64, u64)> = got.iter().map(|(c, s)| (*c, s.count)).collect();
+        assert_eq!(counts, vec![(1, 7), (3, 5)]);
+    }
+
+    #[test]
+    fn sweeps_run_only_while_resets_go_out() {
+        let map = FakeFolds::default();
+        let mut s = stage(&map);
+        let t = Instant::now();
+        assert!(!s.pending(t));
+        let mut record = crate::model::samples::reset();
+        s.on_record(&mut record, t);
+        assert!(s.pending(t + Duration::from_secs(3)));
+        assert!(!s.pending(t + Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn a_summary_line_names_the_count_and_the_key() {
+        let sum = Summary {
+            folded_kind: "tcp_reset",
+            count: 41_230,
+            first_unix_nano: 0,
+            last_unix_nano: 980_000_000,
+            direction: Some(Direction::Sent),
+            reason: Some("NO_SOCKET".into()),
+            port: 6379,
+        };
+        let mut common = Common::none();
+        common.netns = Some(7);
+        let line = crate::model::Describe::line(&sum, &common);
+        assert_eq!(line.tag, "RST sent ×41,230");
+        assert_eq!(
+            line.text,
+            "folded port=6379 reason=NO_SOCKET over 0.980s netns=7 cgroup=-"
+        );
+    }
+}
