@@ -241,3 +241,32 @@ fn least_privilege_variant_has_the_capabilities_and_is_not_privileged() {
         );
     }
 }
+
+#[test]
+fn prometheus_scrapes_the_daemonsets_metrics_port() {
+    let docs = documents();
+    let ds = find(&docs, "base/daemonset.yaml", "DaemonSet");
+    let pod = &ds["spec"]["template"];
+    let pm = find(&docs, "prometheus/podmonitor.yaml", "PodMonitor");
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(pod["metadata"]["labels"][k], *v, "PodMonitor selects {k}");
+    }
+    let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    let ports = &pod["spec"]["containers"][0]["ports"];
+    let named = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port)
+        .unwrap_or_else(|| panic!("no container port named {port}"));
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        named["containerPort"].to_string()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    assert_eq!(pm["metadata"]["namespace"], ds["metadata"]["namespace"]);
+}

@@ -28,6 +28,9 @@ fn spawn(addr: SocketAddr) -> Child {
             "off",
             "--conntrack",
             "false",
+            // Every reset a record (no folding): the output's queue needs the volume.
+            "--fold-first",
+            "0",
         ])
         .args(["--shutdown-timeout", "5s", "--loss-interval", "1h"])
         .args(["--http-addr", &addr.to_string()])

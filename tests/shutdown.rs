@@ -16,7 +16,15 @@ fn sigterm_drains_events_already_produced() {
         return;
     }
     // A slow-ish loss interval so the final report is the one at shutdown.
-    let probe = Probe::start(&["--shutdown-timeout", "5s", "--loss-interval", "1h"]);
+    // Every reset a record (no folding): the drain is under test, with volume.
+    let probe = Probe::start(&[
+        "--shutdown-timeout",
+        "5s",
+        "--loss-interval",
+        "1h",
+        "--fold-first",
+        "0",
+    ]);
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let port = closed_port(ip);
     for _ in 0..CONNECTS {

@@ -24,6 +24,8 @@ use crate::{bench::median, bench_k8s::status_kib};
 pub struct Observed {
     child: Child,
     pub lines: mpsc::Receiver<(u64, String)>,
+    /// The endpoints' address, when `extra` asked for them (`--http-addr`).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 fn now_ns() -> u64 {
@@ -35,24 +37,31 @@ fn now_ns() -> u64 {
 
 impl Observed {
     pub fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
+        let http_off: &[&str] = if extra.contains(&"--http-addr") {
+            &[]
+        } else {
+            &["--http-addr", "none"]
+        };
         let mut child = Command::new(bin)
-            .args([
-                "--output",
-                "json",
-                "--http-addr",
-                "none",
-                "--loss-interval",
-                "1s",
-            ])
+            .args(["--output", "json", "--loss-interval", "1s"])
+            .args(http_off)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the probe")?;
         let mut log = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let mut http = None;
         loop {
             match log.next() {
                 Some(Ok(l)) if l.contains("ready:") => break,
+                Some(Ok(l)) if l.contains("http: listening on ") => {
+                    http = l
+                        .split("http: listening on ")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .and_then(|a| a.parse().ok());
+                }
                 Some(Ok(_)) => {}
                 _ => bail!("the probe exited before it was ready"),
             }
@@ -67,7 +76,29 @@ impl Observed {
                 }
             }
         });
-        Ok(Self { child, lines })
+        Ok(Self { child, lines, http })
+    }
+
+    /// The sum of the samples of metric `name` on /metrics.
+    pub fn metric_sum(&self, name: &str) -> Result<u64> {
+        use std::io::{Read as _, Write as _};
+        let addr = self.http.context("the agent has no HTTP endpoint")?;
+        let mut stream = TcpStream::connect(addr)?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body
+            .lines()
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let family = series.split('{').next()?;
+                (family == name).then(|| value.parse::<f64>().ok())?
+            })
+            .map(|v| v as u64)
+            .sum())
     }
 
     fn pid(&self) -> u32 {
@@ -143,13 +174,18 @@ fn on_port(line: &str, port: u16) -> Option<serde_json::Value> {
 pub struct Storm {
     pub seconds: f64,
     pub generated: u64,
+    /// Resets written in full.
     pub delivered: u64,
+    /// Resets inside `summary` records (folded in the kernel), and those records.
+    pub folded: u64,
+    pub summaries: u64,
+    /// The sum of `probe_tcp_resets_total` over its series.
+    pub metric_resets: u64,
     pub lost: u64,
     /// The loss records' counts by source (`ringbuf`, `channel`, an output's name...).
     pub lost_by: std::collections::BTreeMap<String, u64>,
-    /// Agent CPU per million events it handled: delivered, or lost at an output's queue
-    /// after going through the whole pipeline (not those the ring buffer or the channel lost,
-    /// which it never or barely saw).
+    /// Agent CPU per million resets generated (every one is in a record, a summary or a
+    /// loss record's count).
     pub cpu_s_per_million: f64,
     /// The same per million delivered events.
     pub cpu_s_per_million_delivered: f64,
@@ -159,7 +195,7 @@ pub struct Storm {
 /// Refused connects from two threads as fast as they go for `duration`.
 pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
     let port = closed_port()?;
-    let agent = Observed::start(bin, &[])?;
+    let agent = Observed::start(bin, &["--http-addr", "127.0.0.1:0"])?;
     let cpu0 = cpu_seconds(agent.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let connects = Arc::new(AtomicU64::new(0));
@@ -180,7 +216,15 @@ pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
     stop.store(true, Ordering::Relaxed);
     workers.into_iter().for_each(|w| drop(w.join()));
     let seconds = start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(1));
+    let generated = 2 * connects.load(Ordering::Relaxed);
+    // The metrics and the last summaries are read from the kernel once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metric_resets = agent.metric_sum("probe_tcp_resets_total")?;
+    while metric_resets < generated && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        metric_resets = agent.metric_sum("probe_tcp_resets_total")?;
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let cpu = cpu_seconds(agent.pid()) - cpu0;
     let rss = status_kib(agent.pid(), "VmHWM") / 1024.0;
     let lines = agent.stop();
@@ -188,6 +232,12 @@ pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
         .iter()
         .filter(|(_, l)| on_port(l, port).is_some())
         .count() as u64;
+    let summaries: Vec<u64> = lines
+        .iter()
+        .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "summary" && v["port"] == port)
+        .map(|v| v["count"].as_u64().unwrap_or(0))
+        .collect();
     let mut lost_by = std::collections::BTreeMap::new();
     for v in lines
         .iter()
@@ -198,20 +248,16 @@ pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
         *lost_by.entry(source).or_insert(0) += v["count"].as_u64().unwrap_or(0);
     }
     let lost = lost_by.values().sum();
-    let at_outputs: u64 = lost_by
-        .iter()
-        .filter(|(source, _)| {
-            !["ringbuf", "channel", "decode", "netlink"].contains(&source.as_str())
-        })
-        .map(|(_, n)| n)
-        .sum();
     Ok(Storm {
         seconds,
-        generated: 2 * connects.load(Ordering::Relaxed),
+        generated,
         delivered,
+        folded: summaries.iter().sum(),
+        summaries: summaries.len() as u64,
+        metric_resets,
         lost,
         lost_by,
-        cpu_s_per_million: per_million(cpu, delivered + at_outputs),
+        cpu_s_per_million: per_million(cpu, generated),
         cpu_s_per_million_delivered: per_million(cpu, delivered),
         peak_rss_mib: rss,
     })

@@ -284,3 +284,46 @@ fn endpoints(body: &Body) -> (Endpoint, Endpoint) {
         _ => (None, None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_labels_name_the_top_level_workload() {
+        let pod = PodInfo {
+            name: "web-7d9f-abcde".into(),
+            namespace: "shop".into(),
+            uid: "u1".into(),
+            workload: vec![
+                ("k8s.replicaset.name", "web-7d9f".into()),
+                ("k8s.deployment.name", "web".into()),
+            ],
+            labels: Default::default(),
+            containers: Default::default(),
+            ips: Vec::new(),
+            host_network: false,
+            runtime_class: None,
+            wasm: false,
+        };
+        assert_eq!(
+            pod_labels(&pod, "app".into()),
+            PodLabels {
+                namespace: "shop".into(),
+                pod: "web-7d9f-abcde".into(),
+                container: "app".into(),
+                workload_kind: "deployment".into(),
+                workload: "web".into(),
+            }
+        );
+        let bare = PodInfo {
+            workload: Vec::new(),
+            ..pod
+        };
+        let labels = pod_labels(&bare, String::new());
+        assert_eq!(
+            (labels.workload_kind.as_str(), labels.workload.as_str()),
+            ("", "")
+        );
+    }
+}
