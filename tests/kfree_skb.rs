@@ -100,6 +100,15 @@ fn netfilter_drops_are_counted_per_flow_and_reason() {
             break;
         }
     }
+    // probe_packet_drops_total adds up every drop record's count (no pod here).
+    let written: u64 = probe
+        .seen()
+        .iter()
+        .filter(|r| r["kind"] == "packet_drop")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    let counted = wait_metric(probe.http_addr(), "probe_packet_drops_total", &[], written);
+    assert_eq!(counted, written, "probe_packet_drops_total");
     let records = probe.stop();
 
     for (port, family, addr) in [(v4, "ipv4", "127.0.0.1"), (v6, "ipv6", "::1")] {

@@ -24,7 +24,7 @@ fn null_pointer_read_is_a_kernel_segv_of_the_child() {
     if !require_root("signal_generate::null_pointer_read_is_a_kernel_segv_of_the_child") {
         return;
     }
-    let probe = Probe::start(&[]);
+    let mut probe = Probe::start(&[]);
     let mut child = crasher(CRASHER, "segv", Some("0"));
     let pid = child.id();
     let status = child.wait().unwrap();
@@ -32,6 +32,21 @@ fn null_pointer_read_is_a_kernel_segv_of_the_child() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(11)
     );
+    probe
+        .wait_for(WAIT, |r| r["kind"] == "core_signal" && r["pid"] == pid)
+        .expect("no core_signal record for the target");
+    // Counted in the kernel, and by outcome in the agent (no pod here: empty pod labels).
+    let segv = ["signal=\"SIGSEGV\"", "origin=\"kernel\"", "pod=\"\""];
+    let counted = wait_metric(probe.http_addr(), "probe_core_signals_total", &segv, 1);
+    assert_eq!(counted, 1, "probe_core_signals_total");
+    let no_core = ["signal=\"SIGSEGV\"", "outcome=\"no_core\""];
+    let outcomes = wait_metric(
+        probe.http_addr(),
+        "probe_core_signal_outcomes_total",
+        &no_core,
+        1,
+    );
+    assert_eq!(outcomes, 1, "probe_core_signal_outcomes_total");
     let (r, _) = one_signal_record(probe, pid);
     assert_eq!(r["signal"], 11);
     assert_eq!(r["signal_name"], "SIGSEGV");

@@ -332,6 +332,19 @@ pub fn metric_sum(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> u6
         .sum()
 }
 
+/// `metric_sum` once it equals `want`, or after 10 s (the agent reads the kernel's counts
+/// once a second).
+pub fn wait_metric(addr: std::net::SocketAddr, name: &str, labels: &[&str], want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = metric_sum(addr, name, labels);
+        if got == want || Instant::now() >= deadline {
+            return got;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// All of `child`'s stderr (piped), read on a thread until it closes.
 pub fn stderr_of(child: &mut Child) -> thread::JoinHandle<String> {
     use std::io::Read as _;

@@ -3,6 +3,7 @@
 //! `status::event_metrics`, labelled with the pod that the cgroup (else the network
 //! namespace) belongs to.
 
+mod records;
 mod series;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ use crate::{
     decode::SymbolTables,
     enrich::k8s::attrs::{K8sEnricher, Owner},
     loader::EventCounts,
+    model::Record,
     status::event_metrics::EventMetrics,
 };
 
@@ -99,6 +101,14 @@ impl EventCounter {
             series: Series::new(metrics, limits),
             read: Vec::new(),
             sweeps: 0,
+        }
+    }
+
+    /// Counts a record on its way to the sinks in the families the agent counts itself
+    /// (drops, conntrack expiries, findings, core signal outcomes).
+    pub fn count_record(&mut self, record: &Record, now: Instant) {
+        if let Some((key, n)) = records::series_of(record) {
+            self.series.add(&key, n, 0, now);
         }
     }
 

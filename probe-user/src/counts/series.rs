@@ -15,8 +15,8 @@ use crate::{
     decode::SymbolTables,
     model::signals::{origin, signal_name},
     status::event_metrics::{
-        EventMetrics, MetricLabel, OVERFLOW_POD, PodLabels, ResetLabels, SignalLabels,
-        StreamLabels, names,
+        DropLabels, EventMetrics, ExpiryLabels, FindingLabels, MetricLabel, OVERFLOW_POD,
+        OutcomeLabels, PodLabels, ResetLabels, SignalLabels, StreamLabels, names,
     },
 };
 
@@ -37,6 +37,10 @@ pub enum SeriesKey {
     Reset(ResetLabels),
     Signal(SignalLabels),
     Wasm(StreamLabels),
+    Drop(DropLabels),
+    Expiry(ExpiryLabels),
+    Finding(FindingLabels),
+    Outcome(OutcomeLabels),
 }
 
 impl SeriesKey {
@@ -74,6 +78,10 @@ impl SeriesKey {
             Self::Reset(l) => &l.pod,
             Self::Signal(l) => &l.pod,
             Self::Wasm(l) => &l.pod,
+            Self::Drop(l) => &l.pod,
+            Self::Expiry(l) => &l.pod,
+            Self::Finding(l) => &l.pod,
+            Self::Outcome(l) => &l.pod,
         }
     }
 
@@ -82,6 +90,10 @@ impl SeriesKey {
             Self::Reset(l) => &mut l.pod,
             Self::Signal(l) => &mut l.pod,
             Self::Wasm(l) => &mut l.pod,
+            Self::Drop(l) => &mut l.pod,
+            Self::Expiry(l) => &mut l.pod,
+            Self::Finding(l) => &mut l.pod,
+            Self::Outcome(l) => &mut l.pod,
         }
     }
 
@@ -104,6 +116,10 @@ impl SeriesKey {
             Self::Reset(_) => names::TCP_RESETS,
             Self::Signal(_) => names::CORE_SIGNALS,
             Self::Wasm(_) => names::WASM_OUTPUT_WRITES,
+            Self::Drop(_) => names::PACKET_DROPS,
+            Self::Expiry(_) => names::CONNTRACK_EXPIRIES,
+            Self::Finding(_) => names::FINDINGS,
+            Self::Outcome(_) => names::CORE_SIGNAL_OUTCOMES,
         }
     }
 }
@@ -182,6 +198,10 @@ impl Series {
                 m.wasm_output_writes.get_or_create(l).clone(),
                 Some(m.wasm_output_bytes.get_or_create(l).clone()),
             ),
+            SeriesKey::Drop(l) => (m.packet_drops.get_or_create(l).clone(), None),
+            SeriesKey::Expiry(l) => (m.conntrack_expiries.get_or_create(l).clone(), None),
+            SeriesKey::Finding(l) => (m.findings.get_or_create(l).clone(), None),
+            SeriesKey::Outcome(l) => (m.core_signal_outcomes.get_or_create(l).clone(), None),
         };
         Entry {
             events,
@@ -213,6 +233,10 @@ impl Series {
                     m.wasm_output_bytes.remove(l);
                     m.wasm_output_writes.remove(l)
                 }
+                SeriesKey::Drop(l) => m.packet_drops.remove(l),
+                SeriesKey::Expiry(l) => m.conntrack_expiries.remove(l),
+                SeriesKey::Finding(l) => m.findings.remove(l),
+                SeriesKey::Outcome(l) => m.core_signal_outcomes.remove(l),
             };
             m.series_expired.inc();
             removed += usize::from(!key.is_overflow());

@@ -306,3 +306,63 @@ fn families_are_named_and_labelled_as_documented_without_unbounded_labels() {
         }
     }
 }
+
+#[test]
+fn records_count_in_the_families_the_agent_counts_itself() {
+    use crate::model::samples;
+    let (mut c, _, m) = counter(100);
+    let now = Instant::now();
+    for record in samples::all() {
+        c.count_record(&record, now);
+    }
+    c.count_record(&samples::drop(), now);
+    let pod = PodLabels {
+        namespace: "payments".into(),
+        pod: "redis-client-1".into(),
+        container: String::new(),
+        workload_kind: "deployment".into(),
+        workload: "redis-client".into(),
+    };
+    use crate::status::event_metrics::{DropLabels, ExpiryLabels, FindingLabels, OutcomeLabels};
+    let drops = m
+        .packet_drops
+        .get(&DropLabels {
+            reason: "NETFILTER_DROP".into(),
+            pod: pod.clone(),
+        })
+        .unwrap()
+        .get();
+    assert_eq!(drops, 8, "each drop record adds its count");
+    let findings = m
+        .findings
+        .get(&FindingLabels {
+            finding: "conntrack_expiry_reset",
+            pod: pod.clone(),
+        })
+        .unwrap()
+        .get();
+    assert_eq!(findings, 1);
+    let outcome = m
+        .core_signal_outcomes
+        .get(&OutcomeLabels {
+            signal: "SIGSEGV".into(),
+            outcome: "no_core",
+            pod,
+        })
+        .map(|c| c.get());
+    assert_eq!(outcome, Some(1));
+    let expiries: u64 = [PodLabels::default()]
+        .into_iter()
+        .filter_map(|pod| {
+            m.conntrack_expiries
+                .get(&ExpiryLabels {
+                    timeout_sysctl: "nf_conntrack_tcp_timeout_established".into(),
+                    pod,
+                })
+                .map(|c| c.get())
+        })
+        .sum();
+    assert_eq!(expiries, 1, "the sample expiry has no pod");
+    // Resets, Wasm lines and loss records are not counted from records.
+    assert_eq!(m.series.get(), 4);
+}

@@ -123,6 +123,9 @@ impl Stages {
             }
         }
         for record in records.drain(..) {
+            if let Some(counts) = &mut self.counts {
+                counts.count_record(&record, now);
+            }
             self.sink.write(&record)?;
             self.count_event(record.kind);
             // After the sinks: stages that keep records (the findings correlator) take them.

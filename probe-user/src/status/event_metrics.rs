@@ -21,6 +21,34 @@ pub struct PodLabels {
     pub workload: String,
 }
 
+impl PodLabels {
+    /// The top-level workload among a pod's owners (semantic-convention keys such as
+    /// `k8s.deployment.name`): the Deployment rather than its ReplicaSet, the CronJob rather
+    /// than its Job; as (kind, name).
+    pub fn top_workload<'a>(
+        owners: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (String, String) {
+        const RANK: [&str; 6] = [
+            "deployment",
+            "statefulset",
+            "daemonset",
+            "cronjob",
+            "job",
+            "replicaset",
+        ];
+        owners
+            .into_iter()
+            .filter_map(|(key, name)| {
+                let kind = key.strip_prefix("k8s.")?.strip_suffix(".name")?;
+                let rank = RANK.iter().position(|k| *k == kind)?;
+                Some((rank, kind, name))
+            })
+            .min_by_key(|(rank, _, _)| *rank)
+            .map(|(_, kind, name)| (kind.to_owned(), name.to_owned()))
+            .unwrap_or_default()
+    }
+}
+
 /// The value of `pod` in the overflow series of a family (`--metrics-max-series` reached).
 pub const OVERFLOW_POD: &str = "_overflow";
 
@@ -53,6 +81,40 @@ pub struct StreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `enum skb_drop_reason` name, `unknown` where the kernel gives none.
+    pub reason: String,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiryLabels {
+    /// The sysctl whose timeout ended the entry (`nf_conntrack_tcp_timeout_established`...).
+    pub timeout_sysctl: String,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    /// `conntrack_expiry_reset`, `conntrack_expiry_drop`, `conntrack_table_full`.
+    pub finding: &'static str,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub signal: String,
+    /// `core_written`, `no_core` (the process died without one), `survived` (handled or
+    /// ignored), `unknown` (it outlived `--core-wait`).
+    pub outcome: &'static str,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MetricLabel {
     pub metric: &'static str,
 }
@@ -62,6 +124,10 @@ pub mod names {
     pub const TCP_RESETS: &str = "tcp_resets";
     pub const CORE_SIGNALS: &str = "core_signals";
     pub const WASM_OUTPUT_WRITES: &str = "wasm_output_writes";
+    pub const PACKET_DROPS: &str = "packet_drops";
+    pub const CONNTRACK_EXPIRIES: &str = "conntrack_expiries";
+    pub const FINDINGS: &str = "findings";
+    pub const CORE_SIGNAL_OUTCOMES: &str = "core_signal_outcomes";
 }
 
 /// The event families, and how many series they hold.
@@ -71,6 +137,10 @@ pub struct EventMetrics {
     pub core_signals: Family<SignalLabels, Counter>,
     pub wasm_output_writes: Family<StreamLabels, Counter>,
     pub wasm_output_bytes: Family<StreamLabels, Counter>,
+    pub packet_drops: Family<DropLabels, Counter>,
+    pub conntrack_expiries: Family<ExpiryLabels, Counter>,
+    pub findings: Family<FindingLabels, Counter>,
+    pub core_signal_outcomes: Family<OutcomeLabels, Counter>,
     /// Series with pod labels across the families (the overflow series not included).
     pub series: Gauge,
     /// Events counted in an overflow series because the cap was reached, by family.
@@ -102,6 +172,26 @@ impl EventMetrics {
             "Bytes captured Wasm runtimes wrote to stdout/stderr, counted in the kernel, by stream and pod",
             prometheus_client::registry::Unit::Bytes,
             self.wasm_output_bytes.clone(),
+        );
+        registry.register(
+            names::PACKET_DROPS,
+            "TCP packets the kernel dropped, counted in the kernel per flow and reason, by reason and pod",
+            self.packet_drops.clone(),
+        );
+        registry.register(
+            names::CONNTRACK_EXPIRIES,
+            "Established TCP conntrack entries that timed out (destroyed without FIN or RST), by the timeout's sysctl and the pod whose namespace held them",
+            self.conntrack_expiries.clone(),
+        );
+        registry.register(
+            names::FINDINGS,
+            "Findings (observations joined into a cause), by finding and pod",
+            self.findings.clone(),
+        );
+        registry.register(
+            names::CORE_SIGNAL_OUTCOMES,
+            "Core-dumping signals by what became of the process (core_written, no_core, survived, unknown), by signal and pod",
+            self.core_signal_outcomes.clone(),
         );
         registry.register(
             "metric_series",

@@ -250,17 +250,8 @@ pub enum Owner {
 /// The metric labels of a pod: its top-level workload (the Deployment rather than its
 /// ReplicaSet, the CronJob rather than its Job).
 fn pod_labels(pod: &PodInfo, container: String) -> PodLabels {
-    let (workload_kind, workload) = pod
-        .workload
-        .last()
-        .map(|(key, name)| {
-            let kind = key
-                .strip_prefix("k8s.")
-                .and_then(|k| k.strip_suffix(".name"))
-                .unwrap_or(key);
-            (kind.to_owned(), name.clone())
-        })
-        .unwrap_or_default();
+    let (workload_kind, workload) =
+        PodLabels::top_workload(pod.workload.iter().map(|(k, n)| (*k, n.as_str())));
     PodLabels {
         namespace: pod.namespace.clone(),
         pod: pod.name.clone(),

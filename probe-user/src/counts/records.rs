@@ -1,0 +1,73 @@
+//! The event families counted from records rather than the kernel map: what only the agent
+//! knows (a core signal's outcome after the exit, conntrack expiries from netlink, findings)
+//! or what the kernel already counts exactly per flow (packet drops: each record carries the
+//! kernel's count since the previous one). Labelled with the record's pod keys.
+
+use super::series::SeriesKey;
+use crate::{
+    model::{Body, CoreSignal, K8sAttrs, Record},
+    status::event_metrics::{DropLabels, ExpiryLabels, FindingLabels, OutcomeLabels, PodLabels},
+};
+
+/// The series a written record counts in, and by how much; None for the other kinds.
+pub fn series_of(record: &Record) -> Option<(SeriesKey, u64)> {
+    let pod = pod_labels(record.k8s.as_deref());
+    Some(match &record.body {
+        Body::PacketDrop(d) => (
+            SeriesKey::Drop(DropLabels {
+                reason: d.reason.as_deref().unwrap_or("unknown").to_owned(),
+                pod,
+            }),
+            d.count,
+        ),
+        Body::ConntrackExpiry(x) => (
+            SeriesKey::Expiry(ExpiryLabels {
+                timeout_sysctl: x.timeout_sysctl.clone().unwrap_or_default(),
+                pod,
+            }),
+            1,
+        ),
+        Body::Finding(f) => (
+            SeriesKey::Finding(FindingLabels {
+                finding: f.finding,
+                pod,
+            }),
+            1,
+        ),
+        Body::CoreSignal(c) => (
+            SeriesKey::Outcome(OutcomeLabels {
+                signal: c.signal_name.clone(),
+                outcome: outcome(c),
+                pod,
+            }),
+            1,
+        ),
+        _ => return None,
+    })
+}
+
+/// What became of the signalled process.
+fn outcome(c: &CoreSignal) -> &'static str {
+    match (c.core_dumped, c.exit_code) {
+        (Some(true), _) => "core_written",
+        (Some(false), Some(_)) => "no_core",
+        (Some(false), None) => "survived",
+        (None, _) => "unknown",
+    }
+}
+
+/// A record's pod keys as metric labels (all empty outside any pod).
+fn pod_labels(k8s: Option<&K8sAttrs>) -> PodLabels {
+    let Some(k) = k8s.filter(|k| k.pod_name.is_some()) else {
+        return PodLabels::default();
+    };
+    let (workload_kind, workload) =
+        PodLabels::top_workload(k.workload.iter().map(|(key, n)| (*key, n.as_str())));
+    PodLabels {
+        namespace: k.namespace.clone().unwrap_or_default(),
+        pod: k.pod_name.clone().unwrap_or_default(),
+        container: k.container_name.clone().unwrap_or_default(),
+        workload_kind,
+        workload,
+    }
+}
