@@ -422,6 +422,9 @@ impl Drop for Nginx {
 /// (a VM's CPU time varies by tens of percent from one minute to the next).
 pub struct Steady {
     pub events_per_s: f64,
+    /// The rate the generator reached (median over the runs): below the target when the
+    /// agent and the generator share too few cores.
+    pub achieved_per_s: f64,
     pub rounds: usize,
     /// The idle agent's CPU per second (subtracted from the per-event figures).
     pub idle_cpu_ms_per_s: f64,
@@ -455,6 +458,7 @@ pub fn otlp_steady(
     events_per_s: u32,
     seconds: u32,
     rounds: usize,
+    extra: &[&str],
 ) -> Result<Steady> {
     let port = closed_port()?;
     let (mut rx, out, addrs) = start_receiver(receiver)?;
@@ -471,7 +475,7 @@ pub fn otlp_steady(
         }
     });
     let endpoint = format!("http://{http}");
-    let otlp = [
+    let mut otlp = vec![
         "--output",
         "otlp",
         "--otlp-protocol",
@@ -479,13 +483,17 @@ pub fn otlp_steady(
         "--otlp-endpoint",
         &endpoint,
     ];
+    otlp.extend_from_slice(extra);
     let (mut idle, mut json, mut both, mut spans, mut busy, mut requests) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut achieved = vec![];
     for _ in 0..rounds {
-        let run = steady_run(bin, &[], port, events_per_s, seconds, &counts.0)?;
+        let run = steady_run(bin, extra, port, events_per_s, seconds, &counts.0)?;
         idle.push(run.idle_ms_per_s);
         json.push(run.per_million);
+        achieved.push(run.achieved_per_s);
         let run_otlp = steady_run(bin, &otlp, port, events_per_s, seconds, &counts.0)?;
+        achieved.push(run_otlp.achieved_per_s);
         requests.push(run_otlp.requests_per_s);
         idle.push(run_otlp.idle_ms_per_s);
         both.push(run_otlp.per_million);
@@ -496,6 +504,7 @@ pub fn otlp_steady(
     let _ = rx.wait();
     Ok(Steady {
         events_per_s: f64::from(events_per_s),
+        achieved_per_s: median(achieved),
         rounds,
         idle_cpu_ms_per_s: median(idle),
         busy_cpu_ms_per_s_otlp: median(busy),
@@ -515,6 +524,8 @@ struct SteadyRun {
     per_million: f64,
     /// Export requests the receiver counted (`requests`) per second of the loaded part.
     requests_per_s: f64,
+    /// Events made per second of the loaded part.
+    achieved_per_s: f64,
 }
 
 fn steady_run(
@@ -536,6 +547,7 @@ fn steady_run(
     let requests0 = requests.load(Ordering::Relaxed);
     let started = Instant::now();
     let made = paced_resets(port, events_per_s, seconds);
+    let loaded = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(1500));
     let busy = cpu_seconds(agent.pid()) - cpu0;
     let sent = requests.load(Ordering::Relaxed) - requests0;
@@ -544,5 +556,6 @@ fn steady_run(
         busy_ms_per_s: busy * 1000.0 / span.as_secs_f64(),
         per_million: per_million((busy - idle).max(0.0), made),
         requests_per_s: sent as f64 / started.elapsed().as_secs_f64(),
+        achieved_per_s: made as f64 / loaded,
     })
 }
