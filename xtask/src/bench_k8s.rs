@@ -36,7 +36,8 @@ pub fn status_kib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+/// The body of a plain HTTP/1.1 GET (the agent's endpoints, the API server fake).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(

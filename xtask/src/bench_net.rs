@@ -81,15 +81,8 @@ impl Observed {
 
     /// The sum of the samples of metric `name` on /metrics.
     pub fn metric_sum(&self, name: &str) -> Result<u64> {
-        use std::io::{Read as _, Write as _};
         let addr = self.http.context("the agent has no HTTP endpoint")?;
-        let mut stream = TcpStream::connect(addr)?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body)?;
+        let body = crate::bench_k8s::http_get(addr, "/metrics")?;
         Ok(body
             .lines()
             .filter_map(|l| {
