@@ -35,11 +35,11 @@ const RESOLVE_AGAIN: Duration = Duration::from_secs(30);
 
 /// The kernel's counts, summed over CPUs.
 pub trait CountMap: Send {
-    fn read_into(&self, out: &mut Vec<(CountKey, CountValue)>) -> Result<(), String>;
+    fn read_into(&self, out: &mut Vec<(CountKey, CountValue)>);
 }
 
 impl CountMap for EventCounts {
-    fn read_into(&self, out: &mut Vec<(CountKey, CountValue)>) -> Result<(), String> {
+    fn read_into(&self, out: &mut Vec<(CountKey, CountValue)>) {
         for item in self.iter() {
             // A key evicted between the walk's steps is skipped; its successor is not lost.
             let Ok((key, per_cpu)) = item else { continue };
@@ -50,7 +50,6 @@ impl CountMap for EventCounts {
             }
             out.push((key, sum));
         }
-        Ok(())
     }
 }
 
@@ -115,10 +114,7 @@ impl EventCounter {
     /// Adds what the kernel counted since the last sweep to the series of each key's owner.
     pub fn sweep(&mut self, owners: &mut dyn Owners, now: Instant) {
         self.read.clear();
-        if let Err(e) = self.map.read_into(&mut self.read) {
-            tracing::debug!("reading the event counts: {e}");
-            return;
-        }
+        self.map.read_into(&mut self.read);
         self.sweeps += 1;
         for (key, total) in self.read.drain(..) {
             let seen = self.seen.entry(key).or_insert_with(|| Seen {

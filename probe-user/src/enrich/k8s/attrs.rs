@@ -106,12 +106,11 @@ impl K8sEnricher {
             .and_then(|id| self.cgroups.path(id, now))
             .or_else(|| record.common.pid.and_then(cgroup::path_of_pid));
         if let Some(c) = path.as_deref().and_then(cgroup::parse) {
-            let Some(pod) = idx.pods.get(&c.pod_uid) else {
+            let Some((pod, known)) = pod_of_cgroup(&idx, &c) else {
                 return Verdict::PodNotCached(c.pod_uid);
             };
             if let Some(id) = &c.container_id {
                 attrs.container_id = Some(id.clone());
-                let known = pod.containers.get(id);
                 attrs.container_name = known.map(|(name, _)| name.clone());
                 attrs.container_runtime = known
                     .and_then(|(_, r)| r.clone())
@@ -185,9 +184,7 @@ impl K8sEnricher {
         }
         Verdict::Done
     }
-}
 
-impl K8sEnricher {
     /// The pod (and container) a cgroup, else a network namespace (0: none), belongs to: the
     /// labels of the event metrics, as `enrich` finds a record's pod.
     pub fn owner(&mut self, cgroup_id: u64, netns: u32, now: Instant) -> Owner {
@@ -201,14 +198,10 @@ impl K8sEnricher {
         let mut container = String::new();
         let mut pod = None;
         if let Some(c) = path.as_deref().and_then(cgroup::parse) {
-            let Some(known) = idx.pods.get(&c.pod_uid) else {
+            let Some((known, container_known)) = pod_of_cgroup(&idx, &c) else {
                 return Owner::NotCached;
             };
-            if let Some((name, _)) = c
-                .container_id
-                .as_ref()
-                .and_then(|id| known.containers.get(id))
-            {
+            if let Some((name, _)) = container_known {
                 container.clone_from(name);
             }
             pod = Some(known.clone());
@@ -221,6 +214,23 @@ impl K8sEnricher {
             None => Owner::None,
         }
     }
+}
+
+/// A container as the pod spec names it: (name, runtime from the id's scheme).
+type KnownContainer = (String, Option<String>);
+
+/// The pod of a container's (or pod's) cgroup, and what the pod spec says of the container
+/// (name, runtime); None when the cache does not know the pod yet.
+fn pod_of_cgroup<'i>(
+    idx: &'i Indexes,
+    c: &cgroup::ContainerCgroup,
+) -> Option<(&'i Arc<PodInfo>, Option<&'i KnownContainer>)> {
+    let pod = idx.pods.get(&c.pod_uid)?;
+    let container = c
+        .container_id
+        .as_ref()
+        .and_then(|id| pod.containers.get(id));
+    Some((pod, container))
 }
 
 /// The pod of a network namespace (not the host's: pods on the host network share it).
