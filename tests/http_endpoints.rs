@@ -23,6 +23,32 @@ fn metric(body: &str, name: &str, label: (&str, &str)) -> Option<f64> {
         })
 }
 
+/// `promtool check metrics` (Debian's prometheus package, installed by `cargo xtask test`)
+/// accepts the exposition: it parses, and it follows Prometheus' naming rules.
+fn lint_with_promtool(metrics: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn every_endpoint_answers_and_counters_move() {
     if !require_root("http_endpoints::every_endpoint_answers_and_counters_move") {
@@ -103,13 +129,30 @@ fn every_endpoint_answers_and_counters_move() {
     assert_eq!(status["exporter"]["state"], "running");
     let before = status["events"]["tcp_reset"].as_u64().unwrap();
 
+    // The classic text format to a client that does not ask for OpenMetrics (curl,
+    // promtool); OpenMetrics, with exemplars and `# EOF`, to one that does (Prometheus).
     let (code, headers, metrics) = http_get(addr, "/metrics");
     assert_eq!(code, 200);
     assert!(
         headers
             .iter()
-            .any(|(k, v)| k == "content-type" && v.starts_with("application/openmetrics-text"))
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/plain; version=0.0.4")),
+        "{headers:?}"
     );
+    assert!(!metrics.contains("# EOF"));
+    let (code, headers, open) = http_get_with(
+        addr,
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("application/openmetrics-text")),
+        "{headers:?}"
+    );
+    assert!(open.trim_end().ends_with("# EOF"));
     assert_eq!(
         metric(
             &metrics,
@@ -149,7 +192,7 @@ fn every_endpoint_answers_and_counters_move() {
     let metrics = http_get(addr, "/metrics").2;
     let counted = metric(&metrics, "probe_events_total", ("kind", "tcp_reset")).unwrap();
     assert!(counted >= (before + 2) as f64, "{counted}");
-    assert!(metrics.trim_end().ends_with("# EOF"));
+    lint_with_promtool(&metrics);
 
     let (code, _, _) = http_get(addr, "/nope");
     assert_eq!(code, 404);

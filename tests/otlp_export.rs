@@ -165,7 +165,7 @@ fn metric(addr: std::net::SocketAddr, name: &str, signal: &str) -> u64 {
     let (_, _, body) = http_get(addr, "/metrics");
     body.lines()
         .find(|l| l.starts_with(name) && l.contains(&format!("signal=\"{signal}\"")))
-        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|l| l.split(" # ").next()?.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -192,8 +192,10 @@ fn a_collector_outage_is_bounded_counted_and_survived() {
         "500",
         "--conntrack",
         "false",
-        // Every reset a span (no folding): the queue under test needs the volume.
+        // Every reset a span (no folding, no budget): the queue under test needs the volume.
         "--fold-first",
+        "0",
+        "--otlp-max-spans",
         "0",
     ]);
     let http = probe.http_addr();

@@ -304,7 +304,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(output) = &stdout_output {
         losses.watch_output(output.clone());
     }
+    let budget = cli
+        .output
+        .contains(&Output::Otlp)
+        .then_some(pipeline::spans::Budget {
+            spans_per_s: cli.otlp_max_spans,
+            logs_per_s: cli.otlp_max_logs,
+        });
     let stages = Stages {
+        spans: pipeline::spans::SpanChooser::new(budget),
         enricher,
         sink,
         losses,

@@ -286,6 +286,15 @@ impl Drop for Probe {
 /// A minimal HTTP/1.1 GET (no client library: the agent's server is under test, not a
 /// client's). Returns the status code, the headers (lower-cased names) and the body.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
+    http_get_with(addr, path, "")
+}
+
+/// `http_get` with more request header lines (each ending in `\r\n`), e.g. an `Accept`.
+pub fn http_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+) -> (u16, Vec<(String, String)>, String) {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(addr).expect("connecting to the agent");
     stream
@@ -293,7 +302,7 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<(String, St
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -322,7 +331,9 @@ pub fn metric_sum(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> u6
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
+            // Without its OpenMetrics exemplar (` # {trace_id=...} 1`).
+            let sample = l.split(" # ").next()?;
+            let (series, value) = sample.rsplit_once(' ')?;
             let (family, label_set) = series.split_once('{').unwrap_or((series, ""));
             (family == name && labels.iter().all(|f| label_set.contains(f)))
                 .then(|| value.parse::<f64>().ok())

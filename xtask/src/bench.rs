@@ -345,7 +345,11 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
     );
 
     // Reset storm.
-    let storm = bench_net::reset_storm(bin, Duration::from_secs(if quick { 5 } else { 15 }))?;
+    let storm = bench_net::reset_storm(
+        bin,
+        receiver,
+        Duration::from_secs(if quick { 5 } else { 15 }),
+    )?;
     let unaccounted =
         storm.generated as i64 - storm.delivered as i64 - storm.folded as i64 - storm.lost as i64;
     println!(
@@ -409,6 +413,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         "{:<28} {:>14.1}   (target < 64)",
         "agent peak RSS (MiB)", storm.peak_rss_mib
     );
+    print_storm_otlp(&storm);
 
     // Latency from the kernel event to the JSON line.
     let (p50, p99) = bench_net::json_latency(bin, if quick { 300 } else { 1000 })?;
@@ -426,7 +431,14 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
     let (secs, rounds) = if quick { (5, 1) } else { (10, 3) };
     let mut steady = Vec::new();
     for rate in rates {
-        let s = bench_net::otlp_steady(bin, receiver, rate, secs, rounds, &["--fold-first", "0"])?;
+        let s = bench_net::otlp_steady(
+            bin,
+            receiver,
+            rate,
+            secs,
+            rounds,
+            &["--fold-first", "0", "--otlp-max-spans", "0"],
+        )?;
         print_steady(&s);
         steady.push(s);
     }
@@ -499,7 +511,15 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
                          "unaccounted": unaccounted,
                          "agent_cpu_s_per_million_events": storm.cpu_s_per_million,
                          "agent_cpu_s_per_million_delivered": storm.cpu_s_per_million_delivered,
-                         "agent_peak_rss_mib": storm.peak_rss_mib },
+                         "agent_peak_rss_mib": storm.peak_rss_mib,
+                         "otlp": {
+                             "spans": storm.otlp.spans, "log_records": storm.otlp.logs,
+                             "resets_in_full": storm.otlp.full,
+                             "resets_folded": storm.otlp.folded,
+                             "spans_per_s": storm.otlp.spans as f64 / storm.otlp.seconds(),
+                             "span_bytes_per_s": storm.otlp.span_bytes as f64 / storm.otlp.seconds(),
+                             "log_records_per_s": storm.otlp.logs as f64 / storm.otlp.seconds(),
+                             "log_bytes_per_s": storm.otlp.log_bytes as f64 / storm.otlp.seconds() } },
         "json_latency_ms": { "p50": p50, "p99": p99 },
         "otlp_latency_ms": { "p50": otlp50, "p99": otlp99 },
         "kubernetes": [k8s_json(&small), k8s_json(&large)],
@@ -519,4 +539,58 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
     println!("\nresults: {}", path.display());
     Ok(())
+}
+
+/// The storm as the OTLP receiver saw it: every reset in full or in a summary's count, at a
+/// rate within the node's budget (`--otlp-max-spans`/`--otlp-max-logs`, 200/s by default,
+/// summaries above it: a few per second).
+fn print_storm_otlp(storm: &bench_net::Storm) {
+    let o = &storm.otlp;
+    let secs = o.seconds();
+    let folded: u64 = o.folded.values().sum();
+    println!("-- at the OTLP receiver (default budget: 200 spans/s, 200 log records/s)");
+    println!(
+        "{:<28} {:>14}   (in full {}, folded {:?})",
+        "resets accounted",
+        o.full + folded,
+        o.full,
+        o.folded
+    );
+    println!(
+        "{:<28} {:>14}   ({})",
+        "of generated",
+        storm.generated,
+        if o.full + folded == storm.generated {
+            "exact".to_owned()
+        } else {
+            format!(
+                "off by {}",
+                (o.full + folded) as i64 - storm.generated as i64
+            )
+        }
+    );
+    println!(
+        "{:<28} {:>14.0}   ({:.1} s of exports)",
+        "spans / s",
+        o.spans as f64 / secs,
+        secs
+    );
+    println!(
+        "{:<28} {:>14.0}",
+        "span bytes / s",
+        o.span_bytes as f64 / secs
+    );
+    println!("{:<28} {:>14.0}", "log records / s", o.logs as f64 / secs);
+    println!(
+        "{:<28} {:>14.0}",
+        "log bytes / s",
+        o.log_bytes as f64 / secs
+    );
+    if o.spans > 0 {
+        println!(
+            "{:<28} {:>14.0}",
+            "bytes / span (in requests)",
+            o.span_bytes as f64 / o.spans as f64
+        );
+    }
 }

@@ -86,7 +86,9 @@ impl Observed {
         Ok(body
             .lines()
             .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
+                // Without its OpenMetrics exemplar (` # {trace_id=...} 1`).
+                let sample = l.split(" # ").next()?;
+                let (series, value) = sample.rsplit_once(' ')?;
                 let family = series.split('{').next()?;
                 (family == name).then(|| value.parse::<f64>().ok())?
             })
@@ -164,7 +166,70 @@ fn on_port(line: &str, port: u16) -> Option<serde_json::Value> {
     (v["kind"] == "tcp_reset" && (v["sport"] == port || v["dport"] == port)).then_some(v)
 }
 
+/// What the OTLP receiver got during a storm.
+#[derive(Debug, Default)]
+pub struct StormOtlp {
+    /// Reset spans on the storm's port (each a reset in full).
+    pub full: u64,
+    /// Resets inside summary spans, by what folded them (`kernel`, `otlp_budget`).
+    pub folded: std::collections::BTreeMap<String, u64>,
+    pub spans: u64,
+    pub logs: u64,
+    /// Bytes of the export requests' bodies, per signal.
+    pub span_bytes: u64,
+    pub log_bytes: u64,
+    /// When the first and the last request arrived (ms since the epoch).
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+impl StormOtlp {
+    fn add(&mut self, v: &serde_json::Value, port: u16) {
+        let a = &v["attributes"];
+        match v["signal"].as_str() {
+            Some("span") => {
+                self.spans += 1;
+                if let Some(n) = a["probe.summary.count"].as_u64() {
+                    let by = a["probe.summary.folded_by"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned();
+                    *self.folded.entry(by).or_insert(0) += n;
+                } else if v["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("tcp.reset."))
+                    && (a["network.local.port"] == port || a["network.peer.port"] == port)
+                {
+                    self.full += 1;
+                }
+            }
+            Some("log") => self.logs += 1,
+            Some("request") => {
+                let bytes = v["bytes"].as_u64().unwrap_or(0);
+                match v["path"].as_str() {
+                    Some("/v1/traces") => self.span_bytes += bytes,
+                    Some("/v1/logs") => self.log_bytes += bytes,
+                    _ => {}
+                }
+                let at = v["at_ms"].as_u64().unwrap_or(0);
+                if self.first_ms == 0 {
+                    self.first_ms = at;
+                }
+                self.last_ms = self.last_ms.max(at);
+            }
+            _ => {}
+        }
+    }
+
+    /// Seconds from the first export request to the last, plus the one second the first
+    /// batch waited (`--otlp-batch-delay`).
+    pub fn seconds(&self) -> f64 {
+        (self.last_ms.saturating_sub(self.first_ms) as f64 / 1e3) + 1.0
+    }
+}
+
 pub struct Storm {
+    pub otlp: StormOtlp,
     pub seconds: f64,
     pub generated: u64,
     /// Resets written in full.
@@ -186,9 +251,32 @@ pub struct Storm {
 }
 
 /// Refused connects from two threads as fast as they go for `duration`.
-pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
+pub fn reset_storm(bin: &Path, receiver: &Path, duration: Duration) -> Result<Storm> {
     let port = closed_port()?;
-    let agent = Observed::start(bin, &["--http-addr", "127.0.0.1:0"])?;
+    let (mut rx, out, addrs) = start_receiver(receiver)?;
+    let endpoint = format!("http://{}", addrs["http"].as_str().context("http address")?);
+    let otlp = Arc::new(std::sync::Mutex::new(StormOtlp::default()));
+    let seen = otlp.clone();
+    std::thread::spawn(move || {
+        for line in out.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).add(&v, port);
+            }
+        }
+    });
+    let agent = Observed::start(
+        bin,
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--output",
+            "json,otlp",
+            "--otlp-protocol",
+            "http/protobuf",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    )?;
     let cpu0 = cpu_seconds(agent.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let connects = Arc::new(AtomicU64::new(0));
@@ -241,7 +329,13 @@ pub fn reset_storm(bin: &Path, duration: Duration) -> Result<Storm> {
         *lost_by.entry(source).or_insert(0) += v["count"].as_u64().unwrap_or(0);
     }
     let lost = lost_by.values().sum();
+    // The last export (batch delay 1 s) has arrived by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = rx.kill();
+    let _ = rx.wait();
+    let otlp = std::mem::take(&mut *otlp.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Storm {
+        otlp,
         seconds,
         generated,
         delivered,

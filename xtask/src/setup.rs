@@ -178,6 +178,9 @@ pub fn test_peers(target_dir: &Path) -> Result<std::path::PathBuf> {
     apt_install(&["openssl"]).context("installing openssl for the OTLP TLS tests")?;
     // What the kernel says is attached, beside what the agent reports (http_endpoints).
     apt_install(&["bpftool"]).context("installing bpftool for the attachment tests")?;
+    // promtool, which lints /metrics (http_endpoints), and the Prometheus server it ships with.
+    apt_install(&["prometheus"])
+        .context("installing prometheus (promtool) for the metrics tests")?;
     let dir = target_dir.join("test-peers").join("wasmtime");
     let bin = dir.join("wasmtime_cli").join("wasmtime");
     if !bin.is_file() {

@@ -112,6 +112,20 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range((1 << 20)..=(1 << 30)))]
     pub otlp_queue_bytes: u32,
 
+    /// The node's OTLP budget: spans sent per second at most (a burst of one second's worth).
+    /// Records over it are still written in full to the other outputs and counted in one
+    /// `summary` span per kind and second (folded_by=otlp_budget): folded, never dropped.
+    /// 0: no limit; 0 to 1000000.
+    #[arg(long, env = "PROBE_OTLP_MAX_SPANS", allow_hyphen_values = true, default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub otlp_max_spans: u32,
+
+    /// The node's OTLP budget of log records per second (Wasm output lines), as
+    /// --otlp-max-spans; 0: no limit; 0 to 1000000.
+    #[arg(long, env = "PROBE_OTLP_MAX_LOGS", allow_hyphen_values = true, default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub otlp_max_logs: u32,
+
     /// Encoded bytes of one export request at most (also at most 512 records); a collector that
     /// answers 413 gets the batch in halves. 4 KiB to 16 MiB.
     #[arg(long, env = "PROBE_OTLP_BATCH_BYTES", allow_hyphen_values = true, default_value_t = 1 << 20,
@@ -526,6 +540,8 @@ impl Cli {
         });
         // Beyond what one `json!` expands within the recursion limit.
         effective["fold-first"] = json!(self.fold_first);
+        effective["otlp-max-spans"] = json!(self.otlp_max_spans);
+        effective["otlp-max-logs"] = json!(self.otlp_max_logs);
         effective["fold-window"] = json!(humantime::format_duration(self.fold_window).to_string());
         effective["metrics-max-series"] = json!(self.metrics_max_series);
         effective["metrics-series-idle"] =

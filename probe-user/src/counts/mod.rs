@@ -105,8 +105,18 @@ impl EventCounter {
 
     /// Counts a record on its way to the sinks in the families the agent counts itself
     /// (drops, conntrack expiries, findings, core signal outcomes).
+    /// A record with a span of its own is its series' exemplar (the kernel-counted kinds'
+    /// from the next sweep on).
     pub fn count_record(&mut self, record: &Record, now: Instant) {
+        let recent = series::Recent::of(record);
+        // A core signal is in both: its signal's (kernel) and its outcome's (record) series.
+        if let (Some(recent), Some(key)) = (&recent, records::kernel_series_of(record)) {
+            self.series.note_recent(&key, recent.clone());
+        }
         if let Some((key, n)) = records::series_of(record) {
+            if let Some(recent) = recent {
+                self.series.note_recent(&key, recent);
+            }
             self.series.add(&key, n, 0, now);
         }
     }
@@ -154,6 +164,7 @@ impl EventCounter {
         }
         let sweep = self.sweeps;
         self.seen.retain(|_, s| s.sweep == sweep);
+        self.series.end_sweep();
         self.series.expire(now);
     }
 }

@@ -5,9 +5,41 @@
 
 use super::series::SeriesKey;
 use crate::{
-    model::{Body, CoreSignal, K8sAttrs, Record},
-    status::event_metrics::{DropLabels, ExpiryLabels, FindingLabels, OutcomeLabels, PodLabels},
+    model::{Body, CoreSignal, Direction, K8sAttrs, Record, Stream},
+    status::event_metrics::{
+        DropLabels, ExpiryLabels, FindingLabels, OutcomeLabels, PodLabels, ResetLabels,
+        SignalLabels, StreamLabels,
+    },
 };
+
+/// The series the kernel counts a written record's event in (resets, core signals, Wasm
+/// output), named as `SeriesKey::of` names the kernel's key: for its exemplar.
+pub fn kernel_series_of(record: &Record) -> Option<SeriesKey> {
+    let pod = pod_labels(record.k8s.as_deref());
+    Some(match &record.body {
+        Body::TcpReset(r) => SeriesKey::Reset(ResetLabels {
+            direction: match r.direction {
+                Direction::Sent => "sent",
+                Direction::Received => "received",
+            },
+            reason: r.reason.as_deref().unwrap_or("unknown").to_owned(),
+            pod,
+        }),
+        Body::CoreSignal(c) => SeriesKey::Signal(SignalLabels {
+            signal: c.signal_name.clone(),
+            origin: c.origin.name(),
+            pod,
+        }),
+        Body::WasmOutput(w) => SeriesKey::Wasm(StreamLabels {
+            stream: match w.stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            },
+            pod,
+        }),
+        _ => return None,
+    })
+}
 
 /// The series a written record counts in, and by how much; None for the other kinds.
 pub fn series_of(record: &Record) -> Option<(SeriesKey, u64)> {

@@ -5,18 +5,18 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use probe_common::{CountKey, REASON_NONE, direction, kind};
-use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     decode::SymbolTables,
     model::signals::{origin, signal_name},
     status::event_metrics::{
-        DropLabels, EventMetrics, ExpiryLabels, FindingLabels, MetricLabel, OVERFLOW_POD,
-        OutcomeLabels, PodLabels, ResetLabels, SignalLabels, StreamLabels, names,
+        DropLabels, EventCounter, EventMetrics, ExpiryLabels, FindingLabels, MetricLabel,
+        OVERFLOW_POD, OutcomeLabels, PodLabels, ResetLabels, SignalLabels, SpanExemplar,
+        StreamLabels, names,
     },
 };
 
@@ -124,11 +124,45 @@ impl SeriesKey {
     }
 }
 
+/// The span of a recent record of a series that was exported in full: the series'
+/// exemplar (OpenMetrics), with the record's time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recent {
+    pub labels: SpanExemplar,
+    pub time: SystemTime,
+}
+
+impl Recent {
+    /// A written record's span, when it has one of its own (not over the OTLP budget).
+    pub fn of(record: &crate::model::Record) -> Option<Self> {
+        let (trace_id, span_id) = record.span_ids()?;
+        Some(Self {
+            labels: SpanExemplar {
+                trace_id: hex(&trace_id),
+                span_id: hex(&span_id),
+            },
+            time: SystemTime::UNIX_EPOCH + Duration::from_nanos(record.time_unix_nano),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 struct Entry {
-    events: Counter,
+    events: EventCounter,
     /// Wasm output only.
-    bytes: Option<Counter>,
+    bytes: Option<EventCounter>,
     last: Instant,
+    /// The exemplar it shows: kept, since every increment sets (or clears) it.
+    recent: Option<Recent>,
 }
 
 pub struct Series {
@@ -138,6 +172,9 @@ pub struct Series {
     /// Entries with pod labels (the overflow series not included).
     counted: usize,
     last_expiry: Option<Instant>,
+    /// The latest full record of series the kernel counts, until the sweep that adds its
+    /// count (then the series' exemplar).
+    pending: HashMap<SeriesKey, Recent>,
 }
 
 impl Series {
@@ -148,14 +185,33 @@ impl Series {
             entries: HashMap::new(),
             counted: 0,
             last_expiry: None,
+            pending: HashMap::new(),
         }
+    }
+
+    /// A full record of `key`'s series: its exemplar from the next increment on. At most one
+    /// per series that had a record since the last sweep.
+    pub fn note_recent(&mut self, key: &SeriesKey, recent: Recent) {
+        match self.pending.get_mut(key) {
+            Some(r) => *r = recent,
+            None => {
+                self.pending.insert(key.clone(), recent);
+            }
+        }
+    }
+
+    /// Forgets the records whose series got no count in this sweep (their key is still
+    /// waiting for its pod, or was named differently): the map stays bounded.
+    pub fn end_sweep(&mut self) {
+        self.pending.clear();
     }
 
     /// Adds `events` (and `bytes`) to the series of `key`, made if needed: in its family's
     /// overflow series when the cap is reached.
     pub fn add(&mut self, key: &SeriesKey, events: u64, bytes: u64, now: Instant) {
+        let recent = self.pending.remove(key);
         if let Some(entry) = self.entries.get_mut(key) {
-            return Self::inc(entry, events, bytes, now);
+            return Self::inc(entry, events, bytes, now, recent);
         }
         if self.counted >= self.limits.max_series {
             self.metrics
@@ -172,20 +228,27 @@ impl Series {
                     self.entries.entry(overflow).or_insert(made)
                 }
             };
-            return Self::inc(entry, events, bytes, now);
+            return Self::inc(entry, events, bytes, now, recent);
         }
         let mut entry = self.make(key, now);
-        Self::inc(&mut entry, events, bytes, now);
+        Self::inc(&mut entry, events, bytes, now, recent);
         self.entries.insert(key.clone(), entry);
         self.counted += 1;
         self.metrics.series.set(self.counted as i64);
     }
 
-    fn inc(entry: &mut Entry, events: u64, bytes: u64, now: Instant) {
-        entry.events.inc_by(events);
-        if let Some(b) = &entry.bytes {
-            b.inc_by(bytes);
+    fn inc(entry: &mut Entry, events: u64, bytes: u64, now: Instant, recent: Option<Recent>) {
+        if recent.is_some() {
+            entry.recent = recent;
         }
+        let (labels, time) = match &entry.recent {
+            Some(r) => (Some(r.labels.clone()), Some(r.time)),
+            None => (None, None),
+        };
+        if let Some(b) = &entry.bytes {
+            b.inc_by(bytes, labels.clone(), time);
+        }
+        entry.events.inc_by(events, labels, time);
         entry.last = now;
     }
 
@@ -207,6 +270,7 @@ impl Series {
             events,
             bytes,
             last: now,
+            recent: None,
         }
     }
 

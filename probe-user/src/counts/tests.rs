@@ -90,7 +90,7 @@ fn resets(m: &EventMetrics, pod_labels: PodLabels, dir: &'static str) -> u64 {
             reason: "NO_SOCKET".into(),
             pod: pod_labels,
         })
-        .map_or(0, |c| c.get())
+        .map_or(0, |c| c.get().0)
 }
 
 #[test]
@@ -220,14 +220,17 @@ fn wasm_output_counts_writes_and_bytes_per_stream() {
         pod: pod(7),
     };
     assert_eq!(
-        m.wasm_output_writes.get(&labels("stdout")).unwrap().get(),
+        m.wasm_output_writes.get(&labels("stdout")).unwrap().get().0,
         3
     );
     assert_eq!(
-        m.wasm_output_bytes.get(&labels("stdout")).unwrap().get(),
+        m.wasm_output_bytes.get(&labels("stdout")).unwrap().get().0,
         120
     );
-    assert_eq!(m.wasm_output_bytes.get(&labels("stderr")).unwrap().get(), 9);
+    assert_eq!(
+        m.wasm_output_bytes.get(&labels("stderr")).unwrap().get().0,
+        9
+    );
 }
 
 #[test]
@@ -330,7 +333,8 @@ fn records_count_in_the_families_the_agent_counts_itself() {
             pod: pod.clone(),
         })
         .unwrap()
-        .get();
+        .get()
+        .0;
     assert_eq!(drops, 8, "each drop record adds its count");
     let findings = m
         .findings
@@ -339,7 +343,8 @@ fn records_count_in_the_families_the_agent_counts_itself() {
             pod: pod.clone(),
         })
         .unwrap()
-        .get();
+        .get()
+        .0;
     assert_eq!(findings, 1);
     let outcome = m
         .core_signal_outcomes
@@ -348,7 +353,7 @@ fn records_count_in_the_families_the_agent_counts_itself() {
             outcome: "no_core",
             pod,
         })
-        .map(|c| c.get());
+        .map(|c| c.get().0);
     assert_eq!(outcome, Some(1));
     let expiries: u64 = [PodLabels::default()]
         .into_iter()
@@ -358,10 +363,88 @@ fn records_count_in_the_families_the_agent_counts_itself() {
                     timeout_sysctl: "nf_conntrack_tcp_timeout_established".into(),
                     pod,
                 })
-                .map(|c| c.get())
+                .map(|c| c.get().0)
         })
         .sum();
     assert_eq!(expiries, 1, "the sample expiry has no pod");
     // Resets, Wasm lines and loss records are not counted from records.
     assert_eq!(m.series.get(), 4);
+}
+
+/// A reset record of pod p1 (as `FakeOwners` names cgroup 1) with its span chosen.
+fn p1_reset(span: u64, time_unix_nano: u64) -> crate::model::Record {
+    use crate::model::{K8sAttrs, OwnSpan, samples};
+    let mut r = samples::reset();
+    if let crate::model::Body::TcpReset(b) = &mut r.body {
+        b.reason = Some("NO_SOCKET".into());
+    }
+    r.k8s = Some(Box::new(K8sAttrs {
+        namespace: Some("ns".into()),
+        pod_name: Some("p1".into()),
+        container_name: Some("c".into()),
+        workload: [("k8s.deployment.name", "web".to_owned())].into(),
+        ..K8sAttrs::default()
+    }));
+    r.span = OwnSpan::from_random(span).unwrap();
+    r.time_unix_nano = time_unix_nano;
+    r
+}
+
+#[test]
+fn a_series_exemplar_is_the_span_of_its_latest_full_record_and_stays() {
+    let state = crate::status::AgentState::new(serde_json::json!({}), Vec::new());
+    let m = state.metrics.event.clone();
+    let map = FakeMap::default();
+    let limits = Limits {
+        max_series: 100,
+        idle: Duration::from_secs(3600),
+    };
+    let mut c = EventCounter::new(Box::new(map.clone()), tables(), m.clone(), limits);
+    let now = Instant::now();
+    c.count_record(&p1_reset(0xa1, 1_000), now);
+    let latest = p1_reset(0xa2, 2_000);
+    c.count_record(&latest, now);
+    map.set(reset_key(1, direction::SENT), 5, 0);
+    c.sweep(&mut FakeOwners, now);
+    let (trace_id, span_id) = latest.span_ids().unwrap();
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(hex(&span_id), "00000000000000a2");
+    let exemplar = format!(
+        r#" # {{trace_id="{}",span_id="00000000000000a2"}}"#,
+        hex(&trace_id)
+    );
+    let line = |total: u64| {
+        let text = state.metrics.encode();
+        let prefix = format!(
+            r#"probe_tcp_resets_total{{direction="sent",reason="NO_SOCKET",namespace="ns",pod="p1",container="c",workload_kind="deployment",workload="web"}} {total}"#
+        );
+        let line = text.lines().find(|l| l.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
+            .to_owned()
+    };
+    assert!(line(5).contains(&exemplar), "{}", line(5));
+    // Folded resets (no record) add to the count; the exemplar stays the last full one's.
+    map.set(reset_key(1, direction::SENT), 9, 0);
+    c.sweep(&mut FakeOwners, now);
+    assert!(line(9).contains(&exemplar), "{}", line(9));
+}
+
+#[test]
+fn a_record_over_the_otlp_budget_is_never_an_exemplar() {
+    let (mut c, map, m) = counter(100);
+    let now = Instant::now();
+    let mut r = p1_reset(0xa1, 1_000);
+    r.span = crate::model::OwnSpan::OVER_BUDGET;
+    c.count_record(&r, now);
+    map.set(reset_key(1, direction::SENT), 1, 0);
+    c.sweep(&mut FakeOwners, now);
+    let labels = ResetLabels {
+        direction: "sent",
+        reason: "NO_SOCKET".into(),
+        pod: pod(1),
+    };
+    let counter = m.tcp_resets.get(&labels).unwrap();
+    let (value, exemplar) = counter.get();
+    assert_eq!(value, 1);
+    assert!(exemplar.is_none());
 }

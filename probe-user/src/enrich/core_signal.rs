@@ -213,6 +213,7 @@ mod tests {
                 core_uses_pid: Some(false),
                 exit_code: None,
             })),
+            span: crate::model::OwnSpan::UNASSIGNED,
         }
     }
 

@@ -131,6 +131,7 @@ impl FoldTotals {
                 .unwrap_or_else(|| k.b.to_string().into())
         });
         let summary = Summary {
+            folded_by: crate::model::FoldedBy::Kernel,
             folded_kind: probe_common::kind::name(k.kind).unwrap_or("unknown"),
             count,
             first_unix_nano: cx.wall_time(first_ns),
@@ -307,6 +308,7 @@ mod tests {
     #[test]
     fn a_summary_line_names_the_count_and_the_key() {
         let sum = Summary {
+            folded_by: crate::model::FoldedBy::Kernel,
             folded_kind: "tcp_reset",
             count: 41_230,
             first_unix_nano: 0,

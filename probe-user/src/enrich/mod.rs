@@ -173,6 +173,7 @@ impl Enricher {
             body: event.body,
             k8s: None,
             trace: None,
+            span: crate::model::OwnSpan::UNASSIGNED,
         }
     }
 
@@ -186,6 +187,7 @@ impl Enricher {
             body,
             k8s: None,
             trace: None,
+            span: crate::model::OwnSpan::UNASSIGNED,
         }
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             body,
             k8s: None,
             trace: None,
+            span: crate::model::OwnSpan::UNASSIGNED,
         }
     }
 

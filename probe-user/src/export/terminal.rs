@@ -96,6 +96,7 @@ pub(crate) mod tests {
                 reason: Some("TCP_ABORT_ON_LINGER".into()),
                 socket_cookie: Some(99),
             }),
+            span: crate::model::OwnSpan::UNASSIGNED,
         }
     }
 
@@ -137,6 +138,7 @@ pub(crate) mod tests {
                 count: 17,
                 lost_kind: Some("tcp_reset"),
             }),
+            span: crate::model::OwnSpan::UNASSIGNED,
         }
     }
 

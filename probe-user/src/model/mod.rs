@@ -13,6 +13,7 @@ mod process;
 #[cfg(test)]
 pub mod samples;
 pub mod signals;
+mod span;
 mod summary;
 mod wasm;
 
@@ -24,7 +25,8 @@ pub use self::{
     loss::{Loss, LossSource},
     network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
-    summary::Summary,
+    span::OwnSpan,
+    summary::{FoldedBy, Summary},
     wasm::{Stream, WasmOutput, WasmWrite, WasmWriteResult},
 };
 
@@ -48,6 +50,9 @@ pub struct Record {
     /// Boxed: set on few records, and the record is moved several times on its way out.
     #[serde(flatten)]
     pub trace: Option<Box<TraceRef>>,
+    /// Its own span's ID, chosen before the sinks (`Stages::emit`).
+    #[serde(skip)]
+    pub span: OwnSpan,
 }
 
 impl Record {
@@ -130,7 +135,7 @@ pub enum Body {
 // Every record is moved several times between the ring buffer and the sinks (channel, stages,
 // the queued output's copy, the correlator's ring): rare or large bodies are boxed to keep
 // it at this size (64-bit targets).
-const _: () = assert!(size_of::<Record>() <= 208);
+const _: () = assert!(size_of::<Record>() <= 216);
 
 impl Body {
     /// A packet drop's body (boxed), e.g. for `Enricher::kernel_events`.

@@ -33,6 +33,7 @@ fn record(body: Body) -> Record {
         body,
         k8s: Some(Box::new(k8s())),
         trace: None,
+        span: super::OwnSpan::UNASSIGNED,
     }
 }
 

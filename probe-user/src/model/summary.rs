@@ -1,5 +1,6 @@
-//! `kind:"summary"`: the records of one storming key that the kernel counted instead of
-//! sending (storm folding), as one record with their exact count.
+//! `kind:"summary"`: records counted instead of sent one by one, as one record with their
+//! exact count: a storming key's records the kernel counted (storm folding, every output), or
+//! records over the node's OTLP budget (the OTLP output only).
 
 use std::sync::Arc;
 
@@ -10,8 +11,20 @@ use super::{
     describe::{Attrs, Describe, KindName, Line, LogLine, Severity, Tone, opt},
 };
 
+/// What folded the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoldedBy {
+    /// Storm folding in the kernel (`--fold-first`, `--fold-window`): one key's records.
+    Kernel,
+    /// The OTLP output's per-node budget (`--otlp-max-spans`, `--otlp-max-logs`): the
+    /// records of one kind (and direction) over it in one second, whatever their key.
+    OtlpBudget,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    pub folded_by: FoldedBy,
     /// The kind of the folded records (`tcp_reset`).
     pub folded_kind: &'static str,
     /// Records of the key folded since its previous summary: exact.
@@ -21,7 +34,8 @@ pub struct Summary {
     pub last_unix_nano: u64,
     pub direction: Option<Direction>,
     pub reason: Option<Arc<str>>,
-    /// The key's service port: the lower of each connection's two ports.
+    /// The key's service port: the lower of each connection's two ports (kernel folding;
+    /// 0 over the OTLP budget: every port).
     pub port: u16,
 }
 
@@ -35,6 +49,13 @@ impl Summary {
             ("tcp_reset", Some(Direction::Sent)) => "RST sent",
             ("tcp_reset", Some(Direction::Received)) => "RST received",
             _ => self.folded_kind,
+        }
+    }
+
+    fn folded(&self) -> String {
+        match self.folded_by {
+            FoldedBy::Kernel => format!("folded port={}", self.port),
+            FoldedBy::OtlpBudget => "over the OTLP budget".to_owned(),
         }
     }
 
@@ -62,8 +83,8 @@ impl Describe for Summary {
             tag: format!("{} ×{}", self.what(), thousands(self.count)),
             tone: Tone::Notice,
             text: format!(
-                "folded port={} reason={} over {:.3}s netns={} cgroup={}",
-                self.port,
+                "{} reason={} over {:.3}s netns={} cgroup={}",
+                self.folded(),
                 opt(&self.reason),
                 self.seconds(),
                 opt(&c.netns),
@@ -86,16 +107,23 @@ impl Describe for Summary {
             event_name: "probe.summary",
             severity: Severity::Warn,
             body: format!(
-                "{} more {} on port {} in {:.3}s (folded: counted, not sent one by one)",
+                "{} more {} in {:.3}s, {} (counted, not sent one by one)",
                 self.count,
                 self.what(),
-                self.port,
-                self.seconds()
+                self.seconds(),
+                self.folded(),
             ),
         })
     }
     fn attributes(&self, a: &mut Attrs) {
         a.str("probe.summary.kind", self.folded_kind);
+        a.str(
+            "probe.summary.folded_by",
+            match self.folded_by {
+                FoldedBy::Kernel => "kernel",
+                FoldedBy::OtlpBudget => "otlp_budget",
+            },
+        );
         a.int("probe.summary.count", self.count);
         a.int("probe.summary.first_unix_nano", self.first_unix_nano);
         a.int("probe.summary.last_unix_nano", self.last_unix_nano);

@@ -19,6 +19,7 @@ use tokio::{
 use tracing::debug;
 
 mod losses;
+pub mod spans;
 mod stages;
 
 pub use self::{

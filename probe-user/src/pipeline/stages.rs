@@ -44,6 +44,8 @@ pub struct Stages {
     pub event_counters: Vec<(&'static str, prometheus_client::metrics::counter::Counter)>,
     /// The kernel's exact event counts into the metrics per pod.
     pub counts: Option<crate::counts::EventCounter>,
+    /// Each record's span ID, and the OTLP budget.
+    pub spans: super::spans::SpanChooser,
     pub state: Arc<AgentState>,
 }
 
@@ -122,7 +124,11 @@ impl Stages {
                 stage.on_record(record, now);
             }
         }
-        for record in records.drain(..) {
+        for mut record in records.drain(..) {
+            record.span = self.spans.choose(&record, now);
+            if record.span.is_over_budget() {
+                self.state.metrics.otlp_over_budget.inc();
+            }
             if let Some(counts) = &mut self.counts {
                 counts.count_record(&record, now);
             }

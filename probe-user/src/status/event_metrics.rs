@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, exemplar::CounterWithExemplar, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -114,6 +114,17 @@ pub struct OutcomeLabels {
     pub pod: PodLabels,
 }
 
+/// An OpenMetrics exemplar: the span of a recent event of the series that was exported in
+/// full (hex, as Tempo and Grafana read them).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanExemplar {
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+/// A counter of events whose exemplar links to one of them.
+pub type EventCounter = CounterWithExemplar<SpanExemplar>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MetricLabel {
     pub metric: &'static str,
@@ -133,14 +144,14 @@ pub mod names {
 /// The event families, and how many series they hold.
 #[derive(Clone, Default)]
 pub struct EventMetrics {
-    pub tcp_resets: Family<ResetLabels, Counter>,
-    pub core_signals: Family<SignalLabels, Counter>,
-    pub wasm_output_writes: Family<StreamLabels, Counter>,
-    pub wasm_output_bytes: Family<StreamLabels, Counter>,
-    pub packet_drops: Family<DropLabels, Counter>,
-    pub conntrack_expiries: Family<ExpiryLabels, Counter>,
-    pub findings: Family<FindingLabels, Counter>,
-    pub core_signal_outcomes: Family<OutcomeLabels, Counter>,
+    pub tcp_resets: Family<ResetLabels, EventCounter>,
+    pub core_signals: Family<SignalLabels, EventCounter>,
+    pub wasm_output_writes: Family<StreamLabels, EventCounter>,
+    pub wasm_output_bytes: Family<StreamLabels, EventCounter>,
+    pub packet_drops: Family<DropLabels, EventCounter>,
+    pub conntrack_expiries: Family<ExpiryLabels, EventCounter>,
+    pub findings: Family<FindingLabels, EventCounter>,
+    pub core_signal_outcomes: Family<OutcomeLabels, EventCounter>,
     /// Series with pod labels across the families (the overflow series not included).
     pub series: Gauge,
     /// Events counted in an overflow series because the cap was reached, by family.

@@ -115,14 +115,31 @@ async fn status(
     Json(state.status()).into_response()
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+/// OpenMetrics (with exemplars) to a scraper that asks for it, as Prometheus does; the
+/// classic text format to anything else.
+async fn metrics(
+    State(state): State<Arc<AgentState>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let text = state.metrics.encode();
+    if super::exposition::wants_openmetrics(accept) {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            super::exposition::classic(&text),
+        )
+    }
 }
 
 /// Binds `addr` (errors name the flag) and returns the bound address and the server future.

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub conntrack_destroys_without_state: Gauge,
     pub kubernetes_up: Gauge,
     pub own_traffic_skipped: Counter,
+    /// Records over the OTLP output's budget (counted in its summaries instead).
+    pub otlp_over_budget: Counter,
     /// HTTP/1.x request heads the kernel sent for the trace tie.
     pub http_requests: Counter,
     /// 1 while the write hooks are attached (something is selected for capture).
@@ -142,6 +144,12 @@ impl Metrics {
             "Resets and drops on the agent's own HTTP endpoint (probes, scrapes): not reported",
             own_traffic_skipped.clone(),
         );
+        let otlp_over_budget = Counter::default();
+        registry.register(
+            "otlp_over_budget_records",
+            "Records over the node's OTLP budget (--otlp-max-spans, --otlp-max-logs): written in full to the other outputs, counted in an OTLP summary (folded_by=otlp_budget) instead of a span of their own",
+            otlp_over_budget.clone(),
+        );
         let write_hooks_attached = Gauge::default();
         registry.register(
             "write_hooks_attached",
@@ -206,6 +214,7 @@ impl Metrics {
             conntrack_destroys_without_state,
             kubernetes_up,
             own_traffic_skipped,
+            otlp_over_budget,
             http_requests,
             write_hooks_attached,
             write_hooks_attaches,

@@ -3,6 +3,7 @@
 //! `http.rs` as health checks, a JSON status document and Prometheus metrics.
 
 pub mod event_metrics;
+mod exposition;
 pub mod http;
 mod http_conn;
 mod metrics;

@@ -19,6 +19,7 @@ fn record(body: Body) -> Record {
         body,
         k8s: None,
         trace: None,
+        span: crate::model::OwnSpan::UNASSIGNED,
     }
 }
 

@@ -87,16 +87,18 @@ pub fn span_messages(record: &Record, attrs: &[u8], ids: &mut Ids) -> Vec<Vec<u8
     };
     // Inside the request's trace, as a child of the client's span, when the connection
     // carried a traceparent; a trace of its own otherwise.
+    // The IDs chosen before the sinks (a metric's exemplar names the same span); drawn here
+    // for records made after them.
+    let (own_trace, head_id) = record.span_ids().unwrap_or_else(|| (ids.id(), ids.id()));
     let (trace_id, parent, flags): ([u8; 16], &[u8], u32) = match &record.trace {
         Some(t) => (
             t.parent.trace_id,
             &t.parent.span_id,
             SAMPLED | HAS_IS_REMOTE | IS_REMOTE,
         ),
-        None => (ids.id(), &[], SAMPLED | HAS_IS_REMOTE),
+        None => (own_trace, &[], SAMPLED | HAS_IS_REMOTE),
     };
     let error = body.span_error();
-    let head_id: [u8; 8] = ids.id();
     let mut out = vec![wire::span(&wire::SpanFields {
         trace_id: &trace_id,
         span_id: &head_id,
@@ -131,6 +133,13 @@ pub fn span_messages(record: &Record, attrs: &[u8], ids: &mut Ids) -> Vec<Vec<u8
     out
 }
 
+fn body_has_span(record: &Record) -> bool {
+    record
+        .body
+        .describe()
+        .is_some_and(|b| b.span_name().is_some())
+}
+
 /// The log record of a record that has one (Wasm lines, findings, settings, losses), encoded;
 /// `attrs` are the record's from [`encode_attributes`].
 pub fn log_message(
@@ -143,9 +152,13 @@ pub fn log_message(
         model::describe::Severity::Info => (SeverityNumber::Info, "INFO"),
         model::describe::Severity::Warn => (SeverityNumber::Warn, "WARN"),
     };
-    let (trace_id, span_id): (&[u8], &[u8]) = match &record.trace {
-        Some(t) => (&t.parent.trace_id, &t.parent.span_id),
-        None => (&[], &[]),
+    // Inside the request's trace at the client's span; else at the record's own span (a Wasm
+    // line's log record and its span link both ways in Grafana).
+    let own = record.span_ids();
+    let (trace_id, span_id): (&[u8], &[u8]) = match (&record.trace, &own) {
+        (Some(t), _) => (&t.parent.trace_id, &t.parent.span_id),
+        (None, Some((trace, span))) if body_has_span(record) => (trace, span),
+        (None, _) => (&[], &[]),
     };
     wire::log_record(&wire::LogFields {
         time_unix_nano: record.time_unix_nano,

@@ -6,6 +6,7 @@
 //! queues; records that find a queue full are dropped and counted
 //! (`probe_otlp_dropped_total`).
 
+mod budget;
 pub mod convert;
 mod export;
 mod transport;
@@ -158,6 +159,8 @@ pub struct OtlpSink {
     state: Arc<AgentState>,
     /// A batch's bytes: the export task is woken when a queue holds that much.
     batch_bytes: usize,
+    /// Records over the node's budget, until their summary.
+    over_budget: budget::OverBudget,
 }
 
 impl OtlpSink {
@@ -199,6 +202,7 @@ impl OtlpSink {
                 ids: convert::Ids::default(),
                 state,
                 batch_bytes: config.batch_bytes,
+                over_budget: budget::OverBudget::default(),
             },
             task,
         ))
@@ -236,12 +240,41 @@ impl OtlpSink {
 
 impl Sink for OtlpSink {
     fn write(&mut self, record: &Record) -> std::io::Result<()> {
-        let Some(body) = record.body.describe() else {
+        if record.span.is_over_budget() {
+            self.over_budget.add(record, Instant::now());
             return Ok(());
+        }
+        self.convert(record);
+        Ok(())
+    }
+
+    /// Summaries of the records over the budget, once a second (checked at each burst's
+    /// flush; the consumer flushes at least every loss interval).
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_summaries(false);
+        Ok(())
+    }
+
+    fn finish(&mut self, _deadline: Instant) {
+        self.send_summaries(true);
+    }
+}
+
+impl OtlpSink {
+    fn send_summaries(&mut self, all: bool) {
+        for summary in self.over_budget.take_due(Instant::now(), all) {
+            self.convert(&summary);
+        }
+    }
+
+    /// A record's spans and log record into the queues.
+    fn convert(&mut self, record: &Record) {
+        let Some(body) = record.body.describe() else {
+            return;
         };
         let line = body.log();
         if line.is_none() && body.span_name().is_none() {
-            return Ok(());
+            return;
         }
         // Once for the span and the log record of a record that is both (Wasm lines).
         convert::encode_attributes(record, &mut self.attrs);
@@ -252,11 +285,6 @@ impl Sink for OtlpSink {
         if log.is_some() || !spans.is_empty() {
             self.push(spans, log);
         }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

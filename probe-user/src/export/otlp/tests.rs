@@ -193,3 +193,43 @@ fn a_finding_is_a_parent_span_with_its_evidence_as_children() {
         .collect();
     assert_eq!(layers, ["kernel.netfilter", "kernel.tcp"]);
 }
+
+#[test]
+fn a_span_and_its_log_record_carry_the_ids_chosen_before_the_sinks() {
+    use prost::Message as _;
+    let mut line = samples::wasm();
+    line.span = crate::model::OwnSpan::from_random(0x1122_3344_5566_7788).unwrap();
+    let (trace_id, span_id) = line.span_ids().unwrap();
+    let span = &spans(&line)[0];
+    assert_eq!(span.span_id, span_id.to_vec());
+    assert_eq!(span.trace_id, trace_id.to_vec());
+    assert_eq!(span_id, [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+    let mut enc = super::wire::AttrEncoder::default();
+    super::convert::encode_attributes(&line, &mut enc);
+    let log_line = line.body.describe().unwrap().log().unwrap();
+    let log = super::convert::log_message(&line, enc.entries(), &log_line, 1);
+    let log = opentelemetry_proto::tonic::logs::v1::LogRecord::decode(log.as_slice()).unwrap();
+    assert_eq!(
+        log.span_id, span.span_id,
+        "the log record points at its span"
+    );
+    assert_eq!(log.trace_id, span.trace_id);
+    // Inside a request's trace, the span is the client's child and keeps its own ID.
+    let mut traced = samples::reset();
+    traced.span = line.span;
+    let parent = crate::model::TraceParent {
+        trace_id: [7; 16],
+        span_id: [9; 8],
+        flags: 1,
+    };
+    traced.trace = Some(Box::new(crate::model::TraceRef {
+        trace_id: "07".repeat(16),
+        parent_span_id: "09".repeat(8),
+        parent,
+    }));
+    let span = &spans(&traced)[0];
+    assert_eq!(span.trace_id, vec![7; 16]);
+    assert_eq!(span.parent_span_id, vec![9; 8]);
+    assert_eq!(span.span_id, span_id.to_vec());
+    assert_eq!(traced.span_ids(), Some(([7; 16], span_id)));
+}
