@@ -8,7 +8,6 @@
 //! a conntrack entry that expires in the pod's own table (the agent watches pods' namespaces).
 
 use std::{
-    collections::HashMap,
     io::Write as _,
     net::TcpListener,
     os::unix::fs::MetadataExt as _,
@@ -18,7 +17,7 @@ use std::{
 
 use probe_tests::{
     containerd::{BRIDGE, Containerd, GATEWAY, IMAGE},
-    cri::{self, PodSandboxConfig},
+    cri,
     redis_nat::SHORT_TIMEOUT,
     *,
 };
@@ -38,33 +37,8 @@ fn a_containerd_pods_records_carry_its_pod_and_containers() {
     }
     let mut ctd = Containerd::start("pods");
     let uid = format!("{:08x}-7d1e-4b6a-9c2f-5e8d3a1b0c4f", std::process::id());
-    let cgroup_parent = format!("/kubepods/besteffort/pod{uid}");
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: POD.into(),
-            uid: uid.clone(),
-            namespace: NAMESPACE.into(),
-            attempt: 0,
-        }),
-        hostname: POD.into(),
-        log_directory: ctd
-            .dir
-            .join(format!("pods/{NAMESPACE}_{POD}_{uid}"))
-            .display()
-            .to_string(),
-        labels: HashMap::from([("app".to_owned(), "shop-api".to_owned())]),
-        annotations: HashMap::new(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: cgroup_parent.clone(),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NS_POD,
-                    pid: 1, // CONTAINER, the kubelet's default
-                    ipc: cri::NS_POD,
-                }),
-            }),
-        }),
-    };
+    let sandbox_config = cri::pod_sandbox(POD, NAMESPACE, &uid, "shop-api", &ctd.dir.join("pods"));
+    let cgroup_parent = sandbox_config.linux.as_ref().unwrap().cgroup_parent.clone();
     std::fs::create_dir_all(&sandbox_config.log_directory).unwrap();
     let sandbox = ctd.run_pod(&sandbox_config);
     let pod_ip = ctd.pod_ip(&sandbox);

@@ -1,5 +1,6 @@
 //! Test helper for the signal e2e tests: crashes (or survives) in a chosen way.
 //! Usage: crasher segv | abort | handle-segv | sleep | reset-then-segv HOST:PORT | resets TO FROM
+//!        | refuse N HOST:PORT | refuse-for MS HOST:PORT
 //! It sets RLIMIT_CORE from CRASHER_RLIMIT_CORE ("0" or "unlimited") first when given.
 
 use std::{io::Write as _, time::Duration};
@@ -103,6 +104,49 @@ fn main() {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
                 other => fail(5, format!("expected a reset from {from}, got {other:?}")),
             }
+        }
+        Some("refuse") => {
+            // N connects to a closed port, each refused (a reset received, and one sent by
+            // the peer's kernel): exit 0 only if every one was; else 6 and a line on stderr.
+            let n: u64 = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let to = std::env::args().nth(3).unwrap_or_default();
+            for i in 0..n {
+                match std::net::TcpStream::connect(&to) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                    other => {
+                        let _ =
+                            writeln!(std::io::stderr(), "refuse: connect {i} to {to}: {other:?}");
+                        std::process::exit(6)
+                    }
+                }
+            }
+        }
+        Some("refuse-for") => {
+            // Refused connects for MS milliseconds; prints `refused N` (every one refused, or
+            // exit 6 as above).
+            let ms: u64 = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let to = std::env::args().nth(3).unwrap_or_default();
+            let end = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut n = 0u64;
+            while std::time::Instant::now() < end {
+                match std::net::TcpStream::connect(&to) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => n += 1,
+                    other => {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "refuse-for: connect {n} to {to}: {other:?}"
+                        );
+                        std::process::exit(6)
+                    }
+                }
+            }
+            println!("refused {n}");
         }
         Some("handle-segv") => {
             // SAFETY: installs a valid handler.

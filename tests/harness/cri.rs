@@ -250,6 +250,43 @@ pub fn mount(host: &std::path::Path, container: &str) -> Mount {
     }
 }
 
+/// A pod's sandbox as the kubelet asks for it (cgroupfs driver: cgroup parent
+/// `/kubepods/besteffort/pod<uid>`; its own network namespace; one pid namespace per
+/// container), logging under `<logs>/<namespace>_<name>_<uid>`, labelled `app=<app>`.
+pub fn pod_sandbox(
+    name: &str,
+    namespace: &str,
+    uid: &str,
+    app: &str,
+    logs: &std::path::Path,
+) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.into(),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs
+            .join(format!("{namespace}_{name}_{uid}"))
+            .display()
+            .to_string(),
+        labels: HashMap::from([("app".to_owned(), app.to_owned())]),
+        annotations: HashMap::new(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NS_POD,
+                    pid: 1, // CONTAINER, the kubelet's default
+                    ipc: NS_POD,
+                }),
+            }),
+        }),
+    }
+}
+
 /// A container of `image` running `command`, logging to `<name>/0.log` under the pod's log
 /// directory (as the kubelet names it).
 pub fn container(name: &str, image: &str, command: &[&str], mounts: &[Mount]) -> ContainerConfig {

@@ -425,6 +425,7 @@ mod otlp;
 mod pod_conntrack;
 mod podman;
 mod process;
+pub mod prometheus;
 pub mod redis_nat;
 mod wasm;
 
