@@ -5,7 +5,6 @@
 use std::{
     net::TcpListener,
     os::unix::process::CommandExt as _,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,30 +13,6 @@ use probe_tests::*;
 
 const NODE: &str = "node-e2e";
 const WAIT: Duration = Duration::from_secs(15);
-
-/// cgroup directories this test made, removed (deepest first) on drop.
-struct Cgroups(Vec<PathBuf>);
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-fn make_cgroup(rel: &str) -> (Cgroups, PathBuf) {
-    let mut made = Vec::new();
-    let mut path = cgroup2_root();
-    for part in rel.split('/') {
-        path.push(part);
-        if !path.exists() {
-            std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-            made.push(path.clone());
-        }
-    }
-    (Cgroups(made), path)
-}
 
 #[test]
 fn pod_events_carry_their_pod_and_a_wasm_pods_output_is_captured() {

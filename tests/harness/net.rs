@@ -61,6 +61,32 @@ pub fn own_netns() -> u64 {
 }
 
 /// Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+/// cgroup directories a test made, removed (deepest first) on drop.
+pub struct Cgroups(Vec<std::path::PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Makes the cgroup `rel` under the cgroup2 root (and its missing parents); what it made is
+/// removed when the guard drops.
+pub fn make_cgroup(rel: &str) -> (Cgroups, std::path::PathBuf) {
+    let mut made = Vec::new();
+    let mut path = cgroup2_root();
+    for part in rel.split('/') {
+        path.push(part);
+        if !path.exists() {
+            std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+            made.push(path.clone());
+        }
+    }
+    (Cgroups(made), path)
+}
+
 pub fn cgroup2_root() -> std::path::PathBuf {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     text.lines()
