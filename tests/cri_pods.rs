@@ -43,18 +43,7 @@ fn a_containerd_pods_records_carry_its_pod_and_containers() {
     let sandbox = ctd.run_pod(&sandbox_config);
     let pod_ip = ctd.pod_ip(&sandbox);
     assert!(pod_ip.starts_with("10.244.250."), "pod IP {pod_ip:?}");
-    let sandbox_pid: u32 = std::fs::read_to_string(
-        cgroup2_root()
-            .join(cgroup_parent.trim_start_matches('/'))
-            .join(&sandbox)
-            .join("cgroup.procs"),
-    )
-    .expect("the sandbox's cgroup under the pod's cgroup parent")
-    .lines()
-    .next()
-    .and_then(|l| l.parse().ok())
-    .expect("the pause process");
-    let netns_path = format!("/proc/{sandbox_pid}/ns/net");
+    let netns_path = ctd.pod_netns(&sandbox, &sandbox_config);
     let pod_netns = std::fs::metadata(&netns_path).unwrap().ino();
 
     // The peers on the host, at the pod network's gateway: one is reset by the pod, the other
@@ -157,7 +146,8 @@ fn a_containerd_pods_records_carry_its_pod_and_containers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pod_label = format!("pod {NAMESPACE}/{POD}");
-    let conntrack_port = expire_in_the_pods_conntrack(&mut probe, &netns_path, &pod_ip, &pod_label);
+    let (conntrack_port, _client, _server) =
+        expire_in_the_pods_conntrack(&mut probe, &netns_path, &pod_ip, &pod_label);
 
     // The write hooks open at a runtime's exec; keep them open so the container's wasmtime
     // is captured from its first byte whatever the container's start costs (the cold start

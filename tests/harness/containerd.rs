@@ -149,6 +149,23 @@ impl Containerd {
         id
     }
 
+    /// `/proc/<pid>/ns/net` of the pod's sandbox (its pause process, found in the sandbox's
+    /// cgroup under the pod's cgroup parent).
+    pub fn pod_netns(&self, sandbox: &str, config: &cri::PodSandboxConfig) -> String {
+        let parent = &config.linux.as_ref().expect("a Linux pod").cgroup_parent;
+        let procs = crate::cgroup2_root()
+            .join(parent.trim_start_matches('/'))
+            .join(sandbox)
+            .join("cgroup.procs");
+        let pid: u32 = std::fs::read_to_string(&procs)
+            .expect("the sandbox's cgroup under the pod's cgroup parent")
+            .lines()
+            .next()
+            .and_then(|l| l.parse().ok())
+            .expect("the pause process");
+        format!("/proc/{pid}/ns/net")
+    }
+
     pub fn pod_ip(&self, sandbox: &str) -> String {
         let req = cri::PodSandboxIdRequest {
             pod_sandbox_id: sandbox.into(),

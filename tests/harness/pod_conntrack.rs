@@ -17,13 +17,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Conntrack in the pod's namespace (a rule that uses it, as a sidecar's would) with a short
 /// established timeout, once the agent watches that namespace; a connection from the host
-/// idles past it and its next packet finds the entry expired. Returns the pod's port.
+/// idles past it and its next packet finds the entry expired. Returns the pod's port and the
+/// connection's two ends (client, server), still open.
 pub fn expire_in_the_pods_conntrack(
     probe: &mut Probe,
     netns: &str,
     pod_ip: &str,
     label: &str,
-) -> u16 {
+) -> (u16, std::net::TcpStream, std::net::TcpStream) {
     let deadline = Instant::now() + WAIT;
     loop {
         let (_, _, body) = http_get(probe.http_addr(), "/health/status");
@@ -89,5 +90,5 @@ pub fn expire_in_the_pods_conntrack(
             r["kind"] == "conntrack_expiry" && r["orig_dport"] == port
         })
         .expect("no expiry in the pod's namespace");
-    port
+    (port, client, server)
 }
