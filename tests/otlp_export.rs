@@ -556,3 +556,86 @@ fn an_untrusted_collector_certificate_is_named() {
         );
     }
 }
+
+#[test]
+fn over_the_otlp_budget_records_fold_into_exact_summaries_and_json_keeps_them_all() {
+    if !require_root(
+        "otlp_export::over_the_otlp_budget_records_fold_into_exact_summaries_and_json_keeps_them_all",
+    ) {
+        return;
+    }
+    let mut receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
+    let endpoint = format!("http://{}", receiver.grpc);
+    let mut probe = Probe::start(&[
+        "--output",
+        "json,otlp",
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-batch-delay",
+        "100ms",
+        "--conntrack",
+        "false",
+        // Every reset a record (no kernel folding): only the budget bounds the spans.
+        "--fold-first",
+        "0",
+        "--otlp-max-spans",
+        "20",
+    ]);
+    let http = probe.http_addr();
+    // 300 refused connects: 600 resets at once, far over 20 spans/s.
+    let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let port = closed_port(ip);
+    for _ in 0..300 {
+        refused_connect(ip, port);
+    }
+    let on_port =
+        |r: &Value| r["kind"] == "tcp_reset" && (r["sport"] == port || r["dport"] == port);
+    let deadline = Instant::now() + WAIT;
+    while probe.seen().iter().filter(|r| on_port(r)).count() < 600 {
+        assert!(Instant::now() < deadline, "JSON did not get all 600 resets");
+        let _ = probe.wait_for(Duration::from_millis(200), |_| false);
+    }
+    // The summaries of the budget go out once a second: every reset is a span or in one.
+    let spans_on_port = |seen: &[Value]| {
+        seen.iter()
+            .filter(|s| {
+                s["signal"] == "span"
+                    && s["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("tcp.reset."))
+                    && (s["attributes"]["network.local.port"] == port
+                        || s["attributes"]["network.peer.port"] == port)
+            })
+            .count() as u64
+    };
+    let folded = |seen: &[Value]| -> u64 {
+        seen.iter()
+            .filter(|s| {
+                s["signal"] == "span"
+                    && s["attributes"]["probe.summary.folded_by"] == "otlp_budget"
+                    && s["attributes"]["probe.summary.kind"] == "tcp_reset"
+            })
+            .filter_map(|s| s["attributes"]["probe.summary.count"].as_u64())
+            .sum()
+    };
+    let deadline = Instant::now() + WAIT;
+    let (full, summarised) = loop {
+        let seen = receiver.collect(Duration::from_millis(300));
+        let (full, summarised) = (spans_on_port(seen), folded(seen));
+        if full + summarised >= 600 || Instant::now() >= deadline {
+            break (full, summarised);
+        }
+    };
+    assert_eq!(
+        full + summarised,
+        600,
+        "{full} spans in full, {summarised} in summaries"
+    );
+    // One second's burst, and what the budget earned while the connects ran.
+    assert!((20..300).contains(&full), "{full} spans in full");
+    assert_eq!(
+        metric_sum(http, "probe_otlp_over_budget_records_total", &[]),
+        summarised
+    );
+    let _ = probe.stop();
+}
