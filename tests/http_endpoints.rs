@@ -23,32 +23,6 @@ fn metric(body: &str, name: &str, label: (&str, &str)) -> Option<f64> {
         })
 }
 
-/// `promtool check metrics` (Debian's prometheus package, installed by `cargo xtask test`)
-/// accepts the exposition: it parses, and it follows Prometheus' naming rules.
-fn lint_with_promtool(metrics: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{metrics}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn every_endpoint_answers_and_counters_move() {
     if !require_root("http_endpoints::every_endpoint_answers_and_counters_move") {
@@ -192,7 +166,9 @@ fn every_endpoint_answers_and_counters_move() {
     let metrics = http_get(addr, "/metrics").2;
     let counted = metric(&metrics, "probe_events_total", ("kind", "tcp_reset")).unwrap();
     assert!(counted >= (before + 2) as f64, "{counted}");
-    lint_with_promtool(&metrics);
+    // `promtool check metrics` (Debian's prometheus package, installed by `cargo xtask test`)
+    // accepts the exposition: it parses, and it follows Prometheus' naming rules.
+    probe_tests::prometheus::promtool(&["check", "metrics"], &metrics);
 
     let (code, _, _) = http_get(addr, "/nope");
     assert_eq!(code, 404);

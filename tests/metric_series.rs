@@ -8,7 +8,7 @@
 use std::{
     os::unix::process::CommandExt as _,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use probe_tests::*;
@@ -76,19 +76,7 @@ fn series_stay_at_the_cap_and_the_overflow_series_counts_the_rest() {
         &[("KUBECONFIG", kubeconfig.as_os_str())],
     );
     let agent = probe.http_addr();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, _, body) = http_get(agent, "/health/status");
-        let doc: Value = serde_json::from_str(&body).unwrap();
-        if doc["kubernetes"]["state"] == "synced" && doc["kubernetes"]["pods"] == RESETTING {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pod cache did not sync: {doc:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_synced(agent, RESETTING as u64, WAIT);
 
     // One refused connect from a process in each of the 150 pods' cgroups: its socket
     // receives the reset (the pod's series); the reset the host's kernel sends on loopback

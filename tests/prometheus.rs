@@ -194,7 +194,7 @@ fn prometheus_sees_exact_resets_per_pod_with_exemplars_of_exported_spans() {
         &[("KUBECONFIG", kubeconfig.as_os_str())],
     );
     let agent = probe.http_addr();
-    wait_synced(agent, 2);
+    wait_synced(agent, 2, WAIT);
     let prometheus = Prometheus::start(agent, NODE);
 
     // The storm, and the quiet pod's single reset while it runs.
@@ -313,22 +313,6 @@ fn prometheus_sees_exact_resets_per_pod_with_exemplars_of_exported_spans() {
     }
     drop(prometheus);
     let _ = probe.stop();
-}
-
-fn wait_synced(agent: std::net::SocketAddr, pods: u64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, _, body) = http_get(agent, "/health/status");
-        let doc: Value = serde_json::from_str(&body).unwrap();
-        if doc["kubernetes"]["state"] == "synced" && doc["kubernetes"]["pods"] == pods {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pod cache did not sync: {doc:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn value_of(result: &[Value], pod: &str) -> Option<f64> {

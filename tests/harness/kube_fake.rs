@@ -483,3 +483,21 @@ fn watch(
         }
     }
 }
+
+/// Waits until the agent at `agent` has synced its Kubernetes caches with `pods` pods of its
+/// node; panics with its status document after `limit`.
+pub fn wait_synced(agent: SocketAddr, pods: u64, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (_, _, body) = crate::http_get(agent, "/health/status");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        if doc["kubernetes"]["state"] == "synced" && doc["kubernetes"]["pods"] == pods {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod cache did not sync: {doc:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
