@@ -58,14 +58,16 @@ fn a_blocked_output_costs_the_queue_then_counts_not_blocks() {
     let (g, open, written) = gate();
     let (mut sink, out, thread) = spawn("json", Box::new(g), 4).unwrap();
     let record = reset_record();
-    // Returns at once every time although nothing is written: one record held by the
-    // blocked writer, four queued, the rest counted.
+    // Returns at once every time although nothing is written: at most one batch (four)
+    // taken by the writer, which blocks on its first record, and four queued; the rest
+    // counted. (Whether the writer took its batch before the writes ran out is the thread
+    // scheduler's choice: 12 or 16 lost.)
     for _ in 0..20 {
         sink.write(&record).unwrap();
     }
     std::thread::sleep(Duration::from_millis(50));
     assert!(
-        out.lost.load(Ordering::Relaxed) >= 15,
+        out.lost.load(Ordering::Relaxed) >= 12,
         "{}",
         out.lost.load(Ordering::Relaxed)
     );
