@@ -138,22 +138,12 @@ impl Recent {
         let (trace_id, span_id) = record.span_ids()?;
         Some(Self {
             labels: SpanExemplar {
-                trace_id: hex(&trace_id),
-                span_id: hex(&span_id),
+                trace_id: crate::model::hex(&trace_id),
+                span_id: crate::model::hex(&span_id),
             },
             time: SystemTime::UNIX_EPOCH + Duration::from_nanos(record.time_unix_nano),
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 struct Entry {

@@ -62,15 +62,11 @@ impl TraceContexts {
             return;
         }
         record.trace = Some(Box::new(TraceRef {
-            trace_id: hex(&tp.trace_id),
-            parent_span_id: hex(&tp.span_id),
+            trace_id: crate::model::hex(&tp.trace_id),
+            parent_span_id: crate::model::hex(&tp.span_id),
             parent: tp,
         }));
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl super::Stage for TraceContexts {

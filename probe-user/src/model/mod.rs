@@ -25,7 +25,7 @@ pub use self::{
     loss::{Loss, LossSource},
     network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
-    span::OwnSpan,
+    span::{OwnSpan, hex},
     summary::{FoldedBy, Summary},
     wasm::{Stream, WasmOutput, WasmWrite, WasmWriteResult},
 };
