@@ -245,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tx,
         tables.clone(),
         counters.clone(),
+        cli.read_delay,
         stop_rx,
     ));
     // stdout on its own thread behind a bounded queue: a reader that stops reading costs the

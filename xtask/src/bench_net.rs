@@ -359,12 +359,12 @@ fn per_million(cpu: f64, events: u64) -> f64 {
 }
 
 /// p50 and p99, in ms, from kernel event time to the moment its JSON line was read.
-pub fn json_latency(bin: &Path, events: u32) -> Result<(f64, f64)> {
+pub fn json_latency(bin: &Path, events: u32, gap: Duration, extra: &[&str]) -> Result<(f64, f64)> {
     let port = closed_port()?;
-    let agent = Observed::start(bin, &[])?;
+    let agent = Observed::start(bin, extra)?;
     for _ in 0..events {
         let _ = TcpStream::connect(("127.0.0.1", port));
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(gap);
     }
     std::thread::sleep(Duration::from_millis(500));
     let mut latencies: Vec<f64> = agent

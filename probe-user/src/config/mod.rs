@@ -166,6 +166,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=QUEUE_MAX as i64))]
     pub queue_size: u32,
 
+    /// How long a kernel event may wait in the ring buffer before the agent reads it, at most:
+    /// while events keep coming the agent reads them in batches up to this far apart (fewer
+    /// wake-ups, less CPU per event); a lone event is read within 10ms. 10ms to 1s.
+    #[arg(long, env = "PROBE_READ_DELAY", allow_hyphen_values = true, default_value = "200ms",
+          value_parser = duration_between(ms(10), secs(1)))]
+    pub read_delay: Duration,
+
     /// How often lost events are reported as `loss` records (e.g. 5s, 500ms); 100ms to 1h.
     #[arg(long, env = "PROBE_LOSS_INTERVAL", allow_hyphen_values = true, default_value = "5s",
           value_parser = duration_between(ms(100), secs(3600)))]
@@ -540,6 +547,7 @@ impl Cli {
         });
         // Beyond what one `json!` expands within the recursion limit.
         effective["fold-first"] = json!(self.fold_first);
+        effective["read-delay"] = json!(humantime::format_duration(self.read_delay).to_string());
         effective["otlp-max-spans"] = json!(self.otlp_max_spans);
         effective["otlp-max-logs"] = json!(self.otlp_max_logs);
         effective["fold-window"] = json!(humantime::format_duration(self.fold_window).to_string());

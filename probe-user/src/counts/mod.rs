@@ -110,14 +110,13 @@ impl EventCounter {
     pub fn count_record(&mut self, record: &Record, now: Instant) {
         let recent = series::Recent::of(record);
         // A core signal is in both: its signal's (kernel) and its outcome's (record) series.
-        if let (Some(recent), Some(key)) = (&recent, records::kernel_series_of(record)) {
-            self.series.note_recent(&key, recent.clone());
+        if let Some(recent) = recent
+            && let Some(fingerprint) = records::kernel_series_fingerprint(record)
+        {
+            self.series.note_recent(fingerprint, recent);
         }
         if let Some((key, n)) = records::series_of(record) {
-            if let Some(recent) = recent {
-                self.series.note_recent(&key, recent);
-            }
-            self.series.add(&key, n, 0, now);
+            self.series.add(&key, n, 0, now, recent);
         }
     }
 
@@ -158,7 +157,7 @@ impl EventCounter {
                 seen.series = series::SeriesKey::of(&key, pod.unwrap_or_default(), &self.tables);
             }
             if let Some(series) = &seen.series {
-                self.series.add(series, events, bytes, now);
+                self.series.add_counted(series, events, bytes, now);
             }
             seen.counted = total;
         }

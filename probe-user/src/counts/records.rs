@@ -3,40 +3,39 @@
 //! or what the kernel already counts exactly per flow (packet drops: each record carries the
 //! kernel's count since the previous one). Labelled with the record's pod keys.
 
-use super::series::SeriesKey;
+use super::series::{SeriesKey, SeriesTag, fingerprint};
 use crate::{
     model::{Body, CoreSignal, Direction, K8sAttrs, Record, Stream},
-    status::event_metrics::{
-        DropLabels, ExpiryLabels, FindingLabels, OutcomeLabels, PodLabels, ResetLabels,
-        SignalLabels, StreamLabels,
-    },
+    status::event_metrics::{DropLabels, ExpiryLabels, FindingLabels, OutcomeLabels, PodLabels},
 };
 
-/// The series the kernel counts a written record's event in (resets, core signals, Wasm
-/// output), named as `SeriesKey::of` names the kernel's key: for its exemplar.
-pub fn kernel_series_of(record: &Record) -> Option<SeriesKey> {
-    let pod = pod_labels(record.k8s.as_deref());
+/// The fingerprint (`SeriesKey::fingerprint`) of the series the kernel counts a written
+/// record's event in (resets, core signals, Wasm output), for its exemplar; computed without
+/// copying a label, as it is paid per record.
+pub fn kernel_series_fingerprint(record: &Record) -> Option<u64> {
+    let pod = pod_parts(record.k8s.as_deref());
     Some(match &record.body {
-        Body::TcpReset(r) => SeriesKey::Reset(ResetLabels {
-            direction: match r.direction {
+        Body::TcpReset(r) => {
+            let direction = match r.direction {
                 Direction::Sent => "sent",
                 Direction::Received => "received",
-            },
-            reason: r.reason.as_deref().unwrap_or("unknown").to_owned(),
-            pod,
-        }),
-        Body::CoreSignal(c) => SeriesKey::Signal(SignalLabels {
-            signal: c.signal_name.clone(),
-            origin: c.origin.name(),
-            pod,
-        }),
-        Body::WasmOutput(w) => SeriesKey::Wasm(StreamLabels {
-            stream: match w.stream {
+            };
+            fingerprint(
+                SeriesTag::Reset,
+                &[direction, r.reason.as_deref().unwrap_or("unknown")],
+                pod,
+            )
+        }
+        Body::CoreSignal(c) => {
+            fingerprint(SeriesTag::Signal, &[&c.signal_name, c.origin.name()], pod)
+        }
+        Body::WasmOutput(w) => {
+            let stream = match w.stream {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
-            },
-            pod,
-        }),
+            };
+            fingerprint(SeriesTag::Wasm, &[stream], pod)
+        }
         _ => return None,
     })
 }
@@ -90,16 +89,28 @@ fn outcome(c: &CoreSignal) -> &'static str {
 
 /// A record's pod keys as metric labels (all empty outside any pod).
 fn pod_labels(k8s: Option<&K8sAttrs>) -> PodLabels {
-    let Some(k) = k8s.filter(|k| k.pod_name.is_some()) else {
-        return PodLabels::default();
-    };
-    let (workload_kind, workload) =
-        PodLabels::top_workload(k.workload.iter().map(|(key, n)| (*key, n.as_str())));
+    let [namespace, pod, container, workload_kind, workload] = pod_parts(k8s).map(str::to_owned);
     PodLabels {
-        namespace: k.namespace.clone().unwrap_or_default(),
-        pod: k.pod_name.clone().unwrap_or_default(),
-        container: k.container_name.clone().unwrap_or_default(),
+        namespace,
+        pod,
+        container,
         workload_kind,
         workload,
     }
+}
+
+/// `pod_labels`' values, borrowed.
+fn pod_parts(k8s: Option<&K8sAttrs>) -> [&str; 5] {
+    let Some(k) = k8s.filter(|k| k.pod_name.is_some()) else {
+        return [""; 5];
+    };
+    let (workload_kind, workload) =
+        PodLabels::top_workload_ref(k.workload.iter().map(|(key, n)| (*key, n.as_str())));
+    [
+        k.namespace.as_deref().unwrap_or_default(),
+        k.pod_name.as_deref().unwrap_or_default(),
+        k.container_name.as_deref().unwrap_or_default(),
+        workload_kind,
+        workload,
+    ]
 }

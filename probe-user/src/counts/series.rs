@@ -73,6 +73,21 @@ impl SeriesKey {
         })
     }
 
+    /// A hash of the series' family and labels, the same as `kernel_series_fingerprint`
+    /// gives a record of it; None for the families counted from records.
+    pub fn fingerprint(&self) -> Option<u64> {
+        Some(match self {
+            Self::Reset(l) => {
+                fingerprint(SeriesTag::Reset, &[l.direction, &l.reason], l.pod.parts())
+            }
+            Self::Signal(l) => {
+                fingerprint(SeriesTag::Signal, &[&l.signal, l.origin], l.pod.parts())
+            }
+            Self::Wasm(l) => fingerprint(SeriesTag::Wasm, &[l.stream], l.pod.parts()),
+            _ => return None,
+        })
+    }
+
     fn pod(&self) -> &PodLabels {
         match self {
             Self::Reset(l) => &l.pod,
@@ -124,11 +139,32 @@ impl SeriesKey {
     }
 }
 
+/// The families the kernel counts, as fingerprints tell them apart.
+#[derive(Debug, Clone, Copy, Hash)]
+pub enum SeriesTag {
+    Reset,
+    Signal,
+    Wasm,
+}
+
+/// A hash of a kernel-counted series' identity: its family, its own labels and the pod's.
+pub fn fingerprint(tag: SeriesTag, labels: &[&str], pod: [&str; 5]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    tag.hash(&mut h);
+    for part in labels.iter().chain(&pod) {
+        part.hash(&mut h);
+    }
+    h.finish()
+}
+
 /// The span of a recent record of a series that was exported in full: the series'
-/// exemplar (OpenMetrics), with the record's time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// exemplar (OpenMetrics), with the record's time. Raw IDs: written in hex only when the
+/// series counts it, not for every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recent {
-    pub labels: SpanExemplar,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
     pub time: SystemTime,
 }
 
@@ -137,12 +173,18 @@ impl Recent {
     pub fn of(record: &crate::model::Record) -> Option<Self> {
         let (trace_id, span_id) = record.span_ids()?;
         Some(Self {
-            labels: SpanExemplar {
-                trace_id: crate::model::hex(&trace_id),
-                span_id: crate::model::hex(&span_id),
-            },
+            trace_id,
+            span_id,
             time: SystemTime::UNIX_EPOCH + Duration::from_nanos(record.time_unix_nano),
         })
+    }
+
+    /// The exemplar's labels.
+    pub fn labels(&self) -> SpanExemplar {
+        SpanExemplar {
+            trace_id: crate::model::hex(&self.trace_id),
+            span_id: crate::model::hex(&self.span_id),
+        }
     }
 }
 
@@ -162,9 +204,9 @@ pub struct Series {
     /// Entries with pod labels (the overflow series not included).
     counted: usize,
     last_expiry: Option<Instant>,
-    /// The latest full record of series the kernel counts, until the sweep that adds its
-    /// count (then the series' exemplar).
-    pending: HashMap<SeriesKey, Recent>,
+    /// The latest full record of each series the kernel counts (by its fingerprint), until
+    /// the sweep that adds its count (then the series' exemplar).
+    pending: HashMap<u64, Recent>,
 }
 
 impl Series {
@@ -179,15 +221,10 @@ impl Series {
         }
     }
 
-    /// A full record of `key`'s series: its exemplar from the next increment on. At most one
-    /// per series that had a record since the last sweep.
-    pub fn note_recent(&mut self, key: &SeriesKey, recent: Recent) {
-        match self.pending.get_mut(key) {
-            Some(r) => *r = recent,
-            None => {
-                self.pending.insert(key.clone(), recent);
-            }
-        }
+    /// A full record of the kernel-counted series of `fingerprint`: its exemplar from the
+    /// next sweep's count on. At most one per series that had a record since the last sweep.
+    pub fn note_recent(&mut self, fingerprint: u64, recent: Recent) {
+        self.pending.insert(fingerprint, recent);
     }
 
     /// Forgets the records whose series got no count in this sweep (their key is still
@@ -196,10 +233,23 @@ impl Series {
         self.pending.clear();
     }
 
+    /// Adds what the kernel counted to the series of `key`, its latest full record
+    /// (`note_recent`) its exemplar.
+    pub fn add_counted(&mut self, key: &SeriesKey, events: u64, bytes: u64, now: Instant) {
+        let recent = key.fingerprint().and_then(|f| self.pending.remove(&f));
+        self.add(key, events, bytes, now, recent);
+    }
+
     /// Adds `events` (and `bytes`) to the series of `key`, made if needed: in its family's
     /// overflow series when the cap is reached.
-    pub fn add(&mut self, key: &SeriesKey, events: u64, bytes: u64, now: Instant) {
-        let recent = self.pending.remove(key);
+    pub fn add(
+        &mut self,
+        key: &SeriesKey,
+        events: u64,
+        bytes: u64,
+        now: Instant,
+        recent: Option<Recent>,
+    ) {
         if let Some(entry) = self.entries.get_mut(key) {
             return Self::inc(entry, events, bytes, now, recent);
         }
@@ -232,7 +282,7 @@ impl Series {
             entry.recent = recent;
         }
         let (labels, time) = match &entry.recent {
-            Some(r) => (Some(r.labels.clone()), Some(r.time)),
+            Some(r) => (Some(r.labels()), Some(r.time)),
             None => (None, None),
         };
         if let Some(b) = &entry.bytes {

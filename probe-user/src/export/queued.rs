@@ -11,7 +11,7 @@ use std::{
     io,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, Sender},
     },
     thread,
@@ -24,7 +24,7 @@ use super::Sink;
 use crate::model::{Body, Record};
 
 /// Records handed to the writer thread at once.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = 512;
 
 /// The events a record stands for when it is lost: a `loss` record carries the count of
 /// events lost somewhere, which would otherwise vanish with it (and is no event itself); any
@@ -52,12 +52,10 @@ pub struct Output {
     queued_own: AtomicU64,
     /// Counts carried by this output's own loss records that it wrote and flushed.
     reported_written: AtomicU64,
-    /// Records accepted and not yet taken by the writer (the bound), and whether a flush is
-    /// on its way to the writer (one at a time: a blocked writer does not pile them up).
+    /// Records accepted and not yet taken by the writer (the bound).
     records: AtomicUsize,
     /// The approximate bytes of those records (the other bound).
     bytes: AtomicUsize,
-    flush_asked: AtomicBool,
     /// Why the output failed, once it has.
     failed: OnceLock<String>,
     /// Notified once, when the output fails.
@@ -146,7 +144,6 @@ impl Output {
 
 enum Msg {
     Records(Vec<Record>),
-    Flush,
 }
 
 /// What the inner sink accepted since its last successful flush, by what losing it means.
@@ -226,7 +223,7 @@ pub fn spawn_bounded(
     capacity: usize,
     max_bytes: usize,
 ) -> io::Result<(QueuedSink, Arc<Output>, thread::JoinHandle<()>)> {
-    // Unbounded in messages, bounded in records (`Output::records`) and flushes (one at a time).
+    // Unbounded in messages, bounded in records (`Output::records`); a message is a batch.
     let (tx, rx) = mpsc::channel::<Msg>();
     let output = Arc::new(Output {
         name,
@@ -237,7 +234,6 @@ pub fn spawn_bounded(
         reported_written: AtomicU64::new(0),
         records: AtomicUsize::new(0),
         bytes: AtomicUsize::new(0),
-        flush_asked: AtomicBool::new(false),
         failed: OnceLock::new(),
         gone: tokio::sync::Notify::new(),
         finished: tokio::sync::Notify::new(),
@@ -282,10 +278,6 @@ pub fn spawn_bounded(
                             }
                         }
                     }
-                    Msg::Flush => {
-                        out.flush_asked.store(false, Ordering::Relaxed);
-                        flush(&mut *inner, &out, &mut unflushed);
-                    }
                 }
             }
             flush(&mut *inner, &out, &mut unflushed);
@@ -315,7 +307,7 @@ impl QueuedSink {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch));
         let out = &self.output;
         out.records.fetch_add(batch.len(), Ordering::Relaxed);
         let bytes = std::mem::take(&mut self.pending_bytes);
@@ -378,14 +370,10 @@ impl Sink for QueuedSink {
         self.wait_until = Some(deadline);
     }
 
+    /// Hands over what is pending: the writer flushes its output when it runs empty, so a
+    /// flush costs it no second wake-up.
     fn flush(&mut self) -> io::Result<()> {
         self.hand_over();
-        // One flush on its way at a time; the writer flushes when it runs empty too.
-        if !self.output.flush_asked.swap(true, Ordering::Relaxed)
-            && self.tx.send(Msg::Flush).is_err()
-        {
-            self.output.flush_asked.store(false, Ordering::Relaxed);
-        }
         Ok(())
     }
 }

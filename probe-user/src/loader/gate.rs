@@ -38,8 +38,8 @@ use super::{attach::LinkId, hooks::Attach};
 use crate::status::Snapshot;
 
 /// How often the thread looks at the selection without a wake-up (a Wasm pod's cgroup, the
-/// last selected process gone).
-const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// last selected process gone); a runtime's exec wakes it at once.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long the hooks stay attached after the last selected process or cgroup went away.
 const LINGER: Duration = Duration::from_secs(5);
 

@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{Event, LossTracker, PipelineError};
+use super::{Event, LossTracker, PipelineError, timer::TimerFd};
 use crate::{
     enrich::{
         Enricher, Stage,
@@ -291,6 +291,9 @@ pub async fn consume(
 /// Events taken from the channel at once, handled on one reading of the clock.
 const RECV_BATCH: usize = 64;
 
+/// How often timed work runs while any is pending.
+const JOIN_EVERY: Duration = Duration::from_millis(250);
+
 async fn consume_loop(
     rx: &mut mpsc::Receiver<Event>,
     stages: &mut Stages,
@@ -298,21 +301,29 @@ async fn consume_loop(
     let mut tick = tokio::time::interval(stages.loss_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
-    let mut join_tick = tokio::time::interval(Duration::from_millis(250));
-    join_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut counts_tick = tokio::time::interval(crate::counts::SWEEP_EVERY);
-    counts_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Timed work (joins, held records) every JOIN_EVERY while any is pending, and the
+    // kernel's counts each second: timerfds, one wake-up each (see `timer`).
+    let join = TimerFd::new().map_err(PipelineError::Poll)?;
+    let mut join_armed = false;
+    let counts_tick = TimerFd::every(crate::counts::SWEEP_EVERY).map_err(PipelineError::Poll)?;
     let mut now = Instant::now();
     let (mut batch, mut out) = (Vec::with_capacity(RECV_BATCH), Vec::new());
     loop {
+        if !join_armed && stages.timed_work_pending(now) {
+            join.arm(JOIN_EVERY).map_err(PipelineError::Poll)?;
+            join_armed = true;
+        }
         tokio::select! {
             biased;
             _ = tick.tick() => stages.report_losses().map_err(PipelineError::Sink)?,
-            _ = counts_tick.tick(), if stages.counts.is_some() => {
+            ticked = counts_tick.expired(), if stages.counts.is_some() => {
+                ticked.map_err(PipelineError::Poll)?;
                 now = Instant::now();
                 stages.sweep_counts(now);
             }
-            _ = join_tick.tick(), if stages.timed_work_pending(now) => {
+            expired = join.expired(), if join_armed => {
+                expired.map_err(PipelineError::Poll)?;
+                join_armed = false;
                 now = Instant::now();
                 stages.timed(now).map_err(PipelineError::Sink)?;
                 stages.update_gauges(rx.len());

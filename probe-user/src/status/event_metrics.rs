@@ -28,6 +28,14 @@ impl PodLabels {
     pub fn top_workload<'a>(
         owners: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> (String, String) {
+        let (kind, name) = Self::top_workload_ref(owners);
+        (kind.to_owned(), name.to_owned())
+    }
+
+    /// `top_workload` without copying: ("", "") for a bare pod.
+    pub fn top_workload_ref<'a>(
+        owners: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (&'a str, &'a str) {
         const RANK: [&str; 6] = [
             "deployment",
             "statefulset",
@@ -44,8 +52,19 @@ impl PodLabels {
                 Some((rank, kind, name))
             })
             .min_by_key(|(rank, _, _)| *rank)
-            .map(|(_, kind, name)| (kind.to_owned(), name.to_owned()))
+            .map(|(_, kind, name)| (kind, name))
             .unwrap_or_default()
+    }
+
+    /// The labels' values in order.
+    pub fn parts(&self) -> [&str; 5] {
+        [
+            &self.namespace,
+            &self.pod,
+            &self.container,
+            &self.workload_kind,
+            &self.workload,
+        ]
     }
 }
 
