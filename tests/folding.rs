@@ -85,6 +85,29 @@ fn a_storm_is_folded_exactly_and_hides_no_other_reset() {
             full < STORM / 2,
             "{direction}: {full} resets went out in full"
         );
+        // Each summary names the spans of the key's records that went out in full (each
+        // record's `span_id`), each in one summary at most.
+        let full_spans: std::collections::HashSet<&str> = resets(&records, storm_port, direction)
+            .iter()
+            .map(|r| r["span_id"].as_str().expect("a full record's span_id"))
+            .collect();
+        let mut named = std::collections::HashSet::new();
+        for s in records.iter().filter(|r| {
+            r["kind"] == "summary" && r["port"] == storm_port && r["direction"] == direction
+        }) {
+            for b in s["beside"].as_array().expect("beside") {
+                let span = b["span_id"].as_str().unwrap();
+                assert!(
+                    full_spans.contains(span),
+                    "{direction}: {span} is no full record's span"
+                );
+                assert!(named.insert(span), "{direction}: {span} named twice");
+            }
+        }
+        assert!(
+            !named.is_empty(),
+            "{direction}: no summary named a full record"
+        );
     }
     let single_sent = resets(&records, single_port, "sent");
     let single_received = resets(&records, single_port, "received");

@@ -1,7 +1,8 @@
 //! Storm folding, the agent's half: the kernel sends the first records of each key and window
 //! (`FOLDS`) and counts the rest; this stage reads those counts once a second while resets
 //! arrive and writes one `summary` record per key with the exact number folded since its
-//! previous summary, the key's fields, and the first and last time.
+//! previous summary, the key's fields, the first and last time, and the spans of the key's
+//! records that went out in full meanwhile (so a trace backend links the count to its detail).
 
 use std::{
     collections::HashMap,
@@ -15,7 +16,7 @@ use super::{Enricher, Stage};
 use crate::{
     decode::{Decoded, SymbolTables},
     loader::Folds,
-    model::{Body, Common, Direction, Other, Record, Summary},
+    model::{BESIDE_MAX, Body, Common, Direction, Other, Record, SpanRef, Summary},
 };
 
 /// How often the kernel's fold counts are read while resets arrive.
@@ -48,6 +49,26 @@ impl FoldMap for Folds {
     }
 }
 
+/// How long the spans of a key's full records wait for a summary of that key.
+const BESIDE_FOR: Duration = Duration::from_secs(3);
+
+/// A fold key as a written reset names it: cgroup, network namespace, direction, reason and
+/// service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Ident {
+    cgroup_id: u64,
+    netns: u32,
+    sent: bool,
+    reason: Option<Arc<str>>,
+    port: u16,
+}
+
+/// The spans of a key's latest full records.
+struct Beside {
+    spans: std::collections::VecDeque<SpanRef>,
+    last: Instant,
+}
+
 /// What was summarised of a key: its folded total then, and when its last folded record was.
 #[derive(Clone, Copy)]
 struct Reported {
@@ -62,6 +83,7 @@ pub struct FoldTotals {
     active_until: Option<Instant>,
     last_sweep: Option<Instant>,
     read: Vec<(FoldKey, FoldWindow)>,
+    beside: HashMap<Ident, Beside>,
 }
 
 impl FoldTotals {
@@ -73,11 +95,36 @@ impl FoldTotals {
             active_until: None,
             last_sweep: None,
             read: Vec::new(),
+            beside: HashMap::new(),
         }
     }
 
+    /// A reset written in full with a span of its own: one its key's next summary names.
+    fn note_full(&mut self, record: &Record, now: Instant) {
+        let (Body::TcpReset(r), Some((trace_id, span_id))) = (&record.body, record.span_ids())
+        else {
+            return;
+        };
+        let ident = Ident {
+            cgroup_id: record.common.cgroup_id.unwrap_or(0),
+            netns: record.common.netns.unwrap_or(0),
+            sent: r.direction == Direction::Sent,
+            reason: r.reason.clone(),
+            port: r.sport.min(r.dport),
+        };
+        let entry = self.beside.entry(ident).or_insert_with(|| Beside {
+            spans: std::collections::VecDeque::with_capacity(BESIDE_MAX),
+            last: now,
+        });
+        if entry.spans.len() == BESIDE_MAX {
+            entry.spans.pop_front();
+        }
+        entry.spans.push_back(SpanRef { trace_id, span_id });
+        entry.last = now;
+    }
+
     /// The summaries of what the kernel folded since the last sweep.
-    fn sweep(&mut self, cx: &Enricher, out: &mut Vec<Record>) {
+    fn sweep(&mut self, cx: &Enricher, out: &mut Vec<Record>, now: Instant) {
         let Some(map) = &self.map else { return };
         let mut read = std::mem::take(&mut self.read);
         map.read_into(&mut read);
@@ -102,10 +149,45 @@ impl FoldTotals {
                 Some(r) if r.last_ns >= total.first_folded_ns => r.last_ns,
                 _ => total.first_folded_ns,
             };
-            out.push(self.summary(cx, &key, count, first_ns, total.last_folded_ns));
+            let beside = self.take_beside(&key);
+            out.push(self.summary(cx, &key, count, (first_ns, total.last_folded_ns), beside));
         }
         self.reported = present;
         self.read = read;
+        self.beside
+            .retain(|_, b| now.duration_since(b.last) < BESIDE_FOR);
+    }
+
+    /// The spans of the key's full records since its previous summary.
+    fn take_beside(&mut self, key: &FoldKey) -> Vec<SpanRef> {
+        let k = &key.count;
+        let sent = match u16::try_from(k.a) {
+            Ok(direction::SENT) => true,
+            Ok(direction::RECEIVED) => false,
+            _ => return Vec::new(),
+        };
+        let ident = Ident {
+            cgroup_id: k.cgroup_id,
+            netns: k.netns,
+            sent,
+            reason: self.reason(k),
+            port: u16::try_from(key.port).unwrap_or(0),
+        };
+        self.beside
+            .remove(&ident)
+            .map(|b| b.spans.into())
+            .unwrap_or_default()
+    }
+
+    /// A reset key's reason as its records name it.
+    fn reason(&self, k: &probe_common::CountKey) -> Option<Arc<str>> {
+        (k.kind == kind::TCP_RESET && k.b != REASON_NONE).then(|| {
+            self.tables
+                .reset_reasons
+                .get(&k.b)
+                .cloned()
+                .unwrap_or_else(|| k.b.to_string().into())
+        })
     }
 
     fn summary(
@@ -113,8 +195,8 @@ impl FoldTotals {
         cx: &Enricher,
         key: &FoldKey,
         count: u64,
-        first_ns: u64,
-        last_ns: u64,
+        (first_ns, last_ns): (u64, u64),
+        beside: Vec<SpanRef>,
     ) -> Record {
         let k = &key.count;
         let is_reset = k.kind == kind::TCP_RESET;
@@ -123,13 +205,7 @@ impl FoldTotals {
             Ok(direction::RECEIVED) if is_reset => Some(Direction::Received),
             _ => None,
         };
-        let reason = (is_reset && k.b != REASON_NONE).then(|| {
-            self.tables
-                .reset_reasons
-                .get(&k.b)
-                .cloned()
-                .unwrap_or_else(|| k.b.to_string().into())
-        });
+        let reason = self.reason(k);
         let summary = Summary {
             folded_by: crate::model::FoldedBy::Kernel,
             folded_kind: probe_common::kind::name(k.kind).unwrap_or("unknown"),
@@ -139,6 +215,7 @@ impl FoldTotals {
             direction,
             reason,
             port: u16::try_from(key.port).unwrap_or(0),
+            beside,
         };
         let mut common = Common::none();
         common.ktime_ns = last_ns;
@@ -169,6 +246,14 @@ impl Stage for FoldTotals {
             self.active_until = Some(now + ACTIVE_FOR);
         }
     }
+    fn wants_written(&self) -> bool {
+        self.map.is_some()
+    }
+    /// A reset with its span (chosen before the sinks): its key's next summary names it.
+    fn on_written(&mut self, record: Record, now: Instant) -> Option<Record> {
+        self.note_full(&record, now);
+        Some(record)
+    }
     fn pending(&self, now: Instant) -> bool {
         self.active_until.is_some_and(|t| now <= t)
     }
@@ -180,10 +265,10 @@ impl Stage for FoldTotals {
             return;
         }
         self.last_sweep = Some(now);
-        self.sweep(cx, out);
+        self.sweep(cx, out, now);
     }
     fn drain(&mut self, cx: &Enricher, out: &mut Vec<Record>) {
-        self.sweep(cx, out);
+        self.sweep(cx, out, Instant::now());
     }
 }
 
@@ -316,6 +401,7 @@ mod tests {
             direction: Some(Direction::Sent),
             reason: Some("NO_SOCKET".into()),
             port: 6379,
+            beside: Vec::new(),
         };
         let mut common = Common::none();
         common.netns = Some(7);
@@ -325,5 +411,75 @@ mod tests {
             line.text,
             "folded port=6379 reason=NO_SOCKET over 0.980s netns=7 cgroup=-"
         );
+    }
+
+    /// A reset of key(cgroup, port) written in full with span `span`.
+    fn full_reset(cgroup: u64, port: u16, span: u64) -> Record {
+        let mut r = crate::model::samples::reset();
+        r.common.cgroup_id = Some(cgroup);
+        r.common.netns = Some(4026531840);
+        if let Body::TcpReset(t) = &mut r.body {
+            (t.sport, t.dport) = (40_000, port);
+            t.reason = Some("NO_SOCKET".into());
+        }
+        r.span = crate::model::OwnSpan::from_random(span).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_summary_names_the_spans_of_its_keys_full_records_and_only_those() {
+        let map = FakeFolds::default();
+        let mut s = stage(&map);
+        let cx = Enricher::fixed("n", 1_000);
+        let t = Instant::now();
+        assert!(s.wants_written());
+        // Twelve full records of key(1, 8080) (the latest ten are named), one of another pod,
+        // one of another port, one over the OTLP budget (no span of its own).
+        for span in 2..14 {
+            assert!(s.on_written(full_reset(1, 8080, span), t).is_some());
+        }
+        s.on_written(full_reset(2, 8080, 100), t);
+        s.on_written(full_reset(1, 9090, 101), t);
+        let mut over = full_reset(1, 8080, 102);
+        over.span = crate::model::OwnSpan::OVER_BUDGET;
+        s.on_written(over, t);
+        map.set(key(1, 8080), 500, 100, 900);
+        let mut out = Vec::new();
+        s.on_tick(t, &cx, &mut out);
+        let got = summaries(&out);
+        assert_eq!(got.len(), 1);
+        let spans: Vec<u64> = got[0]
+            .1
+            .beside
+            .iter()
+            .map(|b| u64::from_be_bytes(b.span_id))
+            .collect();
+        assert_eq!(spans, (4..14).collect::<Vec<_>>());
+        let own = full_reset(1, 8080, 13).span_ids().unwrap();
+        assert_eq!(got[0].1.beside[9].trace_id, own.0);
+        // In JSON as hex, and as the summary span's links in OTLP.
+        let json = serde_json::to_value(&got[0].1).unwrap();
+        assert_eq!(
+            json["beside"][9]["span_id"],
+            serde_json::json!("000000000000000d")
+        );
+        let links = &crate::export::otlp::convert::spans(&out[0])[0].links;
+        assert_eq!(links.len(), 10);
+        assert_eq!(links[9].span_id, 13u64.to_be_bytes().to_vec());
+        assert_eq!(links[9].trace_id, own.0.to_vec());
+        // Named once: the next summary of the key has none; the other port's spans wait
+        // for a summary of theirs until BESIDE_FOR, then are forgotten.
+        map.set(key(1, 8080), 510, 100, 1_900);
+        map.set(key(1, 9090), 0, 0, 0);
+        out.clear();
+        s.on_tick(t + Duration::from_secs(1), &cx, &mut out);
+        assert!(summaries(&out)[0].1.beside.is_empty());
+        s.on_tick(t + BESIDE_FOR, &cx, &mut out);
+        map.set(key(1, 9090), 3, 2_000, 2_100);
+        out.clear();
+        s.on_tick(t + BESIDE_FOR + Duration::from_secs(1), &cx, &mut out);
+        let got = summaries(&out);
+        let other = got.iter().find(|(_, s)| s.port == 9090).unwrap();
+        assert!(other.1.beside.is_empty(), "{:?}", other.1.beside);
     }
 }

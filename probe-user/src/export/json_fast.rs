@@ -42,6 +42,13 @@ pub fn write(out: &mut Vec<u8>, record: &Record) -> bool {
         out.extend_from_slice(b",\"parent_span_id\":");
         string(out, &trace.parent_span_id);
     }
+    if let Some(id) = record.span.id() {
+        out.extend_from_slice(b",\"span_id\":\"");
+        for b in id {
+            out.extend_from_slice(&HEX[usize::from(b)]);
+        }
+        out.push(b'"');
+    }
     out.push(b'}');
     true
 }
@@ -71,6 +78,18 @@ fn reset(out: &mut Vec<u8>, t: &TcpReset) {
     out.extend_from_slice(b",\"socket_cookie\":");
     option(out, t.socket_cookie, number);
 }
+
+/// Each byte's two lowercase hex digits.
+const HEX: [[u8; 2]; 256] = {
+    let digits = *b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [digits[i >> 4], digits[i & 15]];
+        i += 1;
+    }
+    t
+};
 
 fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -223,6 +242,14 @@ mod tests {
         r.node = "node \"b\"".into();
         let (fast, serde) = both(&r);
         assert_eq!(fast, serde);
+        // Its own span, chosen: `span_id`, as serde writes it.
+        r.span = crate::model::OwnSpan::from_random(0x00ab_cdef_0123_4567).unwrap();
+        let (fast, serde) = both(&r);
+        assert_eq!(fast, serde);
+        assert!(
+            fast.ends_with(r#","span_id":"00abcdef01234567"}"#),
+            "{fast}"
+        );
     }
 
     #[test]

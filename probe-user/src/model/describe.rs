@@ -166,6 +166,10 @@ pub trait Describe {
     fn evidence(&self) -> Vec<&super::Record> {
         Vec::new()
     }
+    /// Other records' spans this one's span links to (a summary's full records).
+    fn links(&self) -> &[super::SpanRef] {
+        &[]
+    }
     /// The kind's own attributes, semantic-convention names where one exists.
     fn attributes(&self, out: &mut Attrs);
 }

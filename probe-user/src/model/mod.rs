@@ -25,8 +25,8 @@ pub use self::{
     loss::{Loss, LossSource},
     network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
-    span::{OwnSpan, hex},
-    summary::{FoldedBy, Summary},
+    span::{OwnSpan, SpanRef, hex},
+    summary::{BESIDE_MAX, FoldedBy, Summary},
     wasm::{Stream, WasmOutput, WasmWrite, WasmWriteResult},
 };
 
@@ -50,8 +50,9 @@ pub struct Record {
     /// Boxed: set on few records, and the record is moved several times on its way out.
     #[serde(flatten)]
     pub trace: Option<Box<TraceRef>>,
-    /// Its own span's ID, chosen before the sinks (`Stages::emit`).
-    #[serde(skip)]
+    /// Its own span's ID, chosen before the sinks (`Stages::emit`): written as `span_id`
+    /// (hex) when chosen, the ID of its OTLP span (a summary's `beside` names these).
+    #[serde(flatten, serialize_with = "span_key")]
     pub span: OwnSpan,
 }
 
@@ -86,6 +87,16 @@ fn time_keys<S: serde::Serializer>(nanos: &u64, s: S) -> Result<S::Ok, S::Error>
         "time",
         &format_args!("{}", humantime::format_rfc3339_nanos(time)),
     )?;
+    map.end()
+}
+
+fn span_key<S: serde::Serializer>(span: &OwnSpan, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let id = span.id();
+    let mut map = s.serialize_map(Some(usize::from(id.is_some())))?;
+    if let Some(id) = id {
+        map.serialize_entry("span_id", &hex(&id))?;
+    }
     map.end()
 }
 

@@ -27,6 +27,23 @@ impl OwnSpan {
     }
 }
 
+/// Another record's span: a summary's link to a full record it stands beside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanRef {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+impl serde::Serialize for SpanRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut m = s.serialize_struct("SpanRef", 2)?;
+        m.serialize_field("trace_id", &hex(&self.trace_id))?;
+        m.serialize_field("span_id", &hex(&self.span_id))?;
+        m.end()
+    }
+}
+
 /// The trace of a record that belongs to no request: a function of its span ID (so every
 /// output names the same trace), spread over all 128 bits (splitmix64 of the ID, twice).
 pub fn own_trace_id(span_id: [u8; 8]) -> [u8; 16] {

@@ -37,7 +37,13 @@ pub struct Summary {
     /// The key's service port: the lower of each connection's two ports (kernel folding;
     /// 0 over the OTLP budget: every port).
     pub port: u16,
+    /// The spans of the key's records that went out in full since its previous summary (at
+    /// most [`BESIDE_MAX`], the latest; kernel folding): where the detail of the storm is.
+    pub beside: Vec<super::SpanRef>,
 }
+
+/// Full records a summary names at most.
+pub const BESIDE_MAX: usize = 10;
 
 impl KindName for Summary {
     const KIND: &'static str = "summary";
@@ -94,6 +100,9 @@ impl Describe for Summary {
     }
     fn layer(&self) -> &'static str {
         "kernel.tcp"
+    }
+    fn links(&self) -> &[super::SpanRef] {
+        &self.beside
     }
     fn span_name(&self) -> Option<std::borrow::Cow<'static, str>> {
         Some(match self.direction {

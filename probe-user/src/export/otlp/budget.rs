@@ -81,6 +81,7 @@ impl OverBudget {
 
 fn summary(key: Key, acc: Acc, node: Arc<str>) -> Record {
     let body = Body::Other(Other::new(Summary {
+        beside: Vec::new(),
         folded_by: FoldedBy::OtlpBudget,
         folded_kind: key.kind,
         count: acc.count,

@@ -111,6 +111,7 @@ pub fn span_messages(record: &Record, attrs: &[u8], ids: &mut Ids) -> Vec<Vec<u8
         status: error
             .as_deref()
             .map(|message| (StatusCode::Error as i32, message)),
+        links: body.links(),
     })];
     let mut ev_attrs = AttrEncoder::default();
     for ev in body.evidence() {
@@ -128,6 +129,7 @@ pub fn span_messages(record: &Record, attrs: &[u8], ids: &mut Ids) -> Vec<Vec<u8
             time_unix_nano: ev.time_unix_nano,
             attributes: ev_attrs.entries(),
             status: None,
+            links: &[],
         }));
     }
     out
@@ -189,6 +191,7 @@ pub fn attributes(record: &Record) -> Vec<KeyValue> {
         time_unix_nano: 1,
         attributes: enc.entries(),
         status: None,
+        links: &[],
     });
     opentelemetry_proto::tonic::trace::v1::Span::decode(bytes.as_slice())
         .expect("the wire encoder writes a Span prost decodes")

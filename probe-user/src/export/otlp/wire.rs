@@ -215,6 +215,8 @@ pub struct SpanFields<'a> {
     pub attributes: &'a [u8],
     /// (code, message) when the status is set.
     pub status: Option<(i32, &'a str)>,
+    /// Other spans it links to (`Span.links`: trace and span ID only).
+    pub links: &'a [crate::model::SpanRef],
 }
 
 /// An encoded `Span` message.
@@ -230,6 +232,14 @@ pub fn span(s: &SpanFields<'_>) -> Vec<u8> {
     fixed64(7, s.time_unix_nano, &mut buf);
     fixed64(8, s.time_unix_nano, &mut buf);
     buf.put_slice(s.attributes);
+    for link in s.links {
+        // Link { bytes trace_id = 1; bytes span_id = 2; }
+        let len = delimited_len(1, link.trace_id.len()) + delimited_len(2, link.span_id.len());
+        encode_key(13, WireType::LengthDelimited, &mut buf);
+        encode_varint(len as u64, &mut buf);
+        delimited(1, &link.trace_id, &mut buf);
+        delimited(2, &link.span_id, &mut buf);
+    }
     if let Some((code, message)) = s.status {
         // Status { string message = 2; StatusCode code = 3 }
         let len = if message.is_empty() {
@@ -394,6 +404,10 @@ mod tests {
             time_unix_nano: 1_700_000_000_123_456_789,
             attributes: &a,
             status: Some((2, "out of memory")),
+            links: &[crate::model::SpanRef {
+                trace_id: [3; 16],
+                span_id: [4; 8],
+            }],
         });
         let expected = Span {
             trace_id: vec![7; 16],
@@ -409,6 +423,11 @@ mod tests {
                 message: "out of memory".into(),
                 code: 2,
             }),
+            links: vec![opentelemetry_proto::tonic::trace::v1::span::Link {
+                trace_id: vec![3; 16],
+                span_id: vec![4; 8],
+                ..Default::default()
+            }],
             ..Span::default()
         };
         assert_eq!(Span::decode(bytes.as_slice()).unwrap(), expected);
@@ -424,6 +443,7 @@ mod tests {
             time_unix_nano: 5,
             attributes: &[],
             status: None,
+            links: &[],
         });
         let decoded = Span::decode(plain.as_slice()).unwrap();
         assert!(decoded.parent_span_id.is_empty() && decoded.status.is_none());
@@ -489,6 +509,7 @@ mod tests {
             time_unix_nano: 1,
             attributes: &a,
             status: None,
+            links: &[],
         });
         let body = request(
             &resource.encode_to_vec(),
