@@ -87,7 +87,8 @@ fn a_storm_is_folded_exactly_and_hides_no_other_reset() {
         );
         // Each summary names the spans of the key's records that went out in full (each
         // record's `span_id`), each in one summary at most.
-        let full_spans: std::collections::HashSet<&str> = resets(&records, storm_port, direction)
+        let full_records = resets(&records, storm_port, direction);
+        let full_spans: std::collections::HashSet<&str> = full_records
             .iter()
             .map(|r| r["span_id"].as_str().expect("a full record's span_id"))
             .collect();

@@ -639,3 +639,127 @@ fn over_the_otlp_budget_records_fold_into_exact_summaries_and_json_keeps_them_al
     );
     let _ = probe.stop();
 }
+
+/// The sum of the points of the latest export of OTLP metric `name` whose points carry
+/// `label=value` (all points when `label` is empty), and that export.
+fn latest_sum(seen: &[Value], name: &str, label: (&str, &str)) -> Option<(u64, Value)> {
+    let m = seen
+        .iter()
+        .rev()
+        .find(|l| l["signal"] == "metric" && l["name"] == name)?;
+    let sum = m["points"]
+        .as_array()?
+        .iter()
+        .filter(|p| label.0.is_empty() || p["attributes"][label.0] == label.1)
+        .filter_map(|p| p["value"].as_u64())
+        .sum();
+    Some((sum, m.clone()))
+}
+
+#[test]
+fn the_event_metrics_are_exported_as_cumulative_sums_with_exemplars_of_exported_spans() {
+    if !require_root(
+        "otlp_export::the_event_metrics_are_exported_as_cumulative_sums_with_exemplars_of_exported_spans",
+    ) {
+        return;
+    }
+    let mut receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
+    let endpoint = format!("http://{}", receiver.http);
+    let mut probe = Probe::start(&[
+        "--output",
+        "json,otlp",
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-batch-delay",
+        "100ms",
+        "--otlp-metrics-interval",
+        "1s",
+        "--conntrack",
+        "false",
+    ]);
+    let http = probe.http_addr();
+    let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let port = closed_port(ip);
+    for _ in 0..5 {
+        refused_connect(ip, port);
+    }
+    let sent = probe
+        .wait_for(WAIT, |r| {
+            r["kind"] == "tcp_reset" && r["direction"] == "sent" && r["sport"] == port
+        })
+        .expect("a reset record");
+    // Until an export equals /metrics (the node may make other resets meanwhile: both count
+    // them), with each direction's five.
+    let deadline = Instant::now() + WAIT;
+    let (otlp, export) = loop {
+        let want = metric_sum(http, "probe_tcp_resets_total", &[]);
+        let seen = receiver.collect(Duration::from_millis(1200));
+        if let Some((got, export)) = latest_sum(seen, "probe.tcp.resets", ("", ""))
+            && got == want
+            && want >= 10
+        {
+            break (got, export);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OTLP export of probe.tcp.resets equal to /metrics ({want}); got {:#?}",
+            latest_sum(
+                receiver.collect(Duration::ZERO),
+                "probe.tcp.resets",
+                ("", "")
+            )
+        );
+    };
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("otlp metrics: probe.tcp.resets {otlp} = probe_tcp_resets_total\n").as_bytes(),
+    );
+    assert_eq!(export["type"], "sum");
+    assert_eq!(export["monotonic"], true);
+    assert_eq!(export["temporality"], 2, "cumulative");
+    assert_eq!(export["unit"], "{event}");
+    let sent_sum = latest_sum(
+        std::slice::from_ref(&export),
+        "probe.tcp.resets",
+        ("direction", "sent"),
+    )
+    .unwrap()
+    .0;
+    assert_eq!(
+        sent_sum,
+        metric_sum(http, "probe_tcp_resets_total", &["direction=\"sent\""])
+    );
+    for p in export["points"].as_array().unwrap() {
+        assert!(
+            p["start_time_unix_nano"].as_u64() <= p["time_unix_nano"].as_u64(),
+            "{p}"
+        );
+    }
+    // An exemplar names a span the receiver got: the sent reset's own (its record's span_id)
+    // or a later one of that series.
+    let spans: Vec<String> = receiver
+        .collect(Duration::from_millis(500))
+        .iter()
+        .filter(|s| s["signal"] == "span")
+        .filter_map(|s| s["span_id"].as_str().map(str::to_owned))
+        .collect();
+    let exemplars: Vec<String> = export["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["exemplars"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["span_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!exemplars.is_empty(), "no exemplar: {export:#}");
+    assert!(
+        exemplars.iter().any(|e| spans.contains(e)),
+        "no exemplar names a received span: {exemplars:?}"
+    );
+    assert!(
+        spans.contains(&sent["span_id"].as_str().unwrap().to_owned()),
+        "the record's span_id is its span's"
+    );
+    let _ = probe.stop();
+}

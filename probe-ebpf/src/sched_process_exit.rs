@@ -8,8 +8,8 @@ use probe_common::{ExitEvent, kind};
 
 use crate::{
     common::{
-        EVENTS, count_loss, describe_task, new_header, offsets, read_kernel, task_offsets,
-        wakeup_flags,
+        BPF_RB_FORCE_WAKEUP, EVENTS, count_loss, describe_task, new_header, offsets, read_kernel,
+        task_offsets,
     },
     signal_generate::CRASH_WATCH,
     wasm_capture::WASM_PIDS,
@@ -52,7 +52,12 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         },
     };
     describe_task(&mut ev.header, task, &t, &offsets());
-    if EVENTS.output::<ExitEvent>(&ev, wakeup_flags()).is_err() {
+    // Read at once (a watched crash's outcome, a runtime's last line): the container's cgroup
+    // may be removed within milliseconds of the exit.
+    if EVENTS
+        .output::<ExitEvent>(&ev, BPF_RB_FORCE_WAKEUP)
+        .is_err()
+    {
         count_loss(kind::PROCESS_EXIT);
     }
     0

@@ -15,8 +15,8 @@ use probe_common::{
 
 use crate::{
     common::{
-        EVENTS, agent, count_event, count_loss, describe_task, new_header, offsets, read_kernel,
-        task_offsets, wakeup_flags,
+        BPF_RB_FORCE_WAKEUP, EVENTS, agent, count_event, count_loss, describe_task, new_header,
+        offsets, read_kernel, task_offsets,
     },
     softirq::in_softirq,
 };
@@ -110,7 +110,12 @@ fn emit(ctx: &RawTracePointContext, sig: u32, agent_tgid: u32) {
         b: ev.si_code as u32,
     };
     count_event(&key, 0);
-    if EVENTS.output::<SignalEvent>(&ev, wakeup_flags()).is_err() {
+    // Read at once, whatever batch the reader is gathering: the crashing process and its
+    // container (whose cgroup names the pod) may be gone within milliseconds.
+    if EVENTS
+        .output::<SignalEvent>(&ev, BPF_RB_FORCE_WAKEUP)
+        .is_err()
+    {
         count_loss(kind::CORE_SIGNAL);
     }
 }

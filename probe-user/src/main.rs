@@ -343,6 +343,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         wasm_cgroup_count,
         event_counters: Vec::new(),
         counts: event_counts,
+        metrics_every: cli.otlp_metrics_interval,
+        metrics_sent: Some(std::time::Instant::now()),
         state: state.clone(),
     };
     let consumer = tokio::spawn(pipeline::consume(rx, stages));

@@ -1,7 +1,8 @@
-//! A test OTLP receiver: the collector's trace and logs services over gRPC (tonic, with the
-//! opentelemetry-proto server stubs) and over HTTP/protobuf (POST /v1/traces, /v1/logs, decoded
-//! with prost). Every span and log record received is printed as one JSON line on stdout; the
-//! first line is `{"grpc":"ADDR","http":"ADDR"}`. Usage: otlp_receiver [GRPC_PORT HTTP_PORT].
+//! A test OTLP receiver: the collector's trace, logs and metrics services over gRPC (tonic,
+//! with the opentelemetry-proto server stubs) and over HTTP/protobuf (POST /v1/traces,
+//! /v1/logs, /v1/metrics, decoded with prost). Every span, log record and metric (a sum, with
+//! its points) received is printed as one JSON line on stdout; the first line is
+//! `{"grpc":"ADDR","http":"ADDR"}`. Usage: otlp_receiver [GRPC_PORT HTTP_PORT].
 //! With `OTLP_RECEIVER_TLS=DIR` (DIR/cert.pem: the server's chain, DIR/key.pem) both listen
 //! with TLS only and name their transport `grpcs` / `https`.
 //! With `OTLP_RECEIVER_FAULTS` (comma-separated) the HTTP endpoint misbehaves as collectors do:
@@ -20,6 +21,10 @@ use opentelemetry_proto::tonic::{
         logs::v1::{
             ExportLogsServiceRequest, ExportLogsServiceResponse,
             logs_service_server::{LogsService, LogsServiceServer},
+        },
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
         },
         trace::v1::{
             ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -99,6 +104,53 @@ fn print_logs(req: &ExportLogsServiceRequest, transport: &str) {
     let _ = out.flush();
 }
 
+fn print_metrics(req: &ExportMetricsServiceRequest, transport: &str) {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        exemplar, metric::Data, number_data_point::Value as N,
+    };
+    let mut out = std::io::stdout().lock();
+    for rm in &req.resource_metrics {
+        let resource = rm.resource.as_ref().map(|r| attrs(&r.attributes));
+        for sm in &rm.scope_metrics {
+            for m in &sm.metrics {
+                let Some(Data::Sum(sum)) = &m.data else {
+                    let line = json!({"signal": "metric", "transport": transport,
+                                      "name": m.name, "type": "not a sum"});
+                    let _ = writeln!(out, "{line}");
+                    continue;
+                };
+                let points: Vec<Value> = sum
+                    .data_points
+                    .iter()
+                    .map(|p| {
+                        let exemplars: Vec<Value> = p
+                            .exemplars
+                            .iter()
+                            .map(|e| {
+                                json!({"trace_id": hex(&e.trace_id), "span_id": hex(&e.span_id),
+                                       "time_unix_nano": e.time_unix_nano,
+                                       "value": match e.value { Some(exemplar::Value::AsInt(i)) => json!(i), _ => Value::Null }})
+                            })
+                            .collect();
+                        json!({"attributes": attrs(&p.attributes),
+                               "value": match p.value { Some(N::AsInt(i)) => json!(i), Some(N::AsDouble(d)) => json!(d), None => Value::Null },
+                               "start_time_unix_nano": p.start_time_unix_nano,
+                               "time_unix_nano": p.time_unix_nano, "exemplars": exemplars})
+                    })
+                    .collect();
+                let line = json!({
+                    "signal": "metric", "transport": transport, "name": m.name, "unit": m.unit,
+                    "description": m.description, "type": "sum", "monotonic": sum.is_monotonic,
+                    "temporality": sum.aggregation_temporality, "points": points,
+                    "resource": resource,
+                });
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    let _ = out.flush();
+}
+
 /// The transport name printed with each span and log record.
 struct Receiver(&'static str);
 
@@ -121,6 +173,17 @@ impl LogsService for Receiver {
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         print_logs(request.get_ref(), self.0);
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        print_metrics(request.get_ref(), self.0);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
@@ -231,6 +294,13 @@ fn print_request(path: &str, status: &str, bytes: usize, body: &[u8]) {
                 .map(|s| s.log_records.len())
                 .sum::<usize>()
         }),
+        "/v1/metrics" => ExportMetricsServiceRequest::decode(body).map_or(0, |r| {
+            r.resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .map(|s| s.metrics.len())
+                .sum::<usize>()
+        }),
         _ => 0,
     };
     let at_ms = std::time::SystemTime::now()
@@ -318,6 +388,14 @@ fn taken(path: &str, body: &[u8], transport: &str) -> (&'static str, Vec<u8>) {
             }
             Err(_) => ("400 Bad Request", Vec::new()),
         },
+        "/v1/metrics" => match ExportMetricsServiceRequest::decode(body) {
+            Ok(req) => {
+                print_metrics(&req, transport);
+                let reply = ExportMetricsServiceResponse::default().encode_to_vec();
+                ("200 OK", reply)
+            }
+            Err(_) => ("400 Bad Request", Vec::new()),
+        },
         _ => ("404 Not Found", Vec::new()),
     }
 }
@@ -353,6 +431,7 @@ async fn main() {
     server
         .add_service(TraceServiceServer::new(Receiver(transport)))
         .add_service(LogsServiceServer::new(Receiver(transport)))
+        .add_service(MetricsServiceServer::new(Receiver(transport)))
         .serve_with_incoming(incoming)
         .await
         .expect("grpc server");

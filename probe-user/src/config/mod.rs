@@ -138,6 +138,13 @@ pub struct Cli {
           value_parser = duration_between(ms(0), secs(60)))]
     pub otlp_batch_delay: Duration,
 
+    /// How often the event metrics (`probe_tcp_resets_total`...: the families of /metrics)
+    /// are exported as OTLP cumulative sums, with their exemplars; and once at shutdown.
+    /// 1s to 1h.
+    #[arg(long, env = "PROBE_OTLP_METRICS_INTERVAL", allow_hyphen_values = true, default_value = "30s",
+          value_parser = duration_between(secs(1), secs(3600)))]
+    pub otlp_metrics_interval: Duration,
+
     /// service.name of the OTLP resource.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "node-probe")]
     pub service_name: String,
@@ -548,6 +555,8 @@ impl Cli {
         // Beyond what one `json!` expands within the recursion limit.
         effective["fold-first"] = json!(self.fold_first);
         effective["read-delay"] = json!(humantime::format_duration(self.read_delay).to_string());
+        effective["otlp-metrics-interval"] =
+            json!(humantime::format_duration(self.otlp_metrics_interval).to_string());
         effective["otlp-max-spans"] = json!(self.otlp_max_spans);
         effective["otlp-max-logs"] = json!(self.otlp_max_logs);
         effective["fold-window"] = json!(humantime::format_duration(self.fold_window).to_string());

@@ -120,6 +120,11 @@ impl EventCounter {
         }
     }
 
+    /// Every series' count now (OTLP metrics).
+    pub fn snapshot(&self) -> crate::model::MetricsSnapshot {
+        self.series.snapshot()
+    }
+
     /// Adds what the kernel counted since the last sweep to the series of each key's owner.
     pub fn sweep(&mut self, owners: &mut dyn Owners, now: Instant) {
         self.read.clear();

@@ -88,6 +88,30 @@ impl SeriesKey {
         })
     }
 
+    /// The series' labels as /metrics names them, the pod's last.
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = match self {
+            Self::Reset(l) => vec![
+                ("direction", l.direction.into()),
+                ("reason", l.reason.clone()),
+            ],
+            Self::Signal(l) => vec![("signal", l.signal.clone()), ("origin", l.origin.into())],
+            Self::Wasm(l) => vec![("stream", l.stream.into())],
+            Self::Drop(l) => vec![("reason", l.reason.clone())],
+            Self::Expiry(l) => vec![("timeout_sysctl", l.timeout_sysctl.clone())],
+            Self::Finding(l) => vec![("finding", l.finding.into())],
+            Self::Outcome(l) => vec![("signal", l.signal.clone()), ("outcome", l.outcome.into())],
+        };
+        let names = ["namespace", "pod", "container", "workload_kind", "workload"];
+        out.extend(
+            names
+                .into_iter()
+                .zip(self.pod().parts())
+                .map(|(n, v)| (n, v.to_owned())),
+        );
+        out
+    }
+
     fn pod(&self) -> &PodLabels {
         match self {
             Self::Reset(l) => &l.pod,
@@ -179,6 +203,14 @@ impl Recent {
         })
     }
 
+    /// The span it names.
+    pub fn span(&self) -> crate::model::SpanRef {
+        crate::model::SpanRef {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+        }
+    }
+
     /// The exemplar's labels.
     pub fn labels(&self) -> SpanExemplar {
         SpanExemplar {
@@ -192,6 +224,8 @@ struct Entry {
     events: EventCounter,
     /// Wasm output only.
     bytes: Option<EventCounter>,
+    /// When it was made: the start of its cumulative count.
+    start: SystemTime,
     last: Instant,
     /// The exemplar it shows: kept, since every increment sets (or clears) it.
     recent: Option<Recent>,
@@ -309,8 +343,47 @@ impl Series {
         Entry {
             events,
             bytes,
+            start: SystemTime::now(),
             last: now,
             recent: None,
+        }
+    }
+
+    /// Every series' count now, by family (OTLP metrics).
+    pub fn snapshot(&self) -> crate::model::MetricsSnapshot {
+        use crate::model::{MetricFamily, MetricPoint};
+        let nanos = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        };
+        let mut families: Vec<MetricFamily> = Vec::new();
+        let mut add = |name: &'static str, unit: &'static str, point: MetricPoint| match families
+            .iter_mut()
+            .find(|f| f.name == name)
+        {
+            Some(f) => f.points.push(point),
+            None => families.push(MetricFamily {
+                name,
+                description: names::help(name),
+                unit,
+                points: vec![point],
+            }),
+        };
+        for (key, entry) in &self.entries {
+            let point = |value: u64| MetricPoint {
+                labels: key.labels(),
+                start_unix_nano: nanos(entry.start),
+                value,
+                exemplar: entry.recent.map(|r| (r.span(), nanos(r.time))),
+            };
+            add(key.family(), "{event}", point(entry.events.get().0));
+            if let Some(bytes) = &entry.bytes {
+                add(names::WASM_OUTPUT_BYTES, "By", point(bytes.get().0));
+            }
+        }
+        crate::model::MetricsSnapshot {
+            time_unix_nano: nanos(SystemTime::now()),
+            families,
         }
     }
 

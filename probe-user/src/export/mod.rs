@@ -38,6 +38,12 @@ pub trait Sink: Send {
     /// Shutdown: the records still to come (the last ones, the final loss report) may wait
     /// for room until `deadline` instead of being dropped.
     fn finish(&mut self, _deadline: std::time::Instant) {}
+    /// The event metrics now, for an output that exports them (OTLP).
+    fn metrics(&mut self, _snapshot: &crate::model::MetricsSnapshot) {}
+    /// Whether it exports metrics (the snapshot is taken only then).
+    fn wants_metrics(&self) -> bool {
+        false
+    }
 }
 
 /// Several sinks at once (stdout and OTLP).
@@ -62,6 +68,16 @@ impl Sink for Fanout {
         for s in &mut self.0 {
             s.finish(deadline);
         }
+    }
+
+    fn metrics(&mut self, snapshot: &crate::model::MetricsSnapshot) {
+        for s in self.0.iter_mut().filter(|s| s.wants_metrics()) {
+            s.metrics(snapshot);
+        }
+    }
+
+    fn wants_metrics(&self) -> bool {
+        self.0.iter().any(|s| s.wants_metrics())
     }
 }
 

@@ -8,6 +8,7 @@ mod conntrack;
 pub mod describe;
 mod k8s;
 mod loss;
+mod metrics;
 mod network;
 mod process;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use self::{
     describe::{AttrRef, AttrSink, Attrs, Describe, Other},
     k8s::K8sAttrs,
     loss::{Loss, LossSource},
+    metrics::{MetricFamily, MetricPoint, MetricsSnapshot},
     network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
     span::{OwnSpan, SpanRef, hex},

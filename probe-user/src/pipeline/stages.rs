@@ -46,6 +46,10 @@ pub struct Stages {
     pub counts: Option<crate::counts::EventCounter>,
     /// Each record's span ID, and the OTLP budget.
     pub spans: super::spans::SpanChooser,
+    /// How often the event metrics go to the outputs that export them (OTLP), and when they
+    /// last did.
+    pub metrics_every: Duration,
+    pub metrics_sent: Option<Instant>,
     pub state: Arc<AgentState>,
 }
 
@@ -249,9 +253,19 @@ impl Stages {
     }
 
     /// The kernel's event counts into the metrics, labelled with their pods.
-    fn sweep_counts(&mut self, now: Instant) {
-        if let Some(counts) = &mut self.counts {
-            counts.sweep(&mut self.k8s, now);
+    /// Then, every `metrics_every` (and at the end: `last`), their snapshot to the outputs
+    /// that export metrics.
+    fn sweep_counts(&mut self, now: Instant, last: bool) {
+        let Some(counts) = &mut self.counts else {
+            return;
+        };
+        counts.sweep(&mut self.k8s, now);
+        let due = self
+            .metrics_sent
+            .is_none_or(|t| now.duration_since(t) >= self.metrics_every);
+        if (due || last) && self.sink.wants_metrics() {
+            self.metrics_sent = Some(now);
+            self.sink.metrics(&counts.snapshot());
         }
     }
 
@@ -319,7 +333,7 @@ async fn consume_loop(
             ticked = counts_tick.expired(), if stages.counts.is_some() => {
                 ticked.map_err(PipelineError::Poll)?;
                 now = Instant::now();
-                stages.sweep_counts(now);
+                stages.sweep_counts(now, false);
             }
             expired = join.expired(), if join_armed => {
                 expired.map_err(PipelineError::Poll)?;
@@ -364,6 +378,6 @@ async fn consume_loop(
     stages
         .release_held(Instant::now(), true)
         .map_err(PipelineError::Sink)?;
-    stages.sweep_counts(Instant::now());
+    stages.sweep_counts(Instant::now(), true);
     stages.report_losses().map_err(PipelineError::Sink)
 }

@@ -158,6 +158,37 @@ pub mod names {
     pub const CONNTRACK_EXPIRIES: &str = "conntrack_expiries";
     pub const FINDINGS: &str = "findings";
     pub const CORE_SIGNAL_OUTCOMES: &str = "core_signal_outcomes";
+    /// Registered as `wasm_output` with the unit bytes (the same name on /metrics).
+    pub const WASM_OUTPUT_BYTES: &str = "wasm_output_bytes";
+
+    /// A family's description (/metrics HELP, the OTLP metric's description).
+    pub fn help(family: &str) -> &'static str {
+        match family {
+            TCP_RESETS => {
+                "TCP resets sent and received, counted in the kernel (exact whatever the ring buffer lost), by direction, reason and pod"
+            }
+            CORE_SIGNALS => {
+                "Core-dumping signals generated for a process, counted in the kernel, by signal, origin and pod"
+            }
+            WASM_OUTPUT_WRITES => {
+                "Writes of captured Wasm runtimes to stdout/stderr, counted in the kernel, by stream and pod"
+            }
+            PACKET_DROPS => {
+                "TCP packets the kernel dropped, counted in the kernel per flow and reason, by reason and pod"
+            }
+            CONNTRACK_EXPIRIES => {
+                "Established TCP conntrack entries that timed out (destroyed without FIN or RST), by the timeout's sysctl and the pod whose namespace held them"
+            }
+            FINDINGS => "Findings (observations joined into a cause), by finding and pod",
+            CORE_SIGNAL_OUTCOMES => {
+                "Core-dumping signals by what became of the process (core_written, no_core, survived, unknown), by signal and pod"
+            }
+            WASM_OUTPUT_BYTES => {
+                "Bytes captured Wasm runtimes wrote to stdout/stderr, counted in the kernel, by stream and pod"
+            }
+            _ => "",
+        }
+    }
 }
 
 /// The event families, and how many series they hold.
@@ -183,44 +214,44 @@ impl EventMetrics {
     pub(super) fn register(&self, registry: &mut Registry) {
         registry.register(
             names::TCP_RESETS,
-            "TCP resets sent and received, counted in the kernel (exact whatever the ring buffer lost), by direction, reason and pod",
+            names::help(names::TCP_RESETS),
             self.tcp_resets.clone(),
         );
         registry.register(
             names::CORE_SIGNALS,
-            "Core-dumping signals generated for a process, counted in the kernel, by signal, origin and pod",
+            names::help(names::CORE_SIGNALS),
             self.core_signals.clone(),
         );
         registry.register(
             names::WASM_OUTPUT_WRITES,
-            "Writes of captured Wasm runtimes to stdout/stderr, counted in the kernel, by stream and pod",
+            names::help(names::WASM_OUTPUT_WRITES),
             self.wasm_output_writes.clone(),
         );
         // The unit makes the name `wasm_output_bytes`.
         registry.register_with_unit(
             "wasm_output",
-            "Bytes captured Wasm runtimes wrote to stdout/stderr, counted in the kernel, by stream and pod",
+            names::help(names::WASM_OUTPUT_BYTES),
             prometheus_client::registry::Unit::Bytes,
             self.wasm_output_bytes.clone(),
         );
         registry.register(
             names::PACKET_DROPS,
-            "TCP packets the kernel dropped, counted in the kernel per flow and reason, by reason and pod",
+            names::help(names::PACKET_DROPS),
             self.packet_drops.clone(),
         );
         registry.register(
             names::CONNTRACK_EXPIRIES,
-            "Established TCP conntrack entries that timed out (destroyed without FIN or RST), by the timeout's sysctl and the pod whose namespace held them",
+            names::help(names::CONNTRACK_EXPIRIES),
             self.conntrack_expiries.clone(),
         );
         registry.register(
             names::FINDINGS,
-            "Findings (observations joined into a cause), by finding and pod",
+            names::help(names::FINDINGS),
             self.findings.clone(),
         );
         registry.register(
             names::CORE_SIGNAL_OUTCOMES,
-            "Core-dumping signals by what became of the process (core_written, no_core, survived, unknown), by signal and pod",
+            names::help(names::CORE_SIGNAL_OUTCOMES),
             self.core_signal_outcomes.clone(),
         );
         registry.register(

@@ -11,7 +11,8 @@
 use std::{sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::ExportLogsServiceResponse, trace::v1::ExportTraceServiceResponse,
+    logs::v1::ExportLogsServiceResponse, metrics::v1::ExportMetricsServiceResponse,
+    trace::v1::ExportTraceServiceResponse,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -44,6 +45,7 @@ pub(super) trait Signal {
 
 pub(super) struct Traces;
 pub(super) struct Logs;
+pub(super) struct Metrics;
 
 impl Signal for Traces {
     type Response = ExportTraceServiceResponse;
@@ -83,6 +85,27 @@ impl Signal for Logs {
     }
 }
 
+impl Signal for Metrics {
+    type Response = ExportMetricsServiceResponse;
+    /// Counted in metric families (one `Metric` each).
+    const NAME: &'static str = "metrics";
+    const SLOT: usize = 2;
+    const SERVICE: Service = Service {
+        http_path: "/v1/metrics",
+        grpc_path: "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    };
+    fn rejected(response: &Self::Response) -> u64 {
+        // Data points refused: counted as one family (the unit of this queue) when any.
+        response
+            .partial_success
+            .as_ref()
+            .map_or(0, |p| u64::from(p.rejected_data_points > 0))
+    }
+    fn queue(q: &mut Queues) -> &mut Queue {
+        &mut q.metrics
+    }
+}
+
 /// A retryable failure: the batch went back to its queue.
 struct RetryLater {
     after: Option<Duration>,
@@ -103,9 +126,9 @@ pub(super) struct Exporter {
     failing: bool,
     /// The last reason a batch was refused for good (said once per change).
     last_rejection: Option<String>,
-    /// Spans and log records taken from the queues and not yet answered for (counted as lost
-    /// when the drain's deadline cuts a send short).
-    in_flight: [u64; 2],
+    /// Spans, log records and metric families taken from the queues and not yet answered for
+    /// (counted as lost when the drain's deadline cuts a send short).
+    in_flight: [u64; 3],
 }
 
 impl Exporter {
@@ -131,7 +154,7 @@ impl Exporter {
             delay,
             failing: false,
             last_rejection: None,
-            in_flight: [0; 2],
+            in_flight: [0; 3],
         }
     }
 
@@ -372,7 +395,8 @@ pub(super) async fn export_loop(mut ex: Exporter) {
         let finished = {
             let round = async {
                 ex.send_queued::<Traces>().await?;
-                ex.send_queued::<Logs>().await
+                ex.send_queued::<Logs>().await?;
+                ex.send_queued::<Metrics>().await
             };
             let mut round = std::pin::pin!(round);
             let mut result = None;

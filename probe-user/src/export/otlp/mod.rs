@@ -9,6 +9,7 @@
 mod budget;
 pub mod convert;
 mod export;
+mod metrics;
 mod transport;
 mod wire;
 
@@ -129,6 +130,9 @@ pub(super) struct Queue {
 pub(super) struct Queues {
     spans: Queue,
     logs: Queue,
+    /// The latest metrics snapshot not sent yet (one `Metric` per family): a newer one
+    /// replaces it (cumulative counts: the newest says all).
+    metrics: Queue,
     /// When the oldest record now waiting arrived (the batching delay counts from it).
     since: Option<Instant>,
     closed: bool,
@@ -257,6 +261,28 @@ impl Sink for OtlpSink {
 
     fn finish(&mut self, _deadline: Instant) {
         self.send_summaries(true);
+    }
+
+    /// The snapshot replaces the one not sent yet, and goes at the next send.
+    fn metrics(&mut self, snapshot: &crate::model::MetricsSnapshot) {
+        use prost::Message as _;
+        let mut queue = Queue::default();
+        for m in metrics::metrics(snapshot) {
+            let m = m.encode_to_vec();
+            let len = wire::item_len(&m);
+            queue.bytes += len;
+            queue.items.push_back((len, m));
+        }
+        {
+            let mut q = self.shared.lock();
+            q.metrics = queue;
+            q.since.get_or_insert_with(Instant::now);
+        }
+        self.shared.notify.notify_one();
+    }
+
+    fn wants_metrics(&self) -> bool {
+        true
     }
 }
 
