@@ -29,7 +29,7 @@ const QUEUE_MAX: u32 = 1 << 20;
 pub enum Output {
     /// Readable live stream, one line per event.
     Terminal,
-    /// JSON Lines on stdout (the contract in the README).
+    /// JSON Lines on stdout (the contract in docs/json.md).
     Json,
     /// OTLP spans and log records to a collector (`--otlp-*`); combines with the others.
     Otlp,

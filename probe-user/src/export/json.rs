@@ -1,4 +1,4 @@
-//! JSON Lines: one object per record (the contract in the README).
+//! JSON Lines: one object per record (the contract in docs/json.md).
 
 use std::io::{self, Write};
 

@@ -1,5 +1,5 @@
 //! A kind the renderers have never heard of goes through every one of them: it only
-//! implements `Describe` and `KindName` next to its type (what README "Adding an event kind"
+//! implements `Describe` and `KindName` next to its type (what docs/architecture.md "Adding an event kind"
 //! asks of a new kind), and travels as `Body::Other`.
 
 use std::borrow::Cow;

@@ -7,7 +7,7 @@
 //! exec puts a record in the SELECTIONS ring buffer, which wakes this thread at once; it
 //! attaches the programs (still loaded: no second verification) and reports how long after
 //! the exec the hooks were in place. What the runtime wrote before that is not seen: the
-//! window is in `/health/status` (`write_hooks`) and the README. Wasm pod cgroups count as
+//! window is in `/health/status` (`write_hooks`) and docs/architecture.md. Wasm pod cgroups count as
 //! selected too. The hooks are detached again `LINGER` after the last selected process
 //! exited.
 

@@ -1,4 +1,4 @@
-//! Owned, enriched records: what the sinks render. The JSON contract (README) is the serde
+//! Owned, enriched records: what the sinks render. The JSON contract (docs/json.md) is the serde
 //! form of [`Record`]: common keys first, then the keys of the kind.
 
 use serde::Serialize;

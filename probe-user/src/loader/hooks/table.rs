@@ -1,5 +1,5 @@
-//! The capabilities of the probe and their hooks, in order of preference (see the README's
-//! "Kernel support").
+//! The capabilities of the probe and their hooks, in order of preference (see
+//! docs/kernels.md).
 
 use super::{Attach, Candidate, Capability, Program, Requires, Switch, prog};
 
