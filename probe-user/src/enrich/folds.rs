@@ -161,15 +161,13 @@ impl FoldTotals {
     /// The spans of the key's full records since its previous summary.
     fn take_beside(&mut self, key: &FoldKey) -> Vec<SpanRef> {
         let k = &key.count;
-        let sent = match u16::try_from(k.a) {
-            Ok(direction::SENT) => true,
-            Ok(direction::RECEIVED) => false,
-            _ => return Vec::new(),
+        let Some(direction) = reset_direction(k) else {
+            return Vec::new();
         };
         let ident = Ident {
             cgroup_id: k.cgroup_id,
             netns: k.netns,
-            sent,
+            sent: direction == Direction::Sent,
             reason: self.reason(k),
             port: u16::try_from(key.port).unwrap_or(0),
         };
@@ -199,12 +197,7 @@ impl FoldTotals {
         beside: Vec<SpanRef>,
     ) -> Record {
         let k = &key.count;
-        let is_reset = k.kind == kind::TCP_RESET;
-        let direction = match u16::try_from(k.a) {
-            Ok(direction::SENT) if is_reset => Some(Direction::Sent),
-            Ok(direction::RECEIVED) if is_reset => Some(Direction::Received),
-            _ => None,
-        };
+        let direction = reset_direction(k);
         let reason = self.reason(k);
         let summary = Summary {
             folded_by: crate::model::FoldedBy::Kernel,
@@ -225,6 +218,18 @@ impl FoldTotals {
             common,
             body: Body::Other(Other::new(summary)),
         })
+    }
+}
+
+/// A reset key's direction; None for other kinds.
+fn reset_direction(k: &probe_common::CountKey) -> Option<Direction> {
+    if k.kind != kind::TCP_RESET {
+        return None;
+    }
+    match u16::try_from(k.a) {
+        Ok(direction::SENT) => Some(Direction::Sent),
+        Ok(direction::RECEIVED) => Some(Direction::Received),
+        _ => None,
     }
 }
 

@@ -44,9 +44,7 @@ pub fn write(out: &mut Vec<u8>, record: &Record) -> bool {
     }
     if let Some(id) = record.span.id() {
         out.extend_from_slice(b",\"span_id\":\"");
-        for b in id {
-            out.extend_from_slice(&HEX[usize::from(b)]);
-        }
+        crate::model::hex_into(out, &id);
         out.push(b'"');
     }
     out.push(b'}');
@@ -78,18 +76,6 @@ fn reset(out: &mut Vec<u8>, t: &TcpReset) {
     out.extend_from_slice(b",\"socket_cookie\":");
     option(out, t.socket_cookie, number);
 }
-
-/// Each byte's two lowercase hex digits.
-const HEX: [[u8; 2]; 256] = {
-    let digits = *b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [digits[i >> 4], digits[i & 15]];
-        i += 1;
-    }
-    t
-};
 
 fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());

@@ -27,7 +27,7 @@ pub use self::{
     metrics::{MetricFamily, MetricPoint, MetricsSnapshot},
     network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
-    span::{OwnSpan, SpanRef, hex},
+    span::{OwnSpan, SpanRef, hex, hex_into},
     summary::{BESIDE_MAX, FoldedBy, Summary},
     wasm::{Stream, WasmOutput, WasmWrite, WasmWriteResult},
 };

@@ -56,14 +56,29 @@ pub fn own_trace_id(span_id: [u8; 8]) -> [u8; 16] {
 
 /// IDs as W3C and Grafana write them: lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    hex_into(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
+
+/// `hex`, appended to a buffer (the JSON line's writer).
+pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.extend_from_slice(&HEX[usize::from(*b)]);
+    }
+}
+
+/// Each byte's two lowercase hex digits.
+const HEX: [[u8; 2]; 256] = {
+    let digits = *b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [digits[i >> 4], digits[i & 15]];
+        i += 1;
+    }
+    t
+};
 
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
