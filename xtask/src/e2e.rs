@@ -254,12 +254,20 @@ pub fn run_vm(
     let script = out_dir.join("run.sh");
     fs::write(&script, guest_script(exes, env, &out_dir))?;
     let ended = vm::boot(kernel, vm_dir, &script, &out_dir)?;
+    // VMs run side by side: each one's report is written at once, after it is off.
+    use std::fmt::Write as _;
+    let mut report = String::new();
     let check = fs::read_to_string(out_dir.join(CHECK_KERNEL)).unwrap_or_default();
-    println!("probe --check-kernel on {}:\n{check}", kernel.release);
+    let _ = writeln!(
+        report,
+        "probe --check-kernel on {}:\n{check}",
+        kernel.release
+    );
     let mut results = BTreeMap::new();
     for exe in exes {
         let log = fs::read_to_string(out_dir.join(format!("{}.log", exe.name))).unwrap_or_default();
-        println!(
+        let _ = writeln!(
+            report,
             "     Running {} (kernel {}, in a VM)\n{log}",
             exe.name, kernel.release
         );
@@ -268,7 +276,8 @@ pub fn run_vm(
     let console = fs::read_to_string(out_dir.join(vm::CONSOLE)).unwrap_or_default();
     let trouble = vm::kernel_trouble(&console);
     if !trouble.is_empty() {
-        eprintln!(
+        let _ = writeln!(
+            report,
             "xtask: vm: the kernel {} complained ({}):\n{}",
             kernel.release,
             out_dir.join(vm::CONSOLE).display(),
@@ -278,7 +287,8 @@ pub fn run_vm(
     if ended != vm::Ended::Done {
         let current = fs::read_to_string(out_dir.join(CURRENT)).unwrap_or_default();
         let tail: Vec<&str> = console.lines().rev().take(30).collect();
-        eprintln!(
+        let _ = writeln!(
+            report,
             "xtask: vm: the VM with {} did not finish its script ({ended:?}) while running {}; \
              last console lines:\n{}",
             kernel.release,
@@ -286,5 +296,9 @@ pub fn run_vm(
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
+    // One write under stdout's lock: the reports of VMs ending together do not interleave.
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, report.as_bytes());
+    let _ = std::io::Write::flush(&mut out);
     Ok((results, check))
 }

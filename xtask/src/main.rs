@@ -186,9 +186,49 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 /// What `cargo xtask test` runs the root tests on when `--kernel` is not given: this kernel and
-/// the matrix (about 6 minutes per Debian kernel under qemu TCG); `--kernel host` for a quick
-/// run.
+/// the matrix (docs/testing.md has the times); `--kernel host` for a quick run.
 const DEFAULT_KERNELS: &str = "all";
+
+type VmRun = (
+    String,
+    (
+        std::collections::BTreeMap<String, tables::FileResult>,
+        String,
+    ),
+);
+
+/// The root tests in a VM per kernel, the VMs side by side: under qemu TCG a guest runs on one
+/// host thread (`thread=single`), so on a 2-core machine three guests take about half the
+/// time they take one after another. Results in the order of `lines`.
+fn run_vms(
+    lines: &[&'static vm::Line],
+    vm_dir: &Path,
+    exes: &[e2e::TestExe],
+    env: &e2e::Env,
+) -> Result<Vec<VmRun>> {
+    vm::ensure_tools()?;
+    let kernels = lines
+        .iter()
+        .map(|line| vm::fetch(line, vm_dir))
+        .collect::<Result<Vec<_>>>()?;
+    // Whether KVM works is found once (it boots a guest), before the guests start.
+    vm::kvm_works(&kernels[0], vm_dir);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = kernels
+            .iter()
+            .map(|kernel| scope.spawn(move || e2e::run_vm(kernel, exes, env, vm_dir)))
+            .collect();
+        runs.into_iter()
+            .zip(&kernels)
+            .map(|(run, kernel)| {
+                let r = run.join().map_err(|_| {
+                    anyhow::anyhow!("the VM thread of {} panicked", kernel.release)
+                })??;
+                Ok((kernel.release.clone(), r))
+            })
+            .collect()
+    })
+}
 
 /// `host`, `5.10`, `6.1`, `6.12` from `--kernel` values (`all` = every one).
 fn kernel_columns(values: &[String]) -> Result<Vec<Option<&'static vm::Line>>> {
@@ -293,25 +333,24 @@ fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
     };
     let mut results = Vec::new();
     let mut hooks = Vec::new();
-    for column in columns {
-        match column {
-            None => {
-                let check = e2e::check_kernel_host(&env);
-                println!("probe --check-kernel on this machine:\n{check}");
-                hooks.push(("host".to_owned(), check));
-                results.push(("host".to_owned(), e2e::run_host(&exes, &env)?));
-            }
-            Some(line) if !root => eprintln!(
+    if columns.iter().any(Option::is_none) {
+        let check = e2e::check_kernel_host(&env);
+        println!("probe --check-kernel on this machine:\n{check}");
+        hooks.push(("host".to_owned(), check));
+        results.push(("host".to_owned(), e2e::run_host(&exes, &env)?));
+    }
+    let lines: Vec<&vm::Line> = columns.iter().flatten().copied().collect();
+    if !root {
+        for line in &lines {
+            eprintln!(
                 "xtask: NOT ROOT: kernel {} skipped: booting Debian kernels needs root",
                 line.name
-            ),
-            Some(line) => {
-                vm::ensure_tools()?;
-                let kernel = vm::fetch(line, &vm_dir)?;
-                let (r, check) = e2e::run_vm(&kernel, &vm_exes, &vm_env, &vm_dir)?;
-                hooks.push((kernel.release.clone(), check));
-                results.push((kernel.release.clone(), r));
-            }
+            );
+        }
+    } else if !lines.is_empty() {
+        for (release, (r, check)) in run_vms(&lines, &vm_dir, &vm_exes, &vm_env)? {
+            hooks.push((release.clone(), check));
+            results.push((release, r));
         }
     }
     if root {

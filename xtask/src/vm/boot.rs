@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use super::Kernel;
 
 /// Whether KVM works here (nested KVM often does not): one short boot, remembered.
-fn kvm_works(kernel: &Kernel, vm_dir: &Path) -> bool {
+pub fn kvm_works(kernel: &Kernel, vm_dir: &Path) -> bool {
     let stamp = vm_dir.join("kvm");
     if let Ok(s) = fs::read_to_string(&stamp) {
         return s.trim() == "yes";

@@ -16,7 +16,7 @@ use crate::setup::{apt_install, run_checked};
 
 mod boot;
 
-pub use self::boot::{CONSOLE, DONE_MARKER, Ended, HEARTBEAT, boot, kernel_trouble};
+pub use self::boot::{CONSOLE, DONE_MARKER, Ended, HEARTBEAT, boot, kernel_trouble, kvm_works};
 
 /// A kernel line nodes run: the newest Debian generic (`-amd64`) package of that line is used.
 pub struct Line {
