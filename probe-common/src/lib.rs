@@ -57,6 +57,10 @@ pub mod globals {
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
     /// [`crate::TcpResetLayout`] of `tcp:tcp_send_reset`.
     pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";
+    /// `u32`: 1 when `tcp:tcp_send_reset` reports resets without a full socket too (where the
+    /// kernel passes them to it, 6.10+), 0 when a function hook of `reset_sent_unowned`
+    /// (`--hooks reset_sent_unowned=fentry|kprobe`) reports them instead: never twice.
+    pub const SEND_RESET_UNOWNED: &str = "SEND_RESET_UNOWNED";
     /// [`crate::TcpResetLayout`] of `tcp:tcp_receive_reset`.
     pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
     /// [`crate::TaskOffsets`].

@@ -12,6 +12,6 @@ static RECEIVE_RESET_LAYOUT: TcpResetLayout = TcpResetLayout::ABSENT;
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: plain read of a load-time global.
     let layout = unsafe { core::ptr::read_volatile(&RECEIVE_RESET_LAYOUT) };
-    emit(&ctx, &layout, direction::RECEIVED);
+    emit(&ctx, &layout, direction::RECEIVED, true);
     0
 }

@@ -12,9 +12,18 @@ use crate::common::{
     read_field, read_kernel, skb_flow, skb_offsets, wakeup_flags,
 };
 
+/// `unowned`: whether a reset without a full socket (none, TIME_WAIT, NEW_SYN_RECV) is
+/// reported from this record (false where a function hook reports those).
 #[inline(always)]
-pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16) {
+pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16, unowned: bool) {
     let off = offsets();
+    if !unowned {
+        let sk: u64 = read_field(ctx, layout.skaddr).unwrap_or(0);
+        let sk_state: u8 = read_kernel(sk, off.sk_state).unwrap_or(0);
+        if sk == 0 || sk_state >= 32 || (1u32 << sk_state) & off.mini_sock_states != 0 {
+            return;
+        }
+    }
     let mut ev = TcpResetEvent {
         header: new_header(kind::TCP_RESET),
         socket_cookie: 0,

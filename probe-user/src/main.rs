@@ -94,6 +94,7 @@ fn loader_config(cli: &Cli) -> LoaderConfig {
         wasm_runtimes: cli.wasm_runtimes.0.clone(),
         http_trace_context: cli.http_trace_context,
         avoid_hooks: cli.avoid_hooks.clone(),
+        hook_pins: cli.hooks.clone(),
         verbose_verifier: cli.verifier_log == config::values::VerifierLog::Verbose,
         fold_first: cli.fold_first,
         fold_window: cli.fold_window,

@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    pins,
     tables::{FileResult, parse},
     vm,
 };
@@ -75,44 +76,66 @@ pub struct Env {
 
 /// Runs every executable here, one at a time, printing their output as cargo would.
 pub fn run_host(exes: &[TestExe], env: &Env) -> Result<BTreeMap<String, FileResult>> {
+    let bin = probe_bin(env);
     let mut results = BTreeMap::new();
     for exe in exes {
-        println!("     Running {} ({})", exe.name, exe.path.display());
-        let mut cmd = Command::new(&exe.path);
-        cmd.args(["--test-threads=1"])
-            .args(env.filter.iter())
-            .envs(env.vars.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("running {}", exe.path.display()))?;
-        // Both streams echoed as they come; stderr carries the loud unsupported lines.
-        let stderr = child.stderr.take().context("stderr")?;
-        let echo = std::thread::spawn(move || {
-            let mut text = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
+        for run in pins::runs(&exe.name) {
+            let text = match run.hooks.map(|h| (h, pins::attachable(Path::new(&bin), h))) {
+                Some((hooks, Err(rows))) => {
+                    let text = format!(
+                        "\n!!!!! {} --hooks {hooks} !!!!!\n{rows}",
+                        pins::NOT_ATTACHABLE
+                    );
+                    println!("     Running {}\n{text}", run.label);
+                    text
+                }
+                _ => {
+                    println!("     Running {} ({})", run.label, exe.path.display());
+                    run_exe(exe, env, run.hooks)?
+                }
+            };
+            results.insert(run.label, parse(&text));
+        }
+    }
+    Ok(results)
+}
+
+/// One executable, its output echoed as it comes (stderr carries the loud unsupported lines)
+/// and returned.
+fn run_exe(exe: &TestExe, env: &Env, hooks: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(&exe.path);
+    cmd.args(["--test-threads=1"])
+        .args(env.filter.iter())
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .envs(hooks.map(|h| ("PROBE_HOOKS", h)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", exe.path.display()))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let echo = std::thread::spawn(move || {
         let mut text = String::new();
-        for line in BufReader::new(child.stdout.take().context("stdout")?)
-            .lines()
-            .map_while(Result::ok)
-        {
-            println!("{line}");
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
             text.push_str(&line);
             text.push('\n');
         }
-        child.wait()?;
-        text.push_str(&echo.join().unwrap_or_default());
-        results.insert(exe.name.clone(), parse(&text));
+        text
+    });
+    let mut text = String::new();
+    for line in BufReader::new(child.stdout.take().context("stdout")?)
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{line}");
+        text.push_str(&line);
+        text.push('\n');
     }
-    Ok(results)
+    child.wait()?;
+    text.push_str(&echo.join().unwrap_or_default());
+    Ok(text)
 }
 
 pub fn shell_quote(s: &str) -> String {
@@ -163,17 +186,24 @@ fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
     );
     let filter = env.filter.as_deref().map(shell_quote).unwrap_or_default();
     for exe in exes {
-        let log = out_dir.join(format!("{}.log", exe.name));
-        let _ = writeln!(
-            s,
-            "echo {name} > {current}\n\
-             timeout -k 10 {FILE_TIMEOUT_S} {path} --test-threads=1 {filter} > {log} 2>&1 < /dev/null\n\
-             rc=$?; [ $rc = 124 ] && echo 'xtask: timed out after {FILE_TIMEOUT_S} s' >> {log}",
-            name = shell_quote(&exe.name),
-            current = q(&out_dir.join(CURRENT)),
-            path = q(&exe.path),
-            log = q(&log),
-        );
+        for run in pins::runs(&exe.name) {
+            let log = q(&out_dir.join(format!("{}.log", run.label)));
+            let command = format!(
+                "timeout -k 10 {FILE_TIMEOUT_S} {path} --test-threads=1 {filter} > {log} 2>&1 < /dev/null\n\
+                 rc=$?; [ $rc = 124 ] && echo 'xtask: timed out after {FILE_TIMEOUT_S} s' >> {log}",
+                path = q(&exe.path),
+            );
+            let _ = writeln!(
+                s,
+                "echo {name} > {current}\n{command}",
+                name = shell_quote(&run.label),
+                current = q(&out_dir.join(CURRENT)),
+                command = match run.hooks {
+                    Some(hooks) => pins::guest_run(hooks, &log, &command),
+                    None => command,
+                },
+            );
+        }
     }
     let _ = writeln!(s, "dmesg > {}", q(&out_dir.join("dmesg.txt")));
     let _ = writeln!(s, "touch {}", q(&out_dir.join(vm::DONE_MARKER)));
@@ -226,16 +256,19 @@ const CHECK_KERNEL: &str = "check-kernel.txt";
 
 /// `probe --check-kernel` here (the VM runs it in its script).
 pub fn check_kernel_host(env: &Env) -> String {
-    let bin = env
-        .vars
-        .iter()
-        .find(|(k, _)| k == "PROBE_BIN")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    Command::new(bin)
+    Command::new(probe_bin(env))
         .arg("--check-kernel")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The agent the tests run (`PROBE_BIN`).
+fn probe_bin(env: &Env) -> String {
+    env.vars
+        .iter()
+        .find(|(k, _)| k == "PROBE_BIN")
+        .map(|(_, v)| v.clone())
         .unwrap_or_default()
 }
 
@@ -264,14 +297,15 @@ pub fn run_vm(
         kernel.release
     );
     let mut results = BTreeMap::new();
-    for exe in exes {
-        let log = fs::read_to_string(out_dir.join(format!("{}.log", exe.name))).unwrap_or_default();
+    for run in exes.iter().flat_map(|exe| pins::runs(&exe.name)) {
+        let log =
+            fs::read_to_string(out_dir.join(format!("{}.log", run.label))).unwrap_or_default();
         let _ = writeln!(
             report,
             "     Running {} (kernel {}, in a VM)\n{log}",
-            exe.name, kernel.release
+            run.label, kernel.release
         );
-        results.insert(exe.name.clone(), parse(&log));
+        results.insert(run.label, parse(&log));
     }
     let console = fs::read_to_string(out_dir.join(vm::CONSOLE)).unwrap_or_default();
     let trouble = vm::kernel_trouble(&console);

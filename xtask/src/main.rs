@@ -7,6 +7,7 @@ mod bench_net;
 mod bench_vm;
 mod e2e;
 mod image;
+mod pins;
 mod setup;
 mod tables;
 mod vm;
@@ -358,6 +359,7 @@ fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
     }
     let (table, all_ok) = tables::summary(&results);
     println!("{table}");
+    println!("{}", pins::candidate_summary(&results));
     if !all_ok {
         bail!("root end-to-end tests failed (see the table above)");
     }

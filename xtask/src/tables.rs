@@ -15,6 +15,8 @@ pub struct FileResult {
     pub skipped: u32,
     /// The executable did not print a result line (crash, timeout).
     pub broken: bool,
+    /// A run with its hooks pinned that did not run: the pinned hook does not attach here.
+    pub not_attachable: bool,
 }
 
 impl FileResult {
@@ -35,6 +37,10 @@ pub fn parse(output: &str) -> FileResult {
         }
         if line.starts_with("!!!!! ") && line.contains(": skipped: ") {
             r.skipped += 1;
+        }
+        if line.contains(crate::pins::NOT_ATTACHABLE) {
+            r.broken = false;
+            r.not_attachable = true;
         }
         if let Some(rest) = line.trim().strip_prefix("test result: ") {
             r.broken = false;
@@ -127,14 +133,14 @@ pub fn summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> (String, b
     let mut out = String::from(
         "\nroot e2e summary (passed/total, U = unsupported on this kernel, S = skipped)\n",
     );
-    let _ = write!(out, "{:<22}", "test file");
+    let _ = write!(out, "{:<30}", "test file");
     for (kernel, _) in columns {
         let _ = write!(out, " {kernel:>24}");
     }
     out.push('\n');
     let mut all_ok = true;
     for file in files {
-        let _ = write!(out, "{file:<22}");
+        let _ = write!(out, "{file:<30}");
         for (_, results) in columns {
             let cell = match results.get(file) {
                 None => "-".to_owned(),
@@ -142,6 +148,7 @@ pub fn summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> (String, b
                     all_ok = false;
                     "BROKEN".to_owned()
                 }
+                Some(r) if r.not_attachable => "not attachable".to_owned(),
                 Some(r) => {
                     all_ok &= r.ok();
                     let mut c = format!("{}/{}", r.passed, r.passed + r.failed);
@@ -182,10 +189,16 @@ mod tests {
                 failed: 1,
                 unsupported: 1,
                 skipped: 1,
-                broken: false
+                broken: false,
+                not_attachable: false,
             }
         );
         assert!(parse("running 1 test\nthread panicked").broken);
+        let pinned = parse(&format!(
+            "\n!!!!! {} --hooks wasm_write=kprobe !!!!!\nwasm_write  NONE  ...\n",
+            crate::pins::NOT_ATTACHABLE
+        ));
+        assert!(pinned.not_attachable && pinned.ok());
     }
 
     #[test]

@@ -297,6 +297,14 @@ pub struct Cli {
     #[arg(long, env = "PROBE_AVOID_HOOKS", value_enum, value_delimiter = ',')]
     pub avoid_hooks: Vec<crate::loader::hooks::HookKind>,
 
+    /// Pin capabilities to a kind of hook, comma-separated CAPABILITY=KIND (e.g.
+    /// reset_sent_unowned=kprobe): the capability tries only its candidates of that kind and
+    /// has no hook when they do not attach (see `--check-kernel` for the capabilities and
+    /// their candidates).
+    #[arg(long, env = "PROBE_HOOKS", value_delimiter = ',', value_name = "CAPABILITY=KIND",
+          value_parser = values::hook_pin)]
+    pub hooks: Vec<crate::loader::hooks::HookPin>,
+
     /// Verifier log of a rejected program, logged at debug level (`--log-level probe=debug`).
     #[arg(long, value_enum, env = "PROBE_VERIFIER_LOG", default_value_t = values::VerifierLog::Stats)]
     pub verifier_log: values::VerifierLog,
@@ -490,6 +498,16 @@ impl Cli {
 
     /// What no single flag's parser can see: conflicting values of different flags.
     fn checked(self) -> Result<Self, clap::Error> {
+        if let Some(twice) = self.hooks.iter().enumerate().find(|(i, p)| {
+            self.hooks[..*i]
+                .iter()
+                .any(|q| q.capability == p.capability)
+        }) {
+            return Err(Self::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("--hooks: {} is pinned twice", twice.1.capability),
+            ));
+        }
         if self.output.contains(&Output::Json) && self.output.contains(&Output::Terminal) {
             return Err(Self::command().error(
                 clap::error::ErrorKind::ArgumentConflict,
@@ -563,6 +581,12 @@ impl Cli {
         effective["metrics-max-series"] = json!(self.metrics_max_series);
         effective["metrics-series-idle"] =
             json!(humantime::format_duration(self.metrics_series_idle).to_string());
+        effective["hooks"] = json!(
+            self.hooks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        );
         effective
     }
 }

@@ -202,3 +202,33 @@ fn conflicting_outputs_and_actions_are_usage_errors() {
         assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
     }
 }
+
+#[test]
+fn hook_pins_are_parsed_checked_and_shown() {
+    let cli = load(&["probe", "--hooks", "reset_sent_unowned=kprobe,drops=raw-tp"]).unwrap();
+    assert_eq!(
+        cli.hooks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["reset_sent_unowned=kprobe", "drops=raw-tp"]
+    );
+    assert_eq!(
+        cli.effective()["hooks"],
+        serde_json::json!(["reset_sent_unowned=kprobe", "drops=raw-tp"])
+    );
+    for (args, says) in [
+        (
+            &["probe", "--hooks", "wasm_write=raw-tp"][..],
+            "wasm_write has no such hook (its kinds: fexit, kprobe, tracepoint)",
+        ),
+        (
+            &["probe", "--hooks", "drops=raw-tp,drops=raw-tp"],
+            "--hooks: drops is pinned twice",
+        ),
+    ] {
+        let e = load(args).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        assert!(e.to_string().contains(says), "{args:?}: {e}");
+    }
+}

@@ -232,6 +232,11 @@ impl super::Color {
     }
 }
 
+/// `--hooks` values: CAPABILITY=KIND against the hook table.
+pub fn hook_pin(s: &str) -> Result<crate::loader::hooks::HookPin, String> {
+    crate::loader::hooks::HookPin::parse(s, crate::loader::hooks::CAPABILITIES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

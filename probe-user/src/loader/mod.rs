@@ -86,11 +86,25 @@ pub struct LoaderConfig {
     pub http_trace_context: bool,
     /// `--avoid-hooks`.
     pub avoid_hooks: Vec<hooks::HookKind>,
+    /// `--hooks`.
+    pub hook_pins: Vec<hooks::HookPin>,
     /// `--verifier-log verbose`: the verifier's instruction trace too.
     pub verbose_verifier: bool,
     /// Resets per fold key, CPU and window sent in full (0: no folding), and the window.
     pub fold_first: u32,
     pub fold_window: std::time::Duration,
+}
+
+impl LoaderConfig {
+    /// The flags that switch capabilities off or choose their hooks.
+    fn switches(&self) -> Switches {
+        Switches {
+            capture: self.capture_bytes != 0,
+            http_trace_context: self.http_trace_context,
+            avoid: self.avoid_hooks.clone(),
+            pins: self.hook_pins.clone(),
+        }
+    }
 }
 
 /// Whether a program is attached, and why not.
@@ -151,8 +165,8 @@ impl Probe {
                 "this kernel's msghdr/iov_iter layout is not one the send hook reads: requests' traceparent headers will not be seen"
             );
         }
-        let preempt = if config.avoid_hooks.contains(&hooks::HookKind::PreemptCount) {
-            Err("avoided by --avoid-hooks".to_owned())
+        let preempt = if !config.switches().preempt_count_allowed(hooks::CAPABILITIES) {
+            Err("avoided by --avoid-hooks or --hooks".to_owned())
         } else {
             btf.as_ref()
                 .ok_or_else(|| "no kernel BTF".to_owned())
@@ -216,6 +230,11 @@ impl Probe {
                 true,
             )
             .override_global(globals::SEND_RESET_LAYOUT, &send_layout, true)
+            .override_global(
+                globals::SEND_RESET_UNOWNED,
+                &u32::from(config.switches().unowned_from_tracepoint()),
+                true,
+            )
             .override_global(globals::RECEIVE_RESET_LAYOUT, &receive_layout, true)
             .override_global(globals::WRITE_LAYOUT, &write_l, true)
             .override_global(globals::WRITEV_LAYOUT, &writev_l, true)
@@ -237,11 +256,7 @@ impl Probe {
         if let Err(e) = probe.set_runtimes(&config.wasm_runtimes) {
             warn!("{e}; no Wasm runtime will be recognised at exec");
         }
-        let switches = Switches {
-            capture: config.capture_bytes != 0,
-            http_trace_context: config.http_trace_context,
-            avoid: config.avoid_hooks.clone(),
-        };
+        let switches = config.switches();
         let mut ebpf = probe.ebpf.lock().unwrap_or_else(|e| e.into_inner());
         let mut kernel = AyaKernel {
             ebpf: &mut ebpf,

@@ -122,6 +122,14 @@ impl Candidate {
         text
     }
 
+    /// Its kind, as `--hooks` names it: the kind of its first program (the preempt count
+    /// for the candidate without programs).
+    pub fn kind(&self) -> HookKind {
+        self.programs
+            .first()
+            .map_or(HookKind::PreemptCount, |p| HookKind::of(&p.attach))
+    }
+
     /// The kinds of hook it uses.
     fn kinds(&self) -> impl Iterator<Item = HookKind> + '_ {
         let preempt = (self.requires == Requires::PreemptCount).then_some(HookKind::PreemptCount);
@@ -180,6 +188,9 @@ pub enum HookError {
     },
     #[error("{hook}: {reason}")]
     Unusable { hook: String, reason: String },
+    /// Left out by `--hooks` (not the kernel's doing).
+    #[error("{hook}: not tried: --hooks {pin}")]
+    NotPinned { hook: String, pin: HookPin },
 }
 
 /// What the selection needs from the kernel (the real one in `mod.rs`, a fake in tests).
@@ -215,20 +226,106 @@ impl CapabilityStatus {
         if let Some(flag) = self.disabled {
             return format!("disabled by {flag}");
         }
-        match self.failures.last() {
+        // The kernel's word on a pinned candidate, not the candidates the pin left out.
+        let kernel = self
+            .failures
+            .iter()
+            .rev()
+            .find(|e| !matches!(e, HookError::NotPinned { .. }));
+        match kernel.or(self.failures.last()) {
             Some(e) => e.to_string(),
             None => "no candidate hook".into(),
         }
     }
 }
 
-/// Flags that switch capabilities off.
+/// `--hooks CAPABILITY=KIND`: the capability tries only its candidates of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookPin {
+    pub capability: &'static str,
+    pub kind: HookKind,
+}
+
+impl fmt::Display for HookPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.capability, self.kind.name())
+    }
+}
+
+impl HookPin {
+    /// Parses `CAPABILITY=KIND` against the hook table: the capability exists and has a
+    /// candidate of that kind (the error names the kinds it has).
+    pub fn parse(text: &str, table: &[Capability]) -> Result<Self, String> {
+        let (name, kind) = text
+            .split_once('=')
+            .ok_or_else(|| format!("`{text}`: expected CAPABILITY=KIND"))?;
+        let cap = table
+            .iter()
+            .find(|c| c.name == name.trim())
+            .ok_or_else(|| {
+                let names: Vec<&str> = table.iter().map(|c| c.name).collect();
+                format!(
+                    "`{name}`: no such capability (one of: {})",
+                    names.join(", ")
+                )
+            })?;
+        let kinds: Vec<HookKind> = cap.candidates.iter().map(Candidate::kind).collect();
+        let names: Vec<String> = kinds.iter().map(|k| k.name()).collect();
+        let kind = <HookKind as clap::ValueEnum>::from_str(kind.trim(), true)
+            .ok()
+            .filter(|k| kinds.contains(k))
+            .ok_or_else(|| {
+                format!(
+                    "`{kind}`: {} has no such hook (its kinds: {})",
+                    cap.name,
+                    names.join(", ")
+                )
+            })?;
+        Ok(Self {
+            capability: cap.name,
+            kind,
+        })
+    }
+}
+
+/// Flags that switch capabilities off or choose their hooks.
 #[derive(Debug, Clone)]
 pub struct Switches {
     pub capture: bool,
     pub http_trace_context: bool,
     /// `--avoid-hooks`: candidates using these kinds are not tried.
     pub avoid: Vec<HookKind>,
+    /// `--hooks`: capabilities that try only their candidates of one kind.
+    pub pins: Vec<HookPin>,
+}
+
+impl Switches {
+    /// Whether `tcp:tcp_send_reset` reports resets without a full socket where the kernel
+    /// passes them to it: not when `reset_sent_unowned` is pinned to a function hook, which
+    /// then reports them (never twice).
+    pub fn unowned_from_tracepoint(&self) -> bool {
+        self.pins
+            .iter()
+            .all(|p| p.capability != "reset_sent_unowned" || p.kind == HookKind::Tracepoint)
+    }
+
+    /// Whether the preempt count may stand for the softirq hooks (neither avoided nor pinned
+    /// away from).
+    pub fn preempt_count_allowed(&self, table: &[Capability]) -> bool {
+        let uses_it = |name: &str| {
+            table.iter().any(|c| {
+                c.name == name
+                    && c.candidates
+                        .iter()
+                        .any(|k| k.requires == Requires::PreemptCount)
+            })
+        };
+        !self.avoid.contains(&HookKind::PreemptCount)
+            && self
+                .pins
+                .iter()
+                .all(|p| p.kind == HookKind::PreemptCount || !uses_it(p.capability))
+    }
 }
 
 /// Attaches, per capability, the first candidate that works. A program shared by several
@@ -255,8 +352,16 @@ pub fn select(
             failures: Vec::new(),
             disabled,
         };
+        let pin = switches.pins.iter().find(|p| p.capability == cap.name);
         if disabled.is_none() {
             for candidate in cap.candidates {
+                if let Some(&pin) = pin.filter(|p| p.kind != candidate.kind()) {
+                    status.failures.push(HookError::NotPinned {
+                        hook: candidate.hook(),
+                        pin,
+                    });
+                    continue;
+                }
                 if let Some(kind) = candidate.kinds().find(|k| switches.avoid.contains(k)) {
                     status.failures.push(HookError::Unusable {
                         hook: candidate.hook(),

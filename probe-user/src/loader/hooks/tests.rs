@@ -83,6 +83,7 @@ const ALL_ON: Switches = Switches {
     capture: true,
     http_trace_context: true,
     avoid: Vec::new(),
+    pins: Vec::new(),
 };
 
 fn status<'a>(all: &'a [CapabilityStatus], name: &str) -> &'a CapabilityStatus {
@@ -256,6 +257,7 @@ fn switched_off_capabilities_are_not_tried() {
             capture: false,
             http_trace_context: false,
             avoid: Vec::new(),
+            pins: Vec::new(),
         },
         &mut kernel,
     );
@@ -384,4 +386,95 @@ fn avoided_kinds_of_hook_are_not_tried() {
         Some("raw_tp softirq_entry + raw_tp softirq_exit")
     );
     assert!(!kernel.attempts.iter().any(|p| p.ends_with("_fentry")));
+}
+
+/// `--hooks CAPABILITY=KIND`: the pinned capability tries only its candidates of that kind,
+/// even where an earlier one would attach; the others say why they were not tried.
+#[test]
+fn a_pinned_capability_tries_only_its_pinned_kind() {
+    let mut kernel = FakeKernel::default();
+    let pins = [
+        "reset_sent_unowned=kprobe",
+        "softirq_context=raw-tp",
+        "http_request_head=fentry",
+    ]
+    .map(|p| HookPin::parse(p, CAPABILITIES).expect(p));
+    let switches = Switches {
+        pins: pins.to_vec(),
+        ..ALL_ON
+    };
+    assert!(!switches.preempt_count_allowed(CAPABILITIES));
+    assert!(ALL_ON.preempt_count_allowed(CAPABILITIES));
+    // The function hook reports resets without a full socket, the tracepoint no longer.
+    assert!(!switches.unowned_from_tracepoint());
+    assert!(ALL_ON.unowned_from_tracepoint());
+    let all = select(CAPABILITIES, &switches, &mut kernel);
+    assert_eq!(
+        chosen(&all, "reset_sent_unowned").as_deref(),
+        Some("kprobe tcp_v4_send_reset + kprobe tcp_v6_send_reset")
+    );
+    assert_eq!(
+        status(&all, "reset_sent_unowned").failures[0].to_string(),
+        "tracepoint tcp:tcp_send_reset (field reason): not tried: --hooks reset_sent_unowned=kprobe"
+    );
+    assert_eq!(
+        chosen(&all, "softirq_context").as_deref(),
+        Some("raw_tp softirq_entry + raw_tp softirq_exit")
+    );
+    assert_eq!(
+        chosen(&all, "http_request_head").as_deref(),
+        Some("fentry tcp_sendmsg_locked")
+    );
+    // Capabilities without a pin keep their first choice.
+    assert_eq!(
+        chosen(&all, "reset_sent").as_deref(),
+        Some("tracepoint tcp:tcp_send_reset")
+    );
+    assert!(!kernel.attempts.contains(&"tcp_sendmsg_locked"));
+}
+
+/// A pinned kind that does not attach leaves the capability without a hook (no fallback):
+/// the kernel's reason is the last word.
+#[test]
+fn a_pin_that_does_not_attach_is_not_replaced() {
+    let mut kernel = FakeKernel::default().no_attach(
+        "ksys_write_kprobe",
+        "kprobe ksys_write",
+        "No such file or directory (os error 2)",
+    );
+    let switches = Switches {
+        pins: vec![HookPin::parse("wasm_write=kprobe", CAPABILITIES).unwrap()],
+        ..ALL_ON
+    };
+    let all = select(CAPABILITIES, &switches, &mut kernel);
+    let s = status(&all, "wasm_write");
+    assert_eq!(s.chosen, None);
+    assert_eq!(
+        s.reason(),
+        "ksys_write_kprobe on kprobe ksys_write: does not attach: No such file or directory (os error 2)"
+    );
+    assert_eq!(
+        s.failures.last().unwrap().to_string(),
+        "tracepoint syscalls:sys_enter_write: not tried: --hooks wasm_write=kprobe"
+    );
+}
+
+#[test]
+fn hook_pins_are_checked_against_the_table() {
+    let pin = HookPin::parse("drops=raw-tp", CAPABILITIES).unwrap();
+    assert_eq!((pin.capability, pin.kind), ("drops", HookKind::RawTp));
+    assert_eq!(pin.to_string(), "drops=raw-tp");
+    assert_eq!(
+        HookPin::parse("wasm_write=raw-tp", CAPABILITIES).unwrap_err(),
+        "`raw-tp`: wasm_write has no such hook (its kinds: fexit, kprobe, tracepoint)"
+    );
+    assert!(
+        HookPin::parse("nosuch=kprobe", CAPABILITIES)
+            .unwrap_err()
+            .starts_with("`nosuch`: no such capability (one of: softirq_context, ")
+    );
+    assert_eq!(
+        HookPin::parse("wasm_write", CAPABILITIES).unwrap_err(),
+        "`wasm_write`: expected CAPABILITY=KIND"
+    );
 }

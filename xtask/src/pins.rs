@@ -1,0 +1,283 @@
+//! Hook-named root test files run once per candidate hook of what they are named after, each
+//! run with its hook pinned (`PROBE_HOOKS`, the agent's `--hooks`): a kernel that would pick
+//! another candidate still has this one proven where it attaches. A pin that does not attach
+//! on a kernel is not run there: the run says "not attachable" with the kernel's reason (from
+//! `probe --check-kernel` with the same pins), loudly, and the summary counts it.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command};
+
+use crate::tables::FileResult;
+
+/// File stem -> (label, pins): the label names the run (`ksys_write@kprobe`).
+const PINNED: &[(&str, &[(&str, &str)])] = &[
+    (
+        "do_writev",
+        &[
+            ("fexit", "wasm_writev=fexit,write_result=fexit"),
+            ("kprobe", "wasm_writev=kprobe,write_result=kretprobe"),
+        ],
+    ),
+    (
+        "ksys_write",
+        &[
+            ("fexit", "wasm_write=fexit,write_result=fexit"),
+            ("kprobe", "wasm_write=kprobe,write_result=kretprobe"),
+        ],
+    ),
+    (
+        "sys_enter_write",
+        &[(
+            "tracepoint",
+            "wasm_write=tracepoint,write_result=tracepoint",
+        )],
+    ),
+    (
+        "sys_enter_writev",
+        &[(
+            "tracepoint",
+            "wasm_writev=tracepoint,write_result=tracepoint",
+        )],
+    ),
+    (
+        "sys_exit_write",
+        &[(
+            "tracepoint",
+            "write_result=tracepoint,wasm_write=tracepoint",
+        )],
+    ),
+    (
+        "sys_exit_writev",
+        &[(
+            "tracepoint",
+            "write_result=tracepoint,wasm_writev=tracepoint",
+        )],
+    ),
+    ("tcp_v4_send_reset", UNOWNED),
+    ("tcp_v6_send_reset", UNOWNED),
+    (
+        "tcp_sendmsg_locked",
+        &[
+            ("raw-tp", "http_request_head=raw-tp"),
+            ("fentry", "http_request_head=fentry"),
+            ("kprobe", "http_request_head=kprobe"),
+        ],
+    ),
+];
+
+const UNOWNED: &[(&str, &str)] = &[
+    ("tracepoint", "reset_sent_unowned=tracepoint"),
+    ("fentry", "reset_sent_unowned=fentry"),
+    ("kprobe", "reset_sent_unowned=kprobe"),
+];
+
+/// One run of a test file: its label in the summary and the pins it runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub label: String,
+    pub hooks: Option<&'static str>,
+}
+
+/// The runs of the file `stem`: one per pinned candidate, or one unpinned.
+pub fn runs(stem: &str) -> Vec<Run> {
+    match PINNED.iter().find(|(s, _)| *s == stem) {
+        Some((_, pins)) => pins
+            .iter()
+            .map(|(label, hooks)| Run {
+                label: format!("{stem}@{label}"),
+                hooks: Some(hooks),
+            })
+            .collect(),
+        None => vec![Run {
+            label: stem.to_owned(),
+            hooks: None,
+        }],
+    }
+}
+
+/// The line a run that is not attachable prints (and `tables::parse` reads).
+pub const NOT_ATTACHABLE: &str = "xtask: not attachable on this kernel:";
+
+/// Whether the pinned capabilities of `hooks` have a hook on this kernel: Err(the
+/// `--check-kernel` lines of those that have none, with the kernel's reasons).
+pub fn attachable(bin: &Path, hooks: &str) -> Result<(), String> {
+    let out = Command::new(bin)
+        .arg("--check-kernel")
+        .env("PROBE_HOOKS", hooks)
+        .output()
+        .map_err(|e| format!("running {} --check-kernel: {e}", bin.display()))?;
+    unpinned_lines(&String::from_utf8_lossy(&out.stdout), hooks)
+}
+
+/// The `--check-kernel` rows of `hooks`' capabilities that say NONE.
+pub fn unpinned_lines(table: &str, hooks: &str) -> Result<(), String> {
+    let mut missing = String::new();
+    for capability in hooks.split(',').filter_map(|p| p.split('=').next()) {
+        for line in table.lines() {
+            let mut cols = line.split_whitespace();
+            if cols.next() == Some(capability) && cols.next() == Some("NONE") {
+                let _ = writeln!(missing, "{}", line.trim());
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
+}
+
+/// The same check in the guest's shell: runs `probe --check-kernel` with the pins and, when a
+/// pinned capability has no hook, writes the loud line and the rows to `log` instead of
+/// running `run` (a shell command).
+pub fn guest_run(hooks: &str, log: &str, run: &str) -> String {
+    let caps: Vec<&str> = hooks
+        .split(',')
+        .filter_map(|p| p.split('=').next())
+        .collect();
+    let pattern = format!("^({}) +NONE", caps.join("|"));
+    let hooks = crate::e2e::shell_quote(hooks);
+    let pattern = crate::e2e::shell_quote(&pattern);
+    format!(
+        "rows=$(PROBE_HOOKS={hooks} \"$PROBE_BIN\" --check-kernel 2>&1 | grep -E {pattern})\n\
+         if [ -n \"$rows\" ]; then\n\
+         printf '\\n!!!!! {NOT_ATTACHABLE} --hooks %s !!!!!\\n%s\\n' {hooks} \"$rows\" > {log}\n\
+         else\n\
+         export PROBE_HOOKS={hooks}\n\
+         {run}\n\
+         unset PROBE_HOOKS\n\
+         fi"
+    )
+}
+
+/// capability=kind x kernel: `passed` where a run pinned to it passed, `FAILED` where one
+/// failed, `not attachable` where it does not attach, `-` where it did not run.
+pub fn candidate_summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> String {
+    // Each pin with the runs that hold it, in the table's order.
+    let mut pins: Vec<(&str, Vec<String>)> = Vec::new();
+    for (stem, runs) in PINNED {
+        for (label, hooks) in *runs {
+            for pin in hooks.split(',') {
+                let run = format!("{stem}@{label}");
+                match pins.iter_mut().find(|(p, _)| *p == pin) {
+                    Some((_, runs)) => runs.push(run),
+                    None => pins.push((pin, vec![run])),
+                }
+            }
+        }
+    }
+    // Grouped by capability, candidates in the table's order.
+    pins.sort_by_key(|(pin, _)| pin.split('=').next().unwrap_or_default().to_owned());
+    let mut out =
+        String::from("\nhook candidates, pinned (--hooks) in the hook-named test files\n");
+    let _ = write!(out, "{:<32}", "capability=kind");
+    for (kernel, _) in columns {
+        let _ = write!(out, " {kernel:>24}");
+    }
+    out.push('\n');
+    for (pin, runs) in pins {
+        let _ = write!(out, "{pin:<32}");
+        for (_, results) in columns {
+            let got: Vec<&FileResult> = runs.iter().filter_map(|r| results.get(r)).collect();
+            let cell = if got.is_empty() {
+                "-"
+            } else if got.iter().any(|r| !r.ok()) {
+                "FAILED"
+            } else if got.iter().any(|r| !r.not_attachable && r.unsupported == 0) {
+                "passed"
+            } else if got.iter().all(|r| r.not_attachable) {
+                "not attachable"
+            } else {
+                "unsupported"
+            };
+            let _ = write!(out, " {cell:>24}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_named_files_run_once_per_candidate() {
+        assert_eq!(
+            runs("ksys_write"),
+            vec![
+                Run {
+                    label: "ksys_write@fexit".into(),
+                    hooks: Some("wasm_write=fexit,write_result=fexit")
+                },
+                Run {
+                    label: "ksys_write@kprobe".into(),
+                    hooks: Some("wasm_write=kprobe,write_result=kretprobe")
+                },
+            ]
+        );
+        assert_eq!(
+            runs("folding"),
+            vec![Run {
+                label: "folding".into(),
+                hooks: None
+            }]
+        );
+    }
+
+    #[test]
+    fn a_pinned_capability_without_a_hook_is_found_in_the_table() {
+        let table = "capability            hook      note\n\
+                     reset_sent            tracepoint tcp:tcp_send_reset\n\
+                     reset_sent_unowned    NONE      TCP resets ...: kprobe: does not attach\n\
+                     reset_reason          NONE      resets will carry no reason\n";
+        assert_eq!(
+            unpinned_lines(table, "reset_sent_unowned=kprobe"),
+            Err("reset_sent_unowned    NONE      TCP resets ...: kprobe: does not attach\n".into())
+        );
+        assert_eq!(unpinned_lines(table, "reset_sent=tracepoint"), Ok(()));
+    }
+
+    #[test]
+    fn candidates_are_passed_failed_or_not_attachable_per_kernel() {
+        let passed = FileResult {
+            passed: 1,
+            ..FileResult::default()
+        };
+        let failed = FileResult {
+            failed: 1,
+            ..passed.clone()
+        };
+        let absent = FileResult {
+            not_attachable: true,
+            ..FileResult::default()
+        };
+        let host: BTreeMap<String, FileResult> = [
+            ("tcp_v4_send_reset@tracepoint", passed.clone()),
+            ("tcp_v6_send_reset@tracepoint", passed.clone()),
+            ("tcp_v4_send_reset@kprobe", absent.clone()),
+            ("tcp_v6_send_reset@kprobe", absent),
+            ("tcp_v4_send_reset@fentry", passed),
+            ("tcp_v6_send_reset@fentry", failed),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let table = candidate_summary(&[("host".into(), host)]);
+        let row = |pin: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(&format!("{pin} ")))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(
+            row("reset_sent_unowned=tracepoint").as_deref(),
+            Some("passed")
+        );
+        assert_eq!(
+            row("reset_sent_unowned=kprobe").as_deref(),
+            Some("not attachable")
+        );
+        assert_eq!(row("reset_sent_unowned=fentry").as_deref(), Some("FAILED"));
+        assert_eq!(row("http_request_head=kprobe").as_deref(), Some("-"));
+    }
+}
