@@ -61,6 +61,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Regenerate what docs/ holds from the code (the flag table of docs/flags.md, from the
+    /// clap definitions); a unit test fails when the committed copy differs.
+    Docs,
     /// Build the DaemonSet's image (buildah, `FROM scratch`, no registry): into the local
     /// containers storage as node-probe:VERSION and into target/image/node-probe-VERSION.tar.
     Image,
@@ -80,6 +83,7 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup().map(drop),
+        Cmd::Docs => docs(),
         Cmd::Run { args } => run(&args),
         Cmd::Image => {
             let route = setup::setup()?;
@@ -184,6 +188,25 @@ fn run(args: &[String]) -> Result<()> {
     // exec: signals (Ctrl-C) go straight to the probe, which drains and exits.
     let err = cmd.args(args).exec();
     Err(err).with_context(|| format!("executing {}", bin.display()))
+}
+
+/// `cargo xtask docs`: the generating unit test, told to write.
+fn docs() -> Result<()> {
+    let mut test = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    test.current_dir(root_dir())
+        .args([
+            "test",
+            "-p",
+            "probe-user",
+            "--bin",
+            "probe",
+            "config::flags_doc",
+        ])
+        .env("AYA_BUILD_SKIP", "1")
+        .env("PROBE_UPDATE_DOCS", "1");
+    run_checked(&mut test)?;
+    println!("xtask: docs/flags.md written from the flag definitions");
+    Ok(())
 }
 
 /// What `cargo xtask test` runs the root tests on when `--kernel` is not given: this kernel and

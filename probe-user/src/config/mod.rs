@@ -9,6 +9,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum, parser::ValueSourc
 use serde_json::json;
 
 mod file;
+#[cfg(test)]
+mod flags_doc;
 pub mod values;
 
 use values::{
@@ -63,8 +65,10 @@ pub enum Color {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "probe", version)]
 pub struct Cli {
-    /// Where events go, comma-separated: terminal or json (stdout), and/or otlp.
+    /// `terminal` (live readable stream) or `json` (JSON Lines) on stdout, and/or `otlp`: e.g.
+    /// `json,otlp`; see Outputs (docs/outputs.md) for a stdout that is not read or goes away.
     #[arg(
+        value_name = "LIST",
         long,
         value_enum,
         env = "PROBE_OUTPUT",
@@ -73,14 +77,15 @@ pub struct Cli {
     )]
     pub output: Vec<Output>,
 
-    /// OTLP collector endpoint, an http:// or https:// URL (default http://localhost:4317 for
-    /// grpc, :4318 for http/protobuf; the signal paths /v1/traces and /v1/logs are added for
-    /// HTTP). Its userinfo and query are never shown.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = Secretive(parse_endpoint))]
+    /// OTLP collector endpoint, an `http://` or `https://` URL; for HTTP the signal paths
+    /// `/v1/traces`, `/v1/logs` and `/v1/metrics` are appended; its userinfo and query are never
+    /// shown. Default when unset: `http://localhost:4317` (grpc), `:4318` (http/protobuf).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = Secretive(parse_endpoint), value_name = "URL")]
     pub otlp_endpoint: Option<Endpoint>,
 
     /// OTLP transport.
     #[arg(
+        value_name = "grpc|http/protobuf",
         long,
         value_enum,
         env = "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -88,188 +93,197 @@ pub struct Cli {
     )]
     pub otlp_protocol: crate::export::otlp::Protocol,
 
-    /// Headers sent with every export, KEY=VALUE, comma-separated (e.g. an API key). Values
-    /// are never shown.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_delimiter = ',',
+    /// Headers of every export, `KEY=VALUE`, comma-separated (e.g. API keys); values are never
+    /// shown.
+    #[arg(value_name = "K=V,...", long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_delimiter = ',',
           value_parser = Secretive(parse_header))]
     pub otlp_headers: Vec<Header>,
 
-    /// Timeout of one export: milliseconds (as OTEL_EXPORTER_OTLP_TIMEOUT has it) or a
-    /// duration such as 10s; 100ms to 5m.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", allow_hyphen_values = true,
+    /// Timeout of one export: milliseconds (as `OTEL_EXPORTER_OTLP_TIMEOUT` has it) or a duration
+    /// like `10s` (100ms-5m).
+    #[arg(value_name = "MS|D", long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", allow_hyphen_values = true,
           default_value = "10000", value_parser = parse_otlp_timeout)]
     pub otlp_timeout: Duration,
 
-    /// Spans (and, separately, log records) waiting for the collector at most; more are
-    /// dropped and counted. 1 to 1048576.
-    #[arg(long, env = "PROBE_OTLP_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 8192,
+    /// Spans (and, separately, log records) waiting for the collector at most (1-1048576); more are
+    /// dropped and counted.
+    #[arg(value_name = "N", long, env = "PROBE_OTLP_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 8192,
           value_parser = clap::value_parser!(u32).range(1..=QUEUE_MAX as i64))]
     pub otlp_queue_size: u32,
 
-    /// Encoded bytes of the records waiting for the collector at most, per signal (spans, log
-    /// records); more are dropped and counted. 1 MiB to 1 GiB.
-    #[arg(long, env = "PROBE_OTLP_QUEUE_BYTES", allow_hyphen_values = true, default_value_t = 32 << 20,
+    /// Encoded bytes waiting for the collector at most, per signal (1 MiB-1 GiB); more are dropped
+    /// and counted.
+    #[arg(value_name = "N", long, env = "PROBE_OTLP_QUEUE_BYTES", allow_hyphen_values = true, default_value_t = 32 << 20,
           value_parser = clap::value_parser!(u32).range((1 << 20)..=(1 << 30)))]
     pub otlp_queue_bytes: u32,
 
-    /// The node's OTLP budget: spans sent per second at most (a burst of one second's worth).
-    /// Records over it are still written in full to the other outputs and counted in one
-    /// `summary` span per kind and second (folded_by=otlp_budget): folded, never dropped.
-    /// 0: no limit; 0 to 1000000.
-    #[arg(long, env = "PROBE_OTLP_MAX_SPANS", allow_hyphen_values = true, default_value_t = 200,
+    /// The node's OTLP budget: spans sent per second at most (a burst of one second's worth; 0 = no
+    /// limit, 0-1000000). Records over it are still written in full to the other outputs and
+    /// counted in one `summary` span per kind and second (`folded_by: otlp_budget`): folded, never
+    /// dropped (`probe_otlp_over_budget_records_total`).
+    #[arg(value_name = "N", long, env = "PROBE_OTLP_MAX_SPANS", allow_hyphen_values = true, default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub otlp_max_spans: u32,
 
-    /// The node's OTLP budget of log records per second (Wasm output lines), as
-    /// --otlp-max-spans; 0: no limit; 0 to 1000000.
-    #[arg(long, env = "PROBE_OTLP_MAX_LOGS", allow_hyphen_values = true, default_value_t = 200,
+    /// The node's OTLP budget of log records (Wasm output lines) per second, as `--otlp-max-spans`
+    /// (0 = no limit, 0-1000000).
+    #[arg(value_name = "N", long, env = "PROBE_OTLP_MAX_LOGS", allow_hyphen_values = true, default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub otlp_max_logs: u32,
 
-    /// Encoded bytes of one export request at most (also at most 512 records); a collector that
-    /// answers 413 gets the batch in halves. 4 KiB to 16 MiB.
-    #[arg(long, env = "PROBE_OTLP_BATCH_BYTES", allow_hyphen_values = true, default_value_t = 1 << 20,
+    /// Encoded bytes of one export request at most (and at most 512 records; 4 KiB-16 MiB).
+    #[arg(value_name = "N", long, env = "PROBE_OTLP_BATCH_BYTES", allow_hyphen_values = true, default_value_t = 1 << 20,
           value_parser = clap::value_parser!(u32).range(4096..=(16 << 20)))]
     pub otlp_batch_bytes: u32,
 
-    /// How long the first waiting record waits for a batch to fill before it is sent (a
-    /// steady flow makes few large requests); 0 to 1m.
-    #[arg(long, env = "PROBE_OTLP_BATCH_DELAY", allow_hyphen_values = true, default_value = "1s",
+    /// How long the first waiting record waits for a batch to fill before it is sent (0-1m): a
+    /// steady flow makes few large requests.
+    #[arg(value_name = "D", long, env = "PROBE_OTLP_BATCH_DELAY", allow_hyphen_values = true, default_value = "1s",
           value_parser = duration_between(ms(0), secs(60)))]
     pub otlp_batch_delay: Duration,
 
-    /// How often the event metrics (`probe_tcp_resets_total`...: the families of /metrics)
-    /// are exported as OTLP cumulative sums, with their exemplars; and once at shutdown.
-    /// 1s to 1h.
-    #[arg(long, env = "PROBE_OTLP_METRICS_INTERVAL", allow_hyphen_values = true, default_value = "30s",
+    /// How often the event metrics (the families of `/metrics`) are exported as OTLP cumulative
+    /// sums with exemplars, and once at shutdown (1s-1h; docs/metrics.md).
+    #[arg(value_name = "D", long, env = "PROBE_OTLP_METRICS_INTERVAL", allow_hyphen_values = true, default_value = "30s",
           value_parser = duration_between(secs(1), secs(3600)))]
     pub otlp_metrics_interval: Duration,
 
-    /// service.name of the OTLP resource.
-    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "node-probe")]
+    /// `service.name` of the OTLP resource.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "node-probe",
+        value_name = "NAME"
+    )]
     pub service_name: String,
 
-    /// More resource attributes, KEY=VALUE, comma-separated.
-    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", value_delimiter = ',',
+    /// More OTLP resource attributes, `KEY=VALUE`, comma-separated.
+    #[arg(value_name = "K=V,...", long, env = "OTEL_RESOURCE_ATTRIBUTES", value_delimiter = ',',
           value_parser = parse_key_value)]
     pub resource_attributes: Vec<(String, String)>,
 
-    /// Colour of the terminal output.
-    #[arg(long, value_enum, env = "PROBE_COLOR", default_value_t = Color::Auto)]
+    /// Colour of the terminal stream (auto: stdout is a tty and `NO_COLOR` unset).
+    #[arg(long, value_enum, env = "PROBE_COLOR", default_value_t = Color::Auto, value_name = "auto|always|never")]
     pub color: Color,
 
-    /// Node name put on every event (default: the kernel's hostname).
-    #[arg(long, env = "NODE_NAME")]
+    /// The `node` key of every record. Default when unset: the kernel's hostname.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 
-    /// Size of the kernel ring buffer in bytes (a power of two from 4096 to 256 MiB).
-    #[arg(long, env = "PROBE_RINGBUF_BYTES", allow_hyphen_values = true, default_value_t = 4 << 20,
+    /// Kernel ring buffer size in bytes (a power of two from 4096 to 256 MiB).
+    #[arg(value_name = "N", long, env = "PROBE_RINGBUF_BYTES", allow_hyphen_values = true, default_value_t = 4 << 20,
           value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: u32,
 
-    /// Capacity of the queue between the ring-buffer reader and the sinks, in events (1 to
-    /// 1048576).
-    #[arg(long, env = "PROBE_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 65536,
+    /// Events queued between the ring-buffer reader and the sinks at most (1-1048576).
+    #[arg(value_name = "N", long, env = "PROBE_QUEUE_SIZE", allow_hyphen_values = true, default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..=QUEUE_MAX as i64))]
     pub queue_size: u32,
 
-    /// How long a kernel event may wait in the ring buffer before the agent reads it, at most:
-    /// while events keep coming the agent reads them in batches up to this far apart (fewer
-    /// wake-ups, less CPU per event); a lone event is read within 10ms. 10ms to 1s.
-    #[arg(long, env = "PROBE_READ_DELAY", allow_hyphen_values = true, default_value = "200ms",
+    /// How long a kernel event may wait in the ring buffer at most (10ms-1s): while events keep
+    /// coming the reader gathers them this long (fewer wake-ups, less CPU per event); a lone event
+    /// is read within 10 ms.
+    #[arg(value_name = "D", long, env = "PROBE_READ_DELAY", allow_hyphen_values = true, default_value = "200ms",
           value_parser = duration_between(ms(10), secs(1)))]
     pub read_delay: Duration,
 
-    /// How often lost events are reported as `loss` records (e.g. 5s, 500ms); 100ms to 1h.
-    #[arg(long, env = "PROBE_LOSS_INTERVAL", allow_hyphen_values = true, default_value = "5s",
+    /// How often losses are reported as `loss` records (100ms-1h).
+    #[arg(value_name = "D", long, env = "PROBE_LOSS_INTERVAL", allow_hyphen_values = true, default_value = "5s",
           value_parser = duration_between(ms(100), secs(3600)))]
     pub loss_interval: Duration,
 
-    /// How long shutdown may take to drain the pipeline after SIGTERM/SIGINT; 100ms to 5m.
-    #[arg(long, env = "PROBE_SHUTDOWN_TIMEOUT", allow_hyphen_values = true, default_value = "5s",
+    /// How long draining may take after SIGTERM/SIGINT (100ms-5m).
+    #[arg(value_name = "D", long, env = "PROBE_SHUTDOWN_TIMEOUT", allow_hyphen_values = true, default_value = "5s",
           value_parser = duration_between(ms(100), secs(300)))]
     pub shutdown_timeout: Duration,
 
-    /// Signals to report, comma-separated names or numbers (default: the core-dumping ones).
-    #[arg(long, env = "PROBE_SIGNALS", default_value = crate::model::signals::CORE_SIGNALS,
+    /// Signals to report: names or numbers, comma-separated
+    /// (`SIGQUIT,SIGILL,SIGTRAP,SIGABRT,SIGBUS,SIGFPE,SIGSEGV,SIGXCPU,SIGXFSZ,SIGSYS`).
+    #[arg(value_name = "LIST", long, env = "PROBE_SIGNALS", default_value = crate::model::signals::CORE_SIGNALS,
           value_parser = crate::model::signals::parse_signal_mask)]
     pub signals: u64,
 
-    /// How long a core-dumping signal waits for its target's exit (to learn whether a core
-    /// was written) before it is reported with `core_dumped: null`; 100ms to 10m.
-    #[arg(long, env = "PROBE_CORE_WAIT", allow_hyphen_values = true, default_value = "10s",
+    /// How long a core-dumping signal waits for its target's exit (to learn whether a core was
+    /// written) before it is reported with `core_dumped: null` (100ms-10m).
+    #[arg(value_name = "D", long, env = "PROBE_CORE_WAIT", allow_hyphen_values = true, default_value = "10s",
           value_parser = duration_between(ms(100), secs(600)))]
     pub core_wait: Duration,
 
-    /// Bytes per captured chunk of a Wasm runtime's write to stdout/stderr (1-4096; 0
-    /// disables capture). A write is copied in up to 16 chunks; beyond that it is truncated.
-    #[arg(long, env = "PROBE_CAPTURE_BYTES", default_value_t = 4096, allow_hyphen_values = true,
+    /// Bytes per captured chunk of a Wasm runtime's write to stdout/stderr (1-4096); a write is
+    /// copied in up to 16 chunks, beyond that the record is `truncated`; `0` disables capture.
+    #[arg(value_name = "N", long, env = "PROBE_CAPTURE_BYTES", default_value_t = 4096, allow_hyphen_values = true,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub capture_bytes: u32,
 
-    /// Executables whose stdout/stderr is captured: names, or prefixes ending in *.
-    #[arg(long, env = "PROBE_WASM_RUNTIMES", default_value = crate::runtimes::DEFAULT_RUNTIMES,
+    /// Executables whose stdout/stderr is captured: names, or prefixes ending in `*`.
+    #[arg(value_name = "LIST", long, env = "PROBE_WASM_RUNTIMES", default_value = crate::runtimes::DEFAULT_RUNTIMES,
           value_parser = parse_runtime_list)]
     pub wasm_runtimes: Runtimes,
 
-    /// The most bytes of one Wasm output record: a longer line (or output without newlines)
-    /// goes out in records of this size marked `partial` (as CRI logs split at 16 KiB);
-    /// 64 to 1048576.
-    #[arg(long, env = "PROBE_WASM_LINE_MAX_BYTES", default_value_t = 16384, allow_hyphen_values = true,
+    /// The most bytes of one `wasm_output` record (64-1048576): a longer line, or output that never
+    /// ends a line, goes out in `partial` records of this size.
+    #[arg(value_name = "N", long, env = "PROBE_WASM_LINE_MAX_BYTES", default_value_t = 16384, allow_hyphen_values = true,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     pub wasm_line_max_bytes: u32,
 
-    /// A Wasm output line without its newline goes out (marked `partial`) after this long
-    /// without more output from that stream; 10ms to 1m.
-    #[arg(long, env = "PROBE_WASM_LINE_IDLE", allow_hyphen_values = true, default_value = "500ms",
+    /// A line without its newline goes out (`partial`) after this long without more output from its
+    /// stream (10ms-1m).
+    #[arg(value_name = "D", long, env = "PROBE_WASM_LINE_IDLE", allow_hyphen_values = true, default_value = "500ms",
           value_parser = duration_between(ms(10), secs(60)))]
     pub wasm_line_idle: Duration,
 
-    /// Watch conntrack expiries and settings in the agent's own network namespace (the host's
-    /// in a hostNetwork DaemonSet).
-    #[arg(long, env = "PROBE_CONNTRACK", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Watch conntrack expiries and settings in the agent's own network namespace (the host's, with
+    /// `hostNetwork`).
+    #[arg(long, env = "PROBE_CONNTRACK", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub conntrack: bool,
 
-    /// More network namespaces to watch, by path (/run/netns/NAME, /proc/PID/ns/net);
-    /// repeatable or comma-separated.
-    #[arg(long, env = "PROBE_CONNTRACK_NETNS", value_delimiter = ',')]
+    /// More namespaces to watch, by path (`/run/netns/NAME`, `/proc/PID/ns/net`); repeatable or
+    /// comma-separated.
+    #[arg(
+        long,
+        env = "PROBE_CONNTRACK_NETNS",
+        value_delimiter = ',',
+        value_name = "PATHS"
+    )]
     pub conntrack_netns: Vec<PathBuf>,
 
-    /// How often the conntrack sysctls of each watched namespace are re-read; 100ms to 1h.
-    #[arg(long, env = "PROBE_CONNTRACK_SETTINGS_INTERVAL", allow_hyphen_values = true,
+    /// How often each watched namespace's conntrack sysctls are re-read (100ms-1h; a change emits
+    /// `conntrack_settings`).
+    #[arg(value_name = "D", long, env = "PROBE_CONNTRACK_SETTINGS_INTERVAL", allow_hyphen_values = true,
           default_value = "10s", value_parser = duration_between(ms(100), secs(3600)))]
     pub conntrack_settings_interval: Duration,
 
-    /// How long after a conntrack expiry a reset or drop on the same flow joins it into a
-    /// finding; 1s to 24h.
-    #[arg(long, env = "PROBE_CONNTRACK_WINDOW", allow_hyphen_values = true, default_value = "60s",
+    /// How long after an expiry a reset or drop on the same flow joins it into a finding (1s-24h).
+    #[arg(value_name = "D", long, env = "PROBE_CONNTRACK_WINDOW", allow_hyphen_values = true, default_value = "60s",
           value_parser = duration_between(secs(1), secs(86400)))]
     pub conntrack_window: Duration,
 
-    /// Turn on net.netfilter.nf_conntrack_timestamp in watched namespaces where it is off, so
-    /// expiries carry established_for_s (false: never change a node setting).
-    #[arg(long, env = "PROBE_CONNTRACK_TIMESTAMPS", default_value_t = true,
+    /// Turn on `net.netfilter.nf_conntrack_timestamp` where it is off (expiries then carry
+    /// `established_for_s`); `false` never changes a node setting.
+    #[arg(value_name = "BOOL", long, env = "PROBE_CONNTRACK_TIMESTAMPS", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub conntrack_timestamps: bool,
 
-    /// Also watch the network namespaces of this node's pods (not on the host network) while
-    /// they exist; needs Kubernetes enrichment.
-    #[arg(long, env = "PROBE_CONNTRACK_PODS", default_value_t = true,
+    /// Also watch the network namespaces of this node's pods (not on the host network) while they
+    /// exist, found every 5 s through their containers' processes; needs Kubernetes enrichment.
+    #[arg(value_name = "BOOL", long, env = "PROBE_CONNTRACK_PODS", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub conntrack_pods: bool,
 
-    /// Kubernetes enrichment: `auto` uses KUBECONFIG, ~/.kube/config or the in-cluster service
-    /// account when there is one (and runs on without when there is none); `off` never connects.
-    #[arg(long, value_enum, env = "PROBE_KUBERNETES", default_value_t = KubeMode::Auto)]
+    /// Kubernetes enrichment: `auto` uses `KUBECONFIG`, `~/.kube/config` or the in-cluster service
+    /// account when there is one and runs on without (one log line) when there is none.
+    #[arg(long, value_enum, env = "PROBE_KUBERNETES", default_value_t = KubeMode::Auto, value_name = "auto|off")]
     pub kubernetes: KubeMode,
 
-    /// `k8s.cluster.name` of every event (default: from well-known node labels, else none).
-    #[arg(long, env = "CLUSTER_NAME")]
+    /// `k8s.cluster.name` of every record. Default when unset: the node's
+    /// `alpha.eksctl.io/cluster-name` or `kubernetes.azure.com/cluster` label, else absent.
+    #[arg(long, env = "CLUSTER_NAME", value_name = "NAME")]
     pub cluster_name: Option<String>,
 
-    /// RuntimeClasses of Wasm pods: their containers' stdout/stderr is captured whatever the
-    /// executable (pods with crun's `module.wasm.image/variant` annotation too).
+    /// RuntimeClasses of Wasm pods: every process in their containers' cgroups is captured (also
+    /// pods annotated `module.wasm.image/variant`).
     #[arg(
+        value_name = "LIST",
         long,
         env = "PROBE_WASM_RUNTIME_CLASSES",
         value_delimiter = ',',
@@ -277,8 +291,9 @@ pub struct Cli {
     )]
     pub wasm_runtime_classes: Vec<String>,
 
-    /// Pod labels copied onto events as `k8s.pod.labels`.
+    /// Pod labels copied onto events (`k8s.pod.labels`).
     #[arg(
+        value_name = "LIST",
         long,
         env = "PROBE_K8S_POD_LABELS",
         value_delimiter = ',',
@@ -286,90 +301,105 @@ pub struct Cli {
     )]
     pub k8s_pod_labels: Vec<String>,
 
-    /// Read the W3C traceparent of plaintext HTTP/1.x requests on the TCP send path, so kernel
-    /// events of that connection join the request's trace (false: the hook is not attached).
-    #[arg(long, env = "PROBE_HTTP_TRACE_CONTEXT", default_value_t = true,
+    /// Read the `traceparent` of plaintext HTTP/1.x requests on the TCP send path so events of that
+    /// connection join the request's trace; `false` does not attach the hook.
+    #[arg(value_name = "BOOL", long, env = "PROBE_HTTP_TRACE_CONTEXT", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub http_trace_context: bool,
 
-    /// Kinds of hook not to use, comma-separated (a kernel whose fentry or kprobes misbehave):
-    /// each capability takes its next candidate (see `--check-kernel`).
-    #[arg(long, env = "PROBE_AVOID_HOOKS", value_enum, value_delimiter = ',')]
+    /// Kinds of hook not to use, comma-separated: `fentry`, `fexit`, `kprobe`, `kretprobe`,
+    /// `raw-tp`, `tracepoint`, `preempt-count`; each capability takes its next candidate (for a
+    /// kernel whose trampolines or kprobes misbehave; `--check-kernel` shows the result).
+    #[arg(
+        long,
+        env = "PROBE_AVOID_HOOKS",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "KINDS"
+    )]
     pub avoid_hooks: Vec<crate::loader::hooks::HookKind>,
 
-    /// Pin capabilities to a kind of hook, comma-separated CAPABILITY=KIND (e.g.
-    /// reset_sent_unowned=kprobe): the capability tries only its candidates of that kind and
-    /// has no hook when they do not attach (see `--check-kernel` for the capabilities and
-    /// their candidates).
+    /// Pin capabilities to a kind of hook (e.g. `reset_sent_unowned=kprobe`,
+    /// `softirq_context=raw-tp`): the capability tries only its candidates of that kind and has no
+    /// hook when they do not attach (no fallback); the capabilities and their candidates are in
+    /// kernels.md (docs/kernels.md) and `--check-kernel` shows the result. An unknown capability, a
+    /// kind it has no candidate of, or a capability pinned twice is a usage error (exit 2).
     #[arg(long, env = "PROBE_HOOKS", value_delimiter = ',', value_name = "CAPABILITY=KIND",
           value_parser = values::hook_pin)]
     pub hooks: Vec<crate::loader::hooks::HookPin>,
 
-    /// Verifier log of a rejected program, logged at debug level (`--log-level probe=debug`).
-    #[arg(long, value_enum, env = "PROBE_VERIFIER_LOG", default_value_t = values::VerifierLog::Stats)]
+    /// Verifier log kept for a rejected program, logged at debug level (`--log-level probe=debug`):
+    /// `stats` (its reason and statistics) or `verbose` (also each instruction it walked: large,
+    /// for porting a program to a new kernel; a kernel whose log keeps its start can lose the
+    /// reason at the end).
+    #[arg(long, value_enum, env = "PROBE_VERIFIER_LOG", default_value_t = values::VerifierLog::Stats, value_name = "LEVEL")]
     pub verifier_log: values::VerifierLog,
 
-    /// Log filter for the agent's own logs on stderr (tracing EnvFilter syntax: info,
-    /// probe=debug,kube=warn).
-    #[arg(long, env = "PROBE_LOG", default_value = "info", value_parser = parse_log_filter)]
+    /// The agent's own logs on stderr (tracing `EnvFilter` syntax, checked at start: exit 2 when it
+    /// does not parse); kube's per-request error lines are off unless the filter names
+    /// `kube_client` (the agent logs the API server's state itself).
+    #[arg(long, env = "PROBE_LOG", default_value = "info", value_parser = parse_log_filter, value_name = "FILTER")]
     pub log_level: String,
 
-    /// Format of the agent's own logs on stderr.
-    #[arg(long, value_enum, env = "PROBE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    /// Format of the agent's own logs (never carries captured payloads).
+    #[arg(long, value_enum, env = "PROBE_LOG_FORMAT", default_value_t = LogFormat::Text, value_name = "text|json")]
     pub log_format: LogFormat,
 
-    /// Address of the health, status and metrics endpoints, or "none".
-    #[arg(long, env = "PROBE_HTTP_ADDR", default_value = "127.0.0.1:9464",
+    /// Health, status and metrics endpoints (`[::]:9464`: every address, IPv4 and IPv6, as the
+    /// DaemonSet has it); `/health/status` answers loopback clients only. Probes and scrapes of
+    /// this endpoint make no records.
+    #[arg(value_name = "ADDR|none", long, env = "PROBE_HTTP_ADDR", default_value = "127.0.0.1:9464",
           value_parser = parse_http_addr)]
     pub http_addr: HttpAddr,
 
-    /// Connections to the endpoints open at once at most; at the cap the connection idle the
-    /// longest is closed to serve a new one (a health probe is always answered); 4 to 4096.
-    #[arg(long, env = "PROBE_HTTP_MAX_CONNECTIONS", default_value_t = 128, allow_hyphen_values = true,
+    /// Connections to the endpoints at once (4-4096); at the cap the one idle the longest is
+    /// closed, so a new health probe or scrape is always served.
+    #[arg(value_name = "N", long, env = "PROBE_HTTP_MAX_CONNECTIONS", default_value_t = 128, allow_hyphen_values = true,
           value_parser = clap::value_parser!(u32).range(4..=4096))]
     pub http_max_connections: u32,
 
     /// An endpoint connection that moves no byte for this long is closed; a request head must
-    /// arrive within it too (at most 10s); 100ms to 1h.
-    #[arg(long, env = "PROBE_HTTP_IDLE_TIMEOUT", allow_hyphen_values = true, default_value = "60s",
+    /// arrive within it (at most 10 s).
+    #[arg(value_name = "D", long, env = "PROBE_HTTP_IDLE_TIMEOUT", allow_hyphen_values = true, default_value = "60s",
           value_parser = duration_between(ms(100), secs(3600)))]
     pub http_idle_timeout: Duration,
 
-    /// Storm folding: resets of one key (direction, reason, pod or network namespace, service
-    /// port) sent in full per CPU and window; the rest of the window is counted in the kernel
-    /// and written as one `summary` record with the exact count. 0 turns folding off (every
-    /// reset is a record: a storm may fill the ring buffer, counted as lost); 0 to 100000.
-    #[arg(long, env = "PROBE_FOLD_FIRST", default_value_t = 10, allow_hyphen_values = true,
+    /// Storm folding: resets of one key (direction, reason, cgroup, network namespace, service
+    /// port) sent in full per CPU and window (0-100000); the rest of the window is counted in the
+    /// kernel and written as one `summary` record with the exact count; `0` sends every reset (a
+    /// storm may then fill the ring buffer: counted as lost).
+    #[arg(value_name = "N", long, env = "PROBE_FOLD_FIRST", default_value_t = 10, allow_hyphen_values = true,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub fold_first: u32,
 
-    /// The folding window; 100ms to 1h.
-    #[arg(long, env = "PROBE_FOLD_WINDOW", allow_hyphen_values = true, default_value = "1s",
+    /// The folding window (100ms-1h).
+    #[arg(value_name = "D", long, env = "PROBE_FOLD_WINDOW", allow_hyphen_values = true, default_value = "1s",
           value_parser = duration_between(ms(100), secs(3600)))]
     pub fold_window: Duration,
 
-    /// Series with pod labels the event metrics (`probe_tcp_resets_total`...) hold at most;
-    /// events of a new pod beyond it count in each family's overflow series
-    /// (`pod="_overflow"`); 100 to 1000000.
-    #[arg(long, env = "PROBE_METRICS_MAX_SERIES", default_value_t = 10_000, allow_hyphen_values = true,
+    /// Series with pod labels the event metrics hold at most (100-1000000); a new pod's events
+    /// beyond it count in the family's overflow series (`pod="_overflow"`) and
+    /// `probe_metric_series_overflow_total{metric}`.
+    #[arg(value_name = "N", long, env = "PROBE_METRICS_MAX_SERIES", default_value_t = 10_000, allow_hyphen_values = true,
           value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
     pub metrics_max_series: u32,
 
-    /// An event series without an event for this long is removed from /metrics (a pod that
-    /// is gone stops costing a series); 1m to 30d.
-    #[arg(long, env = "PROBE_METRICS_SERIES_IDLE", allow_hyphen_values = true, default_value = "1h",
+    /// An event series without an event for this long leaves `/metrics` (1m-30d): a deleted pod
+    /// stops costing a series.
+    #[arg(value_name = "D", long, env = "PROBE_METRICS_SERIES_IDLE", allow_hyphen_values = true, default_value = "1h",
           value_parser = duration_between(secs(60), secs(30 * 86_400)))]
     pub metrics_series_idle: Duration,
 
-    /// TOML file with any of these flags as keys (e.g. mounted from a ConfigMap).
-    #[arg(long, env = "PROBE_CONFIG")]
+    /// TOML file whose keys are these flags' names: a regular file of at most 1 MiB (a device, FIFO
+    /// or directory is refused before it is opened).
+    #[arg(long, env = "PROBE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Print the effective configuration as JSON and exit.
     #[arg(long, env = "PROBE_PRINT_CONFIG", conflicts_with_all = ["print_requirements", "check_kernel"])]
     pub print_config: bool,
 
-    /// Print what the agent needs from its host (paths, API resources) as JSON and exit.
+    /// Print what the agent needs from its host (paths, capabilities, API resources) and exit.
     #[arg(
         long,
         env = "PROBE_PRINT_REQUIREMENTS",
@@ -377,8 +407,8 @@ pub struct Cli {
     )]
     pub print_requirements: bool,
 
-    /// Load and attach every program, print which hook serves each capability on this kernel
-    /// (or why none does), detach and exit: 0 when every capability has a hook, 1 otherwise.
+    /// Load and attach every program, print which hook serves each capability on this kernel (or
+    /// what is lost and why), detach, exit 0 when every capability has a hook, 1 otherwise.
     #[arg(long, env = "PROBE_CHECK_KERNEL")]
     pub check_kernel: bool,
 }
