@@ -1,7 +1,7 @@
 //! Loading and attaching the kernel object's programs on the running kernel, for the hook
 //! selection (`hooks::select`): one `Kernel` implementation over aya.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use aya::{
     Ebpf,
@@ -15,18 +15,19 @@ use tracing::{debug, warn};
 
 use super::{
     ProgramStatus,
-    hooks::{self, Attach, HookError, Kernel},
-    tracefs::Format,
+    hooks::{self, Attach, FormatError, HookError, Kernel},
+    offsets::PreemptError,
+    tracefs::{Format, TracefsError},
 };
 
 /// The running kernel, for the hook selection: loads and attaches programs of the object.
 pub(super) struct AyaKernel<'a> {
     pub(super) ebpf: &'a mut Ebpf,
-    pub(super) formats: &'a HashMap<&'static str, Result<Format, String>>,
+    pub(super) formats: &'a HashMap<&'static str, Result<Format, Arc<TracefsError>>>,
     /// Kernel BTF for fentry programs, parsed on first use.
-    pub(super) btf: Option<Result<aya::Btf, String>>,
+    pub(super) btf: Option<Result<aya::Btf, Arc<aya::BtfError>>>,
     /// Whether the programs know where the preempt count is (Err: why not).
-    pub(super) preempt: Result<(), String>,
+    pub(super) preempt: Result<(), PreemptError>,
     pub(super) tried: Vec<ProgramStatus>,
     /// The link of each attached program (the write gate takes the on-demand ones).
     pub(super) links: HashMap<&'static str, LinkId>,
@@ -54,7 +55,7 @@ impl AyaKernel<'_> {
         };
         let started = std::time::Instant::now();
         if program.attach.is_trampoline() && self.btf.is_none() {
-            self.btf = Some(aya::Btf::from_sys_fs().map_err(|e| e.to_string()));
+            self.btf = Some(aya::Btf::from_sys_fs().map_err(Arc::new));
         }
         let prog = self
             .ebpf
@@ -71,7 +72,7 @@ impl AyaKernel<'_> {
                 if let Some(Err(e)) = self.formats.get(tp) {
                     return Err(HookError::Unusable {
                         hook,
-                        reason: e.clone(),
+                        reason: e.to_string(),
                     });
                 }
                 let p: &mut TracePoint = prog.try_into().map_err(loading)?;
@@ -258,15 +259,15 @@ impl Kernel for AyaKernel<'_> {
         result
     }
 
-    fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, String> {
+    fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, FormatError> {
         match self.formats.get(name) {
             Some(Ok(format)) => Ok(format.offset(field).is_some()),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(format!("format of {name} not read")),
+            Some(Err(e)) => Err(FormatError::Tracefs(e.clone())),
+            None => Err(FormatError::NotRead(name.to_owned())),
         }
     }
 
-    fn preempt_count(&self) -> Result<(), String> {
+    fn preempt_count(&self) -> Result<(), PreemptError> {
         self.preempt.clone()
     }
 }

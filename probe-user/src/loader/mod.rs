@@ -39,10 +39,10 @@ use self::{
     btf::Btf,
     hooks::{CAPABILITIES, CapabilityStatus, Switches},
     offsets::{
-        kernel_offsets, reset_layout, running_preempt_layout, send_layout, skb_offsets,
-        task_offsets, write_layout,
+        PreemptError, kernel_offsets, reset_layout, running_preempt_layout, send_layout,
+        skb_offsets, task_offsets, write_layout,
     },
-    tracefs::Format,
+    tracefs::{Format, TracefsError},
 };
 use crate::{decode::SymbolTables, runtimes::RuntimePattern};
 
@@ -71,6 +71,15 @@ pub enum LoaderError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("map {name}: {what}: {source}")]
+    MapUpdate {
+        name: &'static str,
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("counting possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
 }
 
 /// Loader settings from the command line.
@@ -146,7 +155,7 @@ impl Probe {
         let size = config.ringbuf_bytes;
         check_ringbuf_bytes(size)?;
         requirements::raise_memlock();
-        let tracefs = tracefs::ensure_mounted().map_err(|e| e.to_string());
+        let tracefs = tracefs::ensure_mounted().map_err(Arc::new);
         let btf = match Btf::from_file(Path::new(VMLINUX_BTF)) {
             Ok(btf) => Some(btf),
             Err(e) => {
@@ -166,20 +175,20 @@ impl Probe {
             );
         }
         let preempt = if !config.switches().preempt_count_allowed(hooks::CAPABILITIES) {
-            Err("avoided by --avoid-hooks or --hooks".to_owned())
+            Err(PreemptError::Avoided)
         } else {
             btf.as_ref()
-                .ok_or_else(|| "no kernel BTF".to_owned())
+                .ok_or(PreemptError::NoBtf)
                 .and_then(running_preempt_layout)
         };
         debug!(?offsets, ?task, ?skb, ?preempt, "kernel offsets from BTF");
 
-        let formats: HashMap<&str, Result<Format, String>> = FORMATS
+        let formats: HashMap<&str, Result<Format, Arc<TracefsError>>> = FORMATS
             .iter()
             .map(|(category, name)| {
                 let format = tracefs
                     .clone()
-                    .and_then(|()| Format::read(category, name).map_err(|e| e.to_string()));
+                    .and_then(|()| Format::read(category, name).map_err(Arc::new));
                 (*name, format)
             })
             .collect();
@@ -326,35 +335,41 @@ impl Probe {
     }
 
     /// Loads the runtime patterns into the exec matcher (index = position in the list).
-    fn set_runtimes(&mut self, runtimes: &[RuntimePattern]) -> Result<(), String> {
+    fn set_runtimes(&mut self, runtimes: &[RuntimePattern]) -> Result<(), LoaderError> {
+        let name = maps::WASM_RUNTIMES;
         let mut ebpf = self.ebpf();
-        let map = ebpf
-            .map_mut(maps::WASM_RUNTIMES)
-            .ok_or_else(|| format!("map {} missing", maps::WASM_RUNTIMES))?;
+        let map = ebpf.map_mut(name).ok_or(LoaderError::MissingMap(name))?;
         let mut trie: LpmTrie<_, [u8; EXE_NAME_LEN], u32> =
-            LpmTrie::try_from(map).map_err(|e| format!("map {}: {e}", maps::WASM_RUNTIMES))?;
+            LpmTrie::try_from(map).map_err(|source| LoaderError::Map { name, source })?;
         for (i, pattern) in runtimes.iter().enumerate() {
             let (bits, data) = pattern.key();
             trie.insert(&Key::new(bits, data), i as u32, 0)
-                .map_err(|e| format!("adding runtime {}: {e}", pattern.name))?;
+                .map_err(|source| LoaderError::MapUpdate {
+                    name,
+                    what: format!("adding runtime {}", pattern.name),
+                    source,
+                })?;
         }
         Ok(())
     }
 
     /// Marks every CPU's softirq state unknown until the softirq hooks have run there.
-    fn seed_softirq_state(&mut self) -> Result<(), String> {
+    fn seed_softirq_state(&mut self) -> Result<(), LoaderError> {
+        let name = maps::IN_SOFTIRQ;
         let mut ebpf = self.ebpf();
-        let map = ebpf
-            .map_mut(maps::IN_SOFTIRQ)
-            .ok_or_else(|| format!("map {} missing", maps::IN_SOFTIRQ))?;
+        let map = ebpf.map_mut(name).ok_or(LoaderError::MissingMap(name))?;
         let mut array: PerCpuArray<_, u32> =
-            PerCpuArray::try_from(map).map_err(|e| format!("map {}: {e}", maps::IN_SOFTIRQ))?;
-        let cpus = nr_cpus().map_err(|(_, e)| format!("counting possible CPUs: {e}"))?;
-        let values = PerCpuValues::try_from(vec![SOFTIRQ_UNKNOWN; cpus])
-            .map_err(|e| format!("per-CPU values: {e}"))?;
+            PerCpuArray::try_from(map).map_err(|source| LoaderError::Map { name, source })?;
+        let cpus = nr_cpus().map_err(|(_, e)| LoaderError::Cpus(e))?;
+        let values =
+            PerCpuValues::try_from(vec![SOFTIRQ_UNKNOWN; cpus]).map_err(LoaderError::Cpus)?;
         array
             .set(0, values, 0)
-            .map_err(|e| format!("seeding {}: {e}", maps::IN_SOFTIRQ))
+            .map_err(|source| LoaderError::MapUpdate {
+                name,
+                what: "seeding every CPU's state".into(),
+                source,
+            })
     }
 
     pub fn attached(&self) -> usize {

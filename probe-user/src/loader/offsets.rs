@@ -44,6 +44,23 @@ pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
     }
 }
 
+/// Why the preempt count cannot stand for the softirq hooks (a report: each candidate that
+/// needs it carries it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreemptError {
+    #[error("no kernel BTF")]
+    NoBtf,
+    #[error("avoided by --avoid-hooks or --hooks")]
+    Avoided,
+    #[error("BTF has no {0}")]
+    NoMember(&'static str),
+    #[error(
+        "neither BTF nor /proc/kallsyms locates the per-CPU variables runqueues and \
+         __preempt_count (or pcpu_hot)"
+    )]
+    NoPerCpuVariables,
+}
+
 /// Where this CPU's preempt count lies (see [`PreemptLayout`]); Err names what is missing.
 /// The per-CPU variables' offsets come from BTF's `.data..percpu` section, else (kernels
 /// whose BTF has no variables, e.g. Debian's 5.10) from `symbol`: their per-CPU addresses in
@@ -51,9 +68,9 @@ pub fn kernel_offsets(btf: &Btf) -> KernelOffsets {
 pub fn preempt_layout(
     btf: &Btf,
     symbol: impl Fn(&str) -> Option<u64>,
-) -> Result<PreemptLayout, String> {
+) -> Result<PreemptLayout, PreemptError> {
     const PERCPU: &str = ".data..percpu";
-    let need = |value: Option<u32>, what: &str| value.ok_or_else(|| format!("BTF has no {what}"));
+    let need = |value: Option<u32>, what| value.ok_or(PreemptError::NoMember(what));
     let task_cfs_rq = need(
         btf.member_offset("task_struct", "se.cfs_rq"),
         "task_struct.se.cfs_rq (CONFIG_FAIR_GROUP_SCHED)",
@@ -70,11 +87,7 @@ pub fn preempt_layout(
     let from_symbols = |name: &str| symbol(name).and_then(|a| i64::try_from(a).ok());
     let rq_to_preempt_count = distance(&from_btf)
         .or_else(|| distance(&from_symbols))
-        .ok_or_else(|| {
-            "neither BTF nor /proc/kallsyms locates the per-CPU variables runqueues and \
-             __preempt_count (or pcpu_hot)"
-                .to_owned()
-        })?;
+        .ok_or(PreemptError::NoPerCpuVariables)?;
     Ok(PreemptLayout {
         task_cfs_rq,
         cfs_rq_rq,
@@ -83,7 +96,7 @@ pub fn preempt_layout(
 }
 
 /// [`preempt_layout`] of the running kernel (/proc/kallsyms read only if BTF falls short).
-pub fn running_preempt_layout(btf: &Btf) -> Result<PreemptLayout, String> {
+pub fn running_preempt_layout(btf: &Btf) -> Result<PreemptLayout, PreemptError> {
     let symbols = std::cell::OnceCell::new();
     preempt_layout(btf, |name| {
         let all = symbols.get_or_init(|| kallsyms(&["runqueues", "__preempt_count", "pcpu_hot"]));

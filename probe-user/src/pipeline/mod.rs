@@ -26,7 +26,7 @@ mod timer;
 use self::timer::TimerFd;
 pub use self::{
     losses::LossTracker,
-    stages::{Stages, WasmCgroupMap, consume},
+    stages::{Stages, StagesConfig, WasmCgroupMap, consume},
 };
 use crate::{
     decode::{Decoded, SymbolTables, decode},

@@ -53,6 +53,47 @@ pub struct Stages {
     pub state: Arc<AgentState>,
 }
 
+/// What the consumer is built from; the rest of [`Stages`] is its own state.
+pub struct StagesConfig {
+    pub spans: super::spans::SpanChooser,
+    pub enricher: Enricher,
+    pub sink: Box<dyn Sink>,
+    pub losses: LossTracker,
+    pub drain_for: Duration,
+    pub loss_interval: Duration,
+    pub stages: Vec<Box<dyn Stage>>,
+    pub k8s: K8sEnricher,
+    pub wasm_cgroups: Option<Box<dyn WasmCgroupMap>>,
+    pub wasm_cgroup_count: Arc<std::sync::atomic::AtomicUsize>,
+    pub counts: Option<crate::counts::EventCounter>,
+    pub metrics_every: Duration,
+    pub state: Arc<AgentState>,
+}
+
+impl Stages {
+    pub fn new(c: StagesConfig) -> Self {
+        Self {
+            enricher: c.enricher,
+            sink: c.sink,
+            losses: c.losses,
+            loss_interval: c.loss_interval,
+            stages: c.stages,
+            k8s: c.k8s,
+            held: std::collections::VecDeque::new(),
+            wasm_cgroups: c.wasm_cgroups,
+            fed_wasm_cgroups: std::collections::HashSet::new(),
+            wasm_cgroup_count: c.wasm_cgroup_count,
+            drain_for: c.drain_for,
+            event_counters: Vec::new(),
+            counts: c.counts,
+            spans: c.spans,
+            metrics_every: c.metrics_every,
+            metrics_sent: Some(Instant::now()),
+            state: c.state,
+        }
+    }
+}
+
 /// The kernel map of cgroups whose processes' stdout/stderr is captured.
 pub trait WasmCgroupMap: Send {
     fn add(&mut self, id: u64) -> Result<(), String>;

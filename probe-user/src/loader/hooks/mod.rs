@@ -8,6 +8,8 @@ use std::{collections::HashMap, fmt};
 
 use thiserror::Error;
 
+use super::offsets::PreemptError;
+
 mod table;
 pub use self::table::CAPABILITIES;
 
@@ -202,9 +204,18 @@ pub trait Kernel {
     /// gate does: some kernels refuse the second attach (fentry/fexit before 5.13).
     fn reattach(&mut self, program: &Program) -> Result<(), HookError>;
     /// Whether the tracepoint record has the field (Err: the format could not be read).
-    fn has_field(&self, category: &str, name: &str, field: &str) -> Result<bool, String>;
+    fn has_field(&self, category: &str, name: &str, field: &str) -> Result<bool, FormatError>;
     /// Whether the programs were given the preempt count's location (Err: why not).
-    fn preempt_count(&self) -> Result<(), String>;
+    fn preempt_count(&self) -> Result<(), PreemptError>;
+}
+
+/// Why a tracepoint's format is not known.
+#[derive(Debug, Clone, Error)]
+pub enum FormatError {
+    #[error("the format of {0} was not read")]
+    NotRead(String),
+    #[error(transparent)]
+    Tracefs(std::sync::Arc<super::tracefs::TracefsError>),
 }
 
 /// The outcome for one capability.
@@ -400,16 +411,19 @@ fn try_candidate(
                     reason: format!("its record has no `{field}` field on this kernel"),
                 });
             }
-            Err(reason) => return Err(HookError::Unusable { hook, reason }),
+            Err(e) => {
+                return Err(HookError::Unusable {
+                    hook,
+                    reason: e.to_string(),
+                });
+            }
         }
     }
     if candidate.requires == Requires::PreemptCount {
-        kernel
-            .preempt_count()
-            .map_err(|reason| HookError::Unusable {
-                hook: candidate.hook(),
-                reason,
-            })?;
+        kernel.preempt_count().map_err(|e| HookError::Unusable {
+            hook: candidate.hook(),
+            reason: e.to_string(),
+        })?;
     }
     let mut attached_now = Vec::new();
     for program in candidate.programs {

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+use crate::loader::offsets::PreemptError;
 
 /// A kernel that refuses what it is told to, the way real ones do.
 #[derive(Default)]
@@ -17,7 +18,7 @@ struct FakeKernel {
     refuse_reattach: HashMap<&'static str, HookError>,
     reattached: Vec<&'static str>,
     /// Why the preempt count cannot be located (None: it can).
-    no_preempt_count: Option<&'static str>,
+    no_preempt_count: Option<PreemptError>,
 }
 
 impl FakeKernel {
@@ -69,13 +70,12 @@ impl Kernel for FakeKernel {
         }
     }
 
-    fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, String> {
+    fn has_field(&self, _category: &str, name: &str, field: &str) -> Result<bool, FormatError> {
         Ok(self.fields.iter().any(|(n, f)| *n == name && *f == field))
     }
 
-    fn preempt_count(&self) -> Result<(), String> {
-        self.no_preempt_count
-            .map_or(Ok(()), |why| Err(why.to_owned()))
+    fn preempt_count(&self) -> Result<(), PreemptError> {
+        self.no_preempt_count.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -349,7 +349,7 @@ fn softirq_context_needs_no_program_where_the_preempt_count_is_located() {
     assert!(!kernel.attempts.iter().any(|p| p.starts_with("softirq")));
 
     let mut kernel = FakeKernel {
-        no_preempt_count: Some("BTF has no per-CPU variable runqueues"),
+        no_preempt_count: Some(PreemptError::NoPerCpuVariables),
         ..FakeKernel::default()
     };
     let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
@@ -360,7 +360,8 @@ fn softirq_context_needs_no_program_where_the_preempt_count_is_located() {
     );
     assert_eq!(
         s.failures[0].to_string(),
-        "preempt count (per-CPU, no program): BTF has no per-CPU variable runqueues"
+        "preempt count (per-CPU, no program): neither BTF nor /proc/kallsyms locates the \
+         per-CPU variables runqueues and __preempt_count (or pcpu_hot)"
     );
 }
 
