@@ -87,10 +87,12 @@ impl WasmAssembler {
             .unwrap_or_else(|| format!("runtime_{index}"))
     }
 
-    /// A chunk of a write: held until the write's result arrives.
-    pub fn on_chunk(&mut self, common: Common, chunk: WasmWrite) {
+    /// A chunk of a write: held until the write's result arrives. A write of the same thread
+    /// still waiting for its result (the kernel did not report it: a kretprobe can miss) goes
+    /// out first with `write_result: null`, its bytes as captured.
+    pub fn on_chunk(&mut self, common: Common, chunk: WasmWrite) -> Vec<(Common, WasmOutput)> {
         let (Some(pid), Some(tid)) = (common.pid, common.tid) else {
-            return;
+            return Vec::new();
         };
         // Resolve where the fd points as early as possible: the process may exit soon.
         if !self.lines.contains_key(&(pid, chunk.fd)) {
@@ -111,15 +113,17 @@ impl WasmAssembler {
                 p.write.data.extend_from_slice(&chunk.data);
                 p.write.truncated |= chunk.truncated;
                 p.write.unreadable |= chunk.unreadable;
+                Vec::new()
             }
             _ => {
-                self.inflight.insert(
-                    tid,
-                    Pending {
-                        common,
-                        write: chunk,
-                    },
-                );
+                let pending = Pending {
+                    common,
+                    write: chunk,
+                };
+                match self.inflight.insert(tid, pending) {
+                    Some(unsettled) => self.settle(unsettled, None, Instant::now()),
+                    None => Vec::new(),
+                }
             }
         }
     }
@@ -138,27 +142,43 @@ impl WasmAssembler {
         let Some(tid) = common.tid else {
             return Vec::new();
         };
-        let Some(Pending { common, write }) = self.inflight.remove(&tid) else {
-            return Vec::new();
-        };
+        match self.inflight.remove(&tid) {
+            Some(pending) if pending.write.fd == fd => {
+                self.settle(pending, Some((result, fd_kind)), now)
+            }
+            Some(pending) => self.settle(pending, None, now),
+            None => Vec::new(),
+        }
+    }
+
+    /// A write's bytes into its line, with its result and what its fd was then (None: the
+    /// kernel did not report the result; the bytes count as captured).
+    fn settle(
+        &mut self,
+        Pending { common, write }: Pending,
+        result: Option<(i64, Option<&'static str>)>,
+        now: Instant,
+    ) -> Vec<(Common, WasmOutput)> {
         let Some(pid) = common.pid else {
             return Vec::new();
         };
+        let fd = write.fd;
         // A successful write may be partial: only what was written counts. A failed one is
         // reported with what it tried to write.
         let mut data = write.data;
-        if let Ok(written) = usize::try_from(result) {
+        if let Some(written) = result.and_then(|(r, _)| usize::try_from(r).ok()) {
             data.truncate(written);
         }
         let Some(line) = self.lines.get_mut(&(pid, fd)) else {
             return Vec::new();
         };
         line.common = common;
-        line.last_result = Some(result);
-        match fd_kind {
-            Some("file") if line.fd_target.is_some() => {}
-            Some(kind) => line.fd_target = Some(kind.to_owned()),
-            None => line.fd_target = None,
+        line.last_result = result.map(|(r, _)| r);
+        match result.map(|(_, kind)| kind) {
+            Some(Some("file")) if line.fd_target.is_some() => {}
+            Some(Some(kind)) => line.fd_target = Some(kind.to_owned()),
+            Some(None) => line.fd_target = None,
+            None => {}
         }
         line.last_seen = now;
         let mut out = Vec::new();
@@ -186,16 +206,27 @@ impl WasmAssembler {
             .collect()
     }
 
-    /// The process exited: its partial lines go out and its state is dropped.
+    /// The process exited: its writes still waiting for a result and its partial lines go
+    /// out, and its state is dropped.
     pub fn on_exit(&mut self, pid: u32) -> Vec<(Common, WasmOutput)> {
+        let unsettled: Vec<u32> = self
+            .inflight
+            .iter()
+            .filter(|(_, p)| p.common.pid == Some(pid))
+            .map(|(tid, _)| *tid)
+            .collect();
+        let mut out = Vec::new();
+        for tid in unsettled {
+            if let Some(pending) = self.inflight.remove(&tid) {
+                out.extend(self.settle(pending, None, Instant::now()));
+            }
+        }
         let keys: Vec<(u32, u32)> = self
             .lines
             .keys()
             .filter(|(p, _)| *p == pid)
             .copied()
             .collect();
-        self.inflight.retain(|_, p| p.common.pid != Some(pid));
-        let mut out = Vec::new();
         for key in keys {
             if let Some(mut line) = self.lines.remove(&key)
                 && !line.buf.is_empty()
@@ -345,7 +376,10 @@ impl super::Stage for WasmAssembler {
         out: &mut Vec<Record>,
     ) -> Option<Decoded> {
         match event.body {
-            Body::WasmWrite(chunk) => self.on_chunk(event.common, chunk),
+            Body::WasmWrite(chunk) => {
+                let lines = self.on_chunk(event.common, chunk);
+                out.extend(cx.kernel_events(lines, Body::wasm_output));
+            }
             Body::WasmWriteResult(r) => {
                 let lines =
                     self.on_result(&event.common, r.fd, r.result, r.fd_kind, Instant::now());

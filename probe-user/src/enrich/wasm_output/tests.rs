@@ -212,14 +212,30 @@ fn the_cap_never_splits_a_character() {
 }
 
 #[test]
-fn a_new_write_never_grows_a_write_whose_result_was_lost() {
+fn a_write_whose_result_was_lost_goes_out_with_a_null_result_never_grown() {
     let mut a = assembler();
-    a.on_chunk(common(10, 11), chunk(1, b"lost write\n", false));
-    // Its result never arrives; the next write of the thread starts at offset 0.
-    a.on_chunk(common(10, 11), chunk(1, b"next\n", false));
+    assert!(
+        a.on_chunk(common(10, 11), chunk(1, b"lost write\n", false))
+            .is_empty()
+    );
+    // Its result never arrives; the next write of the thread starts at offset 0: the first
+    // goes out as captured, without a result, and is not grown by the second.
+    let out = a.on_chunk(common(10, 11), chunk(1, b"next\n", false));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.text, "lost write");
+    assert_eq!(out[0].1.write_result, None);
     let out = a.on_result(&common(10, 11), 1, 5, Some("pipe"), Instant::now());
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].1.text, "next");
+    assert_eq!(out[0].1.write_result, Some(5));
+    // The last write of a process whose result never came goes out at its exit.
+    a.on_chunk(common(10, 11), chunk(1, b"last words", false));
+    let out = a.on_exit(10);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.text, "last words");
+    assert!(out[0].1.partial);
+    assert_eq!(out[0].1.write_result, None);
+    assert_eq!(a.buffered(), 0);
 }
 
 fn unescape(text: &str) -> Vec<u8> {
