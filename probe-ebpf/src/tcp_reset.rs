@@ -20,7 +20,7 @@ pub fn emit(ctx: &TracePointContext, layout: &TcpResetLayout, direction: u16, un
     if !unowned {
         let sk: u64 = read_field(ctx, layout.skaddr).unwrap_or(0);
         let sk_state: u8 = read_kernel(sk, off.sk_state).unwrap_or(0);
-        if sk == 0 || sk_state >= 32 || (1u32 << sk_state) & off.mini_sock_states != 0 {
+        if sk == 0 || !full_sock(sk_state, &off) {
             return;
         }
     }
@@ -193,9 +193,7 @@ fn socket_details(
         Some(cookie) => cookie,
         None => read_kernel(sk, off.sk_cookie).unwrap_or(0),
     };
-    // TIME_WAIT and NEW_SYN_RECV sockets are mini sockets without `sk_cgrp_data`.
-    let full_sock = sk_state < 32 && (1u32 << sk_state) & off.mini_sock_states == 0;
-    if full_sock {
+    if full_sock(sk_state, off) {
         let cgroup: u64 = read_kernel(sk, off.sk_cgroup).unwrap_or(0);
         let kn: u64 = read_kernel(cgroup, off.cgroup_kn).unwrap_or(0);
         if let Some(id) = read_kernel::<u64>(kn, off.kn_id) {
@@ -203,6 +201,13 @@ fn socket_details(
             ev.header.flags |= HDR_CGROUP;
         }
     }
+}
+
+/// Whether a socket in `sk_state` is a full socket: TIME_WAIT and NEW_SYN_RECV sockets are
+/// mini sockets (no `sk_cgrp_data`); an out-of-range state is not trusted as full either.
+#[inline(always)]
+fn full_sock(sk_state: u8, off: &KernelOffsets) -> bool {
+    sk_state < 32 && (1u32 << sk_state) & off.mini_sock_states == 0
 }
 
 #[inline(always)]

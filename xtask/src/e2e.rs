@@ -288,7 +288,6 @@ pub fn run_vm(
     fs::write(&script, guest_script(exes, env, &out_dir))?;
     let ended = vm::boot(kernel, vm_dir, &script, &out_dir)?;
     // VMs run side by side: each one's report is written at once, after it is off.
-    use std::fmt::Write as _;
     let mut report = String::new();
     let check = fs::read_to_string(out_dir.join(CHECK_KERNEL)).unwrap_or_default();
     let _ = writeln!(

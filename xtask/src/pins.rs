@@ -108,10 +108,15 @@ pub fn attachable(bin: &Path, hooks: &str) -> Result<(), String> {
     unpinned_lines(&String::from_utf8_lossy(&out.stdout), hooks)
 }
 
+/// The capabilities `hooks` (CAPABILITY=KIND,...) pins.
+fn capabilities(hooks: &str) -> impl Iterator<Item = &str> {
+    hooks.split(',').filter_map(|p| p.split('=').next())
+}
+
 /// The `--check-kernel` rows of `hooks`' capabilities that say NONE.
 pub fn unpinned_lines(table: &str, hooks: &str) -> Result<(), String> {
     let mut missing = String::new();
-    for capability in hooks.split(',').filter_map(|p| p.split('=').next()) {
+    for capability in capabilities(hooks) {
         for line in table.lines() {
             let mut cols = line.split_whitespace();
             if cols.next() == Some(capability) && cols.next() == Some("NONE") {
@@ -130,10 +135,7 @@ pub fn unpinned_lines(table: &str, hooks: &str) -> Result<(), String> {
 /// pinned capability has no hook, writes the loud line and the rows to `log` instead of
 /// running `run` (a shell command).
 pub fn guest_run(hooks: &str, log: &str, run: &str) -> String {
-    let caps: Vec<&str> = hooks
-        .split(',')
-        .filter_map(|p| p.split('=').next())
-        .collect();
+    let caps: Vec<&str> = capabilities(hooks).collect();
     let pattern = format!("^({}) +NONE", caps.join("|"));
     let hooks = crate::e2e::shell_quote(hooks);
     let pattern = crate::e2e::shell_quote(&pattern);
@@ -167,13 +169,11 @@ pub fn candidate_summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> 
     }
     // Grouped by capability, candidates in the table's order.
     pins.sort_by_key(|(pin, _)| pin.split('=').next().unwrap_or_default().to_owned());
-    let mut out =
-        String::from("\nhook candidates, pinned (--hooks) in the hook-named test files\n");
-    let _ = write!(out, "{:<32}", "capability=kind");
-    for (kernel, _) in columns {
-        let _ = write!(out, " {kernel:>24}");
-    }
-    out.push('\n');
+    let mut out = crate::tables::header(
+        "hook candidates, pinned (--hooks) in the hook-named test files",
+        ("capability=kind", 32),
+        columns,
+    );
     for (pin, runs) in pins {
         let _ = write!(out, "{pin:<32}");
         for (_, results) in columns {

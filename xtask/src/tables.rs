@@ -125,19 +125,27 @@ pub fn hook_summary(columns: &[(String, String)]) -> String {
     out
 }
 
+/// A table's title and its header row: `first` over the row names (as wide as given), then
+/// one column per kernel (24 wide, right-aligned).
+pub fn header<T>(title: &str, (first, width): (&str, usize), columns: &[(String, T)]) -> String {
+    let mut out = format!("\n{title}\n{first:<width$}");
+    for (kernel, _) in columns {
+        let _ = write!(out, " {kernel:>24}");
+    }
+    out.push('\n');
+    out
+}
+
 /// The summary: one row per test file, one column per kernel.
 pub fn summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> (String, bool) {
     let mut files: Vec<&String> = columns.iter().flat_map(|(_, r)| r.keys()).collect();
     files.sort();
     files.dedup();
-    let mut out = String::from(
-        "\nroot e2e summary (passed/total, U = unsupported on this kernel, S = skipped)\n",
+    let mut out = header(
+        "root e2e summary (passed/total, U = unsupported on this kernel, S = skipped)",
+        ("test file", 30),
+        columns,
     );
-    let _ = write!(out, "{:<30}", "test file");
-    for (kernel, _) in columns {
-        let _ = write!(out, " {kernel:>24}");
-    }
-    out.push('\n');
     let mut all_ok = true;
     for file in files {
         let _ = write!(out, "{file:<30}");

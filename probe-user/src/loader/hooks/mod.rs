@@ -311,13 +311,20 @@ pub struct Switches {
 }
 
 impl Switches {
+    /// The kind `--hooks` pins `capability` to, if any.
+    fn pinned(&self, capability: &str) -> Option<HookPin> {
+        self.pins
+            .iter()
+            .find(|p| p.capability == capability)
+            .copied()
+    }
+
     /// Whether `tcp:tcp_send_reset` reports resets without a full socket where the kernel
     /// passes them to it: not when `reset_sent_unowned` is pinned to a function hook, which
     /// then reports them (never twice).
     pub fn unowned_from_tracepoint(&self) -> bool {
-        self.pins
-            .iter()
-            .all(|p| p.capability != "reset_sent_unowned" || p.kind == HookKind::Tracepoint)
+        self.pinned("reset_sent_unowned")
+            .is_none_or(|p| p.kind == HookKind::Tracepoint)
     }
 
     /// Whether the preempt count may stand for the softirq hooks (neither avoided nor pinned
@@ -363,10 +370,10 @@ pub fn select(
             failures: Vec::new(),
             disabled,
         };
-        let pin = switches.pins.iter().find(|p| p.capability == cap.name);
+        let pin = switches.pinned(cap.name);
         if disabled.is_none() {
             for candidate in cap.candidates {
-                if let Some(&pin) = pin.filter(|p| p.kind != candidate.kind()) {
+                if let Some(pin) = pin.filter(|p| p.kind != candidate.kind()) {
                     status.failures.push(HookError::NotPinned {
                         hook: candidate.hook(),
                         pin,
