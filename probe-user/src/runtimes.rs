@@ -28,8 +28,18 @@ impl RuntimePattern {
     }
 }
 
+/// A runtime pattern that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{item:?} is not a runtime pattern (an executable name of at most {max} bytes, optionally ending in *)"
+)]
+pub struct RuntimePatternError {
+    item: String,
+    max: usize,
+}
+
 /// Parses the comma-separated list.
-pub fn parse_runtimes(list: &str) -> Result<Vec<RuntimePattern>, String> {
+pub fn parse_runtimes(list: &str) -> Result<Vec<RuntimePattern>, RuntimePatternError> {
     let mut out = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, prefix) = match item.strip_suffix('*') {
@@ -42,9 +52,10 @@ pub fn parse_runtimes(list: &str) -> Result<Vec<RuntimePattern>, String> {
             EXE_NAME_LEN - 1
         };
         if name.is_empty() || name.len() > max || name.contains('/') || name.contains('*') {
-            return Err(format!(
-                "{item:?} is not a runtime pattern (an executable name of at most {max} bytes, optionally ending in *)"
-            ));
+            return Err(RuntimePatternError {
+                item: item.to_owned(),
+                max,
+            });
         }
         out.push(RuntimePattern {
             name: name.to_owned(),

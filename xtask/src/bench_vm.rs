@@ -64,7 +64,7 @@ pub fn bench_in_vm(
     let _ = writeln!(script, "touch {}", q(&out_dir.join(vm::DONE_MARKER)));
     let path = out_dir.join("run.sh");
     fs::write(&path, script)?;
-    let ended = vm::boot(&kernel, vm_dir, &path, &out_dir)?;
+    let ended = vm::boot(&kernel, vm_dir, &path, &out_dir, &mut |_| {})?;
     let table = fs::read_to_string(out_dir.join("bench.txt")).unwrap_or_default();
     println!(
         "\n######## kernel {} (qemu, in a VM)\n{table}",

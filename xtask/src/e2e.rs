@@ -10,6 +10,7 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -169,6 +170,48 @@ const FILE_TIMEOUT_S: u32 = 420;
 /// The file naming the test file a guest is running (what a hung guest was doing).
 const CURRENT: &str = "current";
 
+/// One line when a guest starts the next test file: the kernel, file n of N, its name, the
+/// time since the boot, and the files passed and failed so far (read from the logs the guest
+/// left). `shown`: the file of the last line printed.
+fn progress(
+    release: &str,
+    labels: &[String],
+    out_dir: &Path,
+    elapsed: Duration,
+    shown: &mut String,
+) {
+    let current = fs::read_to_string(out_dir.join(CURRENT)).unwrap_or_default();
+    let current = current.trim();
+    if current.is_empty() || current == shown {
+        return;
+    }
+    current.clone_into(shown);
+    let Some(n) = labels.iter().position(|l| l == current) else {
+        return;
+    };
+    let (mut passed, mut failed, mut not_attachable) = (0, 0, 0);
+    for label in &labels[..n] {
+        let log = fs::read_to_string(out_dir.join(format!("{label}.log"))).unwrap_or_default();
+        let r = parse(&log);
+        if r.not_attachable {
+            not_attachable += 1;
+        } else if r.broken || r.failed > 0 {
+            failed += 1;
+        } else {
+            passed += 1;
+        }
+    }
+    let secs = elapsed.as_secs();
+    eprintln!(
+        "xtask: vm {release}: file {}/{} {current} · {}m{:02}s · so far {passed} passed, \
+         {failed} failed, {not_attachable} not attachable",
+        n + 1,
+        labels.len(),
+        secs / 60,
+        secs % 60
+    );
+}
+
 /// The script a guest runs: prepares what the host has and a bare VM lacks (tracefs, bpffs,
 /// loopback, a writable cache directory: the shared root is read-only), starts a heartbeat,
 /// runs `probe --check-kernel`, then each executable with its output in a log file of
@@ -286,7 +329,15 @@ pub fn run_vm(
     fs::create_dir_all(&out_dir)?;
     let script = out_dir.join("run.sh");
     fs::write(&script, guest_script(exes, env, &out_dir))?;
-    let ended = vm::boot(kernel, vm_dir, &script, &out_dir)?;
+    let labels: Vec<String> = exes
+        .iter()
+        .flat_map(|exe| pins::runs(&exe.name))
+        .map(|run| run.label)
+        .collect();
+    let mut shown = String::new();
+    let ended = vm::boot(kernel, vm_dir, &script, &out_dir, &mut |elapsed| {
+        progress(&kernel.release, &labels, &out_dir, elapsed, &mut shown)
+    })?;
     // VMs run side by side: each one's report is written at once, after it is off.
     let mut report = String::new();
     let check = fs::read_to_string(out_dir.join(CHECK_KERNEL)).unwrap_or_default();

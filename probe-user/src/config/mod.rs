@@ -427,21 +427,19 @@ impl Runtimes {
     }
 }
 
-fn parse_runtime_list(s: &str) -> Result<Runtimes, String> {
-    crate::runtimes::parse_runtimes(s).map(Runtimes)
+fn parse_runtime_list(s: &str) -> Result<Runtimes, values::ValueError> {
+    Ok(Runtimes(crate::runtimes::parse_runtimes(s)?))
 }
 
 /// `--http-addr`: a socket address, or disabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpAddr(pub Option<SocketAddr>);
 
-fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+fn parse_http_addr(s: &str) -> Result<HttpAddr, values::ValueError> {
     if s == "none" {
         return Ok(HttpAddr(None));
     }
-    s.parse()
-        .map(|a| HttpAddr(Some(a)))
-        .map_err(|e| format!("{e} (expected HOST:PORT such as 0.0.0.0:9464, or none)"))
+    Ok(HttpAddr(Some(s.parse()?)))
 }
 
 /// Adds to a value error where the value came from when it was not the command line: the

@@ -9,6 +9,45 @@ use clap::{Arg, Command, builder::TypedValueParser, error::ErrorKind};
 /// What stands where a secret was.
 pub const REDACTED: &str = "<redacted>";
 
+/// Why a flag's value is refused (clap prefixes the flag; a secret value is never echoed).
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("not a URL ({0}); expected http://HOST:PORT or https://HOST:PORT")]
+    NotUrl(#[from] http::uri::InvalidUri),
+    #[error("scheme {0:?} is not supported: use http:// or https://")]
+    Scheme(String),
+    #[error("no scheme: expected http://HOST:PORT or https://HOST:PORT")]
+    NoScheme,
+    #[error("no host: expected http://HOST:PORT or https://HOST:PORT")]
+    NoHost,
+    #[error("an entry is not KEY=VALUE (KEY=VALUE,KEY=VALUE)")]
+    HeaderNotKeyValue,
+    #[error("an entry's KEY is not a valid header name")]
+    HeaderName,
+    #[error("an entry's VALUE has characters an HTTP header cannot carry")]
+    HeaderValue,
+    #[error("{0} (examples: 5s, 500ms)")]
+    Duration(#[from] humantime::DurationError),
+    #[error("must be between {} and {}", humantime::format_duration(*.min), humantime::format_duration(*.max))]
+    Range { min: Duration, max: Duration },
+    #[error("{0}")]
+    Integer(#[from] std::num::ParseIntError),
+    #[error("must be a power of two from 4096 to {RINGBUF_MAX} (256 MiB)")]
+    RingbufSize,
+    #[error("{0} (examples: info, debug, probe=debug,kube=warn)")]
+    LogFilter(#[from] tracing_subscriber::filter::ParseError),
+    #[error("{0:?} is not KEY=VALUE")]
+    KeyValue(String),
+    #[error("{0} (expected HOST:PORT such as 0.0.0.0:9464, or none)")]
+    SocketAddr(#[from] std::net::AddrParseError),
+    #[error(transparent)]
+    Signals(#[from] crate::model::signals::SignalListError),
+    #[error(transparent)]
+    Runtimes(#[from] crate::runtimes::RuntimePatternError),
+    #[error(transparent)]
+    Hook(#[from] crate::loader::hooks::PinError),
+}
+
 /// `--otlp-endpoint`: an `http://` or `https://` URL. Shown without userinfo and query.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint(String);
@@ -53,21 +92,15 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}{sep}{host}{path}{query}")
 }
 
-pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|e| format!("not a URL ({e}); expected http://HOST:PORT or https://HOST:PORT"))?;
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, ValueError> {
+    let uri: http::Uri = s.parse()?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        Some(other) => {
-            return Err(format!(
-                "scheme {other:?} is not supported: use http:// or https://"
-            ));
-        }
-        None => return Err("no scheme: expected http://HOST:PORT or https://HOST:PORT".into()),
+        Some(other) => return Err(ValueError::Scheme(other.to_owned())),
+        None => return Err(ValueError::NoScheme),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err("no host: expected http://HOST:PORT or https://HOST:PORT".into());
+        return Err(ValueError::NoHost);
     }
     Ok(Endpoint(s.to_owned()))
 }
@@ -91,16 +124,12 @@ impl fmt::Debug for Header {
     }
 }
 
-pub fn parse_header(s: &str) -> Result<Header, String> {
-    let (key, value) = s
-        .split_once('=')
-        .ok_or("an entry is not KEY=VALUE (KEY=VALUE,KEY=VALUE)")?;
+pub fn parse_header(s: &str) -> Result<Header, ValueError> {
+    let (key, value) = s.split_once('=').ok_or(ValueError::HeaderNotKeyValue)?;
     let key = key.trim().to_ascii_lowercase();
     let value = value.trim();
-    http::HeaderName::from_bytes(key.as_bytes())
-        .map_err(|_| "an entry's KEY is not a valid header name".to_owned())?;
-    http::HeaderValue::from_str(value)
-        .map_err(|_| "an entry's VALUE has characters an HTTP header cannot carry".to_owned())?;
+    http::HeaderName::from_bytes(key.as_bytes()).map_err(|_| ValueError::HeaderName)?;
+    http::HeaderValue::from_str(value).map_err(|_| ValueError::HeaderValue)?;
     Ok(Header {
         key,
         value: value.to_owned(),
@@ -110,7 +139,7 @@ pub fn parse_header(s: &str) -> Result<Header, String> {
 /// Runs a parser of values that may hold a secret: its error names the flag and its
 /// environment variable and says why, never what the value was.
 #[derive(Clone)]
-pub struct Secretive<T>(pub fn(&str) -> Result<T, String>);
+pub struct Secretive<T>(pub fn(&str) -> Result<T, ValueError>);
 
 impl<T: Clone + Send + Sync + 'static> TypedValueParser for Secretive<T> {
     type Value = T;
@@ -130,7 +159,7 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Secretive<T> {
             .with_cmd(cmd)
         };
         let text = value.to_str().ok_or_else(|| fail("not UTF-8".into()))?;
-        (self.0)(text).map_err(fail)
+        (self.0)(text).map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -138,26 +167,19 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Secretive<T> {
 pub fn duration_between(
     min: Duration,
     max: Duration,
-) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
-    move |s| {
-        let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 5s, 500ms)"))?;
-        check_range(d, min, max)
-    }
+) -> impl Fn(&str) -> Result<Duration, ValueError> + Clone + Send + Sync + 'static {
+    move |s| check_range(humantime::parse_duration(s)?, min, max)
 }
 
-fn check_range(d: Duration, min: Duration, max: Duration) -> Result<Duration, String> {
+fn check_range(d: Duration, min: Duration, max: Duration) -> Result<Duration, ValueError> {
     if d < min || d > max {
-        return Err(format!(
-            "must be between {} and {}",
-            humantime::format_duration(min),
-            humantime::format_duration(max)
-        ));
+        return Err(ValueError::Range { min, max });
     }
     Ok(d)
 }
 
 /// `--otlp-timeout`: milliseconds (OTEL_EXPORTER_OTLP_TIMEOUT's unit) or a duration.
-pub fn parse_otlp_timeout(s: &str) -> Result<Duration, String> {
+pub fn parse_otlp_timeout(s: &str) -> Result<Duration, ValueError> {
     let (min, max) = OTLP_TIMEOUT_RANGE;
     match s.parse::<u64>() {
         Ok(ms) => check_range(Duration::from_millis(ms), min, max),
@@ -171,12 +193,10 @@ pub const OTLP_TIMEOUT_RANGE: (Duration, Duration) =
 /// The largest `--ringbuf-bytes`: 256 MiB of locked kernel memory per node is already much.
 pub const RINGBUF_MAX: u32 = 256 << 20;
 
-pub fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+pub fn parse_ringbuf_bytes(s: &str) -> Result<u32, ValueError> {
+    let n: u32 = s.parse()?;
     if !n.is_power_of_two() || !(4096..=RINGBUF_MAX).contains(&n) {
-        return Err(format!(
-            "must be a power of two from 4096 to {RINGBUF_MAX} (256 MiB)"
-        ));
+        return Err(ValueError::RingbufSize);
     }
     Ok(n)
 }
@@ -195,18 +215,16 @@ pub fn env_filter(spec: &str) -> tracing_subscriber::EnvFilter {
 }
 
 /// `--log-level`: a tracing filter (`info`, `probe=debug,kube=warn`).
-pub fn parse_log_filter(s: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::builder()
-        .parse(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| format!("{e} (examples: info, debug, probe=debug,kube=warn)"))
+pub fn parse_log_filter(s: &str) -> Result<String, ValueError> {
+    tracing_subscriber::EnvFilter::builder().parse(s)?;
+    Ok(s.to_owned())
 }
 
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+pub fn parse_key_value(s: &str) -> Result<(String, String), ValueError> {
     s.split_once('=')
         .filter(|(k, _)| !k.trim().is_empty())
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+        .ok_or_else(|| ValueError::KeyValue(s.to_owned()))
 }
 
 /// `--verifier-log`.
@@ -233,8 +251,11 @@ impl super::Color {
 }
 
 /// `--hooks` values: CAPABILITY=KIND against the hook table.
-pub fn hook_pin(s: &str) -> Result<crate::loader::hooks::HookPin, String> {
-    crate::loader::hooks::HookPin::parse(s, crate::loader::hooks::CAPABILITIES)
+pub fn hook_pin(s: &str) -> Result<crate::loader::hooks::HookPin, ValueError> {
+    Ok(crate::loader::hooks::HookPin::parse(
+        s,
+        crate::loader::hooks::CAPABILITIES,
+    )?)
 }
 
 #[cfg(test)]
@@ -274,7 +295,7 @@ mod tests {
             "bad key=SECRET",
             "k=SECRET\u{1}",
         ] {
-            let err = parse_header(bad).unwrap_err();
+            let err = parse_header(bad).unwrap_err().to_string();
             assert!(!err.contains("SECRET"), "{err}");
         }
     }
@@ -284,11 +305,14 @@ mod tests {
         let p = duration_between(Duration::from_millis(100), Duration::from_secs(3600));
         assert!(p("1ns").is_err());
         assert!(p("2h").is_err());
-        assert_eq!(p("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(p("5s").ok(), Some(Duration::from_secs(5)));
         assert!(parse_ringbuf_bytes("2147483648").is_err());
         assert!(parse_ringbuf_bytes("268435456").is_ok());
         assert!(parse_otlp_timeout("0").is_err());
-        assert_eq!(parse_otlp_timeout("2500"), Ok(Duration::from_millis(2500)));
+        assert_eq!(
+            parse_otlp_timeout("2500").ok(),
+            Some(Duration::from_millis(2500))
+        );
         assert!(parse_log_filter("probe=[[[").is_err());
         assert!(parse_log_filter("info,kube=warn").is_ok());
     }

@@ -224,7 +224,7 @@ impl Kernel for AyaKernel<'_> {
         self.tried.push(ProgramStatus {
             program: program.name,
             hook: program.attach.to_string(),
-            result: result.clone().map_err(|e| e.to_string()),
+            result: result.clone(),
         });
         result
     }
@@ -245,7 +245,7 @@ impl Kernel for AyaKernel<'_> {
             }
         }
         for t in self.tried.iter_mut().filter(|t| t.program == program.name) {
-            t.result = Err("detached: another program of its hook failed".into());
+            t.result = Err(HookError::Detached);
         }
     }
 
@@ -253,7 +253,7 @@ impl Kernel for AyaKernel<'_> {
         let result = self.reattach_inner(program);
         if let Err(e) = &result {
             for t in self.tried.iter_mut().filter(|t| t.program == program.name) {
-                t.result = Err(e.to_string());
+                t.result = Err(e.clone());
             }
         }
         result

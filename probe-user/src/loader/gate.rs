@@ -78,6 +78,19 @@ impl Snapshot for GateStatus {
     }
 }
 
+/// Why the gate could not attach the write hooks.
+#[derive(Debug, thiserror::Error)]
+enum GateError {
+    #[error("{program}: not in the kernel object")]
+    Missing { program: &'static str },
+    #[error("{program} on {attach}: {source}")]
+    Attach {
+        program: &'static str,
+        attach: Attach,
+        source: Box<ProgramError>,
+    },
+}
+
 /// The on-demand programs, their links while attached, and what tells the gate to open.
 pub struct WriteGate {
     pub(super) ebpf: Arc<Mutex<Ebpf>>,
@@ -139,14 +152,17 @@ impl WriteGate {
         matches!(self.pids.keys().next(), Some(Ok(_)))
     }
 
-    fn attach(&mut self) -> Result<(), String> {
+    fn attach(&mut self) -> Result<(), GateError> {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, attach) in &self.programs {
-            let program = ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("{name}: not in the kernel object"))?;
-            let link =
-                attach_one(program, *attach).map_err(|e| format!("{name} on {attach}: {e}"))?;
+        for &(program, attach) in &self.programs {
+            let p = ebpf
+                .program_mut(program)
+                .ok_or(GateError::Missing { program })?;
+            let link = attach_one(p, attach).map_err(|e| GateError::Attach {
+                program,
+                attach,
+                source: Box::new(e),
+            })?;
             self.links.push(link);
         }
         Ok(())
@@ -243,6 +259,7 @@ pub fn spawn(
                             }
                         }
                         Err(e) => {
+                            let e = e.to_string();
                             gate.detach();
                             if r.error.as_deref() != Some(e.as_str()) {
                                 warn!("attaching the write hooks: {e}; Wasm output is not captured until it works");

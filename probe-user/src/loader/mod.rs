@@ -121,7 +121,7 @@ impl LoaderConfig {
 pub struct ProgramStatus {
     pub program: &'static str,
     pub hook: String,
-    pub result: Result<(), String>,
+    pub result: Result<(), hooks::HookError>,
 }
 
 /// Loaded programs; dropping it detaches every program.

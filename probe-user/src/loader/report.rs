@@ -18,7 +18,7 @@ impl Probe {
                 hook: p.hook.clone(),
                 attached: p.result.is_ok(),
                 on_demand: false,
-                error: p.result.clone().err(),
+                error: p.result.as_ref().err().map(ToString::to_string),
             })
             .collect()
     }

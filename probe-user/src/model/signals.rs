@@ -67,20 +67,25 @@ pub fn signal_number(text: &str) -> Option<u32> {
         .map(|(n, _)| *n as u32)
 }
 
+/// Why a signal list is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalListError {
+    #[error("unknown signal {0:?} (use names like SIGSEGV or numbers 1-63)")]
+    Unknown(String),
+    #[error("the list is empty")]
+    Empty,
+}
+
 /// Parses a comma-separated signal list into a bit mask (bit n = signal n).
-pub fn parse_signal_mask(list: &str) -> Result<u64, String> {
+pub fn parse_signal_mask(list: &str) -> Result<u64, SignalListError> {
     let mut mask = 0u64;
     for part in list.split(',').filter(|p| !p.trim().is_empty()) {
-        let n = signal_number(part).ok_or_else(|| {
-            format!(
-                "unknown signal {:?} (use names like SIGSEGV or numbers 1-63)",
-                part.trim()
-            )
-        })?;
+        let n =
+            signal_number(part).ok_or_else(|| SignalListError::Unknown(part.trim().to_owned()))?;
         mask |= 1 << n;
     }
     if mask == 0 {
-        return Err("the list is empty".into());
+        return Err(SignalListError::Empty);
     }
     Ok(mask)
 }
@@ -216,6 +221,7 @@ mod tests {
         assert!(
             parse_signal_mask("SIGSEGV,SIGBOGUS")
                 .unwrap_err()
+                .to_string()
                 .contains("SIGBOGUS")
         );
         assert!(parse_signal_mask("").is_err());

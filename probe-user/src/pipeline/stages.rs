@@ -96,26 +96,21 @@ impl Stages {
 
 /// The kernel map of cgroups whose processes' stdout/stderr is captured.
 pub trait WasmCgroupMap: Send {
-    fn add(&mut self, id: u64) -> Result<(), String>;
-    fn remove(&mut self, id: u64) -> Result<(), String>;
+    fn add(&mut self, id: u64) -> Result<(), aya::maps::MapError>;
+    fn remove(&mut self, id: u64) -> Result<(), aya::maps::MapError>;
 }
 
 impl WasmCgroupMap for crate::loader::WasmCgroups {
-    fn add(&mut self, id: u64) -> Result<(), String> {
+    fn add(&mut self, id: u64) -> Result<(), aya::maps::MapError> {
         self.cgroups
-            .insert(id, probe_common::RUNTIME_BY_CGROUP, 0)
-            .map_err(|e| e.to_string())?;
+            .insert(id, probe_common::RUNTIME_BY_CGROUP, 0)?;
         self.entries += 1;
-        self.count
-            .set(0, self.entries, 0)
-            .map_err(|e| e.to_string())
+        self.count.set(0, self.entries, 0)
     }
-    fn remove(&mut self, id: u64) -> Result<(), String> {
-        self.cgroups.remove(&id).map_err(|e| e.to_string())?;
+    fn remove(&mut self, id: u64) -> Result<(), aya::maps::MapError> {
+        self.cgroups.remove(&id)?;
         self.entries = self.entries.saturating_sub(1);
-        self.count
-            .set(0, self.entries, 0)
-            .map_err(|e| e.to_string())
+        self.count.set(0, self.entries, 0)
     }
 }
 
@@ -235,7 +230,12 @@ impl Stages {
     /// it is. Records of other sources go out as they are. `out`: an empty buffer, left empty.
     fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Record>) -> std::io::Result<()> {
         let event = match event {
-            Event::Kernel(event) => event,
+            Event::Kernel(event) => {
+                if let (Body::CoreSignal(_), Some(id)) = (&event.body, event.common.cgroup_id) {
+                    self.k8s.remember_cgroup(id, now);
+                }
+                event
+            }
             Event::Record(record) => {
                 out.push(*record);
                 return self.write_at(out, now);

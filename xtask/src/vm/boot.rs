@@ -63,9 +63,17 @@ pub enum Ended {
 }
 
 /// Boots `kernel` and runs `script` (a path on this machine) inside; `rw` becomes writable
-/// and is where the script leaves its results, its heartbeat and the console. Returns once
-/// the VM is off; a guest that stops beating is killed.
-pub fn boot(kernel: &Kernel, vm_dir: &Path, script: &Path, rw: &Path) -> Result<Ended> {
+/// and is where the script leaves its results, its heartbeat and the console. `progress` is
+/// called every few seconds while the guest runs, with the time since the boot (it reads
+/// what the guest left in `rw` so far). Returns once the VM is off; a guest that stops
+/// beating is killed.
+pub fn boot(
+    kernel: &Kernel,
+    vm_dir: &Path,
+    script: &Path,
+    rw: &Path,
+    progress: &mut dyn FnMut(Duration),
+) -> Result<Ended> {
     use std::os::unix::process::CommandExt as _;
     let console = fs::File::create(rw.join(CONSOLE)).context("creating the console log")?;
     let mut cmd = Command::new("vng");
@@ -88,8 +96,8 @@ pub fn boot(kernel: &Kernel, vm_dir: &Path, script: &Path, rw: &Path) -> Result<
         // Its own process group: a hung guest is ended with vng's qemu child.
         .process_group(0);
     eprintln!(
-        "xtask: vm: booting {} ({}) under qemu; console in {}; the tests' output follows when \
-         it is done",
+        "xtask: vm: booting {} ({}) under qemu; console in {}; progress as it runs, the tests' \
+         output when it is done",
         kernel.release,
         kernel.line,
         rw.join(CONSOLE).display()
@@ -103,6 +111,7 @@ pub fn boot(kernel: &Kernel, vm_dir: &Path, script: &Path, rw: &Path) -> Result<
             break Some(status);
         }
         std::thread::sleep(Duration::from_secs(2));
+        progress(started.elapsed());
         let len = fs::metadata(&beat).map_or(0, |m| m.len());
         if len != last.0 {
             last = (len, std::time::Instant::now());

@@ -87,6 +87,15 @@ impl K8sEnricher {
             .wasm_cgroups = n;
     }
 
+    /// Looks up cgroup `id`'s path now, while the cgroup exists, for a record that is
+    /// enriched later (a core-dumping signal waits for its target's exit, and a crashed
+    /// container's cgroup is removed soon after it).
+    pub fn remember_cgroup(&mut self, id: u64, now: Instant) {
+        if self.active() {
+            let _ = self.cgroups.path(id, now);
+        }
+    }
+
     /// Whether the caches have anything to offer (enrichment on and synced once).
     pub fn active(&self) -> bool {
         self.cache.active.load(std::sync::atomic::Ordering::Relaxed)

@@ -118,14 +118,18 @@ pub fn path_of_pid(pid: u32) -> Option<String> {
 
 /// cgroup id -> path, found by walking the kubepods subtrees of the cgroup v2 mount. Misses
 /// are remembered for `negative_ttl` so a busy non-Kubernetes cgroup does not cause a walk per
-/// event; a walk happens at most once per `walk_every`.
+/// event; a walk happens at most once per `walk_every`. A cgroup a walk saw is still resolved
+/// for `removed_keep` after it is gone: a container that crashed is removed by its runtime
+/// while the records of its last moments (a core-dumping signal held until the exit) are on
+/// their way.
 pub struct CgroupPaths {
     root: PathBuf,
-    known: HashMap<u64, String>,
+    known: HashMap<u64, Known>,
     misses: HashMap<u64, Instant>,
     last_walk: Option<Instant>,
     walk_every: Duration,
     negative_ttl: Duration,
+    removed_keep: Duration,
     /// The highest cgroup id the last walk saw: kernfs ids grow, so a higher one is a cgroup
     /// made since (a container that just started), worth a walk right away.
     newest: u64,
@@ -140,6 +144,7 @@ impl CgroupPaths {
             last_walk: None,
             walk_every: Duration::from_millis(200),
             negative_ttl: Duration::from_secs(30),
+            removed_keep: Duration::from_secs(120),
             newest: 0,
         }
     }
@@ -150,15 +155,14 @@ impl CgroupPaths {
             .last_walk
             .is_none_or(|t| now.duration_since(t) >= self.walk_every)
         {
-            self.last_walk = Some(now);
-            self.walk();
+            self.walk(now);
         }
     }
 
     /// The path (relative to the cgroup root, starting with `/`) of cgroup `id`.
     pub fn path(&mut self, id: u64, now: Instant) -> Option<String> {
-        if let Some(p) = self.known.get(&id) {
-            return Some(p.clone());
+        if let Some(k) = self.known.get(&id) {
+            return Some(k.path.clone());
         }
         if self
             .misses
@@ -172,11 +176,10 @@ impl CgroupPaths {
                 .last_walk
                 .is_none_or(|t| now.duration_since(t) >= self.walk_every)
         {
-            self.last_walk = Some(now);
-            self.walk();
+            self.walk(now);
         }
         match self.known.get(&id) {
-            Some(p) => Some(p.clone()),
+            Some(k) => Some(k.path.clone()),
             None => {
                 if self.misses.len() > 65536 {
                     self.misses.clear();
@@ -187,19 +190,26 @@ impl CgroupPaths {
         }
     }
 
-    /// Rebuilds the map from the cgroups that exist now: removed pods' cgroups drop out (and
-    /// cgroup ids are 64-bit kernfs ids, not reused, so a stale entry cannot mislabel).
-    fn walk(&mut self) {
-        self.known.clear();
+    /// Updates the map from the cgroups that exist now; removed ones stay `removed_keep` after
+    /// the last walk that saw them, then drop out (cgroup ids are 64-bit kernfs ids, not
+    /// reused, so a kept entry cannot mislabel).
+    fn walk(&mut self, now: Instant) {
+        self.last_walk = Some(now);
         for top in ["kubepods.slice", "kubepods"] {
             let dir = self.root.join(top);
             if dir.is_dir() {
-                self.walk_dir(&dir, 0);
+                self.walk_dir(&dir, 0, now);
             }
+        }
+        let keep = self.removed_keep;
+        self.known
+            .retain(|_, k| k.seen == now || now.duration_since(k.seen) < keep);
+        if self.known.len() > MAX_KNOWN {
+            self.known.retain(|_, k| k.seen == now);
         }
     }
 
-    fn walk_dir(&mut self, dir: &Path, depth: usize) {
+    fn walk_dir(&mut self, dir: &Path, depth: usize, now: Instant) {
         use std::os::unix::fs::MetadataExt as _;
         if depth > 4 {
             return;
@@ -208,14 +218,14 @@ impl CgroupPaths {
             let path = format!("/{}", rel.display());
             self.misses.remove(&meta.ino());
             self.newest = self.newest.max(meta.ino());
-            self.known.insert(meta.ino(), path);
+            self.known.insert(meta.ino(), Known { path, seen: now });
         }
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                self.walk_dir(&entry.path(), depth + 1);
+                self.walk_dir(&entry.path(), depth + 1, now);
             }
         }
     }
@@ -225,10 +235,25 @@ impl CgroupPaths {
         &self.root
     }
 
+    /// The cgroups the last walk saw (not the removed ones still kept).
     pub fn known_ids(&self) -> impl Iterator<Item = (&u64, &String)> {
-        self.known.iter()
+        let last = self.last_walk;
+        self.known
+            .iter()
+            .filter(move |(_, k)| Some(k.seen) == last)
+            .map(|(id, k)| (id, &k.path))
     }
 }
+
+/// A cgroup's path and the last walk that saw it.
+struct Known {
+    path: String,
+    seen: Instant,
+}
+
+/// Cgroups remembered at most (present and recently removed): beyond it, removed ones are
+/// forgotten at once.
+const MAX_KNOWN: usize = 65_536;
 
 #[cfg(test)]
 mod tests {
@@ -365,10 +390,21 @@ mod tests {
         paths.newest = paths.newest.min(ino3 - 1);
         let right_after = t0 + Duration::from_secs(2) + Duration::from_millis(1);
         assert_eq!(paths.path(ino3, right_after), Some(format!("/{newest}")));
-        // A removed container's cgroup drops out at the next walk.
+        // A removed container's cgroup is no longer among the present ones at the next walk,
+        // but still resolves (its last records are on their way) until `removed_keep` after.
         std::fs::remove_dir(root.join(&rel)).unwrap();
         assert_eq!(paths.path(2, t0 + Duration::from_secs(3)), None);
         assert!(paths.known_ids().all(|(id, _)| *id != ino));
+        assert!(paths.known_ids().any(|(id, _)| *id == ino3));
+        assert_eq!(
+            paths.path(ino, t0 + Duration::from_secs(4)),
+            Some(format!("/{rel}"))
+        );
+        paths.refresh(t0 + Duration::from_secs(3) + paths.removed_keep);
+        assert_eq!(
+            paths.path(ino, t0 + Duration::from_secs(3) + paths.removed_keep),
+            None
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -190,6 +190,9 @@ pub enum HookError {
     },
     #[error("{hook}: {reason}")]
     Unusable { hook: String, reason: String },
+    /// Attached, then detached with the other program of its hook, which failed.
+    #[error("detached: another program of its hook failed")]
+    Detached,
     /// Left out by `--hooks` (not the kernel's doing).
     #[error("{hook}: not tried: --hooks {pin}")]
     NotPinned { hook: String, pin: HookPin },
@@ -250,6 +253,21 @@ impl CapabilityStatus {
     }
 }
 
+/// Why a `--hooks` entry is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("`{0}`: expected CAPABILITY=KIND")]
+    Form(String),
+    #[error("`{name}`: no such capability (one of: {known})")]
+    Capability { name: String, known: String },
+    #[error("`{kind}`: {capability} has no such hook (its kinds: {kinds})")]
+    Kind {
+        kind: String,
+        capability: &'static str,
+        kinds: String,
+    },
+}
+
 /// `--hooks CAPABILITY=KIND`: the capability tries only its candidates of that kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HookPin {
@@ -266,31 +284,29 @@ impl fmt::Display for HookPin {
 impl HookPin {
     /// Parses `CAPABILITY=KIND` against the hook table: the capability exists and has a
     /// candidate of that kind (the error names the kinds it has).
-    pub fn parse(text: &str, table: &[Capability]) -> Result<Self, String> {
+    pub fn parse(text: &str, table: &[Capability]) -> Result<Self, PinError> {
         let (name, kind) = text
             .split_once('=')
-            .ok_or_else(|| format!("`{text}`: expected CAPABILITY=KIND"))?;
+            .ok_or_else(|| PinError::Form(text.to_owned()))?;
         let cap = table
             .iter()
             .find(|c| c.name == name.trim())
-            .ok_or_else(|| {
-                let names: Vec<&str> = table.iter().map(|c| c.name).collect();
-                format!(
-                    "`{name}`: no such capability (one of: {})",
-                    names.join(", ")
-                )
+            .ok_or_else(|| PinError::Capability {
+                name: name.to_owned(),
+                known: table.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
             })?;
         let kinds: Vec<HookKind> = cap.candidates.iter().map(Candidate::kind).collect();
-        let names: Vec<String> = kinds.iter().map(|k| k.name()).collect();
         let kind = <HookKind as clap::ValueEnum>::from_str(kind.trim(), true)
             .ok()
             .filter(|k| kinds.contains(k))
-            .ok_or_else(|| {
-                format!(
-                    "`{kind}`: {} has no such hook (its kinds: {})",
-                    cap.name,
-                    names.join(", ")
-                )
+            .ok_or_else(|| PinError::Kind {
+                kind: kind.to_owned(),
+                capability: cap.name,
+                kinds: kinds
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         Ok(Self {
             capability: cap.name,

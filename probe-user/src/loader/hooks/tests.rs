@@ -466,16 +466,21 @@ fn hook_pins_are_checked_against_the_table() {
     assert_eq!((pin.capability, pin.kind), ("drops", HookKind::RawTp));
     assert_eq!(pin.to_string(), "drops=raw-tp");
     assert_eq!(
-        HookPin::parse("wasm_write=raw-tp", CAPABILITIES).unwrap_err(),
+        HookPin::parse("wasm_write=raw-tp", CAPABILITIES)
+            .unwrap_err()
+            .to_string(),
         "`raw-tp`: wasm_write has no such hook (its kinds: fexit, kprobe, tracepoint)"
     );
     assert!(
         HookPin::parse("nosuch=kprobe", CAPABILITIES)
             .unwrap_err()
+            .to_string()
             .starts_with("`nosuch`: no such capability (one of: softirq_context, ")
     );
     assert_eq!(
-        HookPin::parse("wasm_write", CAPABILITIES).unwrap_err(),
+        HookPin::parse("wasm_write", CAPABILITIES)
+            .unwrap_err()
+            .to_string(),
         "`wasm_write`: expected CAPABILITY=KIND"
     );
 }
