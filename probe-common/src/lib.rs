@@ -82,46 +82,76 @@ pub mod globals {
 /// task is named.
 pub const SOFTIRQ_UNKNOWN: u32 = 2;
 
-/// Event kinds (the first field of every event).
-pub mod kind {
-    pub const TCP_RESET: u32 = 1;
+/// Declares every kernel event kind once: its number (`kind::` constant), its name (loss
+/// records, metrics and errors name kinds this way), its event struct, and its [`Kind`]
+/// variant (decoded from the header with `TryFrom<u32>`).
+macro_rules! kinds {
+    ($( $(#[$doc:meta])* $konst:ident = $n:literal, $name:literal, $variant:ident($event:ty); )*) => {
+        /// Event kinds, the first field after the header's timestamps (`EventHeader::kind`).
+        pub mod kind {
+            $( $(#[$doc])* pub const $konst: u32 = $n; )*
+
+            /// Every kind with its name.
+            pub const NAMES: [(u32, &str); [$($n),*].len()] = [$( ($konst, $name) ),*];
+
+            /// The name of `kind`, if it is one.
+            pub fn name(kind: u32) -> Option<&'static str> {
+                match super::Kind::try_from(kind) {
+                    Ok(k) => Some(k.name()),
+                    Err(_) => None,
+                }
+            }
+        }
+
+        /// A kernel event kind.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Kind {
+            $( $variant ),*
+        }
+
+        impl Kind {
+            pub const fn number(self) -> u32 {
+                match self { $( Self::$variant => $n ),* }
+            }
+            pub const fn name(self) -> &'static str {
+                match self { $( Self::$variant => $name ),* }
+            }
+            /// The size of its event struct (what a record of this kind holds at least).
+            pub const fn size(self) -> usize {
+                match self { $( Self::$variant => core::mem::size_of::<$event>() ),* }
+            }
+        }
+
+        /// An unknown kind is returned as the number it was.
+        impl TryFrom<u32> for Kind {
+            type Error = u32;
+            fn try_from(v: u32) -> Result<Self, u32> {
+                match v {
+                    $( $n => Ok(Self::$variant), )*
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// A TCP reset sent or received ([`crate::TcpResetEvent`]).
+    TCP_RESET = 1, "tcp_reset", TcpReset(TcpResetEvent);
     /// A core-dumping signal was generated for a task ([`crate::SignalEvent`]).
-    pub const CORE_SIGNAL: u32 = 2;
+    CORE_SIGNAL = 2, "core_signal", CoreSignal(SignalEvent);
     /// A task that had a fatal core-dumping signal pending, or a selected Wasm runtime,
     /// exited ([`crate::ExitEvent`]).
-    pub const PROCESS_EXIT: u32 = 3;
+    PROCESS_EXIT = 3, "process_exit", ProcessExit(ExitEvent);
     /// A chunk of bytes a selected process passed to write/writev on fd 1 or 2
     /// ([`crate::WriteEvent`]).
-    pub const WASM_WRITE: u32 = 4;
+    WASM_WRITE = 4, "wasm_write", WasmWrite(WriteEvent);
     /// The result of that write ([`crate::WriteResultEvent`]).
-    pub const WASM_WRITE_RESULT: u32 = 5;
+    WASM_WRITE_RESULT = 5, "wasm_write_result", WasmWriteResult(WriteResultEvent);
     /// TCP packets dropped by the kernel, per flow and drop reason ([`crate::PacketDropEvent`]).
-    pub const PACKET_DROP: u32 = 6;
+    PACKET_DROP = 6, "packet_drop", PacketDrop(PacketDropEvent);
     /// The head of an HTTP/1.x request sent on a TCP socket ([`crate::HttpRequestEvent`]).
-    pub const HTTP_REQUEST: u32 = 7;
-
-    /// Every kind with its name (loss records, metrics and errors name kinds this way).
-    pub const NAMES: [(u32, &str); 7] = [
-        (TCP_RESET, "tcp_reset"),
-        (CORE_SIGNAL, "core_signal"),
-        (PROCESS_EXIT, "process_exit"),
-        (WASM_WRITE, "wasm_write"),
-        (WASM_WRITE_RESULT, "wasm_write_result"),
-        (PACKET_DROP, "packet_drop"),
-        (HTTP_REQUEST, "http_request"),
-    ];
-
-    /// The name of `kind`, if it is one.
-    pub fn name(kind: u32) -> Option<&'static str> {
-        let mut i = 0;
-        while i < NAMES.len() {
-            if NAMES[i].0 == kind {
-                return Some(NAMES[i].1);
-            }
-            i += 1;
-        }
-        None
-    }
+    HTTP_REQUEST = 7, "http_request", HttpRequest(HttpRequestEvent);
 }
 
 /// Slots of the per-CPU loss counter map. One per event kind (index = kind).
@@ -385,4 +415,25 @@ mod pod {
     unsafe impl aya::Pod for super::HttpRequestEvent {}
     unsafe impl aya::Pod for super::SendLayout {}
     unsafe impl aya::Pod for super::PreemptLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind declared once: its number, name, variant and struct agree everywhere.
+    #[test]
+    fn every_kind_is_declared_once_and_round_trips() {
+        assert_eq!(kind::NAMES.len(), 7);
+        for (number, name) in kind::NAMES {
+            let k = Kind::try_from(number).expect("a declared kind");
+            assert_eq!((k.number(), k.name()), (number, name));
+            assert_eq!(kind::name(number), Some(name));
+            assert!(k.size() >= core::mem::size_of::<EventHeader>());
+        }
+        assert_eq!(Kind::try_from(0), Err(0));
+        assert_eq!(kind::name(99), None);
+        assert_eq!(Kind::TcpReset.size(), core::mem::size_of::<TcpResetEvent>());
+        assert_eq!(kind::HTTP_REQUEST, Kind::HttpRequest.number());
+    }
 }

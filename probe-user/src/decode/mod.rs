@@ -10,10 +10,10 @@ use std::{
 };
 
 use probe_common::{
-    EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, HttpRequestEvent, PacketDropEvent,
-    REASON_NONE, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent, TcpResetEvent,
-    WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent, direction,
-    family, kind,
+    EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, HttpRequestEvent, Kind,
+    PacketDropEvent, REASON_NONE, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent,
+    TcpResetEvent, WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent,
+    direction, family,
 };
 use thiserror::Error;
 
@@ -42,34 +42,6 @@ pub enum DecodeError {
     Family(u16),
     #[error("wasm write chunk of {0} bytes exceeds the {WRITE_CHUNK}-byte buffer")]
     ChunkLen(u32),
-}
-
-/// Event kinds the kernel sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    TcpReset,
-    CoreSignal,
-    ProcessExit,
-    WasmWrite,
-    WasmWriteResult,
-    PacketDrop,
-    HttpRequest,
-}
-
-impl TryFrom<u32> for Kind {
-    type Error = DecodeError;
-    fn try_from(v: u32) -> Result<Self, DecodeError> {
-        match v {
-            kind::TCP_RESET => Ok(Self::TcpReset),
-            kind::CORE_SIGNAL => Ok(Self::CoreSignal),
-            kind::PROCESS_EXIT => Ok(Self::ProcessExit),
-            kind::WASM_WRITE => Ok(Self::WasmWrite),
-            kind::WASM_WRITE_RESULT => Ok(Self::WasmWriteResult),
-            kind::PACKET_DROP => Ok(Self::PacketDrop),
-            kind::HTTP_REQUEST => Ok(Self::HttpRequest),
-            other => Err(DecodeError::UnknownKind(other)),
-        }
-    }
 }
 
 impl TryFrom<u16> for Direction {
@@ -203,7 +175,7 @@ fn read_pod<T: aya::Pod>(bytes: &[u8], what: &'static str) -> Result<T, DecodeEr
 
 pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeError> {
     let header: EventHeader = read_pod(bytes, "event header")?;
-    match Kind::try_from(header.kind)? {
+    match Kind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
         Kind::TcpReset => {
             let ev: TcpResetEvent = read_pod(bytes, "tcp_reset event")?;
             Ok(Decoded {

@@ -1,6 +1,7 @@
 //! Unit tests of the checked decode: a round trip of every kind, rejects of bad input.
 
 use super::*;
+use probe_common::kind;
 
 pub(super) fn tables() -> SymbolTables {
     SymbolTables {

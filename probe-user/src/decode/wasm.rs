@@ -42,6 +42,7 @@ pub(super) fn wasm_write(ev: &WriteEvent) -> Result<WasmWrite, DecodeError> {
 mod tests {
     use super::*;
     use crate::decode::tests::{bytes_of, header, tables};
+    use probe_common::kind;
 
     #[test]
     fn fd_kinds_from_inode_mode_and_rdev() {

@@ -19,9 +19,13 @@ pub struct OwnEndpoint {
 
 impl OwnEndpoint {
     pub fn new(listen: SocketAddr) -> Self {
-        let netns = std::fs::metadata("/proc/self/ns/net")
+        let netns = procfs::process::Process::myself()
+            .and_then(|me| me.namespaces())
             .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32);
+            .and_then(|ns| {
+                ns.0.get(std::ffi::OsStr::new("net"))
+                    .map(|n| n.identifier as u32)
+            });
         Self { netns, listen }
     }
 

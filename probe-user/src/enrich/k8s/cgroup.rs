@@ -10,16 +10,17 @@ use std::{
 };
 
 /// Where cgroup v2 is mounted: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on
-/// hybrid ones (read from /proc/self/mountinfo; the default when none is found).
+/// hybrid ones (from /proc/self/mountinfo, escaped paths decoded; the default when none is
+/// found).
 pub fn cgroup2_root() -> PathBuf {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
         .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let (left, right) = line.split_once(" - ")?;
-                (right.split_whitespace().next()? == "cgroup2")
-                    .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-            })
+        .and_then(|mounts| {
+            mounts
+                .into_iter()
+                .find(|m| m.fs_type == "cgroup2")
+                .map(|m| m.mount_point)
         })
         .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
 }
@@ -110,10 +111,15 @@ fn is_uid(s: &str) -> bool {
 /// (`0::`) line first, else the v1 hierarchies' (hybrid and v1 hosts, where kubelet may put
 /// containers in v1 controllers only).
 pub fn path_of_pid(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let v2 = text.lines().filter_map(|l| l.strip_prefix("0::"));
-    let v1 = text.lines().filter_map(|l| l.splitn(3, ':').nth(2));
-    v2.chain(v1).find(|p| parse(p).is_some()).map(str::to_owned)
+    let groups = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .and_then(|p| p.cgroups())
+        .ok()?;
+    let v2 = groups.0.iter().filter(|g| g.hierarchy == 0);
+    let v1 = groups.0.iter().filter(|g| g.hierarchy != 0);
+    v2.chain(v1)
+        .map(|g| g.pathname.as_str())
+        .find(|p| parse(p).is_some())
+        .map(str::to_owned)
 }
 
 /// cgroup id -> path, found by walking the kubepods subtrees of the cgroup v2 mount. Misses

@@ -335,28 +335,40 @@ pub fn render(bytes: &[u8]) -> (String, Option<String>) {
     )
 }
 
-/// Classifies the target of /proc/PID/fd/FD.
-pub fn classify_fd_target(link: &str) -> String {
-    if link.starts_with("pipe:") {
-        "pipe".into()
-    } else if link.starts_with("socket:") {
-        "socket".into()
-    } else if link.starts_with("/dev/pts/")
-        || link.starts_with("/dev/tty")
-        || link == "/dev/console"
-    {
-        "tty".into()
-    } else {
-        link.to_owned()
+/// Classifies the target of /proc/PID/fd/FD: `pipe`, `socket`, `tty`, or the file's path.
+pub fn classify_fd_target(target: procfs::process::FDTarget) -> String {
+    use procfs::process::FDTarget;
+    match target {
+        FDTarget::Path(path) => {
+            let path = path.to_string_lossy();
+            if path.starts_with("/dev/pts/")
+                || path.starts_with("/dev/tty")
+                || path == "/dev/console"
+            {
+                "tty".into()
+            } else {
+                path.into_owned()
+            }
+        }
+        FDTarget::Pipe(_) => "pipe".into(),
+        FDTarget::Socket(_) => "socket".into(),
+        // The rest as the link reads.
+        FDTarget::Net(inode) => format!("net:[{inode}]"),
+        FDTarget::AnonInode(what) => format!("anon_inode:{what}"),
+        FDTarget::MemFD(name) => format!("/memfd:{name}"),
+        FDTarget::Other(kind, inode) => format!("{kind}:[{inode}]"),
+        FDTarget::Unknown(kind, rest) => format!("{kind}:{rest}"),
     }
 }
 
-/// The real resolver: readlink of /proc/PID/fd/FD.
+/// The real resolver: /proc/PID/fd/FD's target.
 pub fn proc_fd_resolver() -> FdResolver {
     Box::new(|pid, fd| {
-        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-            .ok()
-            .map(|p| classify_fd_target(&p.to_string_lossy()))
+        let (pid, fd) = (i32::try_from(pid).ok()?, i32::try_from(fd).ok()?);
+        let info = procfs::process::Process::new(pid)
+            .and_then(|p| p.fd_from_fd(fd))
+            .ok()?;
+        Some(classify_fd_target(info.target))
     })
 }
 

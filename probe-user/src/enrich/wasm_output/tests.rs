@@ -282,9 +282,23 @@ fn escaping_round_trip() {
 
 #[test]
 fn fd_targets() {
-    assert_eq!(classify_fd_target("pipe:[4711]"), "pipe");
-    assert_eq!(classify_fd_target("socket:[1]"), "socket");
-    assert_eq!(classify_fd_target("/dev/pts/3"), "tty");
-    assert_eq!(classify_fd_target("/dev/null"), "/dev/null");
-    assert_eq!(classify_fd_target("/var/log/app.log"), "/var/log/app.log");
+    assert_eq!(classify_fd_target("pipe:[4711]".parse().unwrap()), "pipe");
+    assert_eq!(classify_fd_target("socket:[1]".parse().unwrap()), "socket");
+    assert_eq!(classify_fd_target("/dev/pts/3".parse().unwrap()), "tty");
+    assert_eq!(
+        classify_fd_target("/dev/null".parse().unwrap()),
+        "/dev/null"
+    );
+    assert_eq!(
+        classify_fd_target("/var/log/app.log".parse().unwrap()),
+        "/var/log/app.log"
+    );
+    assert_eq!(
+        classify_fd_target("anon_inode:[eventfd]".parse().unwrap()),
+        "anon_inode:[eventfd]"
+    );
+    assert_eq!(
+        classify_fd_target("/memfd:out (deleted)".parse().unwrap()),
+        "/memfd:out (deleted)"
+    );
 }
