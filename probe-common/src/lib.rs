@@ -135,24 +135,35 @@ macro_rules! kinds {
     };
 }
 
-kinds! {
-    /// A TCP reset sent or received ([`crate::TcpResetEvent`]).
-    TCP_RESET = 1, "tcp_reset", TcpReset(TcpResetEvent);
-    /// A core-dumping signal was generated for a task ([`crate::SignalEvent`]).
-    CORE_SIGNAL = 2, "core_signal", CoreSignal(SignalEvent);
-    /// A task that had a fatal core-dumping signal pending, or a selected Wasm runtime,
-    /// exited ([`crate::ExitEvent`]).
-    PROCESS_EXIT = 3, "process_exit", ProcessExit(ExitEvent);
-    /// A chunk of bytes a selected process passed to write/writev on fd 1 or 2
-    /// ([`crate::WriteEvent`]).
-    WASM_WRITE = 4, "wasm_write", WasmWrite(WriteEvent);
-    /// The result of that write ([`crate::WriteResultEvent`]).
-    WASM_WRITE_RESULT = 5, "wasm_write_result", WasmWriteResult(WriteResultEvent);
-    /// TCP packets dropped by the kernel, per flow and drop reason ([`crate::PacketDropEvent`]).
-    PACKET_DROP = 6, "packet_drop", PacketDrop(PacketDropEvent);
-    /// The head of an HTTP/1.x request sent on a TCP socket ([`crate::HttpRequestEvent`]).
-    HTTP_REQUEST = 7, "http_request", HttpRequest(HttpRequestEvent);
+/// The one table of kernel event kinds: each line is the kind's number (its `kind::` constant),
+/// its name, its [`Kind`] variant and its event struct. `for_each_kind!(m)` hands the table to
+/// macro `m`: this crate builds `kind` and [`Kind`] from it, the agent its decode dispatch, so
+/// a kind is added here and nowhere else in the ABI.
+#[macro_export]
+macro_rules! for_each_kind {
+    ($callback:ident) => {
+        $callback! {
+            /// A TCP reset sent or received ([`crate::TcpResetEvent`]).
+            TCP_RESET = 1, "tcp_reset", TcpReset($crate::TcpResetEvent);
+            /// A core-dumping signal was generated for a task ([`crate::SignalEvent`]).
+            CORE_SIGNAL = 2, "core_signal", CoreSignal($crate::SignalEvent);
+            /// A task that had a fatal core-dumping signal pending, or a selected Wasm runtime,
+            /// exited ([`crate::ExitEvent`]).
+            PROCESS_EXIT = 3, "process_exit", ProcessExit($crate::ExitEvent);
+            /// A chunk of bytes a selected process passed to write/writev on fd 1 or 2
+            /// ([`crate::WriteEvent`]).
+            WASM_WRITE = 4, "wasm_write", WasmWrite($crate::WriteEvent);
+            /// The result of that write ([`crate::WriteResultEvent`]).
+            WASM_WRITE_RESULT = 5, "wasm_write_result", WasmWriteResult($crate::WriteResultEvent);
+            /// TCP packets dropped by the kernel, per flow and drop reason ([`crate::PacketDropEvent`]).
+            PACKET_DROP = 6, "packet_drop", PacketDrop($crate::PacketDropEvent);
+            /// The head of an HTTP/1.x request sent on a TCP socket ([`crate::HttpRequestEvent`]).
+            HTTP_REQUEST = 7, "http_request", HttpRequest($crate::HttpRequestEvent);
+        }
+    };
 }
+
+for_each_kind!(kinds);
 
 /// Slots of the per-CPU loss counter map. One per event kind (index = kind).
 pub type LossIndex = u32;

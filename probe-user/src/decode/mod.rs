@@ -175,63 +175,108 @@ fn read_pod<T: aya::Pod>(bytes: &[u8], what: &'static str) -> Result<T, DecodeEr
 
 pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeError> {
     let header: EventHeader = read_pod(bytes, "event header")?;
-    match Kind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
-        Kind::TcpReset => {
-            let ev: TcpResetEvent = read_pod(bytes, "tcp_reset event")?;
-            Ok(Decoded {
-                common: common(&ev.header),
-                body: Body::TcpReset(tcp_reset(&ev, tables)?),
-            })
+    let kind = Kind::try_from(header.kind).map_err(DecodeError::UnknownKind)?;
+    decode_kind(kind, bytes, tables)
+}
+
+/// An event struct of the ABI and the record body it becomes.
+trait DecodeBody: aya::Pod {
+    fn header(&self) -> &EventHeader;
+    fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError>;
+}
+
+/// Reads the event struct of `kind` (length checked) and decodes it.
+fn decode_as<T: DecodeBody>(
+    kind: Kind,
+    bytes: &[u8],
+    tables: &SymbolTables,
+) -> Result<Decoded, DecodeError> {
+    let ev: T = read_pod(bytes, kind.name())?;
+    Ok(Decoded {
+        common: common(ev.header()),
+        body: ev.body(tables)?,
+    })
+}
+
+/// The dispatch from the ABI's kind table: each kind decodes as its event struct.
+macro_rules! decode_dispatch {
+    ($( $(#[$doc:meta])* $konst:ident = $n:literal, $name:literal, $variant:ident($event:ty); )*) => {
+        fn decode_kind(kind: Kind, bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeError> {
+            match kind {
+                $( Kind::$variant => decode_as::<$event>(kind, bytes, tables), )*
+            }
         }
-        Kind::CoreSignal => {
-            let ev: SignalEvent = read_pod(bytes, "core_signal event")?;
-            Ok(Decoded {
-                common: common(&ev.header),
-                body: Body::CoreSignal(Box::new(core_signal(&ev, tables))),
-            })
-        }
-        Kind::WasmWrite => {
-            let ev: WriteEvent = read_pod(bytes, "wasm write event")?;
-            Ok(Decoded {
-                common: common(&ev.header),
-                body: Body::WasmWrite(wasm_write(&ev)?),
-            })
-        }
-        Kind::WasmWriteResult => {
-            let ev: WriteResultEvent = read_pod(bytes, "wasm write result event")?;
-            Ok(Decoded {
-                common: common(&ev.header),
-                body: Body::WasmWriteResult(WasmWriteResult {
-                    fd: ev.fd,
-                    result: ev.result,
-                    fd_kind: fd_kind(ev.file_mode, ev.file_rdev),
-                }),
-            })
-        }
-        Kind::PacketDrop => {
-            let ev: PacketDropEvent = read_pod(bytes, "packet_drop event")?;
-            Ok(Decoded {
-                common: common(&ev.header),
-                body: Body::PacketDrop(Box::new(packet_drop(&ev, tables)?)),
-            })
-        }
-        Kind::HttpRequest => {
-            let ev: HttpRequestEvent = read_pod(bytes, "http_request event")?;
-            Ok(Decoded {
-                common: common(&ev.header),
-                body: Body::HttpRequest(http_request(&ev)?),
-            })
-        }
-        Kind::ProcessExit => {
-            let ev: ExitEvent = read_pod(bytes, "process_exit event")?;
-            Ok(Decoded {
-                common: common(&ev.header),
-                body: Body::ProcessExit(ProcessExit {
-                    exit_code: ev.exit_code,
-                    watched_signal: ev.watched_signal,
-                }),
-            })
-        }
+    };
+}
+probe_common::for_each_kind!(decode_dispatch);
+
+impl DecodeBody for TcpResetEvent {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+    fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError> {
+        Ok(Body::TcpReset(tcp_reset(self, tables)?))
+    }
+}
+
+impl DecodeBody for SignalEvent {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+    fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError> {
+        Ok(Body::CoreSignal(Box::new(core_signal(self, tables))))
+    }
+}
+
+impl DecodeBody for WriteEvent {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+    fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
+        Ok(Body::WasmWrite(wasm_write(self)?))
+    }
+}
+
+impl DecodeBody for WriteResultEvent {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+    fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
+        Ok(Body::WasmWriteResult(WasmWriteResult {
+            fd: self.fd,
+            result: self.result,
+            fd_kind: fd_kind(self.file_mode, self.file_rdev),
+        }))
+    }
+}
+
+impl DecodeBody for PacketDropEvent {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+    fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError> {
+        Ok(Body::PacketDrop(Box::new(packet_drop(self, tables)?)))
+    }
+}
+
+impl DecodeBody for HttpRequestEvent {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+    fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
+        Ok(Body::HttpRequest(http_request(self)?))
+    }
+}
+
+impl DecodeBody for ExitEvent {
+    fn header(&self) -> &EventHeader {
+        &self.header
+    }
+    fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
+        Ok(Body::ProcessExit(ProcessExit {
+            exit_code: self.exit_code,
+            watched_signal: self.watched_signal,
+        }))
     }
 }
 

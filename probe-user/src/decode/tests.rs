@@ -152,7 +152,7 @@ fn short_and_corrupt_records_are_rejected() {
         Err(DecodeError::Short {
             len: 100,
             need: 112,
-            what: "tcp_reset event"
+            what: "tcp_reset"
         })
     );
     let mut bad_kind = bytes.clone();
