@@ -206,7 +206,17 @@ fn a_containerd_pods_records_carry_its_pod_and_containers() {
             }),
         ),
     ] {
-        assert!(found.is_some(), "{what} was not reported");
+        if found.is_none() {
+            // What did arrive of the kinds waited for: a record without the expected keys
+            // says which part (pod, container) was lost.
+            let kinds = ["tcp_reset", "wasm_output", "core_signal"];
+            let seen: Vec<&Value> = probe
+                .seen()
+                .iter()
+                .filter(|r| kinds.iter().any(|k| r["kind"] == *k))
+                .collect();
+            panic!("{what} was not reported; records of those kinds: {seen:#?}");
+        }
     }
     drop(warm);
     let records = probe.stop();
