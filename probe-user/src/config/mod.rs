@@ -609,6 +609,12 @@ impl Cli {
         effective["metrics-max-series"] = json!(self.metrics_max_series);
         effective["metrics-series-idle"] =
             json!(humantime::format_duration(self.metrics_series_idle).to_string());
+        effective["resource-attributes"] = json!(
+            self.resource_attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        );
         effective["hooks"] = json!(
             self.hooks
                 .iter()

@@ -232,3 +232,28 @@ fn hook_pins_are_parsed_checked_and_shown() {
         assert!(e.to_string().contains(says), "{args:?}: {e}");
     }
 }
+
+/// `--print-config` shows every setting the flags define, under the flag's name, and nothing
+/// else: a flag added without its line in `effective()` (or a line left behind by a removed
+/// flag) fails here.
+#[test]
+fn the_effective_configuration_has_every_setting_flag_and_no_other_key() {
+    use clap::CommandFactory as _;
+    // What the agent does instead of running: not settings.
+    const ACTIONS: [&str; 3] = ["print-config", "print-requirements", "check-kernel"];
+    let cli = Cli::try_parse_from(["probe"]).unwrap();
+    let effective = cli.effective();
+    let keys: std::collections::BTreeSet<&str> = effective
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let command = Cli::command();
+    let flags: std::collections::BTreeSet<&str> = command
+        .get_arguments()
+        .filter_map(clap::Arg::get_long)
+        .filter(|l| !ACTIONS.contains(l))
+        .collect();
+    assert_eq!(keys, flags);
+}
