@@ -113,7 +113,10 @@ impl K8sEnricher {
             .common
             .cgroup_id
             .and_then(|id| self.cgroups.path(id, now))
-            .or_else(|| record.common.pid.and_then(cgroup::path_of_pid));
+            .or_else(|| {
+                let pid = record.common.pid?;
+                self.cgroups.path_of_pid(pid, now)
+            });
         if let Some(c) = path.as_deref().and_then(cgroup::parse) {
             let Some((pod, known)) = pod_of_cgroup(&idx, &c) else {
                 return Verdict::PodNotCached(c.pod_uid);

@@ -136,6 +136,9 @@ pub struct CgroupPaths {
     walk_every: Duration,
     negative_ttl: Duration,
     removed_keep: Duration,
+    /// `/proc/PID/cgroup` read for a process whose cgroup id named no pod (v1 and hybrid
+    /// hosts), kept `negative_ttl`: a storm from one process reads it once.
+    by_pid: HashMap<u32, (Option<String>, Instant)>,
     /// The highest cgroup id the last walk saw: kernfs ids grow, so a higher one is a cgroup
     /// made since (a container that just started), worth a walk right away.
     newest: u64,
@@ -151,6 +154,7 @@ impl CgroupPaths {
             walk_every: Duration::from_millis(200),
             negative_ttl: Duration::from_secs(30),
             removed_keep: Duration::from_secs(120),
+            by_pid: HashMap::new(),
             newest: 0,
         }
     }
@@ -194,6 +198,22 @@ impl CgroupPaths {
                 None
             }
         }
+    }
+
+    /// The pod cgroup path of process `pid` from `/proc/PID/cgroup` ([`path_of_pid`]), read
+    /// at most once per `negative_ttl` per process.
+    pub fn path_of_pid(&mut self, pid: u32, now: Instant) -> Option<String> {
+        if let Some((path, at)) = self.by_pid.get(&pid)
+            && now.duration_since(*at) < self.negative_ttl
+        {
+            return path.clone();
+        }
+        if self.by_pid.len() >= MAX_KNOWN {
+            self.by_pid.clear();
+        }
+        let path = path_of_pid(pid);
+        self.by_pid.insert(pid, (path.clone(), now));
+        path
     }
 
     /// Updates the map from the cgroups that exist now; removed ones stay `removed_keep` after
@@ -411,6 +431,12 @@ mod tests {
             paths.path(ino, t0 + Duration::from_secs(3) + paths.removed_keep),
             None
         );
+        // A process outside any pod (this test): /proc/PID/cgroup is read once, then the
+        // answer is kept.
+        let me = std::process::id();
+        assert_eq!(paths.path_of_pid(me, t0), None);
+        assert_eq!(paths.path_of_pid(me, t0 + Duration::from_secs(1)), None);
+        assert_eq!(paths.by_pid.get(&me).map(|(_, at)| *at), Some(t0));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
