@@ -241,6 +241,9 @@ pub struct Series {
     /// The latest full record of each series the kernel counts (by its fingerprint), until
     /// the sweep that adds its count (then the series' exemplar).
     pending: HashMap<u64, Recent>,
+    /// The series each fingerprint was counted in: a record that arrives after the sweep
+    /// that counted its event (a single reset) still becomes its series' exemplar.
+    by_fingerprint: HashMap<u64, SeriesKey>,
 }
 
 impl Series {
@@ -252,13 +255,24 @@ impl Series {
             counted: 0,
             last_expiry: None,
             pending: HashMap::new(),
+            by_fingerprint: HashMap::new(),
         }
     }
 
-    /// A full record of the kernel-counted series of `fingerprint`: its exemplar from the
-    /// next sweep's count on. At most one per series that had a record since the last sweep.
+    /// A full record of the kernel-counted series of `fingerprint`: its series' exemplar now
+    /// if the series exists, else from the next sweep's count on. At most one pending per
+    /// series that had a record since the last sweep.
     pub fn note_recent(&mut self, fingerprint: u64, recent: Recent) {
-        self.pending.insert(fingerprint, recent);
+        let entry = self
+            .by_fingerprint
+            .get(&fingerprint)
+            .and_then(|key| self.entries.get_mut(key));
+        match entry {
+            Some(entry) => Self::count(entry, 0, 0, Some(recent)),
+            None => {
+                self.pending.insert(fingerprint, recent);
+            }
+        }
     }
 
     /// Forgets the records whose series got no count in this sweep (their key is still
@@ -270,8 +284,15 @@ impl Series {
     /// Adds what the kernel counted to the series of `key`, its latest full record
     /// (`note_recent`) its exemplar.
     pub fn add_counted(&mut self, key: &SeriesKey, events: u64, bytes: u64, now: Instant) {
-        let recent = key.fingerprint().and_then(|f| self.pending.remove(&f));
+        let fingerprint = key.fingerprint();
+        let recent = fingerprint.and_then(|f| self.pending.remove(&f));
         self.add(key, events, bytes, now, recent);
+        if let Some(f) = fingerprint
+            && self.entries.contains_key(key)
+            && !self.by_fingerprint.contains_key(&f)
+        {
+            self.by_fingerprint.insert(f, key.clone());
+        }
     }
 
     /// Adds `events` (and `bytes`) to the series of `key`, made if needed: in its family's
@@ -312,18 +333,31 @@ impl Series {
     }
 
     fn inc(entry: &mut Entry, events: u64, bytes: u64, now: Instant, recent: Option<Recent>) {
-        if recent.is_some() {
-            entry.recent = recent;
-        }
-        let (labels, time) = match &entry.recent {
-            Some(r) => (Some(r.labels()), Some(r.time)),
-            None => (None, None),
-        };
-        if let Some(b) = &entry.bytes {
-            b.inc_by(bytes, labels.clone(), time);
-        }
-        entry.events.inc_by(events, labels, time);
+        Self::count(entry, events, bytes, recent);
         entry.last = now;
+    }
+
+    /// Adds to the counters; a record other than the exemplar's becomes the exemplar (with
+    /// this increment as its value). The same exemplar is never set again with another value:
+    /// Prometheus refuses a changed exemplar with the same time as out of order.
+    fn count(entry: &mut Entry, events: u64, bytes: u64, recent: Option<Recent>) {
+        use prometheus_client::metrics::counter::Atomic as _;
+        match recent.filter(|r| entry.recent != Some(*r)) {
+            Some(r) => {
+                entry.recent = Some(r);
+                let (labels, time) = (r.labels(), Some(r.time));
+                if let Some(b) = &entry.bytes {
+                    b.inc_by(bytes, Some(labels.clone()), time);
+                }
+                entry.events.inc_by(events, Some(labels), time);
+            }
+            None => {
+                if let Some(b) = &entry.bytes {
+                    b.inner().inc_by(bytes);
+                }
+                entry.events.inner().inc_by(events);
+            }
+        }
     }
 
     fn make(&self, key: &SeriesKey, now: Instant) -> Entry {
@@ -421,5 +455,8 @@ impl Series {
         });
         self.counted -= removed;
         self.metrics.series.set(self.counted as i64);
+        let entries = &self.entries;
+        self.by_fingerprint
+            .retain(|_, key| entries.contains_key(key));
     }
 }

@@ -423,10 +423,48 @@ fn a_series_exemplar_is_the_span_of_its_latest_full_record_and_stays() {
             .to_owned()
     };
     assert!(line(5).contains(&exemplar), "{}", line(5));
-    // Folded resets (no record) add to the count; the exemplar stays the last full one's.
+    let shown = |l: String| l.split_once(" # ").map(|(_, e)| e.to_owned());
+    let first = shown(line(5));
+    // Folded resets (no record) add to the count; the exemplar stays the last full one's,
+    // value and time unchanged (Prometheus takes a changed one at the same time for out of
+    // order and drops it).
     map.set(reset_key(1, direction::SENT), 9, 0);
     c.sweep(&mut FakeOwners, now);
     assert!(line(9).contains(&exemplar), "{}", line(9));
+    assert_eq!(shown(line(9)), first);
+}
+
+/// A record that arrives after the sweep that counted its event (one reset, read late) still
+/// becomes its series' exemplar.
+#[test]
+fn a_record_after_its_count_is_still_the_exemplar() {
+    let state = crate::status::AgentState::new(serde_json::json!({}), Vec::new());
+    let m = state.metrics.event.clone();
+    let map = FakeMap::default();
+    let limits = Limits {
+        max_series: 100,
+        idle: Duration::from_secs(3600),
+    };
+    let mut c = EventCounter::new(Box::new(map.clone()), tables(), m, limits);
+    let now = Instant::now();
+    map.set(reset_key(1, direction::SENT), 1, 0);
+    c.sweep(&mut FakeOwners, now);
+    let prefix = r#"probe_tcp_resets_total{direction="sent",reason="NO_SOCKET",namespace="ns",pod="p1",container="c",workload_kind="deployment",workload="web"} 1"#;
+    let line = || {
+        let text = state.metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(line(), prefix, "counted, no record yet: no exemplar");
+    c.count_record(&p1_reset(0xb7, 1_000), now);
+    c.sweep(&mut FakeOwners, now);
+    assert!(
+        line().contains(r#"span_id="00000000000000b7""#),
+        "{}",
+        line()
+    );
 }
 
 #[test]
