@@ -390,16 +390,38 @@ fn p1_reset(span: u64, time_unix_nano: u64) -> crate::model::Record {
     r
 }
 
-#[test]
-fn a_series_exemplar_is_the_span_of_its_latest_full_record_and_stays() {
+/// A counter whose families are the agent's (`/metrics`), for what the exposition shows.
+fn exposed() -> (crate::status::AgentState, EventCounter, FakeMap) {
     let state = crate::status::AgentState::new(serde_json::json!({}), Vec::new());
-    let m = state.metrics.event.clone();
     let map = FakeMap::default();
     let limits = Limits {
         max_series: 100,
         idle: Duration::from_secs(3600),
     };
-    let mut c = EventCounter::new(Box::new(map.clone()), tables(), m.clone(), limits);
+    let m = state.metrics.event.clone();
+    let c = EventCounter::new(Box::new(map.clone()), tables(), m, limits);
+    (state, c, map)
+}
+
+/// Pod p1's sent resets with `total`, as `/metrics` shows them before any exemplar.
+fn p1_sent(total: u64) -> String {
+    format!(
+        r#"probe_tcp_resets_total{{direction="sent",reason="NO_SOCKET",namespace="ns",pod="p1",container="c",workload_kind="deployment",workload="web"}} {total}"#
+    )
+}
+
+/// The `/metrics` line of pod p1's sent resets with `total` (exemplar included).
+fn p1_sent_line(state: &crate::status::AgentState, total: u64) -> String {
+    let text = state.metrics.encode();
+    let prefix = p1_sent(total);
+    let line = text.lines().find(|l| l.starts_with(&prefix));
+    line.unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
+        .to_owned()
+}
+
+#[test]
+fn a_series_exemplar_is_the_span_of_its_latest_full_record_and_stays() {
+    let (state, mut c, map) = exposed();
     let now = Instant::now();
     c.count_record(&p1_reset(0xa1, 1_000), now);
     let latest = p1_reset(0xa2, 2_000);
@@ -413,15 +435,7 @@ fn a_series_exemplar_is_the_span_of_its_latest_full_record_and_stays() {
         r#" # {{trace_id="{}",span_id="00000000000000a2"}}"#,
         hex(&trace_id)
     );
-    let line = |total: u64| {
-        let text = state.metrics.encode();
-        let prefix = format!(
-            r#"probe_tcp_resets_total{{direction="sent",reason="NO_SOCKET",namespace="ns",pod="p1",container="c",workload_kind="deployment",workload="web"}} {total}"#
-        );
-        let line = text.lines().find(|l| l.starts_with(&prefix));
-        line.unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
-            .to_owned()
-    };
+    let line = |total: u64| p1_sent_line(&state, total);
     assert!(line(5).contains(&exemplar), "{}", line(5));
     let shown = |l: String| l.split_once(" # ").map(|(_, e)| e.to_owned());
     let first = shown(line(5));
@@ -438,26 +452,12 @@ fn a_series_exemplar_is_the_span_of_its_latest_full_record_and_stays() {
 /// becomes its series' exemplar.
 #[test]
 fn a_record_after_its_count_is_still_the_exemplar() {
-    let state = crate::status::AgentState::new(serde_json::json!({}), Vec::new());
-    let m = state.metrics.event.clone();
-    let map = FakeMap::default();
-    let limits = Limits {
-        max_series: 100,
-        idle: Duration::from_secs(3600),
-    };
-    let mut c = EventCounter::new(Box::new(map.clone()), tables(), m, limits);
+    let (state, mut c, map) = exposed();
     let now = Instant::now();
     map.set(reset_key(1, direction::SENT), 1, 0);
     c.sweep(&mut FakeOwners, now);
-    let prefix = r#"probe_tcp_resets_total{direction="sent",reason="NO_SOCKET",namespace="ns",pod="p1",container="c",workload_kind="deployment",workload="web"} 1"#;
-    let line = || {
-        let text = state.metrics.encode();
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
-            .to_owned()
-    };
-    assert_eq!(line(), prefix, "counted, no record yet: no exemplar");
+    let line = || p1_sent_line(&state, 1);
+    assert_eq!(line(), p1_sent(1), "counted, no record yet: no exemplar");
     c.count_record(&p1_reset(0xb7, 1_000), now);
     c.sweep(&mut FakeOwners, now);
     assert!(

@@ -176,24 +176,25 @@ fn read_pod<T: aya::Pod>(bytes: &[u8], what: &'static str) -> Result<T, DecodeEr
 pub fn decode(bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeError> {
     let header: EventHeader = read_pod(bytes, "event header")?;
     let kind = Kind::try_from(header.kind).map_err(DecodeError::UnknownKind)?;
-    decode_kind(kind, bytes, tables)
+    decode_kind(kind, &header, bytes, tables)
 }
 
 /// An event struct of the ABI and the record body it becomes.
 trait DecodeBody: aya::Pod {
-    fn header(&self) -> &EventHeader;
     fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError>;
 }
 
-/// Reads the event struct of `kind` (length checked) and decodes it.
+/// Reads the event struct of `kind` (length checked) and decodes it; `header` is its first
+/// field (every event struct starts with it), already read.
 fn decode_as<T: DecodeBody>(
     kind: Kind,
+    header: &EventHeader,
     bytes: &[u8],
     tables: &SymbolTables,
 ) -> Result<Decoded, DecodeError> {
     let ev: T = read_pod(bytes, kind.name())?;
     Ok(Decoded {
-        common: common(ev.header()),
+        common: common(header),
         body: ev.body(tables)?,
     })
 }
@@ -201,9 +202,14 @@ fn decode_as<T: DecodeBody>(
 /// The dispatch from the ABI's kind table: each kind decodes as its event struct.
 macro_rules! decode_dispatch {
     ($( $(#[$doc:meta])* $konst:ident = $n:literal, $name:literal, $variant:ident($event:ty); )*) => {
-        fn decode_kind(kind: Kind, bytes: &[u8], tables: &SymbolTables) -> Result<Decoded, DecodeError> {
+        fn decode_kind(
+            kind: Kind,
+            header: &EventHeader,
+            bytes: &[u8],
+            tables: &SymbolTables,
+        ) -> Result<Decoded, DecodeError> {
             match kind {
-                $( Kind::$variant => decode_as::<$event>(kind, bytes, tables), )*
+                $( Kind::$variant => decode_as::<$event>(kind, header, bytes, tables), )*
             }
         }
     };
@@ -211,36 +217,24 @@ macro_rules! decode_dispatch {
 probe_common::for_each_kind!(decode_dispatch);
 
 impl DecodeBody for TcpResetEvent {
-    fn header(&self) -> &EventHeader {
-        &self.header
-    }
     fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError> {
         Ok(Body::TcpReset(tcp_reset(self, tables)?))
     }
 }
 
 impl DecodeBody for SignalEvent {
-    fn header(&self) -> &EventHeader {
-        &self.header
-    }
     fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError> {
         Ok(Body::CoreSignal(Box::new(core_signal(self, tables))))
     }
 }
 
 impl DecodeBody for WriteEvent {
-    fn header(&self) -> &EventHeader {
-        &self.header
-    }
     fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
         Ok(Body::WasmWrite(wasm_write(self)?))
     }
 }
 
 impl DecodeBody for WriteResultEvent {
-    fn header(&self) -> &EventHeader {
-        &self.header
-    }
     fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
         Ok(Body::WasmWriteResult(WasmWriteResult {
             fd: self.fd,
@@ -251,27 +245,18 @@ impl DecodeBody for WriteResultEvent {
 }
 
 impl DecodeBody for PacketDropEvent {
-    fn header(&self) -> &EventHeader {
-        &self.header
-    }
     fn body(&self, tables: &SymbolTables) -> Result<Body, DecodeError> {
         Ok(Body::PacketDrop(Box::new(packet_drop(self, tables)?)))
     }
 }
 
 impl DecodeBody for HttpRequestEvent {
-    fn header(&self) -> &EventHeader {
-        &self.header
-    }
     fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
         Ok(Body::HttpRequest(http_request(self)?))
     }
 }
 
 impl DecodeBody for ExitEvent {
-    fn header(&self) -> &EventHeader {
-        &self.header
-    }
     fn body(&self, _: &SymbolTables) -> Result<Body, DecodeError> {
         Ok(Body::ProcessExit(ProcessExit {
             exit_code: self.exit_code,

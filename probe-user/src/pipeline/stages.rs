@@ -230,12 +230,7 @@ impl Stages {
     /// it is. Records of other sources go out as they are. `out`: an empty buffer, left empty.
     fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Record>) -> std::io::Result<()> {
         let event = match event {
-            Event::Kernel(event) => {
-                if let (Body::CoreSignal(_), Some(id)) = (&event.body, event.common.cgroup_id) {
-                    self.k8s.remember_cgroup(id, now);
-                }
-                event
-            }
+            Event::Kernel(event) => event,
             Event::Record(record) => {
                 out.push(*record);
                 return self.write_at(out, now);
@@ -244,7 +239,15 @@ impl Stages {
         let mut event = Some(event);
         for stage in &mut self.stages {
             match event.take_if(|e| stage.wants(e)) {
-                Some(e) => event = stage.on_event(e, &self.enricher, out),
+                Some(e) => {
+                    // What a stage makes may go out later (a core signal at its target's
+                    // exit, a Wasm line at its end), after the runtime removed the container's
+                    // cgroup: its path is looked up now, while it exists.
+                    if let Some(id) = e.common.cgroup_id {
+                        self.k8s.remember_cgroup(id, now);
+                    }
+                    event = stage.on_event(e, &self.enricher, out);
+                }
                 None if event.is_none() => break,
                 None => {}
             }

@@ -92,7 +92,7 @@ impl K8sEnricher {
     /// container's cgroup is removed soon after it).
     pub fn remember_cgroup(&mut self, id: u64, now: Instant) {
         if self.active() {
-            let _ = self.cgroups.path(id, now);
+            self.cgroups.note(id, now);
         }
     }
 

@@ -169,6 +169,13 @@ impl CgroupPaths {
         }
     }
 
+    /// Makes cgroup `id` known (walks for it as [`Self::path`] would) without taking its path.
+    pub fn note(&mut self, id: u64, now: Instant) {
+        if !self.known.contains_key(&id) {
+            let _ = self.path(id, now);
+        }
+    }
+
     /// The path (relative to the cgroup root, starting with `/`) of cgroup `id`.
     pub fn path(&mut self, id: u64, now: Instant) -> Option<String> {
         if let Some(k) = self.known.get(&id) {

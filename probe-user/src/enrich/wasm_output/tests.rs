@@ -282,23 +282,15 @@ fn escaping_round_trip() {
 
 #[test]
 fn fd_targets() {
-    assert_eq!(classify_fd_target("pipe:[4711]".parse().unwrap()), "pipe");
-    assert_eq!(classify_fd_target("socket:[1]".parse().unwrap()), "socket");
-    assert_eq!(classify_fd_target("/dev/pts/3".parse().unwrap()), "tty");
-    assert_eq!(
-        classify_fd_target("/dev/null".parse().unwrap()),
-        "/dev/null"
-    );
-    assert_eq!(
-        classify_fd_target("/var/log/app.log".parse().unwrap()),
-        "/var/log/app.log"
-    );
-    assert_eq!(
-        classify_fd_target("anon_inode:[eventfd]".parse().unwrap()),
-        "anon_inode:[eventfd]"
-    );
-    assert_eq!(
-        classify_fd_target("/memfd:out (deleted)".parse().unwrap()),
-        "/memfd:out (deleted)"
-    );
+    for (link, want) in [
+        ("pipe:[4711]", "pipe"),
+        ("socket:[1]", "socket"),
+        ("/dev/pts/3", "tty"),
+        ("/dev/null", "/dev/null"),
+        ("/var/log/app.log", "/var/log/app.log"),
+        ("anon_inode:[eventfd]", "anon_inode:[eventfd]"),
+        ("/memfd:out (deleted)", "/memfd:out (deleted)"),
+    ] {
+        assert_eq!(classify_fd_target(link.parse().unwrap()), want, "{link}");
+    }
 }
