@@ -14,6 +14,10 @@ pub mod maps {
     pub const HTTP_SOCKETS: &str = "HTTP_SOCKETS";
     /// BPF ring buffer carrying every event.
     pub const EVENTS: &str = "EVENTS";
+    /// Array of one `u32`: 1 while the agent reads the ring buffer on a timer (records keep
+    /// coming): the programs then write records without waking it (`BPF_RB_NO_WAKEUP`)
+    /// until a sixteenth of the buffer waits unread; 0 when it waits to be woken.
+    pub const READER_POLLING: &str = "READER_POLLING";
     /// Per-CPU `u64` counters of events lost in the kernel, indexed by [`crate::LossIndex`].
     pub const LOSSES: &str = "LOSSES";
     /// LRU hash: thread group id -> signal number, for processes a fatal core-dumping signal

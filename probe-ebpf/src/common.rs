@@ -5,7 +5,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     },
     macros::map,
-    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use probe_common::{
@@ -21,6 +21,10 @@ use crate::softirq::in_softirq;
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Failed ring-buffer writes, per CPU, per event kind.
+/// `maps::READER_POLLING`: 1 while the agent reads on a timer.
+#[map]
+static READER_POLLING: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
 
@@ -182,9 +186,10 @@ pub fn offsets() -> KernelOffsets {
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
 }
 
-/// `bpf_ringbuf_output`/`submit` flags (uapi): the kernel's adaptive wake-up (0), or a forced
-/// one.
+/// `bpf_ringbuf_output`/`submit` flags (uapi): the kernel's adaptive wake-up (0), none, or a
+/// forced one.
 const BPF_RB_ADAPTIVE_WAKEUP: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
 pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `bpf_ringbuf_query`: bytes not yet consumed.
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -192,12 +197,15 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// The kernel's adaptive wake-up: it wakes the reader only for a record the reader has
 /// caught up to (the first one after it emptied the buffer), so a quiet node costs the
 /// reader nothing and a busy one one wake-up per batch (the reader gathers a batch before it
-/// drains, `pipeline::GATHER`). Once WAKEUP_BYTES wait unread the reader is woken whatever
-/// it is doing.
+/// drains, `pipeline::Gather`). While records keep coming the reader reads on its own timer
+/// (`READER_POLLING`): no wake-up at all. Once WAKEUP_BYTES wait unread the reader is woken
+/// whatever it is doing.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(agent().wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
+    } else if READER_POLLING.get(0).is_some_and(|on| *on == 1) {
+        BPF_RB_NO_WAKEUP
     } else {
         BPF_RB_ADAPTIVE_WAKEUP
     }

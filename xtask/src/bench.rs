@@ -135,6 +135,28 @@ pub fn install_tools() -> Result<()> {
         .or_else(|_| apt_install(&["bpftool", "nginx", "wrk"]))
 }
 
+/// Steady rates with JSON and with JSON plus OTLP (HTTP/protobuf to the test receiver), every
+/// reset a record (`--fold-first 0`: a node whose events are all of different keys, the
+/// record path's worst case); each rate's figures printed as it ends.
+pub fn steady_rates(bin: &Path, receiver: &Path, quick: bool) -> Result<Vec<bench_net::Steady>> {
+    let rates: [u32; 3] = [1_000, 10_000, 100_000];
+    let (secs, rounds) = if quick { (5, 1) } else { (10, 3) };
+    let mut steady = Vec::new();
+    for rate in rates {
+        let s = bench_net::otlp_steady(
+            bin,
+            receiver,
+            rate,
+            secs,
+            rounds,
+            &["--fold-first", "0", "--otlp-max-spans", "0"],
+        )?;
+        print_steady(&s);
+        steady.push(s);
+    }
+    Ok(steady)
+}
+
 /// One steady rate's figures.
 fn print_steady(s: &bench_net::Steady) {
     println!(
@@ -437,24 +459,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
     println!("\n== latency, kernel event -> span decoded by an OTLP receiver (gRPC)");
     println!("{:<28} {:>14.3}", "p50 (ms)", otlp50);
     println!("{:<28} {:>14.3}", "p99 (ms)", otlp99);
-    // Steady rates with OTLP (JSON plus OTLP over HTTP/protobuf to the test receiver).
-    // Steady rates, every reset a record (`--fold-first 0`: a node whose events are all of
-    // different keys, the record path's worst case).
-    let rates: [u32; 3] = [1_000, 10_000, 100_000];
-    let (secs, rounds) = if quick { (5, 1) } else { (10, 3) };
-    let mut steady = Vec::new();
-    for rate in rates {
-        let s = bench_net::otlp_steady(
-            bin,
-            receiver,
-            rate,
-            secs,
-            rounds,
-            &["--fold-first", "0", "--otlp-max-spans", "0"],
-        )?;
-        print_steady(&s);
-        steady.push(s);
-    }
+    let steady = steady_rates(bin, receiver, quick)?;
     // Kubernetes caches at two cluster sizes (the fake beside the receiver).
     let kube_scale = receiver.with_file_name("kube_scale");
     let (updates, rate) = (if quick { 100 } else { 200 }, 20);

@@ -49,6 +49,10 @@ enum Cmd {
         /// qemu, the benchmarks run inside), or `all`; comma-separated or repeated.
         #[arg(long = "kernel", value_delimiter = ',', default_value = "host")]
         kernels: Vec<String>,
+        /// Only the steady-rate scenarios (idle, 1,000, 10,000 and 100,000 events/s), on this
+        /// machine's kernel.
+        #[arg(long, conflicts_with = "kernels")]
+        steady: bool,
     },
     /// Inside a VM of `bench --kernel`: the benchmarks on already built binaries.
     #[command(hide = true)]
@@ -106,7 +110,11 @@ fn main() -> Result<()> {
             receiver,
             out,
         } => bench::bench(&agent, &receiver, quick, &out),
-        Cmd::Bench { quick, kernels } => {
+        Cmd::Bench {
+            quick,
+            kernels,
+            steady,
+        } => {
             let columns = kernel_columns(&kernels)?;
             let route = setup::setup()?;
             let agent = build_agent(&route)?;
@@ -121,6 +129,13 @@ fn main() -> Result<()> {
                 "kube_scale",
             ]))?;
             let receiver = target_dir().join("release").join("otlp_receiver");
+            if steady {
+                if !is_root() {
+                    bail!("the benchmarks load BPF programs: run them as root");
+                }
+                bench::steady_rates(&agent, &receiver, quick)?;
+                return Ok(());
+            }
             for column in columns {
                 match column {
                     None => bench::bench(&agent, &receiver, quick, &target_dir().join("bench"))?,

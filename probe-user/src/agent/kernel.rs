@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, atomic::AtomicUsize};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray};
 use tracing::warn;
 
 use super::AgentError;
@@ -19,7 +19,7 @@ use crate::{
 
 /// What the kernel hands the pipeline: its events and its per-CPU loss counts.
 pub struct Streams {
-    pub ring: RingBuf<MapData>,
+    pub ring: pipeline::EventRing,
     pub losses: PerCpuArray<MapData, u64>,
 }
 
@@ -47,7 +47,13 @@ impl Kernel {
         if probe.attached() == 0 {
             return Err(AgentError::NothingAttached);
         }
-        let ring = probe.take_events()?;
+        let ring = pipeline::EventRing {
+            ring: probe.take_events()?,
+            polling: optional(
+                probe.take_reader_polling(),
+                "the reader is woken for every batch of records",
+            ),
+        };
         let losses = probe.take_losses()?;
         let tables = Arc::new(probe.tables.clone());
         let limits = counts::Limits {

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use aya::maps::{MapData, RingBuf};
-
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -45,7 +43,7 @@ impl Sources {
         state: &Arc<AgentState>,
         node: &str,
         kernel: &Kernel,
-        ring: RingBuf<MapData>,
+        ring: pipeline::EventRing,
         into: Into,
         stop: watch::Receiver<bool>,
     ) -> Self {

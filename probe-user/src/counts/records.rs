@@ -42,26 +42,27 @@ pub fn kernel_series_fingerprint(record: &Record) -> Option<u64> {
 
 /// The series a written record counts in, and by how much; None for the other kinds.
 pub fn series_of(record: &Record) -> Option<(SeriesKey, u64)> {
-    let pod = pod_labels(record.k8s.as_deref());
+    // The pod's labels are copied only for the kinds counted here (not per reset).
+    let pod = || pod_labels(record.k8s.as_deref());
     Some(match &record.body {
         Body::PacketDrop(d) => (
             SeriesKey::Drop(DropLabels {
                 reason: d.reason.as_deref().unwrap_or("unknown").to_owned(),
-                pod,
+                pod: pod(),
             }),
             d.count,
         ),
         Body::ConntrackExpiry(x) => (
             SeriesKey::Expiry(ExpiryLabels {
                 timeout_sysctl: x.timeout_sysctl.clone().unwrap_or_default(),
-                pod,
+                pod: pod(),
             }),
             1,
         ),
         Body::Finding(f) => (
             SeriesKey::Finding(FindingLabels {
                 finding: f.finding,
-                pod,
+                pod: pod(),
             }),
             1,
         ),
@@ -69,7 +70,7 @@ pub fn series_of(record: &Record) -> Option<(SeriesKey, u64)> {
             SeriesKey::Outcome(OutcomeLabels {
                 signal: c.signal_name.clone(),
                 outcome: outcome(c),
-                pod,
+                pod: pod(),
             }),
             1,
         ),

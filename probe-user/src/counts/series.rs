@@ -3,10 +3,9 @@
 //! in its overflow series (`pod="_overflow"`, the kind's labels kept). Series without an event
 //! for `Limits::idle` are removed.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
+
+use foldhash::HashMap;
 
 use probe_common::{CountKey, REASON_NONE, direction, kind};
 
@@ -173,8 +172,8 @@ pub enum SeriesTag {
 
 /// A hash of a kernel-counted series' identity: its family, its own labels and the pod's.
 pub fn fingerprint(tag: SeriesTag, labels: &[&str], pod: [&str; 5]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
+    use std::hash::{BuildHasher as _, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
     tag.hash(&mut h);
     for part in labels.iter().chain(&pod) {
         part.hash(&mut h);
@@ -239,7 +238,8 @@ pub struct Series {
     counted: usize,
     last_expiry: Option<Instant>,
     /// The latest full record of each series the kernel counts (by its fingerprint), until
-    /// the sweep that adds its count (then the series' exemplar).
+    /// the sweep that adds its count, or the end of that sweep (then the series' exemplar):
+    /// a record costs one insert here, its exemplar is made at most once a sweep.
     pending: HashMap<u64, Recent>,
     /// The series each fingerprint was counted in: a record that arrives after the sweep
     /// that counted its event (a single reset) still becomes its series' exemplar.
@@ -251,34 +251,34 @@ impl Series {
         Self {
             metrics,
             limits,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             counted: 0,
             last_expiry: None,
-            pending: HashMap::new(),
-            by_fingerprint: HashMap::new(),
+            pending: HashMap::default(),
+            by_fingerprint: HashMap::default(),
         }
     }
 
-    /// A full record of the kernel-counted series of `fingerprint`: its series' exemplar now
-    /// if the series exists, else from the next sweep's count on. At most one pending per
-    /// series that had a record since the last sweep.
+    /// A full record of the kernel-counted series of `fingerprint`: its series' exemplar at
+    /// the next sweep (the latest one since the last sweep). At most one pending per series
+    /// that had a record since the last sweep.
     pub fn note_recent(&mut self, fingerprint: u64, recent: Recent) {
-        let entry = self
-            .by_fingerprint
-            .get(&fingerprint)
-            .and_then(|key| self.entries.get_mut(key));
-        match entry {
-            Some(entry) => Self::count(entry, 0, 0, Some(recent)),
-            None => {
-                self.pending.insert(fingerprint, recent);
+        self.pending.insert(fingerprint, recent);
+    }
+
+    /// The records whose series got no count in this sweep become its exemplar if the series
+    /// exists (a record read after the sweep that counted its event); the others are
+    /// forgotten (their key is still waiting for its pod): the map stays bounded.
+    pub fn end_sweep(&mut self) {
+        for (fingerprint, recent) in self.pending.drain() {
+            let entry = self
+                .by_fingerprint
+                .get(&fingerprint)
+                .and_then(|key| self.entries.get_mut(key));
+            if let Some(entry) = entry {
+                Self::count(entry, 0, 0, Some(recent));
             }
         }
-    }
-
-    /// Forgets the records whose series got no count in this sweep (their key is still
-    /// waiting for its pod, or was named differently): the map stays bounded.
-    pub fn end_sweep(&mut self) {
-        self.pending.clear();
     }
 
     /// Adds what the kernel counted to the series of `key`, its latest full record

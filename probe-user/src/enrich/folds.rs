@@ -262,6 +262,12 @@ impl Stage for FoldTotals {
     fn pending(&self, now: Instant) -> bool {
         self.active_until.is_some_and(|t| now <= t)
     }
+    /// Its sweep is due once a second.
+    fn tick_within(&self, now: Instant) -> Duration {
+        self.last_sweep.map_or(Duration::ZERO, |t| {
+            (t + SWEEP_EVERY).saturating_duration_since(now)
+        })
+    }
     fn on_tick(&mut self, now: Instant, cx: &Enricher, out: &mut Vec<Record>) {
         if self
             .last_sweep
@@ -393,6 +399,21 @@ mod tests {
         s.on_record(&mut record, t);
         assert!(s.pending(t + Duration::from_secs(3)));
         assert!(!s.pending(t + Duration::from_secs(4)));
+    }
+
+    /// The consumer's timer wakes the thread when the next sweep is due, not every 250 ms.
+    #[test]
+    fn the_next_tick_is_wanted_when_the_next_sweep_is_due() {
+        let map = FakeFolds::default();
+        let mut s = stage(&map);
+        let cx = Enricher::fixed("n", 1_000);
+        let t = Instant::now();
+        assert_eq!(s.tick_within(t), Duration::ZERO, "never swept: due now");
+        s.on_tick(t, &cx, &mut Vec::new());
+        assert_eq!(s.tick_within(t), SWEEP_EVERY);
+        let later = t + Duration::from_millis(300);
+        assert_eq!(s.tick_within(later), Duration::from_millis(700));
+        assert_eq!(s.tick_within(t + SWEEP_EVERY * 2), Duration::ZERO);
     }
 
     #[test]

@@ -17,10 +17,14 @@ use crate::{
     model::{Body, Record},
 };
 
+/// How often timed work (joins, held records) runs while any is pending.
+pub const TICK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One step of the event path. The pipeline offers each event to its stages in order: a stage
 /// takes it (returns `None`, having pushed the records it makes of it now to `out`, if any) or
-/// passes it on, observed or not. Records a stage makes later come from `on_tick` (every
-/// 250 ms while it has `pending` work) and, at shutdown, from `drain`. An event no stage
+/// passes it on, observed or not. Records a stage makes later come from `on_tick` (within
+/// `tick_within` while it has `pending` work: [`TICK_EVERY`] unless the stage says
+/// otherwise) and, at shutdown, from `drain`. An event no stage
 /// takes becomes one record as it is. A new event kind needs its ABI struct (probe-common),
 /// its decode (decode/), its record body (model/) and, when it is more than one record per
 /// event, one stage file here.
@@ -34,6 +38,11 @@ pub trait Stage: Send {
     -> Option<Decoded>;
     fn pending(&self, _now: std::time::Instant) -> bool {
         false
+    }
+    /// How soon its pending work wants the next `on_tick`: a timer wake-up costs more than
+    /// tens of records, so a stage whose work is due once a second says so.
+    fn tick_within(&self, _now: std::time::Instant) -> std::time::Duration {
+        TICK_EVERY
     }
     fn on_tick(&mut self, _now: std::time::Instant, _cx: &Enricher, _out: &mut Vec<Record>) {}
     fn drain(&mut self, _cx: &Enricher, _out: &mut Vec<Record>) {}

@@ -382,6 +382,11 @@ impl Probe {
         self.take(maps::EVENTS)
     }
 
+    /// Takes the reader's switch out (`maps::READER_POLLING`): 1 while it reads on a timer.
+    pub fn take_reader_polling(&mut self) -> Result<aya::maps::Array<MapData, u32>, LoaderError> {
+        self.take(maps::READER_POLLING)
+    }
+
     /// Takes the drop aggregation map out, for the agent's read of totals after the last
     /// record of a flow.
     pub fn take_drop_flows(&mut self) -> Result<DropFlows, LoaderError> {

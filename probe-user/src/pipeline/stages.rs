@@ -14,7 +14,7 @@ use tracing::debug;
 use super::{Event, LossTracker, PipelineError, timer::TimerFd};
 use crate::{
     enrich::{
-        Enricher, Stage,
+        Enricher, Stage, TICK_EVERY,
         k8s::attrs::{K8sEnricher, Verdict},
     },
     export::Sink,
@@ -313,11 +313,15 @@ impl Stages {
         }
     }
 
-    fn timed_work_pending(&self, now: Instant) -> bool {
-        self.stages.iter().any(|s| s.pending(now))
-            || !self.held.is_empty()
-            || !self.fed_wasm_cgroups.is_empty()
-            || self.k8s.has_wasm_pods()
+    /// How soon timed work is due, if any is pending.
+    fn timed_work_due(&self, now: Instant) -> Option<Duration> {
+        let joins =
+            !self.held.is_empty() || !self.fed_wasm_cgroups.is_empty() || self.k8s.has_wasm_pods();
+        let stages = self.stages.iter().filter(|s| s.pending(now));
+        stages
+            .map(|s| s.tick_within(now))
+            .chain(joins.then_some(TICK_EVERY))
+            .min()
     }
 
     fn update_gauges(&self, queue_depth: usize) {
@@ -349,8 +353,8 @@ pub async fn consume(
 /// Events taken from the channel at once, handled on one reading of the clock.
 const RECV_BATCH: usize = 64;
 
-/// How often timed work runs while any is pending.
-const JOIN_EVERY: Duration = Duration::from_millis(250);
+/// The shortest timer for timed work (a zero would disarm the timerfd).
+const MIN_TICK: Duration = Duration::from_millis(1);
 
 async fn consume_loop(
     rx: &mut mpsc::Receiver<Event>,
@@ -359,17 +363,20 @@ async fn consume_loop(
     let mut tick = tokio::time::interval(stages.loss_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
-    // Timed work (joins, held records) every JOIN_EVERY while any is pending, and the
+    // Timed work (joins, held records) when due (`TICK_EVERY` while any is pending), and the
     // kernel's counts each second: timerfds, one wake-up each (see `timer`).
     let join = TimerFd::new().map_err(PipelineError::Poll)?;
-    let mut join_armed = false;
+    let mut join_at: Option<Instant> = None;
     let counts_tick = TimerFd::every(crate::counts::SWEEP_EVERY).map_err(PipelineError::Poll)?;
     let mut now = Instant::now();
     let (mut batch, mut out) = (Vec::with_capacity(RECV_BATCH), Vec::new());
     loop {
-        if !join_armed && stages.timed_work_pending(now) {
-            join.arm(JOIN_EVERY).map_err(PipelineError::Poll)?;
-            join_armed = true;
+        // Armed for the earliest due work (a due time sooner than the armed one re-arms).
+        if let Some(due) = stages.timed_work_due(now)
+            && join_at.is_none_or(|at| now + due < at)
+        {
+            join.arm(due.max(MIN_TICK)).map_err(PipelineError::Poll)?;
+            join_at = Some(now + due);
         }
         tokio::select! {
             biased;
@@ -379,9 +386,9 @@ async fn consume_loop(
                 now = Instant::now();
                 stages.sweep_counts(now, false);
             }
-            expired = join.expired(), if join_armed => {
+            expired = join.expired(), if join_at.is_some() => {
                 expired.map_err(PipelineError::Poll)?;
-                join_armed = false;
+                join_at = None;
                 now = Instant::now();
                 stages.timed(now).map_err(PipelineError::Sink)?;
                 stages.update_gauges(rx.len());

@@ -45,9 +45,14 @@ impl TimerFd {
     /// Expires every `period` from now on (a missed expiry is one tick, as tokio's `Skip`).
     pub fn every(period: Duration) -> io::Result<Self> {
         let t = Self::new()?;
-        let period = timespec(period.max(Duration::from_nanos(1)));
-        t.set(period, period)?;
+        t.repeat(period)?;
         Ok(t)
+    }
+
+    /// From now on expires every `period`.
+    pub fn repeat(&self, period: Duration) -> io::Result<()> {
+        let period = timespec(period.max(Duration::from_nanos(1)));
+        self.set(period, period)
     }
 
     /// Stops it, and forgets an expiry nobody waited for (it would end the next wait early).
