@@ -20,11 +20,11 @@ use crate::softirq::in_softirq;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Failed ring-buffer writes, per CPU, per event kind.
 /// `maps::READER_POLLING`: 1 while the agent reads on a timer.
 #[map]
 static READER_POLLING: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Failed ring-buffer writes, per CPU, per event kind.
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
 

@@ -189,10 +189,16 @@ fn print_steady(s: &bench_net::Steady) {
     );
 }
 
-pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()> {
+/// The benchmarks load BPF programs.
+pub fn require_root() -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load BPF programs: run them as root");
     }
+    Ok(())
+}
+
+pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()> {
+    require_root()?;
     install_tools()?;
     let rounds = if quick { 3 } else { 7 };
     let bytes: u64 = if quick { 1_000_000 } else { 3_000_000 };

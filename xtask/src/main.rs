@@ -130,9 +130,7 @@ fn main() -> Result<()> {
             ]))?;
             let receiver = target_dir().join("release").join("otlp_receiver");
             if steady {
-                if !is_root() {
-                    bail!("the benchmarks load BPF programs: run them as root");
-                }
+                bench::require_root()?;
                 bench::steady_rates(&agent, &receiver, quick)?;
                 return Ok(());
             }

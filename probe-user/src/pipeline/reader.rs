@@ -32,12 +32,12 @@ struct Polling {
 }
 
 impl Polling {
-    /// Turns polling on or off. When the map cannot be written the switch stays where it is
-    /// for good (said once): off, the reader is woken for every batch; on, it keeps reading
-    /// on its timer, which the programs then rely on.
-    fn set(&mut self, on: bool) {
+    /// Turns polling on or off; whether it is now as asked. When the map cannot be written
+    /// the switch stays where it is for good (said once): off, the reader is woken for every
+    /// batch; on, it keeps reading on its timer, which the programs then rely on.
+    fn set(&mut self, on: bool) -> bool {
         let Some(map) = self.map.as_mut().filter(|_| on != self.on) else {
-            return;
+            return on == self.on;
         };
         match map.set(0, u32::from(on), 0) {
             Ok(()) => self.on = on,
@@ -51,6 +51,7 @@ impl Polling {
                 self.map = None;
             }
         }
+        on == self.on
     }
 }
 
@@ -76,7 +77,7 @@ pub async fn read_events(
     let poll = TimerFd::every(POLL_EVERY).map_err(PipelineError::Poll)?;
     let mut gather = Gather::new(max_delay);
     let timer = TimerFd::new().map_err(PipelineError::Poll)?;
-    let drain_all = async |fd: &mut AsyncFd<RingBuf<MapData>>, shutdown: &watch::Receiver<bool>| {
+    let take_all = async |fd: &mut AsyncFd<RingBuf<MapData>>, shutdown: &watch::Receiver<bool>| {
         drain_all(fd, &tx, &tables, &counters, shutdown).await
     };
     loop {
@@ -103,7 +104,7 @@ pub async fn read_events(
                 // The safety poll drains what is there without gathering: were it to start a
                 // gather, the kernel's wake-up for the first record after the last drain
                 // would end that gather at once (taken for a forced wake-up).
-                drain_all(&mut fd, &shutdown).await;
+                take_all(&mut fd, &shutdown).await;
                 continue;
             }
         }
@@ -119,20 +120,20 @@ pub async fn read_events(
             }
         }
         timer.disarm().map_err(PipelineError::Poll)?;
-        let taken = drain_all(&mut fd, &shutdown).await;
+        let taken = take_all(&mut fd, &shutdown).await;
         gather.after(taken);
         let flowing = gather.delay > MIN_GATHER;
-        if polling.on && !flowing {
-            // Back to being woken: what came without a wake-up since the drain is read now.
-            polling.set(false);
-            poll.repeat(POLL_EVERY).map_err(PipelineError::Poll)?;
-            drain_all(&mut fd, &shutdown).await;
-        } else if flowing && !polling.on {
-            polling.set(true);
-            if polling.on {
+        // Switched (unless the map refused: then nothing changes).
+        if polling.on != flowing && polling.set(flowing) {
+            if flowing {
                 // Reading on its own timer: no safety poll (its expiry would wake the thread
                 // even unawaited).
                 poll.disarm().map_err(PipelineError::Poll)?;
+            } else {
+                // Back to being woken: what came without a wake-up since the drain is read
+                // now.
+                poll.repeat(POLL_EVERY).map_err(PipelineError::Poll)?;
+                take_all(&mut fd, &shutdown).await;
             }
         }
         tokio::task::yield_now().await;

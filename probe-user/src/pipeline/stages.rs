@@ -353,9 +353,6 @@ pub async fn consume(
 /// Events taken from the channel at once, handled on one reading of the clock.
 const RECV_BATCH: usize = 64;
 
-/// The shortest timer for timed work (a zero would disarm the timerfd).
-const MIN_TICK: Duration = Duration::from_millis(1);
-
 async fn consume_loop(
     rx: &mut mpsc::Receiver<Event>,
     stages: &mut Stages,
@@ -375,7 +372,7 @@ async fn consume_loop(
         if let Some(due) = stages.timed_work_due(now)
             && join_at.is_none_or(|at| now + due < at)
         {
-            join.arm(due.max(MIN_TICK)).map_err(PipelineError::Poll)?;
+            join.arm(due).map_err(PipelineError::Poll)?;
             join_at = Some(now + due);
         }
         tokio::select! {
