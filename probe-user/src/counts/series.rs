@@ -1,7 +1,8 @@
 //! The series of the event families: one per kernel key's labels (the kind's own labels and
 //! the pod's), at most `Limits::max_series` with pod labels; beyond it a family's events count
-//! in its overflow series (`pod="_overflow"`, the kind's labels kept). Series without an event
-//! for `Limits::idle` are removed.
+//! in its overflow series (`pod="_overflow"`, the kind's labels kept). The node's own series
+//! (no pod labels) are not capped: a storm in many pods never hides the node's. Series without
+//! an event for `Limits::idle` are removed.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -149,6 +150,12 @@ impl SeriesKey {
         self.pod().pod == OVERFLOW_POD
     }
 
+    /// A series with pod labels: held against `Limits::max_series`. The overflow series and
+    /// the node's own (no pod labels, bounded by the family's labels) are not.
+    fn is_capped(&self) -> bool {
+        !self.is_overflow() && !self.pod().is_node()
+    }
+
     fn family(&self) -> &'static str {
         match self {
             Self::Reset(_) => names::TCP_RESETS,
@@ -234,7 +241,7 @@ pub struct Series {
     metrics: EventMetrics,
     limits: Limits,
     entries: HashMap<SeriesKey, Entry>,
-    /// Entries with pod labels (the overflow series not included).
+    /// Entries with pod labels (neither the overflow series nor the node's own).
     counted: usize,
     last_expiry: Option<Instant>,
     /// The latest full record of each series the kernel counts (by its fingerprint), until
@@ -308,7 +315,8 @@ impl Series {
         if let Some(entry) = self.entries.get_mut(key) {
             return Self::inc(entry, events, bytes, now, recent);
         }
-        if self.counted >= self.limits.max_series {
+        let capped = key.is_capped();
+        if capped && self.counted >= self.limits.max_series {
             self.metrics
                 .series_overflow
                 .get_or_create(&MetricLabel {
@@ -328,8 +336,10 @@ impl Series {
         let mut entry = self.make(key, now);
         Self::inc(&mut entry, events, bytes, now, recent);
         self.entries.insert(key.clone(), entry);
-        self.counted += 1;
-        self.metrics.series.set(self.counted as i64);
+        if capped {
+            self.counted += 1;
+            self.metrics.series.set(self.counted as i64);
+        }
     }
 
     fn inc(entry: &mut Entry, events: u64, bytes: u64, now: Instant, recent: Option<Recent>) {
@@ -450,7 +460,7 @@ impl Series {
                 SeriesKey::Outcome(l) => m.core_signal_outcomes.remove(l),
             };
             m.series_expired.inc();
-            removed += usize::from(!key.is_overflow());
+            removed += usize::from(key.is_capped());
             false
         });
         self.counted -= removed;

@@ -174,6 +174,26 @@ fn beyond_the_cap_a_family_counts_in_its_overflow_series() {
 }
 
 #[test]
+fn the_nodes_own_series_is_not_capped_by_a_storm_in_pods() {
+    let (mut c, map, m) = counter(2);
+    let t = Instant::now();
+    for n in 1..=5 {
+        map.set(reset_key(n, direction::SENT), 1, 0);
+    }
+    c.sweep(&mut FakeOwners, t);
+    // After the cap is reached, a reset outside any pod still has its own series.
+    map.set(reset_key(200_000, direction::SENT), 7, 0);
+    c.sweep(&mut FakeOwners, t + Duration::from_secs(1));
+    assert_eq!(resets(&m, PodLabels::default(), "sent"), 7);
+    let overflow = PodLabels {
+        pod: "_overflow".into(),
+        ..PodLabels::default()
+    };
+    assert_eq!(resets(&m, overflow, "sent"), 3);
+    assert_eq!(m.series.get(), 2);
+}
+
+#[test]
 fn idle_series_are_removed_and_free_their_place() {
     let map = FakeMap::default();
     let m = EventMetrics::default();
@@ -367,8 +387,9 @@ fn records_count_in_the_families_the_agent_counts_itself() {
         })
         .sum();
     assert_eq!(expiries, 1, "the sample expiry has no pod");
-    // Resets, Wasm lines and loss records are not counted from records.
-    assert_eq!(m.series.get(), 4);
+    // Resets, Wasm lines and loss records are not counted from records; the expiry's series
+    // (no pod) is the node's own, not held against the cap.
+    assert_eq!(m.series.get(), 3);
 }
 
 /// A reset record of pod p1 (as `FakeOwners` names cgroup 1) with its span chosen.

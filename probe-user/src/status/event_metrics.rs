@@ -78,6 +78,12 @@ impl PodLabels {
             .unwrap_or_default()
     }
 
+    /// No label at all: the node's own processes (and the kernel), one series per family's
+    /// labels, never capped.
+    pub fn is_node(&self) -> bool {
+        self.parts().iter().all(|p| p.is_empty())
+    }
+
     /// The labels' values in order.
     pub fn parts(&self) -> [&str; 5] {
         [
