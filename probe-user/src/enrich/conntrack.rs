@@ -97,15 +97,12 @@ impl FlowCorrelator {
                 let e = e.clone();
                 self.on_expiry(record, &e, now);
             }
-            Body::TcpReset(r) => {
-                let key = FlowKey::new(r.saddr, r.sport, r.daddr, r.dport);
-                self.on_followup(key, record, now);
+            body => {
+                if let Some(f) = body.flow() {
+                    let key = FlowKey::new(f.src.0, f.src.1, f.dst.0, f.dst.1);
+                    self.on_followup(key, record, now);
+                }
             }
-            Body::PacketDrop(d) => {
-                let key = FlowKey::new(d.saddr, d.sport, d.daddr, d.dport);
-                self.on_followup(key, record, now);
-            }
-            _ => {}
         }
     }
 

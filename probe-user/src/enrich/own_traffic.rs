@@ -51,12 +51,10 @@ impl OwnEndpoint {
         {
             return false;
         }
-        let (s, sport, d, dport) = match body {
-            Body::TcpReset(r) => (r.saddr, r.sport, r.daddr, r.dport),
-            Body::PacketDrop(p) => (p.saddr, p.sport, p.daddr, p.dport),
-            _ => return false,
+        let Some(f) = body.flow() else {
+            return false;
         };
-        self.is_listener(s, sport) || self.is_listener(d, dport)
+        self.is_listener(f.src.0, f.src.1) || self.is_listener(f.dst.0, f.dst.1)
     }
 }
 
@@ -68,7 +66,7 @@ pub struct OwnTraffic {
 
 impl super::Stage for OwnTraffic {
     fn wants(&self, event: &crate::decode::Decoded) -> bool {
-        matches!(event.body, Body::TcpReset(_) | Body::PacketDrop(_))
+        event.body.flow().is_some()
     }
     fn on_event(
         &mut self,

@@ -46,14 +46,10 @@ impl TraceContexts {
 
     /// Sets `record.trace` for events on a connection with a known context.
     pub fn apply(&mut self, record: &mut Record, now: Instant) {
-        let key = match &record.body {
-            Body::TcpReset(r) => FlowKey::new(r.saddr, r.sport, r.daddr, r.dport),
-            Body::PacketDrop(d) => FlowKey::new(d.saddr, d.sport, d.daddr, d.dport),
-            Body::ConntrackExpiry(x) => {
-                FlowKey::new(x.orig_saddr, x.orig_sport, x.orig_daddr, x.orig_dport)
-            }
-            _ => return,
+        let Some(f) = record.body.flow() else {
+            return;
         };
+        let key = FlowKey::new(f.src.0, f.src.1, f.dst.0, f.dst.1);
         let Some((tp, at)) = self.flows.get(&key).copied() else {
             return;
         };

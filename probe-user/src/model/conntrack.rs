@@ -112,6 +112,15 @@ impl Describe for ConntrackExpiry {
     fn layer(&self) -> &'static str {
         "kernel.netfilter"
     }
+    /// The original direction: its source is the connection's client.
+    fn flow(&self) -> Option<super::Flow> {
+        let (s, d) = (self.orig_saddr, self.orig_daddr);
+        let local = super::End::Src;
+        Some(super::Flow {
+            served_by: Some(self.reply_saddr),
+            ..super::Flow::new(s, self.orig_sport, d, self.orig_dport, local)
+        })
+    }
     fn span_name(&self) -> Option<std::borrow::Cow<'static, str>> {
         Some("conntrack.expiry".into())
     }

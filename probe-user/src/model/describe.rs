@@ -150,6 +150,12 @@ pub trait Describe {
     fn layer(&self) -> &'static str {
         "node"
     }
+    /// The TCP flow the record is about, when it is about one: the stages that join records
+    /// by connection (trace context, conntrack findings, the agent's own traffic, the pod of
+    /// an address) ask this, never the kind.
+    fn flow(&self) -> Option<super::Flow> {
+        None
+    }
     /// The span's name, when the kind is a span.
     fn span_name(&self) -> Option<Cow<'static, str>> {
         None

@@ -25,7 +25,7 @@ pub use self::{
     k8s::K8sAttrs,
     loss::{Loss, LossSource},
     metrics::{MetricFamily, MetricPoint, MetricsSnapshot},
-    network::{Direction, Family, HttpRequest, PacketDrop, TcpReset},
+    network::{Direction, End, Family, Flow, HttpRequest, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
     span::{OwnSpan, SpanRef, hex, hex_into},
     summary::{BESIDE_MAX, FoldedBy, Summary},
@@ -161,6 +161,18 @@ impl Body {
         Self::WasmOutput(Box::new(w))
     }
 
+    /// The `kind` of every built-in variant a sink writes (`/status` and
+    /// `probe_events_total` show each from the start, at 0).
+    pub const WRITTEN_KINDS: [&'static str; 7] = [
+        "tcp_reset",
+        "core_signal",
+        "wasm_output",
+        "packet_drop",
+        "conntrack_expiry",
+        "finding",
+        "loss",
+    ];
+
     /// The `kind` key.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -177,6 +189,11 @@ impl Body {
             Self::Loss(_) => "loss",
             Self::Other(o) => o.0.kind(),
         }
+    }
+
+    /// The TCP flow of a written kind that is about one ([`Describe::flow`]).
+    pub fn flow(&self) -> Option<Flow> {
+        self.describe()?.flow()
     }
 
     /// How the kind renders; `None` for internal kinds, which are never written.
@@ -217,5 +234,19 @@ impl Record {
         if let Some(k) = &self.k8s {
             k.attributes(a);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_kinds_are_the_samples_kinds() {
+        let mut samples: Vec<_> = samples::all().iter().map(|r| r.body.kind()).collect();
+        let mut written = Body::WRITTEN_KINDS.to_vec();
+        samples.sort_unstable();
+        written.sort_unstable();
+        assert_eq!(samples, written);
     }
 }

@@ -71,6 +71,39 @@ pub struct HttpRequest {
     pub traceparent: Option<TraceParent>,
 }
 
+/// The TCP flow a record is about, its addresses as the kernel saw them, and which end is the
+/// node's (what the Kubernetes stage looks a pod up by; the other end is the peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub src: (IpAddr, u16),
+    pub dst: (IpAddr, u16),
+    pub local: End,
+    /// The address that really answered, when the kernel translated the destination (a
+    /// conntrack entry's reply source: a Service's backend).
+    pub served_by: Option<IpAddr>,
+}
+
+/// Which end of a [`Flow`] is the node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The source: the local socket's end (a reset), the client's (a conntrack entry).
+    Src,
+    /// Either (a dropped packet may be leaving or arriving): the destination, unless only
+    /// the source is a pod of the node.
+    Either,
+}
+
+impl Flow {
+    pub fn new(saddr: IpAddr, sport: u16, daddr: IpAddr, dport: u16, local: End) -> Self {
+        Self {
+            src: (saddr, sport),
+            dst: (daddr, dport),
+            local,
+            served_by: None,
+        }
+    }
+}
+
 impl Family {
     fn name(self) -> &'static str {
         match self {
@@ -104,6 +137,10 @@ impl Describe for TcpReset {
     }
     fn layer(&self) -> &'static str {
         "kernel.tcp"
+    }
+    fn flow(&self) -> Option<Flow> {
+        let (s, d) = (self.saddr, self.daddr);
+        Some(Flow::new(s, self.sport, d, self.dport, End::Src))
     }
     fn span_name(&self) -> Option<std::borrow::Cow<'static, str>> {
         Some(match self.direction {
@@ -155,6 +192,10 @@ impl Describe for PacketDrop {
         } else {
             "kernel.tcp"
         }
+    }
+    fn flow(&self) -> Option<Flow> {
+        let (s, d) = (self.saddr, self.daddr);
+        Some(Flow::new(s, self.sport, d, self.dport, End::Either))
     }
     fn span_name(&self) -> Option<std::borrow::Cow<'static, str>> {
         Some("kernel.packet_drop".into())

@@ -19,7 +19,7 @@ use crate::{
     },
     export::Sink,
     model::{Body, Record},
-    status::{AgentState, KindLabel, LossLabel},
+    status::AgentState,
 };
 
 /// The consumer's stateful parts.
@@ -84,7 +84,10 @@ impl Stages {
             fed_wasm_cgroups: std::collections::HashSet::new(),
             wasm_cgroup_count: c.wasm_cgroup_count,
             drain_for: c.drain_for,
-            event_counters: Vec::new(),
+            event_counters: Body::WRITTEN_KINDS
+                .iter()
+                .map(|&kind| (kind, c.state.metrics.event_counter(kind)))
+                .collect(),
             counts: c.counts,
             spans: c.spans,
             metrics_every: c.metrics_every,
@@ -189,12 +192,7 @@ impl Stages {
     fn count_event(&mut self, kind: &'static str) {
         let known = self.event_counters.iter().position(|(k, _)| *k == kind);
         let i = known.unwrap_or_else(|| {
-            let counter = self
-                .state
-                .metrics
-                .events
-                .get_or_create(&KindLabel { kind: kind.into() })
-                .clone();
+            let counter = self.state.metrics.event_counter(kind);
             self.event_counters.push((kind, counter));
             self.event_counters.len() - 1
         });
@@ -211,15 +209,8 @@ impl Stages {
         );
         let mut records = Vec::new();
         for loss in self.losses.poll() {
-            let labels = LossLabel {
-                source: loss.source.name().into(),
-                kind: loss.lost_kind.unwrap_or("unknown").into(),
-            };
-            self.state
-                .metrics
-                .losses
-                .get_or_create(&labels)
-                .inc_by(loss.count);
+            let kind = loss.lost_kind.unwrap_or("unknown");
+            (self.state.metrics).count_loss(loss.source.name(), kind, loss.count);
             records.push(self.enricher.agent_record(Body::Loss(loss)));
         }
         self.write(records)?;

@@ -48,8 +48,13 @@ pub struct Metrics {
     registry: Registry,
     /// The events' own families (resets, core signals, Wasm output per pod).
     pub event: super::event_metrics::EventMetrics,
-    pub events: Family<KindLabel, Counter>,
-    pub losses: Family<LossLabel, Counter>,
+    events: Family<KindLabel, Counter>,
+    /// The kinds `events` counts, in the order they were first counted or announced: what
+    /// the status document lists (each kind is named where it is declared, not here).
+    event_kinds: std::sync::Mutex<Vec<&'static str>>,
+    losses: Family<LossLabel, Counter>,
+    /// The (source, kind) pairs `losses` counts.
+    loss_labels: std::sync::Mutex<Vec<(&'static str, &'static str)>>,
     pub queue_depth: Gauge,
     pub program_attached: Family<ProgramLabel, Gauge>,
     pub capability: Family<CapabilityLabel, Gauge>,
@@ -219,12 +224,67 @@ impl Metrics {
             write_hooks_attached,
             write_hooks_attaches,
             events,
+            event_kinds: Default::default(),
             losses,
+            loss_labels: Default::default(),
             queue_depth,
             program_attached,
             capability,
             pending_core_signals,
         }
+    }
+
+    /// `probe_events_total{kind}`, the kind listed by the status document from now on (at 0
+    /// until its first record).
+    pub fn event_counter(&self, kind: &'static str) -> Counter {
+        let mut kinds = self.event_kinds.lock().unwrap_or_else(|e| e.into_inner());
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+        self.events
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .clone()
+    }
+
+    /// Every kind counted or announced, with its count.
+    pub fn event_counts(&self) -> Vec<(&'static str, u64)> {
+        let kinds = self.event_kinds.lock().unwrap_or_else(|e| e.into_inner());
+        kinds
+            .iter()
+            .map(|&kind| {
+                let n = self.events.get_or_create(&KindLabel { kind: kind.into() });
+                (kind, n.get())
+            })
+            .collect()
+    }
+
+    /// `probe_lost_events_total{source,kind}` up by `n`.
+    pub fn count_loss(&self, source: &'static str, kind: &'static str, n: u64) {
+        let mut labels = self.loss_labels.lock().unwrap_or_else(|e| e.into_inner());
+        if !labels.contains(&(source, kind)) {
+            labels.push((source, kind));
+        }
+        let label = LossLabel {
+            source: source.into(),
+            kind: kind.into(),
+        };
+        self.losses.get_or_create(&label).inc_by(n);
+    }
+
+    /// Events lost at `source`, every kind.
+    pub fn losses_at(&self, source: &str) -> u64 {
+        let labels = self.loss_labels.lock().unwrap_or_else(|e| e.into_inner());
+        labels
+            .iter()
+            .filter(|(s, _)| *s == source)
+            .map(|&(source, kind)| {
+                let label = LossLabel {
+                    source: source.into(),
+                    kind: kind.into(),
+                };
+                self.losses.get_or_create(&label).get()
+            })
+            .sum()
     }
 
     pub fn otlp_exported(&self, signal: &str) -> Counter {

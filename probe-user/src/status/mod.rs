@@ -8,7 +8,7 @@ pub mod http;
 mod http_conn;
 mod metrics;
 
-pub use self::metrics::{CapabilityLabel, KindLabel, LossLabel, Metrics, ProgramLabel};
+pub use self::metrics::{CapabilityLabel, Metrics, ProgramLabel};
 
 use std::{
     sync::{
@@ -199,46 +199,11 @@ impl AgentState {
         let mut events = serde_json::Map::new();
         let mut losses = serde_json::Map::new();
         // Families are read through the text encoding's source of truth: the counters.
-        for kind in [
-            "tcp_reset",
-            "core_signal",
-            "wasm_output",
-            "packet_drop",
-            "conntrack_expiry",
-            "conntrack_settings",
-            "finding",
-            "loss",
-        ] {
-            let n = self
-                .metrics
-                .events
-                .get_or_create(&KindLabel { kind: kind.into() })
-                .get();
+        for (kind, n) in self.metrics.event_counts() {
             events.insert(kind.into(), n.into());
         }
         for source in ["ringbuf", "channel", "decode", "netlink"] {
-            let total: u64 = [
-                "tcp_reset",
-                "core_signal",
-                "process_exit",
-                "wasm_write",
-                "wasm_write_result",
-                "packet_drop",
-                "conntrack_expiry",
-                "http_request",
-                "unknown",
-            ]
-            .iter()
-            .map(|kind| {
-                self.metrics
-                    .losses
-                    .get_or_create(&LossLabel {
-                        source: source.into(),
-                        kind: (*kind).into(),
-                    })
-                    .get()
-            })
-            .sum();
+            let total = self.metrics.losses_at(source);
             losses.insert(source.into(), total.into());
         }
         serde_json::json!({

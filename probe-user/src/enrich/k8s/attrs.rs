@@ -3,7 +3,7 @@
 //! Service. Keys are spelled as OpenTelemetry semantic conventions spell them; the peer's carry
 //! a `peer.` prefix.
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use super::{
     K8sCache, cgroup,
@@ -11,7 +11,7 @@ use super::{
     netns::PodNetns,
 };
 use crate::{
-    model::{Body, Record},
+    model::{End, Record},
     status::event_metrics::PodLabels,
 };
 
@@ -138,14 +138,24 @@ impl K8sEnricher {
             subject = pod_of_netns(&mut self.netns, &mut self.cgroups, &idx, netns, now);
         }
         // 3. The local address of a network event, 4. its peer.
-        let (mut local, mut peer) = endpoints(&record.body);
-        // A dropped packet may be leaving or arriving: the pod's end is its local one.
-        if let (Body::PacketDrop(_), Some(l), Some(p)) = (&record.body, local, peer)
-            && !idx.pod_by_ip.contains_key(&l.0)
-            && idx.pod_by_ip.contains_key(&p.0)
-        {
-            (local, peer) = (Some(p), Some(l));
-        }
+        let flow = record.body.flow();
+        let (local, peer) = match flow {
+            Some(f) => {
+                let (local, peer) = match f.local {
+                    End::Src => (f.src, f.dst),
+                    // A packet leaving or arriving: the pod's end is its local one.
+                    End::Either
+                        if !idx.pod_by_ip.contains_key(&f.dst.0)
+                            && idx.pod_by_ip.contains_key(&f.src.0) =>
+                    {
+                        (f.src, f.dst)
+                    }
+                    End::Either => (f.dst, f.src),
+                };
+                (Some(local), Some(peer))
+            }
+            None => (None, None),
+        };
         if subject.is_none() {
             subject = local.and_then(|(ip, _)| idx.pod_by_ip.get(&ip).cloned());
         }
@@ -168,12 +178,12 @@ impl K8sEnricher {
             }
         }
         // A DNAT'ed flow: the backend that really served it.
-        if let Body::ConntrackExpiry(x) = &record.body
+        if let Some(backend) = flow.and_then(|f| f.served_by)
             && attrs.peer_pod_name.is_none()
         {
-            if let Some(pod) = idx.pod_by_ip.get(&x.reply_saddr) {
+            if let Some(pod) = idx.pod_by_ip.get(&backend) {
                 attrs.peer_pod_name = Some(pod.name.clone());
-            } else if let Some(b) = idx.backends.get(&x.reply_saddr) {
+            } else if let Some(b) = idx.backends.get(&backend) {
                 attrs.peer_pod_name = b.pod_name.as_deref().map(str::to_owned);
             }
         }
@@ -280,21 +290,6 @@ fn pod_labels(pod: &PodInfo, container: String) -> PodLabels {
         container,
         workload_kind,
         workload,
-    }
-}
-
-type Endpoint = Option<(IpAddr, u16)>;
-
-/// (local, peer) endpoints of a network record.
-fn endpoints(body: &Body) -> (Endpoint, Endpoint) {
-    match body {
-        Body::TcpReset(r) => (Some((r.saddr, r.sport)), Some((r.daddr, r.dport))),
-        Body::PacketDrop(d) => (Some((d.daddr, d.dport)), Some((d.saddr, d.sport))),
-        Body::ConntrackExpiry(x) => (
-            Some((x.orig_saddr, x.orig_sport)),
-            Some((x.orig_daddr, x.orig_dport)),
-        ),
-        _ => (None, None),
     }
 }
 
