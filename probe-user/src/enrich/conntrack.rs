@@ -27,6 +27,11 @@ impl FlowKey {
         Self(if x <= y { [x, y] } else { [y, x] })
     }
 
+    /// The key of a record's flow (`Describe::flow`).
+    pub fn of(flow: &crate::model::Flow) -> Self {
+        Self::new(flow.src.0, flow.src.1, flow.dst.0, flow.dst.1)
+    }
+
     /// A 32-bit digest of the key (equal keys, equal tags), cheaper than a hasher.
     pub fn tag(&self) -> u32 {
         let fold = |ip: &IpAddr| match ip {
@@ -99,8 +104,7 @@ impl FlowCorrelator {
             }
             body => {
                 if let Some(f) = body.flow() {
-                    let key = FlowKey::new(f.src.0, f.src.1, f.dst.0, f.dst.1);
-                    self.on_followup(key, record, now);
+                    self.on_followup(FlowKey::of(&f), record, now);
                 }
             }
         }

@@ -46,10 +46,9 @@ impl TraceContexts {
 
     /// Sets `record.trace` for events on a connection with a known context.
     pub fn apply(&mut self, record: &mut Record, now: Instant) {
-        let Some(f) = record.body.flow() else {
+        let Some(key) = record.body.flow().map(|f| FlowKey::of(&f)) else {
             return;
         };
-        let key = FlowKey::new(f.src.0, f.src.1, f.dst.0, f.dst.1);
         let Some((tp, at)) = self.flows.get(&key).copied() else {
             return;
         };
