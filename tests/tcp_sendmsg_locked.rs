@@ -67,12 +67,7 @@ fn a_reset_joins_the_trace_of_the_request_it_broke() {
         return;
     }
     let mut receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
-    let mut probe = Probe::start(&[
-        "--output",
-        "json,otlp",
-        "--otlp-endpoint",
-        &format!("http://{}", receiver.grpc),
-    ]);
+    let mut probe = receiver.probe();
     let traced = exchange(
         None,
         concat!(
@@ -172,11 +167,20 @@ fn only_requests_that_carry_or_end_a_trace_reach_the_agent() {
     );
     let plain_reset = received_reset(&mut probe, untraced, "the plain connection's reset");
     let counted = requests() - before;
+    // Where the receive hook is attached the server's end counts too: the traced request it
+    // read and its answer (the plain one after the answer ends nothing).
+    let status: Value = serde_json::from_str(&http_get(addr, "/health/status").2).unwrap();
+    let receives = status["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["capability"] == "http_request_received" && !c["hook"].is_null());
     probe.stop();
     assert_eq!(after_end.get("trace_id"), None, "{after_end:#}");
     assert_eq!(plain_reset.get("trace_id"), None, "{plain_reset:#}");
+    let want = if receives { 4 } else { 2 };
     assert_eq!(
-        counted, 2,
-        "http_request events: the traced request and the one ending it"
+        counted, want,
+        "http_request events: the traced request sent and the one ending it (and, read by the server, the traced one and its answer: receive hook {receives})"
     );
 }

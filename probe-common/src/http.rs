@@ -1,4 +1,5 @@
-//! HTTP/1.x request heads seen on the TCP send path, for the W3C `traceparent` they carry.
+//! HTTP/1.x request heads seen on the TCP send and receive paths, for the W3C `traceparent`
+//! they carry, and the end of a traced request a server answered.
 
 use core::mem::size_of;
 
@@ -7,8 +8,9 @@ use crate::EventHeader;
 /// Bytes of a request head copied at most (the traceparent header is searched in them).
 pub const HTTP_HEAD: usize = 1024;
 
-/// The start of a plaintext HTTP/1.x request a task sent on a TCP socket. Addresses are the
-/// socket's: `saddr:sport` is the local (client) end.
+/// The start of a plaintext HTTP/1.x request a task sent ([`side::SENT`]) or received
+/// ([`side::RECEIVED`]) on a TCP socket, or the first send after a traced request it received
+/// ([`side::ANSWERED`], no data). Addresses are the socket's: `saddr:sport` is the local end.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpRequestEvent {
@@ -21,13 +23,25 @@ pub struct HttpRequestEvent {
     pub dport: u16,
     /// [`crate::family`].
     pub family: u16,
-    pub _pad: u16,
+    /// [`side`].
+    pub side: u16,
     /// Valid bytes in `data`.
     pub len: u32,
     pub _reserved: u32,
     pub data: [u8; HTTP_HEAD],
 }
 const _: () = assert!(size_of::<HttpRequestEvent>() == 56 + 48 + HTTP_HEAD);
+
+/// Which end of a request an [`HttpRequestEvent`] is.
+pub mod side {
+    /// A request the task sent (the client's end).
+    pub const SENT: u16 = 0;
+    /// A request the task received (the server's end).
+    pub const RECEIVED: u16 = 1;
+    /// The server's first send after a traced request it received on the socket: the request
+    /// was answered.
+    pub const ANSWERED: u16 = 2;
+}
 
 /// Bytes of `struct iov_iter` the send hook reads in one go (its type, offset, count and buffer
 /// pointer are in the first 32 bytes on every kernel since 4.x); the loader leaves the layout
@@ -82,5 +96,54 @@ impl SendLayout {
         skc_v6_daddr: crate::ABSENT,
         bytes_sent: crate::ABSENT,
         _reserved: 0,
+    };
+}
+
+/// Where the receive hooks find what a task read from a TCP socket, from BTF (and the
+/// architecture's syscall numbers); `ABSENT` where the kernel lacks it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvLayout {
+    /// In the `struct pt_regs` of the task's syscall: the syscall number and its second
+    /// argument (the buffer, the `iovec` array or the `msghdr`). Used after the receive, where
+    /// the kernel's `msghdr` is gone (`sock_recv_length`).
+    pub regs_nr: u32,
+    pub regs_arg1: u32,
+    /// The syscalls whose second argument is a buffer (`read`, `recvfrom`), an `iovec` array
+    /// (`readv`) or a `msghdr` (`recvmsg`).
+    pub nr_read: u32,
+    pub nr_recvfrom: u32,
+    pub nr_readv: u32,
+    pub nr_recvmsg: u32,
+    /// `struct sock::sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// In `struct tcp_sock`: `bytes_received` (u64), `rcv_nxt` and `copied_seq` (u32): the bytes
+    /// the task had read before, so only a connection's first read is looked at unless it was
+    /// a request.
+    pub bytes_received: u32,
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    /// The `iov_iter` type byte of a user iovec read on this kernel (with the READ direction
+    /// before 5.14).
+    pub iter_iovec: u32,
+    /// `struct socket::sk`: the function hooks (`inet_recvmsg`, `inet6_recvmsg`) get the socket.
+    pub socket_sk: u32,
+}
+const _: () = assert!(size_of::<RecvLayout>() == 48);
+
+impl RecvLayout {
+    pub const ABSENT: Self = Self {
+        regs_nr: crate::ABSENT,
+        regs_arg1: crate::ABSENT,
+        nr_read: crate::ABSENT,
+        nr_recvfrom: crate::ABSENT,
+        nr_readv: crate::ABSENT,
+        nr_recvmsg: crate::ABSENT,
+        sk_protocol: crate::ABSENT,
+        bytes_received: crate::ABSENT,
+        rcv_nxt: crate::ABSENT,
+        copied_seq: crate::ABSENT,
+        iter_iovec: crate::ABSENT,
+        socket_sk: crate::ABSENT,
     };
 }

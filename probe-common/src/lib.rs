@@ -77,6 +77,8 @@ pub mod globals {
     pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
     /// [`crate::SendLayout`].
     pub const SEND_LAYOUT: &str = "SEND_LAYOUT";
+    /// [`crate::RecvLayout`].
+    pub const RECV_LAYOUT: &str = "RECV_LAYOUT";
     /// [`crate::PreemptLayout`].
     pub const PREEMPT_LAYOUT: &str = "PREEMPT_LAYOUT";
 }
@@ -161,7 +163,8 @@ macro_rules! for_each_kind {
             WASM_WRITE_RESULT = 5, "wasm_write_result", WasmWriteResult($crate::WriteResultEvent);
             /// TCP packets dropped by the kernel, per flow and drop reason ([`crate::PacketDropEvent`]).
             PACKET_DROP = 6, "packet_drop", PacketDrop($crate::PacketDropEvent);
-            /// The head of an HTTP/1.x request sent on a TCP socket ([`crate::HttpRequestEvent`]).
+            /// The head of an HTTP/1.x request sent or received on a TCP socket, or the answer to a
+            /// traced one ([`crate::HttpRequestEvent`]).
             HTTP_REQUEST = 7, "http_request", HttpRequest($crate::HttpRequestEvent);
         }
     };
@@ -429,6 +432,7 @@ mod pod {
     unsafe impl aya::Pod for super::SkbOffsets {}
     unsafe impl aya::Pod for super::HttpRequestEvent {}
     unsafe impl aya::Pod for super::SendLayout {}
+    unsafe impl aya::Pod for super::RecvLayout {}
     unsafe impl aya::Pod for super::PreemptLayout {}
 }
 

@@ -5,12 +5,14 @@
 
 mod common;
 mod do_writev;
+mod http;
 mod kfree_skb;
 mod ksys_write;
 mod sched_process_exec;
 mod sched_process_exit;
 mod sched_process_fork;
 mod signal_generate;
+mod sock_recv_length;
 mod softirq;
 mod sys_enter_write;
 mod sys_enter_writev;

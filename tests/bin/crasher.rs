@@ -1,6 +1,6 @@
 //! Test helper for the signal e2e tests: crashes (or survives) in a chosen way.
 //! Usage: crasher segv | abort | handle-segv | sleep | reset-then-segv HOST:PORT | resets TO FROM
-//!        | refuse N HOST:PORT | refuse-for MS HOST:PORT
+//!        | refuse N HOST:PORT | refuse-for MS HOST:PORT | serve ADDR THEN
 //! It sets RLIMIT_CORE from CRASHER_RLIMIT_CORE ("0" or "unlimited") first when given.
 
 use std::{io::Write as _, time::Duration};
@@ -46,6 +46,82 @@ fn abort(conn: std::net::TcpStream) {
         )
     };
     assert_eq!(rc, 0);
+}
+
+/// A read from an unmapped page: the kernel raises SIGSEGV (SEGV_MAPERR) on this thread.
+fn segv() -> ! {
+    let addr = std::hint::black_box(8usize) as *const u8;
+    // SAFETY: deliberately not; this is the crash under test.
+    let v = unsafe { std::ptr::read_volatile(addr) };
+    std::process::exit(i32::from(v));
+}
+
+/// Reads one request from an accepted connection (recv(2)): what it read, for the test.
+fn read_request(conn: &mut std::net::TcpStream) -> usize {
+    let mut buf = [0u8; 2048];
+    std::io::Read::read(conn, &mut buf).expect("read the request")
+}
+
+/// A server on ADDR that prints `listening PORT`, then, as THEN says:
+/// - `segv`: reads one request, then crashes on the thread that read it;
+/// - `segv-elsewhere`: reads one request, then another thread of the process crashes;
+/// - `answer-segv`: reads one request, answers it (204), then crashes;
+/// - `answer-next-segv`: reads one request, answers it, reads the next request on the same
+///   connection, then crashes;
+/// - `reset`: reads one request, then aborts the connection (a reset);
+/// - `two-segv`: two threads each read a request and hold their connection, then a third
+///   thread crashes while both are being served.
+fn serve(addr: &str, then: &str) -> ! {
+    let listener = std::net::TcpListener::bind(addr).expect("bind");
+    println!(
+        "listening {}",
+        listener.local_addr().expect("address").port()
+    );
+    std::io::stdout().flush().expect("stdout");
+    let accept = || listener.accept().expect("accept").0;
+    match then {
+        "segv" | "segv-elsewhere" | "answer-segv" | "answer-next-segv" | "reset" => {
+            let mut conn = accept();
+            read_request(&mut conn);
+            match then {
+                "segv" => segv(),
+                "segv-elsewhere" => {
+                    let _ = std::thread::spawn(|| segv()).join();
+                    unreachable!("the process died")
+                }
+                "reset" => {
+                    abort(conn);
+                    std::process::exit(0)
+                }
+                _ => {
+                    std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n")
+                        .expect("answer");
+                    if then == "answer-next-segv" {
+                        read_request(&mut conn);
+                    }
+                    segv()
+                }
+            }
+        }
+        "two-segv" => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..2 {
+                let mut conn = accept();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    read_request(&mut conn);
+                    tx.send(()).expect("main thread");
+                    std::thread::sleep(Duration::from_secs(30));
+                    drop(conn);
+                });
+            }
+            rx.recv().expect("first request");
+            rx.recv().expect("second request");
+            let _ = std::thread::spawn(|| segv()).join();
+            unreachable!("the process died")
+        }
+        other => panic!("unknown serve mode {other:?}"),
+    }
 }
 
 fn main() {
@@ -148,6 +224,10 @@ fn main() {
             }
             println!("refused {n}");
         }
+        Some("serve") => serve(
+            &std::env::args().nth(2).unwrap_or_default(),
+            &std::env::args().nth(3).unwrap_or_default(),
+        ),
         Some("handle-segv") => {
             // SAFETY: installs a valid handler.
             unsafe { libc::signal(libc::SIGSEGV, on_segv as *const () as libc::sighandler_t) };

@@ -95,6 +95,7 @@ fn print_logs(req: &ExportLogsServiceRequest, transport: &str) {
                     "signal": "log", "transport": transport, "event_name": l.event_name,
                     "time_unix_nano": l.time_unix_nano, "severity_text": l.severity_text,
                     "body": value(&l.body), "trace_id": hex(&l.trace_id),
+                    "span_id": hex(&l.span_id),
                     "attributes": attrs(&l.attributes), "resource": resource,
                 });
                 let _ = writeln!(out, "{line}");

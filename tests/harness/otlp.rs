@@ -101,6 +101,16 @@ impl OtlpReceiver {
 }
 
 impl OtlpReceiver {
+    /// The agent writing JSON lines and exporting OTLP (gRPC) to this receiver.
+    pub fn probe(&self) -> crate::Probe {
+        crate::Probe::start(&[
+            "--output",
+            "json,otlp",
+            "--otlp-endpoint",
+            &format!("http://{}", self.grpc),
+        ])
+    }
+
     /// Every line received so far, after collecting for `wait`.
     pub fn collect(&mut self, wait: Duration) -> &[Value] {
         let deadline = Instant::now() + wait;

@@ -338,44 +338,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
 
     std::fs::create_dir_all(dir)?;
 
-    // Loopback HTTP: nginx + wrk, alternating rounds.
-    let (http_rounds, http_secs) = if quick { (3, 3) } else { (5, 5) };
-    let nginx = bench_net::Nginx::start(&dir.join("nginx"))?;
-    let (mut http_base, mut http_probe, mut http_nocap) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..http_rounds {
-        http_base.push(bench_net::http_rps(http_secs)?);
-        let agent = Observed::start(bin, &[])?;
-        http_probe.push(bench_net::http_rps(http_secs)?);
-        drop(agent);
-        // Without the syscall hooks of Wasm capture (the traced-syscall path).
-        let agent = Observed::start(bin, &["--capture-bytes", "0"])?;
-        http_nocap.push(bench_net::http_rps(http_secs)?);
-        drop(agent);
-    }
-    let http_nocap_ratio = median(http_nocap.clone()) / median(http_base.clone());
-    drop(nginx);
-    let http_ratio = median(http_probe.clone()) / median(http_base.clone());
-    println!("\n== loopback HTTP (nginx, wrk -t2 -c32, {http_secs} s, {http_rounds} rounds)");
-    println!(
-        "{:<28} {:>14.0} {:>14.0}",
-        "without probe (req/s)",
-        median(http_base.clone()),
-        spread(&http_base)
-    );
-    println!(
-        "{:<28} {:>14.0} {:>14.0}",
-        "with probe (req/s)",
-        median(http_probe.clone()),
-        spread(&http_probe)
-    );
-    println!(
-        "{:<28} {:>14.4}   (target >= 0.97)",
-        "requests/s ratio", http_ratio
-    );
-    println!(
-        "{:<28} {:>14.4}",
-        "ratio, --capture-bytes 0", http_nocap_ratio
-    );
+    let http = loopback_http(bin, dir, quick)?;
 
     // Reset storm.
     let storm = bench_net::reset_storm(
@@ -529,9 +492,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
                         "runtime_up_median_ratio": runtime_on / base },
         "write_hooks": write_hooks,
         "kernel_programs": kernel_json,
-        "http": { "rounds": http_rounds, "seconds": http_secs, "baseline_rps": http_base,
-                  "probe_rps": http_probe, "median_ratio": http_ratio,
-                  "capture_off_rps": http_nocap, "capture_off_median_ratio": http_nocap_ratio },
+        "http": http,
         "reset_storm": { "seconds": storm.seconds, "generated": storm.generated,
                          "delivered": storm.delivered, "folded": storm.folded,
                          "summaries": storm.summaries,
@@ -575,6 +536,86 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
 /// The storm as the OTLP receiver saw it: every reset in full or in a summary's count, at a
 /// rate within the node's budget (`--otlp-max-spans`/`--otlp-max-logs`, 200/s by default,
 /// summaries above it: a few per second).
+/// Loopback HTTP throughput (nginx, wrk) without the agent and with it in several settings,
+/// in alternating rounds; printed, and returned for the JSON report.
+fn loopback_http(bin: &Path, dir: &Path, quick: bool) -> Result<serde_json::Value> {
+    // Loopback HTTP: nginx + wrk, alternating rounds; plain requests, then requests with a
+    // traceparent (read on both ends: the client's send and nginx's receive).
+    let (http_rounds, http_secs) = if quick { (3, 3) } else { (5, 5) };
+    let nginx = bench_net::Nginx::start(&dir.join("nginx"))?;
+    let mut runs: [Vec<f64>; 6] = Default::default();
+    let settings: [(Option<&[&str]>, bool); 6] = [
+        (None, false),
+        (Some(&[]), false),
+        // Without the syscall hooks of Wasm capture (the traced-syscall path).
+        (Some(&["--capture-bytes", "0"]), false),
+        // Without the request hooks (send and receive) of the trace tie.
+        (Some(&["--http-trace-context", "false"]), false),
+        (None, true),
+        (Some(&[]), true),
+    ];
+    for _ in 0..http_rounds {
+        for ((args, traced), out) in settings.iter().zip(runs.iter_mut()) {
+            let agent = args.map(|a| Observed::start(bin, a)).transpose()?;
+            out.push(bench_net::http_rps(http_secs, *traced)?);
+            drop(agent);
+        }
+    }
+    drop(nginx);
+    let [
+        http_base,
+        http_probe,
+        http_nocap,
+        http_notie,
+        traced_base,
+        traced_probe,
+    ] = runs;
+    let rps_ratio =
+        |with: &[f64], without: &[f64]| median(with.to_vec()) / median(without.to_vec());
+    let http_ratio = rps_ratio(&http_probe, &http_base);
+    let http_nocap_ratio = rps_ratio(&http_nocap, &http_base);
+    let http_notie_ratio = rps_ratio(&http_notie, &http_base);
+    let traced_ratio = rps_ratio(&traced_probe, &traced_base);
+    println!("\n== loopback HTTP (nginx, wrk -t2 -c32, {http_secs} s, {http_rounds} rounds)");
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "without probe (req/s)",
+        median(http_base.clone()),
+        spread(&http_base)
+    );
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "with probe (req/s)",
+        median(http_probe.clone()),
+        spread(&http_probe)
+    );
+    println!(
+        "{:<28} {:>14.4}   (target >= 0.97; the receive hook reads each request)",
+        "requests/s ratio", http_ratio
+    );
+    println!(
+        "{:<28} {:>14.4}",
+        "ratio, --capture-bytes 0", http_nocap_ratio
+    );
+    println!(
+        "{:<28} {:>14.4}   (no request hooks)",
+        "ratio, no trace tie", http_notie_ratio
+    );
+    println!(
+        "{:<28} {:>14.4}   (every request carries a traceparent)",
+        "ratio, traced requests", traced_ratio
+    );
+
+    Ok(
+        serde_json::json!({ "rounds": http_rounds, "seconds": http_secs, "baseline_rps": http_base,
+                  "probe_rps": http_probe, "median_ratio": http_ratio,
+                  "capture_off_rps": http_nocap, "capture_off_median_ratio": http_nocap_ratio,
+                  "trace_tie_off_rps": http_notie, "trace_tie_off_median_ratio": http_notie_ratio,
+                  "traced_baseline_rps": traced_base, "traced_probe_rps": traced_probe,
+                  "traced_median_ratio": traced_ratio }),
+    )
+}
+
 fn print_storm_otlp(storm: &bench_net::Storm) {
     let o = &storm.otlp;
     let secs = o.seconds();

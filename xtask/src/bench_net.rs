@@ -446,15 +446,19 @@ pub fn otlp_latency(bin: &Path, receiver: &Path, events: u32) -> Result<(f64, f6
     Ok((pick(0.5), pick(0.99)))
 }
 
-/// Requests per second of wrk against a local nginx.
-pub fn http_rps(seconds: u32) -> Result<f64> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c32",
-            &format!("-d{seconds}s"),
-            "http://127.0.0.1:18080/",
-        ])
+/// A `traceparent` header every request of a traced run carries.
+const TRACEPARENT: &str = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Requests per second of wrk against a local nginx; `traced`: each request carries a
+/// `traceparent` (every request is then read on both ends and reaches the agent twice).
+pub fn http_rps(seconds: u32, traced: bool) -> Result<f64> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c32", &format!("-d{seconds}s")]);
+    if traced {
+        cmd.args(["-H", TRACEPARENT]);
+    }
+    let out = cmd
+        .arg("http://127.0.0.1:18080/")
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -52,6 +52,14 @@ const PINNED: &[(&str, &[(&str, &str)])] = &[
             "write_result=tracepoint,wasm_writev=tracepoint",
         )],
     ),
+    (
+        "sock_recv_length",
+        &[
+            ("raw-tp", "http_request_received=raw-tp"),
+            ("fentry", "http_request_received=fentry"),
+            ("kprobe", "http_request_received=kprobe"),
+        ],
+    ),
     ("tcp_v4_send_reset", UNOWNED),
     ("tcp_v6_send_reset", UNOWNED),
     (

@@ -98,7 +98,7 @@ pub fn hook_summary(columns: &[(String, String)]) -> String {
         })
         .collect();
     let mut out = String::from("\nhooks per kernel (probe --check-kernel)\n");
-    let _ = write!(out, "{:<20}", "capability");
+    let _ = write!(out, "{:<22}", "capability");
     for ((kernel, _), w) in columns.iter().zip(&widths) {
         let _ = write!(out, " {kernel:<w$}");
     }
@@ -115,7 +115,7 @@ pub fn hook_summary(columns: &[(String, String)]) -> String {
         })
         .unwrap_or_default();
     for capability in order {
-        let _ = write!(out, "{capability:<20}");
+        let _ = write!(out, "{capability:<22}");
         for (t, w) in tables.iter().zip(&widths) {
             let hook = t.get(&capability).map_or("?".to_owned(), |h| short_hook(h));
             let _ = write!(out, " {hook:<w$}");

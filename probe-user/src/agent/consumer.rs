@@ -45,6 +45,7 @@ pub fn stages(cli: &Cli, state: &Arc<AgentState>, p: Parts<'_>) -> Stages {
         own_endpoint: p.listening,
         own_skipped: state.metrics.own_traffic_skipped.clone(),
         http_requests: state.metrics.http_requests.clone(),
+        trace_ties_ambiguous: state.metrics.trace_ties_ambiguous.clone(),
         wasm_runtimes: cli.wasm_runtimes.names(),
         wasm_line_idle: cli.wasm_line_idle,
         wasm_line_max: cli.wasm_line_max_bytes as usize,

@@ -301,8 +301,9 @@ pub struct Cli {
     )]
     pub k8s_pod_labels: Vec<String>,
 
-    /// Read the `traceparent` of plaintext HTTP/1.x requests on the TCP send path so events of that
-    /// connection join the request's trace; `false` does not attach the hook.
+    /// Read the `traceparent` of plaintext HTTP/1.x requests on the TCP send and receive paths so
+    /// events of that connection (and of a server's thread while it serves the request) join the
+    /// request's trace; `false` does not attach the hooks.
     #[arg(value_name = "BOOL", long, env = "PROBE_HTTP_TRACE_CONTEXT", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub http_trace_context: bool,

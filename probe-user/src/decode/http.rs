@@ -1,5 +1,5 @@
-//! HTTP/1.x request heads captured on the TCP send path: the connection and its W3C
-//! `traceparent`.
+//! HTTP/1.x request heads captured on the TCP send and receive paths: the connection, the
+//! side and the W3C `traceparent`.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -7,7 +7,14 @@ use super::*;
 pub(super) fn http_request(ev: &HttpRequestEvent) -> Result<HttpRequest, DecodeError> {
     let (fam, saddr, daddr) = socket_addresses(ev.family, &ev.saddr, &ev.daddr)?;
     let len = (ev.len as usize).min(ev.data.len());
+    let side = match ev.side {
+        side::SENT => HttpSide::Sent,
+        side::RECEIVED => HttpSide::Received,
+        side::ANSWERED => HttpSide::Answered,
+        other => return Err(DecodeError::HttpSide(other)),
+    };
     Ok(HttpRequest {
+        side,
         family: fam,
         saddr,
         sport: ev.sport,

@@ -13,7 +13,7 @@ use probe_common::{
     EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, HttpRequestEvent, Kind,
     PacketDropEvent, REASON_NONE, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent,
     TcpResetEvent, WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent,
-    direction, family,
+    direction, family, side,
 };
 use thiserror::Error;
 
@@ -21,8 +21,8 @@ use crate::{
     loader::{btf::Btf, tracefs::Format},
     model::signals::{origin, si_code_name, signal_name},
     model::{
-        Body, CoreSignal, Direction, Family, Handler, HttpRequest, PacketDrop, ProcessExit,
-        RlimitCore, TcpReset, TraceParent, WasmWrite, WasmWriteResult,
+        Body, CoreSignal, Direction, Family, Handler, HttpRequest, HttpSide, PacketDrop,
+        ProcessExit, RlimitCore, TcpReset, TraceParent, WasmWrite, WasmWriteResult,
     },
 };
 
@@ -38,6 +38,8 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("tcp_reset with invalid direction {0}")]
     Direction(u16),
+    #[error("http_request with unknown side {0}")]
+    HttpSide(u16),
     #[error("tcp_reset with unknown address family {0}")]
     Family(u16),
     #[error("wasm write chunk of {0} bytes exceeds the {WRITE_CHUNK}-byte buffer")]

@@ -69,6 +69,8 @@ pub struct StageConfig {
     pub own_skipped: prometheus_client::metrics::counter::Counter,
     /// Request heads taken by the trace tie.
     pub http_requests: prometheus_client::metrics::counter::Counter,
+    /// Records left out of any trace because their process served several requests then.
+    pub trace_ties_ambiguous: prometheus_client::metrics::counter::Counter,
     pub wasm_runtimes: Vec<String>,
     pub wasm_line_idle: std::time::Duration,
     /// The most bytes of one Wasm output record.
@@ -102,6 +104,7 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
     stages.push(Box::new(trace_context::TraceContexts::new(
         c.flows,
         c.http_requests,
+        c.trace_ties_ambiguous,
     )));
     stages.push(Box::new(wasm_output::WasmAssembler::new(
         c.wasm_runtimes,

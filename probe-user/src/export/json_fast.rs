@@ -41,6 +41,8 @@ pub fn write(out: &mut Vec<u8>, record: &Record) -> bool {
         string(out, &trace.trace_id);
         out.extend_from_slice(b",\"parent_span_id\":");
         string(out, &trace.parent_span_id);
+        out.extend_from_slice(b",\"trace_tie\":");
+        string(out, trace.trace_tie.name());
     }
     if let Some(id) = record.span.id() {
         out.extend_from_slice(b",\"span_id\":\"");
@@ -216,6 +218,7 @@ mod tests {
         r.trace = Some(Box::new(TraceRef {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             parent_span_id: "00f067aa0ba902b7".into(),
+            trace_tie: crate::model::Tie::Connection,
             parent: crate::model::TraceParent {
                 trace_id: [0; 16],
                 span_id: [0; 8],

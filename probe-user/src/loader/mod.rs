@@ -28,8 +28,8 @@ use aya::{
     util::nr_cpus,
 };
 use probe_common::{
-    AgentConfig, EXE_NAME_LEN, KernelOffsets, PreemptLayout, SOFTIRQ_UNKNOWN, SendLayout,
-    SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout, globals, maps,
+    AgentConfig, EXE_NAME_LEN, KernelOffsets, PreemptLayout, RecvLayout, SOFTIRQ_UNKNOWN,
+    SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout, globals, maps,
 };
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -39,8 +39,8 @@ use self::{
     btf::Btf,
     hooks::{CAPABILITIES, CapabilityStatus, Switches},
     offsets::{
-        PreemptError, kernel_offsets, reset_layout, running_preempt_layout, send_layout,
-        skb_offsets, task_offsets, write_layout,
+        PreemptError, kernel_offsets, recv_layout, reset_layout, running_preempt_layout,
+        send_layout, skb_offsets, task_offsets, write_layout,
     },
     tracefs::{Format, TracefsError},
 };
@@ -169,6 +169,7 @@ impl Probe {
         let task = btf.as_ref().map_or(TaskOffsets::ABSENT, task_offsets);
         let skb = btf.as_ref().map_or(SkbOffsets::ABSENT, skb_offsets);
         let send = btf.as_ref().map_or(SendLayout::ABSENT, send_layout);
+        let recv = btf.as_ref().map_or(RecvLayout::ABSENT, recv_layout);
         if btf.is_some() && send.msg_iter == probe_common::ABSENT {
             warn!(
                 "this kernel's msghdr/iov_iter layout is not one the send hook reads: requests' traceparent headers will not be seen"
@@ -181,7 +182,14 @@ impl Probe {
                 .ok_or(PreemptError::NoBtf)
                 .and_then(running_preempt_layout)
         };
-        debug!(?offsets, ?task, ?skb, ?preempt, "kernel offsets from BTF");
+        debug!(
+            ?offsets,
+            ?task,
+            ?skb,
+            ?preempt,
+            ?recv,
+            "kernel offsets from BTF"
+        );
 
         let formats: HashMap<&str, Result<Format, Arc<TracefsError>>> = FORMATS
             .iter()
@@ -233,6 +241,7 @@ impl Probe {
             .override_global(globals::TASK_OFFSETS, &task, true)
             .override_global(globals::SKB_OFFSETS, &skb, true)
             .override_global(globals::SEND_LAYOUT, &send, true)
+            .override_global(globals::RECV_LAYOUT, &recv, true)
             .override_global(
                 globals::PREEMPT_LAYOUT,
                 preempt.as_ref().unwrap_or(&PreemptLayout::ABSENT),

@@ -2,8 +2,8 @@
 //! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
 
 use probe_common::{
-    ABSENT, KernelOffsets, PreemptLayout, SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout,
-    WriteLayout,
+    ABSENT, KernelOffsets, PreemptLayout, RecvLayout, SendLayout, SkbOffsets, TaskOffsets,
+    TcpResetLayout, WriteLayout,
 };
 
 use super::{btf::Btf, tracefs::Format};
@@ -167,6 +167,32 @@ pub fn send_layout(btf: &Btf) -> SendLayout {
     }
 }
 
+/// Where the receive hooks find a read's buffer and whether it is a connection's first: the
+/// syscall registers (x86-64's `pt_regs`; absent elsewhere, where the tracepoint candidate then
+/// reads nothing), this architecture's syscall numbers, and `sock`/`tcp_sock`/`socket` members.
+pub fn recv_layout(btf: &Btf) -> RecvLayout {
+    let m = |s: &str, path: &str| off(btf.member_offset(s, path));
+    let nr = |n: libc::c_long| u32::try_from(n).unwrap_or(ABSENT);
+    RecvLayout {
+        regs_nr: m("pt_regs", "orig_ax"),
+        regs_arg1: m("pt_regs", "si"),
+        nr_read: nr(libc::SYS_read),
+        nr_recvfrom: nr(libc::SYS_recvfrom),
+        nr_readv: nr(libc::SYS_readv),
+        nr_recvmsg: nr(libc::SYS_recvmsg),
+        sk_protocol: m("sock", "sk_protocol"),
+        bytes_received: m("tcp_sock", "bytes_received"),
+        rcv_nxt: m("tcp_sock", "rcv_nxt"),
+        copied_seq: m("tcp_sock", "copied_seq"),
+        // The READ direction is 0: before 5.14's `iter_type` the type byte is ITER_IOVEC alone.
+        iter_iovec: btf
+            .enumerator("ITER_IOVEC")
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(ABSENT),
+        socket_sk: m("socket", "sk"),
+    }
+}
+
 /// Whether the `iov_iter` fields the send hook reads lie in the window it reads at once
 /// ([`probe_common::ITER_WINDOW`]), the 8-byte ones 8-byte aligned (it reads them as words).
 pub fn iter_window_holds(l: &SendLayout) -> bool {
@@ -318,5 +344,18 @@ mod tests {
         assert_ne!(l.msg_iter, ABSENT, "{l:?}");
         assert!(iter_window_holds(&l), "{l:?}");
         assert_ne!(l.bytes_sent, ABSENT);
+        let r = recv_layout(&btf);
+        for (name, o) in [
+            ("regs_nr", r.regs_nr),
+            ("regs_arg1", r.regs_arg1),
+            ("sk_protocol", r.sk_protocol),
+            ("bytes_received", r.bytes_received),
+            ("rcv_nxt", r.rcv_nxt),
+            ("copied_seq", r.copied_seq),
+            ("iter_iovec", r.iter_iovec),
+            ("socket_sk", r.socket_sk),
+        ] {
+            assert_ne!(o, ABSENT, "{name}: {r:?}");
+        }
     }
 }

@@ -78,7 +78,7 @@ fn report(c: &CapabilityStatus) -> CapabilityReport {
 /// none works. Columns are separated by at least two spaces (hooks never contain two).
 pub fn table(caps: &[CapabilityStatus]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<20}  {:<56}  note", "capability", "hook");
+    let _ = writeln!(out, "{:<22}  {:<56}  note", "capability", "hook");
     for c in caps {
         let (hook, note) = match (&c.chosen, c.disabled) {
             (Some((hook, _)), _) => (
@@ -103,7 +103,7 @@ pub fn table(caps: &[CapabilityStatus]) -> String {
                 ),
             ),
         };
-        let _ = writeln!(out, "{:<20}  {:<56}  {note}", c.capability, hook);
+        let _ = writeln!(out, "{:<22}  {:<56}  {note}", c.capability, hook);
     }
     out
 }

@@ -156,6 +156,13 @@ pub trait Describe {
     fn flow(&self) -> Option<super::Flow> {
         None
     }
+    /// Whether the record's task (`Common::pid`/`tid`) did what it describes (a core signal's
+    /// target, a Wasm runtime's write), so that the request the task was serving then is the
+    /// record's. Not for what the kernel does for a connection in whichever task runs (a
+    /// reset, a drop): those are tied by their `flow`.
+    fn by_task(&self) -> bool {
+        false
+    }
     /// The span's name, when the kind is a span.
     fn span_name(&self) -> Option<Cow<'static, str>> {
         None

@@ -25,7 +25,7 @@ pub use self::{
     k8s::K8sAttrs,
     loss::{Loss, LossSource},
     metrics::{MetricFamily, MetricPoint, MetricsSnapshot},
-    network::{Direction, End, Family, Flow, HttpRequest, PacketDrop, TcpReset},
+    network::{Direction, End, Family, Flow, HttpRequest, HttpSide, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
     span::{OwnSpan, SpanRef, hex, hex_into},
     summary::{BESIDE_MAX, FoldedBy, Summary},
@@ -48,7 +48,8 @@ pub struct Record {
     /// Kubernetes keys (`k8s.pod.name`, ...), when the event belongs to a pod.
     #[serde(flatten)]
     pub k8s: Option<Box<K8sAttrs>>,
-    /// The W3C trace context of the HTTP request last sent on the event's connection.
+    /// The W3C trace context of the HTTP request the record belongs to: the one last sent on its
+    /// connection, or the one its connection, thread or process was serving.
     /// Boxed: set on few records, and the record is moved several times on its way out.
     #[serde(flatten)]
     pub trace: Option<Box<TraceRef>>,
@@ -110,13 +111,50 @@ pub struct TraceParent {
     pub flags: u8,
 }
 
-/// The request a record belongs to: `trace_id` and `parent_span_id` (the client's span), hex.
+/// The request a record belongs to: `trace_id` and `parent_span_id` (the span of the request's
+/// sender: the client's), hex, and how the record was tied to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TraceRef {
     pub trace_id: String,
     pub parent_span_id: String,
+    pub trace_tie: Tie,
     #[serde(skip)]
     pub parent: TraceParent,
+}
+
+impl TraceRef {
+    pub fn new(parent: TraceParent, tie: Tie) -> Self {
+        Self {
+            trace_id: hex(&parent.trace_id),
+            parent_span_id: hex(&parent.span_id),
+            trace_tie: tie,
+            parent,
+        }
+    }
+}
+
+/// How a record was tied to a request's trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tie {
+    /// The record is about the connection the request was sent (client) or received (server)
+    /// on, while it was the connection's latest request.
+    Connection,
+    /// The record's task is the thread that received the request, while serving it.
+    Thread,
+    /// The record's task is in the process that received the request, while it was the only
+    /// traced request that process was serving.
+    Process,
+}
+
+impl Tie {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Thread => "thread",
+            Self::Process => "process",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -233,6 +271,9 @@ impl Record {
         }
         if let Some(k) = &self.k8s {
             k.attributes(a);
+        }
+        if let Some(t) = &self.trace {
+            a.str("probe.trace.tie", t.trace_tie.name());
         }
     }
 }

@@ -58,10 +58,12 @@ pub struct PacketDrop {
     pub key: probe_common::DropKey,
 }
 
-/// The head of an HTTP/1.x request sent on a TCP socket (internal: feeds the trace
-/// contexts, never written). `saddr:sport` is the sender's end.
+/// The head of an HTTP/1.x request sent or received on a TCP socket, or the answer to a traced
+/// one (internal: feeds the trace contexts, never written). `saddr:sport` is the socket's
+/// (the task's) end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HttpRequest {
+    pub side: HttpSide,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -69,6 +71,18 @@ pub struct HttpRequest {
     pub dport: u16,
     #[serde(skip)]
     pub traceparent: Option<TraceParent>,
+}
+
+/// Which end of a request the task of an [`HttpRequest`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpSide {
+    /// It sent the request (the client).
+    Sent,
+    /// It received the request (the server).
+    Received,
+    /// It sent its first bytes after a traced request it received: the answer (no head).
+    Answered,
 }
 
 /// The TCP flow a record is about, its addresses as the kernel saw them, and which end is the

@@ -90,6 +90,9 @@ impl Handler {
 }
 
 impl Describe for CoreSignal {
+    fn by_task(&self) -> bool {
+        true
+    }
     fn line(&self, c: &Common) -> Line {
         let (tone, verdict) = match (self.core_dumped, &self.core_suppressed_by) {
             (Some(true), _) => (Tone::Alarm, "core dumped".to_owned()),

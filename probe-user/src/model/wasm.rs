@@ -72,6 +72,9 @@ impl Stream {
 }
 
 impl Describe for WasmOutput {
+    fn by_task(&self) -> bool {
+        true
+    }
     fn line(&self, c: &Common) -> Line {
         Line {
             tag: format!("WASM {}", self.stream.name()),

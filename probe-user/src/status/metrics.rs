@@ -67,6 +67,8 @@ pub struct Metrics {
     pub otlp_over_budget: Counter,
     /// HTTP/1.x request heads the kernel sent for the trace tie.
     pub http_requests: Counter,
+    /// Records a process made while serving several traced requests, on none of their threads.
+    pub trace_ties_ambiguous: Counter,
     /// 1 while the write hooks are attached (something is selected for capture).
     pub write_hooks_attached: Gauge,
     pub write_hooks_attaches: Counter,
@@ -140,8 +142,14 @@ impl Metrics {
         let http_requests = Counter::default();
         registry.register(
             "http_requests",
-            "HTTP/1.x requests read on the send path that carry a traceparent or end one on their connection",
+            "HTTP/1.x requests read on the send and receive paths that carry a traceparent or end one on their connection, and answers to traced requests",
             http_requests.clone(),
+        );
+        let trace_ties_ambiguous = Counter::default();
+        registry.register(
+            "trace_ties_ambiguous",
+            "Records of a task whose process was serving more than one traced request at the time, on none of their threads: in no trace (a tie by process would be a guess)",
+            trace_ties_ambiguous.clone(),
         );
         let own_traffic_skipped = Counter::default();
         registry.register(
@@ -221,6 +229,7 @@ impl Metrics {
             own_traffic_skipped,
             otlp_over_budget,
             http_requests,
+            trace_ties_ambiguous,
             write_hooks_attached,
             write_hooks_attaches,
             events,

@@ -215,6 +215,7 @@ impl AgentState {
             "losses": losses,
             "queue_depth": self.metrics.queue_depth.get(),
             "http_requests": self.metrics.http_requests.get(),
+            "trace_ties_ambiguous": self.metrics.trace_ties_ambiguous.get(),
             "core_signals_pending": self.metrics.pending_core_signals.get(),
             "conntrack": {
                 "watches": self.conntrack.lock().unwrap_or_else(|e| e.into_inner()).clone(),

@@ -232,6 +232,7 @@ fn a_span_and_its_log_record_carry_the_ids_chosen_before_the_sinks() {
     traced.trace = Some(Box::new(crate::model::TraceRef {
         trace_id: "07".repeat(16),
         parent_span_id: "09".repeat(8),
+        trace_tie: crate::model::Tie::Connection,
         parent,
     }));
     let span = &spans(&traced)[0];

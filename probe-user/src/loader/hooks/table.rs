@@ -216,6 +216,43 @@ pub const CAPABILITIES: &[Capability] = &[
         ],
     },
     Capability {
+        name: "http_request_received",
+        lost: "kernel events of a server will not join the traces of the HTTP/1.x requests it serves",
+        switch: Switch::HttpTraceContext,
+        on_demand: false,
+        candidates: &[
+            // After the read, with the buffer from the syscall's registers (6.3+).
+            Candidate {
+                programs: &[prog(
+                    "sock_recv_length",
+                    Attach::RawTracepoint("sock_recv_length"),
+                )],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[
+                    prog("inet_recvmsg_fentry", Attach::FEntry("inet_recvmsg")),
+                    prog("inet6_recvmsg_fentry", Attach::FEntry("inet6_recvmsg")),
+                    prog("inet_recvmsg_fexit", Attach::FExit("inet_recvmsg")),
+                    prog("inet6_recvmsg_fexit", Attach::FExit("inet6_recvmsg")),
+                ],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[
+                    prog("inet_recvmsg_kprobe", Attach::KProbe("inet_recvmsg")),
+                    prog("inet6_recvmsg_kprobe", Attach::KProbe("inet6_recvmsg")),
+                    prog("inet_recvmsg_kretprobe", Attach::KRetProbe("inet_recvmsg")),
+                    prog(
+                        "inet6_recvmsg_kretprobe",
+                        Attach::KRetProbe("inet6_recvmsg"),
+                    ),
+                ],
+                requires: Requires::Nothing,
+            },
+        ],
+    },
+    Capability {
         name: "write_result",
         lost: "captured Wasm output will not say how the write ended or where fd 1/2 pointed",
         switch: Switch::Capture,
