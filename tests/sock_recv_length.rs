@@ -3,9 +3,9 @@
 //! client sends its request with sendfile(2), whose pages the send hook never reads, so only
 //! the server's read of the request can tie what follows to its trace. The server (the
 //! `crasher` helper) then aborts the connection, crashes on the thread that read the request,
-//! crashes on another thread, answers and then crashes, or serves two traced requests at once
-//! while a third thread crashes: each record carries the request's trace exactly when the
-//! serving interval proves it, in JSON and in OTLP.
+//! crashes on another thread, answers and then crashes, serves two traced requests at once
+//! while a third thread (or one of the two) crashes, or kills a child: each record carries the
+//! request's trace exactly when the serving interval proves it, in JSON and in OTLP.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -77,23 +77,6 @@ fn serve(ns: &Netns, then: &str) -> (Child, u16) {
 /// A connection from the client's namespace to the server's `port`.
 fn connect(ns: &Netns, port: u16) -> TcpStream {
     ns.enter(move || TcpStream::connect((SERVER, port)).expect("connect"))
-}
-
-/// Sends `bytes` with sendfile(2) from a memfd: page references the send hook does not read.
-fn send_unseen(conn: &TcpStream, bytes: &[u8]) {
-    // SAFETY: plain syscalls on descriptors this function owns or borrows.
-    unsafe {
-        let fd = libc::memfd_create(c"request".as_ptr(), 0);
-        assert!(fd >= 0, "memfd_create");
-        assert_eq!(
-            libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
-            bytes.len() as isize
-        );
-        let mut offset: libc::off_t = 0;
-        let sent = libc::sendfile(conn.as_raw_fd(), fd, &mut offset, bytes.len());
-        libc::close(fd);
-        assert_eq!(sent, bytes.len() as isize, "sendfile");
-    }
 }
 
 /// Runs the crasher's `then` for one request (traced with `trace`); returns its pid once it
@@ -204,6 +187,40 @@ fn what_a_server_does_while_serving_a_traced_request_joins_its_trace() {
     );
     assert_eq!(ambiguous, 1, "probe_trace_ties_ambiguous_total");
     drop((first, second));
+
+    // (f) still: a thread serving one of the two crashes: tied by thread all the same.
+    let (mut child, port) = serve(&server, "two-segv-reader");
+    let first = connect(&client, port);
+    send_unseen(&first, &request(Some(&trace(10))));
+    let second = connect(&client, port);
+    send_unseen(&second, &request(Some(&trace(11))));
+    child.wait().unwrap();
+    let r = crash(&mut probe, child.id());
+    assert_ne!(r["tid"], child.id());
+    assert_eq!(r["trace_id"], trace(10), "{r:#}");
+    assert_eq!(r["trace_tie"], "thread");
+    drop((first, second));
+
+    // (h) It sends SIGABRT to a child while serving: the child's record joins by its sender.
+    let (mut child, port) = serve(&server, "kill-child");
+    let conn = connect(&client, port);
+    send_unseen(&conn, &request(Some(&trace(9))));
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the child line");
+    let victim: u32 = line
+        .trim()
+        .strip_prefix("child ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    assert!(child.wait().unwrap().success());
+    let r = crash(&mut probe, victim);
+    assert_eq!(r["signal_name"], "SIGABRT");
+    assert_eq!(r["sender_pid"], child.id());
+    assert_eq!(r["trace_id"], trace(9), "{r:#}");
+    assert_eq!(r["trace_tie"], "sender_thread");
+    drop(conn);
 
     // In OTLP: the crash's span is a child of the client's span in the request's trace.
     let span = receiver.wait_for("the crash span of (b)", |s| {

@@ -18,6 +18,7 @@ mod sys_enter_write;
 mod sys_enter_writev;
 mod sys_exit_write;
 mod sys_exit_writev;
+mod tcp_destroy_sock;
 mod tcp_receive_reset;
 mod tcp_reset;
 mod tcp_send_reset;

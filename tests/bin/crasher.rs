@@ -69,8 +69,11 @@ fn read_request(conn: &mut std::net::TcpStream) -> usize {
 /// - `answer-next-segv`: reads one request, answers it, reads the next request on the same
 ///   connection, then crashes;
 /// - `reset`: reads one request, then aborts the connection (a reset);
+/// - `kill-child`: reads one request, then sends SIGABRT to a child (`crasher sleep`) and
+///   prints `child PID`;
 /// - `two-segv`: two threads each read a request and hold their connection, then a third
-///   thread crashes while both are being served.
+///   thread crashes while both are being served;
+/// - `two-segv-reader`: the same, and the thread that read the first request crashes.
 fn serve(addr: &str, then: &str) -> ! {
     let listener = std::net::TcpListener::bind(addr).expect("bind");
     println!(
@@ -80,6 +83,12 @@ fn serve(addr: &str, then: &str) -> ! {
     std::io::stdout().flush().expect("stdout");
     let accept = || listener.accept().expect("accept").0;
     match then {
+        "kill-child" => {
+            let mut conn = accept();
+            read_request(&mut conn);
+            kill_child();
+            std::process::exit(0)
+        }
         "segv" | "segv-elsewhere" | "answer-segv" | "answer-next-segv" | "reset" => {
             let mut conn = accept();
             read_request(&mut conn);
@@ -103,25 +112,57 @@ fn serve(addr: &str, then: &str) -> ! {
                 }
             }
         }
-        "two-segv" => {
+        "two-segv" | "two-segv-reader" => {
             let (tx, rx) = std::sync::mpsc::channel();
+            let (crash_tx, crash_rx) = std::sync::mpsc::channel::<()>();
+            let mut crash_rx = Some(crash_rx);
             for _ in 0..2 {
                 let mut conn = accept();
                 let tx = tx.clone();
+                // The first reader crashes when told to (`two-segv-reader`).
+                let told = crash_rx.take();
                 std::thread::spawn(move || {
                     read_request(&mut conn);
                     tx.send(()).expect("main thread");
-                    std::thread::sleep(Duration::from_secs(30));
+                    match told {
+                        Some(rx) if rx.recv().is_ok() => segv(),
+                        _ => std::thread::sleep(Duration::from_secs(30)),
+                    }
                     drop(conn);
                 });
             }
             rx.recv().expect("first request");
             rx.recv().expect("second request");
+            if then == "two-segv-reader" {
+                crash_tx.send(()).expect("the first reader");
+                std::thread::sleep(Duration::from_secs(30));
+            }
             let _ = std::thread::spawn(|| segv()).join();
             unreachable!("the process died")
         }
         other => panic!("unknown serve mode {other:?}"),
     }
+}
+
+/// Starts `crasher sleep` (this binary), waits until it is ready, sends it SIGABRT, prints
+/// `child PID` and waits for it.
+fn kill_child() {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new("/proc/self/exe")
+        .arg("sleep")
+        .env("CRASHER_RLIMIT_CORE", "0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the child");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the child's ready line");
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGABRT) }, 0);
+    println!("child {}", child.id());
+    std::io::stdout().flush().expect("stdout");
+    let _ = child.wait();
 }
 
 fn main() {

@@ -226,3 +226,25 @@ pub fn unowned_resets_are_reported_once_each(ip: std::net::IpAddr, family: &str)
         assert_eq!(r["netns"], own_netns());
     }
 }
+
+/// Sends `bytes` with sendfile(2) from a memfd: page references the send hook does not read.
+pub fn send_unseen(conn: &std::net::TcpStream, bytes: &[u8]) {
+    // SAFETY: plain syscalls on descriptors this function owns or borrows.
+    unsafe {
+        let fd = libc::memfd_create(c"request".as_ptr(), 0);
+        assert!(fd >= 0, "memfd_create");
+        assert_eq!(
+            libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
+            bytes.len() as isize
+        );
+        let mut offset: libc::off_t = 0;
+        let sent = libc::sendfile(
+            std::os::fd::AsRawFd::as_raw_fd(conn),
+            fd,
+            &mut offset,
+            bytes.len(),
+        );
+        libc::close(fd);
+        assert_eq!(sent, bytes.len() as isize, "sendfile");
+    }
+}

@@ -277,6 +277,7 @@ fn core_signal(ev: &SignalEvent, tables: &SymbolTables) -> CoreSignal {
         si_code: si_code_name(ev.signal, ev.si_code),
         sender_pid: has(SIG_SENDER).then_some(ev.sender_pid),
         sender_comm: has(SIG_SENDER).then(|| comm(&ev.sender_comm)),
+        sender_tid: has(SIG_SENDER).then_some(ev.sender_tid),
         result: tables.signal_result(ev.result),
         handler: has(SIG_HANDLER).then_some(match ev.handler {
             0 => Handler::Default,

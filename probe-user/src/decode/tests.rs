@@ -215,6 +215,7 @@ fn core_signal_round_trip() {
             si_code: "SI_USER".into(),
             sender_pid: Some(300),
             sender_comm: Some("kill".into()),
+            sender_tid: Some(301),
             result: "delivered".into(),
             handler: Some(Handler::Default),
             core_dumped: None,

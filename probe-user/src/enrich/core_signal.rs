@@ -203,6 +203,7 @@ mod tests {
                 si_code: "SEGV_MAPERR".into(),
                 sender_pid: Some(pid),
                 sender_comm: Some("crasher".into()),
+                sender_tid: None,
                 result: "delivered".into(),
                 handler,
                 core_dumped: None,

@@ -112,6 +112,7 @@ pub(crate) mod tests {
             si_code: "SEGV_MAPERR".into(),
             sender_pid: Some(1234),
             sender_comm: Some("redis-cli".into()),
+            sender_tid: None,
             result: "delivered".into(),
             handler: Some(Handler::Default),
             core_dumped: Some(false),

@@ -163,6 +163,11 @@ pub trait Describe {
     fn by_task(&self) -> bool {
         false
     }
+    /// Another task that caused it (a signal's sender: pid, tid), whose request it joins when
+    /// its own task was serving none.
+    fn sender_task(&self) -> Option<(u32, u32)> {
+        None
+    }
     /// The span's name, when the kind is a span.
     fn span_name(&self) -> Option<Cow<'static, str>> {
         None

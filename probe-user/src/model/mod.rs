@@ -145,6 +145,11 @@ pub enum Tie {
     /// The record's task is in the process that received the request, while it was the only
     /// traced request that process was serving.
     Process,
+    /// As `Thread`, for the task that caused the record (a signal's sender), when the record's
+    /// own task was serving no traced request.
+    SenderThread,
+    /// As `Process`, for the process that caused the record.
+    SenderProcess,
 }
 
 impl Tie {
@@ -153,6 +158,8 @@ impl Tie {
             Self::Connection => "connection",
             Self::Thread => "thread",
             Self::Process => "process",
+            Self::SenderThread => "sender_thread",
+            Self::SenderProcess => "sender_process",
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct CoreSignal {
     pub si_code: String,
     pub sender_pid: Option<u32>,
     pub sender_comm: Option<String>,
+    /// The sending thread (internal: the trace tie of a signal a serving thread sent).
+    #[serde(skip)]
+    pub sender_tid: Option<u32>,
     /// The generate result ("delivered", "ignored", "already_pending", ...).
     pub result: String,
     pub handler: Option<Handler>,
@@ -92,6 +95,9 @@ impl Handler {
 impl Describe for CoreSignal {
     fn by_task(&self) -> bool {
         true
+    }
+    fn sender_task(&self) -> Option<(u32, u32)> {
+        self.sender_pid.zip(self.sender_tid)
     }
     fn line(&self, c: &Common) -> Line {
         let (tone, verdict) = match (self.core_dumped, &self.core_suppressed_by) {

@@ -59,6 +59,7 @@ pub fn core_signal() -> Record {
         si_code: "SEGV_MAPERR".into(),
         sender_pid: None,
         sender_comm: None,
+        sender_tid: None,
         result: "delivered".into(),
         handler: Some(Handler::Default),
         core_dumped: Some(false),

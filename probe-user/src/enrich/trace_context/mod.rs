@@ -73,34 +73,55 @@ impl TraceContexts {
     /// serving a traced request.
     pub fn apply(&mut self, record: &mut Record, now: Instant) {
         let t = record.common.ktime_ns;
-        if let Some(key) = record.body.flow().map(|f| FlowKey::of(&f)) {
-            let parent = self.client(key, now).or_else(|| {
-                (!self.serving.is_empty() && t != 0)
-                    .then(|| self.serving.on_connection(key, t))
-                    .flatten()
-            });
-            if let Some(parent) = parent {
-                record.trace = Some(Box::new(TraceRef::new(parent, Tie::Connection)));
+        let found = match record.body.flow() {
+            Some(flow) => {
+                let key = FlowKey::of(&flow);
+                self.client(key, now)
+                    .or_else(|| self.served_on(key, t))
+                    .map(|p| (p, Tie::Connection))
             }
-            return;
+            None => self.served_by(record, t),
+        };
+        if let Some((parent, tie)) = found {
+            record.trace = Some(Box::new(TraceRef::new(parent, tie)));
         }
+    }
+
+    /// The request served on connection `key` at `t`.
+    fn served_on(&mut self, key: FlowKey, t: u64) -> Option<TraceParent> {
         if self.serving.is_empty() || t == 0 {
-            return;
+            return None;
         }
-        let by_task = record.body.describe().is_some_and(|d| d.by_task());
-        let (Some(pid), Some(tid), true) = (record.common.pid, record.common.tid, by_task) else {
-            return;
+        self.serving.on_connection(key, t)
+    }
+
+    /// The request the record's task (or, when it served none, the task that caused the
+    /// record) was serving at `t`.
+    fn served_by(&mut self, record: &Record, t: u64) -> Option<(TraceParent, Tie)> {
+        if self.serving.is_empty() || t == 0 {
+            return None;
+        }
+        let body = record.body.describe()?;
+        let own = match (record.common.pid, record.common.tid, body.by_task()) {
+            (Some(pid), Some(tid), true) => self.serving.by_task(pid, tid, t),
+            _ => None,
         };
-        let (parent, tie) = match self.serving.by_task(pid, tid, t) {
-            Some(Found::Thread(p)) => (p, Tie::Thread),
-            Some(Found::Process(p)) => (p, Tie::Process),
-            Some(Found::Ambiguous) => {
-                self.ambiguous.inc();
-                return;
+        let found = match own {
+            Some(f) => (f, Tie::Thread, Tie::Process),
+            None => {
+                let (pid, tid) = body.sender_task()?;
+                let f = self.serving.by_task(pid, tid, t)?;
+                (f, Tie::SenderThread, Tie::SenderProcess)
             }
-            None => return,
         };
-        record.trace = Some(Box::new(TraceRef::new(parent, tie)));
+        match found {
+            (Found::Thread(p), thread, _) => Some((p, thread)),
+            (Found::Process(p), _, process) => Some((p, process)),
+            (Found::Ambiguous, _, _) => {
+                self.ambiguous.inc();
+                None
+            }
+        }
     }
 
     /// The client's context of `key`, while it lasts.

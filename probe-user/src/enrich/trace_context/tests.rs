@@ -232,3 +232,40 @@ fn records_without_a_task_of_their_own_are_tied_by_flow_only() {
     wasm.common = task(100, 101, 11 * SEC);
     assert_eq!(tie(&mut c, wasm), Some((tp(0x11), Tie::Thread)));
 }
+
+/// A signal a serving thread sent to another process joins the sender's request: by the
+/// sender's thread, or its process; the target's own request comes first.
+#[test]
+fn a_signal_joins_the_request_its_sender_was_serving() {
+    let (mut c, _) = contexts();
+    received(&mut c, 40000, Some(tp(0x11)), 101, 10);
+    let killed = |target: u32, sender_tid: u32, t: u64| {
+        let mut r = crash(target, target, t);
+        let Body::CoreSignal(s) = &mut r.body else {
+            unreachable!()
+        };
+        (s.sender_pid, s.sender_tid) = (Some(100), Some(sender_tid));
+        r
+    };
+    assert_eq!(
+        tie(&mut c, killed(300, 101, 11 * SEC)),
+        Some((tp(0x11), Tie::SenderThread))
+    );
+    assert_eq!(
+        tie(&mut c, killed(300, 105, 11 * SEC)),
+        Some((tp(0x11), Tie::SenderProcess))
+    );
+    assert_eq!(
+        tie(&mut c, killed(300, 101, 9 * SEC)),
+        None,
+        "before the request"
+    );
+    // The target serves a request of its own: that one.
+    let mut other = request(HttpSide::Received, 40001, Some(tp(0x22)));
+    other.dport = 40001;
+    c.on_request(&other, &task(300, 300, 10 * SEC), Instant::now());
+    assert_eq!(
+        tie(&mut c, killed(300, 101, 11 * SEC)),
+        Some((tp(0x22), Tie::Thread))
+    );
+}

@@ -9,6 +9,12 @@ const SEND_RESET: Program = prog(
     Attach::Tracepoint("tcp", "tcp_send_reset"),
 );
 const KFREE_SKB: Program = prog("kfree_skb", Attach::RawTracepoint("kfree_skb"));
+/// Forgets a freed socket's request state (both request hooks keep it): last in their
+/// candidates, so a candidate's kind is its own hook's.
+const DESTROY_SOCK: Program = prog(
+    "tcp_destroy_sock",
+    Attach::RawTracepoint("tcp_destroy_sock"),
+);
 
 /// Every capability, in attach order: softirq tracking before the programs that ask for it,
 /// the exit hook before the signal hook that fills its watch list, write results before the
@@ -193,24 +199,33 @@ pub const CAPABILITIES: &[Capability] = &[
         on_demand: false,
         candidates: &[
             Candidate {
-                programs: &[prog(
-                    "tcp_sendmsg_locked",
-                    Attach::RawTracepoint("tcp_sendmsg_locked"),
-                )],
+                programs: &[
+                    prog(
+                        "tcp_sendmsg_locked",
+                        Attach::RawTracepoint("tcp_sendmsg_locked"),
+                    ),
+                    DESTROY_SOCK,
+                ],
                 requires: Requires::Nothing,
             },
             Candidate {
-                programs: &[prog(
-                    "tcp_sendmsg_locked_fentry",
-                    Attach::FEntry("tcp_sendmsg_locked"),
-                )],
+                programs: &[
+                    prog(
+                        "tcp_sendmsg_locked_fentry",
+                        Attach::FEntry("tcp_sendmsg_locked"),
+                    ),
+                    DESTROY_SOCK,
+                ],
                 requires: Requires::Nothing,
             },
             Candidate {
-                programs: &[prog(
-                    "tcp_sendmsg_locked_kprobe",
-                    Attach::KProbe("tcp_sendmsg_locked"),
-                )],
+                programs: &[
+                    prog(
+                        "tcp_sendmsg_locked_kprobe",
+                        Attach::KProbe("tcp_sendmsg_locked"),
+                    ),
+                    DESTROY_SOCK,
+                ],
                 requires: Requires::Nothing,
             },
         ],
@@ -223,10 +238,13 @@ pub const CAPABILITIES: &[Capability] = &[
         candidates: &[
             // After the read, with the buffer from the syscall's registers (6.3+).
             Candidate {
-                programs: &[prog(
-                    "sock_recv_length",
-                    Attach::RawTracepoint("sock_recv_length"),
-                )],
+                programs: &[
+                    prog(
+                        "sock_recv_length",
+                        Attach::RawTracepoint("sock_recv_length"),
+                    ),
+                    DESTROY_SOCK,
+                ],
                 requires: Requires::Nothing,
             },
             Candidate {
@@ -235,6 +253,7 @@ pub const CAPABILITIES: &[Capability] = &[
                     prog("inet6_recvmsg_fentry", Attach::FEntry("inet6_recvmsg")),
                     prog("inet_recvmsg_fexit", Attach::FExit("inet_recvmsg")),
                     prog("inet6_recvmsg_fexit", Attach::FExit("inet6_recvmsg")),
+                    DESTROY_SOCK,
                 ],
                 requires: Requires::Nothing,
             },
@@ -247,6 +266,7 @@ pub const CAPABILITIES: &[Capability] = &[
                         "inet6_recvmsg_kretprobe",
                         Attach::KRetProbe("inet6_recvmsg"),
                     ),
+                    DESTROY_SOCK,
                 ],
                 requires: Requires::Nothing,
             },

@@ -109,7 +109,7 @@ fn first_candidate_that_attaches_wins() {
     let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
     assert_eq!(
         chosen(&all, "http_request_head").as_deref(),
-        Some("fentry tcp_sendmsg_locked")
+        Some("fentry tcp_sendmsg_locked + raw_tp tcp_destroy_sock")
     );
     let s = status(&all, "http_request_head");
     assert_eq!(
@@ -424,7 +424,7 @@ fn a_pinned_capability_tries_only_its_pinned_kind() {
     );
     assert_eq!(
         chosen(&all, "http_request_head").as_deref(),
-        Some("fentry tcp_sendmsg_locked")
+        Some("fentry tcp_sendmsg_locked + raw_tp tcp_destroy_sock")
     );
     // Capabilities without a pin keep their first choice.
     assert_eq!(
