@@ -67,6 +67,7 @@ fn every_endpoint_answers_and_counters_move() {
             "drops",
             "drop_reason",
             "http_request_head",
+            "http_request_tls",
             "http_request_received",
             "write_result",
             "wasm_write",

@@ -28,6 +28,14 @@ pub const TRACED: u8 = 2;
 /// on it after reading a traced request, `SERVING` from that request until then.
 pub const ANSWERED: u8 = 3;
 pub const SERVING: u8 = 4;
+/// Sockets whose first send was a TLS handshake record: their requests come from the TLS
+/// uprobes (`ssl_write.rs`); `TLS_TRACED` while the last one carried a `traceparent`.
+pub const TLS_PLAIN: u8 = 5;
+pub const TLS_TRACED: u8 = 6;
+
+/// A TLS record of type handshake (22) and major version 3, as the first two bytes of a send,
+/// little-endian: how a TLS client's first send (its ClientHello) and a TLS server's start.
+pub const TLS_HANDSHAKE: u16 = u16::from_le_bytes([0x16, 0x03]);
 
 /// The head being scanned: its length, the send's `iov_iter` window, then the bytes (a 16-byte
 /// tail keeps the 12-byte compare at the last index in bounds). The length is kept here, not

@@ -147,7 +147,8 @@ fn look(sk: u64, r: &RecvLayout, done: u64) -> Option<*mut u8> {
     if let Some(p) = HTTP_SOCKETS.get_ptr_mut(&sk) {
         // SAFETY: the socket's value in the map (an LRU may reuse it: one event too many or
         // too few at worst, never a fault).
-        return (unsafe { *p } >= ANSWERED).then_some(p);
+        let v = unsafe { *p };
+        return (ANSWERED..=SERVING).contains(&v).then_some(p);
     }
     // Bytes the task read before: received, less those still unread, less this read's.
     let received: u64 = read_kernel(sk, r.bytes_received)?;

@@ -11,20 +11,24 @@
 //! agent. On a socket whose first read was a request (`sock_recv_length.rs`: the server's end),
 //! a send costs the lookup; the first one after a traced request tells the agent the request
 //! was answered. The head, the scan and the event are shared with the receive hooks (`http.rs`).
+//! A connection whose first send is a TLS handshake record is marked too: on it, a send costs
+//! the lookup and one more of the sending thread's request head written through TLS
+//! (`ssl_write.rs`), which becomes the send's request.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{fentry, kprobe, raw_tracepoint},
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
-use probe_common::{ABSENT, HTTP_HEAD, side};
+use probe_common::{ABSENT, HTTP_HEAD, SendLayout, side};
 
 use crate::{
     common::{clamp_len, read_kernel},
     http::{
-        ANSWERED, HEAD, HTTP_SOCKETS, METHODS, PLAIN, PROXY, SEND_LAYOUT, SERVING, TRACED, emit,
-        has_traceparent, user_data,
+        ANSWERED, HEAD, HTTP_SOCKETS, METHODS, PLAIN, PROXY, SEND_LAYOUT, SERVING, TLS_HANDSHAKE,
+        TLS_PLAIN, TLS_TRACED, TRACED, emit, has_traceparent, user_data,
     },
+    ssl_write::TLS_HEADS,
 };
 
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
@@ -68,6 +72,10 @@ fn on_send(sk: u64, msg: u64) {
             // SAFETY: the socket's value in this program's map (an LRU may reuse it for
             // another socket at worst: one event too many or too few, never a fault).
             let v = unsafe { *p };
+            if v >= TLS_PLAIN {
+                on_tls_send(sk, p, v, &l);
+                return;
+            }
             if v >= ANSWERED {
                 // The server's end of a request connection: its first send after a traced
                 // request answers that request (nothing is read).
@@ -105,9 +113,11 @@ fn on_send(sk: u64, msg: u64) {
             return;
         };
         if !METHODS.contains(&first) {
+            // A full map only forgets its oldest socket: its later requests go unread.
             if first == PROXY {
-                // A full map only forgets its oldest socket: its later requests go unread.
                 let _ = HTTP_SOCKETS.insert(&sk, &PLAIN, 0);
+            } else if first as u16 == TLS_HANDSHAKE {
+                let _ = HTTP_SOCKETS.insert(&sk, &TLS_PLAIN, 0);
             }
             return;
         }
@@ -147,4 +157,28 @@ fn on_send(sk: u64, msg: u64) {
     if traced || before == TRACED {
         emit(sk, Some(head), &l, side::SENT);
     }
+}
+
+/// A send on a TLS connection: the request head this thread last wrote through TLS, if any
+/// (`ssl_write.rs`), is the request this send carries. As on a plaintext connection, it goes to
+/// the agent when it has a `traceparent` or ends the context of the request before.
+#[inline(always)]
+fn on_tls_send(sk: u64, state: *mut u8, before: u8, l: &SendLayout) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(pending) = TLS_HEADS.get_ptr(&tid) else {
+        return;
+    };
+    // SAFETY: this thread's value in the uprobe's map (an LRU may reuse it for another
+    // thread at worst: one event too many or too few, never a fault).
+    let pending = unsafe { &*pending };
+    let traced = pending.traced != 0;
+    if traced || before == TLS_TRACED {
+        emit(sk, Some(&pending.head), l, side::SENT);
+    }
+    let now = if traced { TLS_TRACED } else { TLS_PLAIN };
+    if now != before {
+        // SAFETY: the socket's value in this program's map, as in `on_send`.
+        unsafe { *state = now };
+    }
+    let _ = TLS_HEADS.remove(&tid);
 }

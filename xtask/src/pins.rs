@@ -60,6 +60,7 @@ const PINNED: &[(&str, &[(&str, &str)])] = &[
             ("kprobe", "http_request_received=kprobe"),
         ],
     ),
+    ("ssl_write", &[("uprobe", "http_request_tls=uprobe")]),
     ("tcp_v4_send_reset", UNOWNED),
     ("tcp_v6_send_reset", UNOWNED),
     (

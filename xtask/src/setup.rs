@@ -176,6 +176,11 @@ pub fn test_peers(target_dir: &Path) -> Result<std::path::PathBuf> {
     .context("installing containerd, runc and the CNI plugins for the pod tests")?;
     // The CA and server certificate of the OTLP-over-TLS tests.
     apt_install(&["openssl"]).context("installing openssl for the OTLP TLS tests")?;
+    // The TLS trace tie's peers (ssl_write): Debian's Python and curl on the system OpenSSL 3,
+    // and nginx serving TLS.
+    apt_install(&["python3", "curl", "nginx-light"])
+        .or_else(|_| apt_install(&["python3", "curl", "nginx"]))
+        .context("installing python3, curl and nginx for the TLS tests")?;
     // What the kernel says is attached, beside what the agent reports (http_endpoints).
     apt_install(&["bpftool"]).context("installing bpftool for the attachment tests")?;
     // promtool, which lints /metrics (http_endpoints), and the Prometheus server it ships with.

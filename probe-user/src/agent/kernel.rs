@@ -32,6 +32,7 @@ pub struct Kernel {
     pub folds: Option<Box<dyn enrich::folds::FoldMap>>,
     pub drop_flows: Option<Box<dyn enrich::drops::DropMap>>,
     write_gate: Option<GateThread>,
+    tls_watcher: Option<loader::libssl::Watcher>,
     /// How many Wasm cgroups are captured (the gate attaches the write hooks while any is).
     pub wasm_cgroup_count: Arc<AtomicUsize>,
 }
@@ -90,6 +91,10 @@ impl Kernel {
         // The write hooks are attached only while a runtime or a Wasm pod is on the node.
         let wasm_cgroup_count = Arc::new(AtomicUsize::new(0));
         let write_gate = loader::gate::start(&mut probe, state, wasm_cgroup_count.clone());
+        let tls_watcher = probe.tls_watcher();
+        if let Some(tls) = &probe.tls {
+            state.set_tls_libraries(tls.clone());
+        }
         let kernel = Self {
             probe,
             tables,
@@ -98,15 +103,19 @@ impl Kernel {
             folds,
             drop_flows,
             write_gate,
+            tls_watcher,
             wasm_cgroup_count,
         };
         Ok((kernel, Streams { ring, losses }))
     }
 
-    /// Stops the write gate and detaches every program.
+    /// Stops the write gate and the TLS library watcher, and detaches every program.
     pub fn detach(self) {
         if let Some(gate) = self.write_gate {
             gate.stop();
+        }
+        if let Some(watcher) = self.tls_watcher {
+            watcher.stop();
         }
         drop(self.probe);
     }

@@ -6,9 +6,9 @@ use std::{collections::HashMap, sync::Arc};
 use aya::{
     Ebpf,
     programs::{
-        FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, fentry::FEntryLinkId,
-        fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId,
+        FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint, UProbe,
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use tracing::{debug, warn};
@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use super::{
     ProgramStatus,
     hooks::{self, Attach, FormatError, HookError, Kernel},
+    libssl,
     offsets::PreemptError,
     tracefs::{Format, TracefsError},
 };
@@ -31,6 +32,10 @@ pub(super) struct AyaKernel<'a> {
     pub(super) tried: Vec<ProgramStatus>,
     /// The link of each attached program (the write gate takes the on-demand ones).
     pub(super) links: HashMap<&'static str, LinkId>,
+    /// The node's libssl files, found at the first uprobe's attach.
+    pub(super) libssl: Option<Vec<libssl::Library>>,
+    /// What each uprobe's attach to each library gave (library, symbol, result).
+    pub(super) uprobes: Vec<(libssl::Library, &'static str, Result<(), String>)>,
 }
 
 /// The link of an attached program, by program type.
@@ -110,6 +115,11 @@ impl AyaKernel<'_> {
                 let id = p.attach(function, 0).map_err(attaching)?;
                 self.links.insert(name, LinkId::KProbe(id));
             }
+            Attach::UProbe(symbol) => {
+                let p: &mut UProbe = prog.try_into().map_err(loading)?;
+                p.load().map_err(loading)?;
+                self.attach_libraries(name, symbol, &hook)?;
+            }
         }
         debug!(program = name, elapsed = ?started.elapsed(), "verified and attached");
         Ok(())
@@ -117,6 +127,38 @@ impl AyaKernel<'_> {
 }
 
 impl AyaKernel<'_> {
+    /// Attaches uprobe `name` (loaded) to `symbol` in each libssl of the node. Proven when one
+    /// attaches, or when the node has none yet (the watcher attaches those that appear);
+    /// refused when every library refused it.
+    fn attach_libraries(
+        &mut self,
+        name: &'static str,
+        symbol: &'static str,
+        hook: &str,
+    ) -> Result<(), HookError> {
+        let libs = self.libssl.get_or_insert_with(libssl::at_start).clone();
+        let mut reasons = Vec::new();
+        for lib in libs {
+            let result = libssl::attach_one(self.ebpf, name, symbol, &lib.path);
+            if let Err(e) = &result {
+                reasons.push(format!("{}: {e}", lib.path.display()));
+            }
+            self.uprobes.push((lib, symbol, result));
+        }
+        let attached = self
+            .uprobes
+            .iter()
+            .any(|(_, s, r)| *s == symbol && r.is_ok());
+        if attached || reasons.is_empty() {
+            return Ok(());
+        }
+        Err(HookError::Attach {
+            program: name,
+            hook: hook.to_owned(),
+            reason: reasons.join("; "),
+        })
+    }
+
     /// Detaches `program` (still loaded) and attaches it again.
     fn reattach_inner(&mut self, program: &hooks::Program) -> Result<(), HookError> {
         let name = program.name;
@@ -176,7 +218,7 @@ impl AyaKernel<'_> {
 }
 
 /// An error and its causes, one line ("`bpf_raw_tracepoint_open` failed: Invalid argument").
-fn with_sources(e: &dyn std::error::Error) -> String {
+pub(super) fn with_sources(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -238,6 +280,7 @@ impl Kernel for AyaKernel<'_> {
                 aya::programs::Program::KProbe(p) => p.unload(),
                 aya::programs::Program::RawTracePoint(p) => p.unload(),
                 aya::programs::Program::TracePoint(p) => p.unload(),
+                aya::programs::Program::UProbe(p) => p.unload(),
                 _ => Ok(()),
             };
             if let Err(e) = unloaded {

@@ -139,6 +139,8 @@ fn attach_one(program: &mut AyaProgram, attach: Attach) -> Result<Link, ProgramE
             let id = p.attach(function, 0)?;
             Link::KProbe(p.take_link(id)?)
         }
+        // Never on demand: attached per library (`loader/libssl.rs`).
+        Attach::UProbe(_) => return Err(ProgramError::NotAttached),
     })
 }
 

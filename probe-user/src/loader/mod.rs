@@ -6,6 +6,7 @@ mod attach;
 pub mod btf;
 pub mod gate;
 pub mod hooks;
+pub mod libssl;
 pub mod offsets;
 mod report;
 mod requirements;
@@ -135,6 +136,8 @@ pub struct Probe {
     /// Per capability: the hook chosen, or why none.
     pub capabilities: Vec<CapabilityStatus>,
     pub tables: SymbolTables,
+    /// The libssl files the TLS uprobes cover (None: the capability has no hook).
+    pub tls: Option<Arc<libssl::Coverage>>,
 }
 
 /// The tracepoint formats the loader reads: record layouts and field checks of the table.
@@ -267,6 +270,7 @@ impl Probe {
             programs: Vec::new(),
             capabilities: Vec::new(),
             tables,
+            tls: None,
         };
         if let Err(e) = probe.seed_softirq_state() {
             warn!("{e}; resets will name no task");
@@ -283,9 +287,12 @@ impl Probe {
             preempt: preempt.map(drop),
             tried: Vec::new(),
             links: HashMap::new(),
+            libssl: None,
+            uprobes: Vec::new(),
         };
         let capabilities = hooks::select(CAPABILITIES, &switches, &mut kernel);
         let (programs, links) = (kernel.tried, kernel.links);
+        probe.tls = libssl::Coverage::from_selection(kernel.uprobes, &capabilities);
         drop(ebpf);
         probe.capabilities = capabilities;
         probe.programs = programs;
@@ -379,6 +386,31 @@ impl Probe {
                 what: "seeding every CPU's state".into(),
                 source,
             })
+    }
+
+    /// Starts the thread that attaches the TLS uprobes to the libssl files new processes map
+    /// (None when the TLS capability has no hook).
+    pub fn tls_watcher(&self) -> Option<libssl::Watcher> {
+        let coverage = self.tls.clone()?;
+        let (_, names) = self
+            .capabilities
+            .iter()
+            .find(|c| c.capability == libssl::CAPABILITY)?
+            .chosen
+            .as_ref()?;
+        let programs: Vec<(&'static str, &'static str)> = CAPABILITIES
+            .iter()
+            .filter(|c| c.name == libssl::CAPABILITY)
+            .flat_map(|c| c.candidates.iter().flat_map(|k| k.programs.iter()))
+            .filter(|p| names.contains(&p.name))
+            .filter_map(|p| match p.attach {
+                hooks::Attach::UProbe(symbol) => Some((p.name, symbol)),
+                _ => None,
+            })
+            .collect();
+        libssl::Watcher::start(self.ebpf.clone(), programs, coverage)
+            .map_err(|e| warn!("starting the TLS library watcher: {e}; libssl files that appear later are not covered"))
+            .ok()
     }
 
     pub fn attached(&self) -> usize {

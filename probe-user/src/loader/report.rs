@@ -113,6 +113,13 @@ pub fn check_kernel(config: &LoaderConfig) -> std::process::ExitCode {
     match Probe::load(config) {
         Ok(probe) => {
             print!("{}", probe.capability_table());
+            if let Some(tls) = &probe.tls {
+                let libs = tls.lines();
+                println!("TLS libraries with uprobes: {}", libs.len());
+                for lib in libs {
+                    println!("  {lib}");
+                }
+            }
             let missing = probe.missing_capabilities();
             if missing == 0 {
                 println!("every capability has a hook on this kernel");

@@ -79,6 +79,7 @@ pub struct AgentState {
     conntrack: Mutex<Vec<WatchReport>>,
     kubernetes: Mutex<Option<std::sync::Arc<dyn Snapshot>>>,
     write_hooks: Mutex<Option<std::sync::Arc<dyn Snapshot>>>,
+    tls_libraries: Mutex<Option<std::sync::Arc<dyn Snapshot>>>,
 }
 
 impl AgentState {
@@ -99,12 +100,18 @@ impl AgentState {
             conntrack: Mutex::new(Vec::new()),
             kubernetes: Mutex::new(None),
             write_hooks: Mutex::new(None),
+            tls_libraries: Mutex::new(None),
         }
     }
 
     /// The write gate's report (`write_hooks`; absent while capture is off).
     pub fn set_write_hooks(&self, gate: std::sync::Arc<dyn Snapshot>) {
         *self.write_hooks.lock().unwrap_or_else(|e| e.into_inner()) = Some(gate);
+    }
+
+    /// The libssl files the TLS uprobes cover (`tls_libraries`; absent without the hook).
+    pub fn set_tls_libraries(&self, coverage: std::sync::Arc<dyn Snapshot>) {
+        *self.tls_libraries.lock().unwrap_or_else(|e| e.into_inner()) = Some(coverage);
     }
 
     pub fn set_kubernetes(&self, cache: std::sync::Arc<dyn Snapshot>) {
@@ -234,6 +241,12 @@ impl AgentState {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .map(|g| g.snapshot()),
+            "tls_libraries": self
+                .tls_libraries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|c| c.snapshot()),
             "exporter": exporter,
             "otlp": {
                 "exported_spans": self.metrics.otlp_exported("spans").get(),

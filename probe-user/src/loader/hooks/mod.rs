@@ -28,6 +28,9 @@ pub enum Attach {
     KProbe(&'static str),
     /// A kretprobe on a kernel function (its return value).
     KRetProbe(&'static str),
+    /// A uprobe on a function of OpenSSL's libssl, in every copy of the library the node has
+    /// (`loader/libssl.rs`).
+    UProbe(&'static str),
 }
 
 impl Attach {
@@ -46,6 +49,7 @@ impl fmt::Display for Attach {
             Self::Tracepoint(cat, name) => write!(f, "tracepoint {cat}:{name}"),
             Self::KProbe(func) => write!(f, "kprobe {func}"),
             Self::KRetProbe(func) => write!(f, "kretprobe {func}"),
+            Self::UProbe(func) => write!(f, "uprobe libssl:{func}"),
         }
     }
 }
@@ -82,6 +86,7 @@ pub enum HookKind {
     Kretprobe,
     RawTp,
     Tracepoint,
+    Uprobe,
     PreemptCount,
 }
 
@@ -94,6 +99,7 @@ impl HookKind {
             Attach::KRetProbe(_) => Self::Kretprobe,
             Attach::RawTracepoint(_) => Self::RawTp,
             Attach::Tracepoint(..) => Self::Tracepoint,
+            Attach::UProbe(_) => Self::Uprobe,
         }
     }
 

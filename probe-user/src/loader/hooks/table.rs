@@ -231,6 +231,19 @@ pub const CAPABILITIES: &[Capability] = &[
         ],
     },
     Capability {
+        name: super::super::libssl::CAPABILITY,
+        lost: "kernel events will not join the traces of the HTTP/1.x requests sent over TLS (OpenSSL's libssl)",
+        switch: Switch::HttpTraceContext,
+        on_demand: false,
+        candidates: &[Candidate {
+            programs: &[
+                prog("ssl_write", Attach::UProbe("SSL_write")),
+                prog("ssl_write_ex", Attach::UProbe("SSL_write_ex")),
+            ],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
         name: "http_request_received",
         lost: "kernel events of a server will not join the traces of the HTTP/1.x requests it serves",
         switch: Switch::HttpTraceContext,
