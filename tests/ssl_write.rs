@@ -214,12 +214,15 @@ impl Nginx {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("nginx (installed by cargo xtask test)");
+        // Owned at once: stopped (and waited for) on every path.
+        let nginx = Self { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, port };
+                return nginx;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        drop(nginx);
         panic!("nginx did not listen on 127.0.0.1:{port}");
     }
 }
