@@ -80,15 +80,6 @@ fn python_request(cert: &Path, key: &Path, trace: &str) -> u16 {
         .expect("the client's port")
 }
 
-/// The reset the client of `port` received, waited for.
-fn received_reset(probe: &mut Probe, port: u16, what: &str) -> Value {
-    probe
-        .wait_for(Duration::from_secs(10), |r| {
-            r["kind"] == "tcp_reset" && r["direction"] == "received" && r["sport"] == port
-        })
-        .unwrap_or_else(|| panic!("{what}"))
-}
-
 /// Whether the TLS hook is there (loud when not): the uprobes need a libssl on the node.
 fn tls_hook(probe: &Probe) -> bool {
     probe
@@ -123,13 +114,13 @@ fn a_reset_joins_the_trace_of_a_request_sent_over_tls() {
     );
     let traced = python_request(&cert, &key, TRACE);
     let plain = python_request(&cert, &key, "-");
-    let record = received_reset(&mut probe, traced, "the traced reset");
+    let record = probe.reset_at("received", traced, "the traced reset");
     let server_side = probe
         .wait_for(Duration::from_secs(10), |r| {
             r["kind"] == "tcp_reset" && r["direction"] == "sent" && r["dport"] == traced
         })
         .expect("the server's sent reset");
-    let untraced = received_reset(&mut probe, plain, "the untraced reset");
+    let untraced = probe.reset_at("received", plain, "the untraced reset");
     let span = receiver.wait_for("the traced reset span", |s| {
         s["name"] == "tcp.reset.received" && s["attributes"]["network.local.port"] == traced
     });
@@ -176,7 +167,7 @@ fn curl_to_nginx_over_tls() {
         .trim()
         .parse()
         .expect("curl's local port");
-    let record = received_reset(&mut probe, port, "curl's reset");
+    let record = probe.reset_at("received", port, "curl's reset");
     probe.stop();
     assert_eq!(record["trace_id"], OTHER, "{record:#}");
     assert_eq!(record["parent_span_id"], PARENT);

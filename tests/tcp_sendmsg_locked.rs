@@ -16,15 +16,6 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
 
-/// The reset the client of `port` received, waited for.
-fn received_reset(probe: &mut Probe, port: u16, what: &str) -> Value {
-    probe
-        .wait_for(Duration::from_secs(10), |r| {
-            r["kind"] == "tcp_reset" && r["direction"] == "received" && r["sport"] == port
-        })
-        .unwrap_or_else(|| panic!("{what}"))
-}
-
 /// One connection to a loopback server: optionally a first message and the server's answer,
 /// then `then`, a request the server answers by resetting (SO_LINGER 0). Returns the client
 /// port once the client got the reset.
@@ -76,13 +67,13 @@ fn a_reset_joins_the_trace_of_the_request_it_broke() {
         ),
     );
     let plain = exchange(None, "GET /checkout HTTP/1.1\r\nHost: shop\r\n\r\n");
-    let record = received_reset(&mut probe, traced, "the traced reset");
+    let record = probe.reset_at("received", traced, "the traced reset");
     let server_side = probe
         .wait_for(Duration::from_secs(10), |r| {
             r["kind"] == "tcp_reset" && r["direction"] == "sent" && r["dport"] == traced
         })
         .expect("the server's sent reset");
-    let untraced = received_reset(&mut probe, plain, "the untraced reset");
+    let untraced = probe.reset_at("received", plain, "the untraced reset");
     let span = receiver.wait_for("the traced reset span", |s| {
         s["name"] == "tcp.reset.received" && s["attributes"]["network.local.port"] == traced
     });
@@ -129,8 +120,8 @@ fn keep_alive_requests_are_read_other_protocols_are_left_at_once() {
         Some((b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n")),
         with(other).leak(),
     );
-    let kept = received_reset(&mut probe, keep_alive, "the keep-alive connection's reset");
-    let left = received_reset(&mut probe, redis_first, "the other connection's reset");
+    let kept = probe.reset_at("received", keep_alive, "the keep-alive connection's reset");
+    let left = probe.reset_at("received", redis_first, "the other connection's reset");
     probe.stop();
     assert_eq!(kept["trace_id"], second, "{kept:#}");
     assert_eq!(kept["parent_span_id"], PARENT);
@@ -160,12 +151,12 @@ fn only_requests_that_carry_or_end_a_trace_reach_the_agent() {
     );
     let ended = exchange(Some((traced.leak().as_bytes(), NO_CONTENT)), plain);
     let untraced = exchange(Some((plain.as_bytes(), NO_CONTENT)), plain);
-    let after_end = received_reset(
-        &mut probe,
+    let after_end = probe.reset_at(
+        "received",
         ended,
         "the reset after the request without context",
     );
-    let plain_reset = received_reset(&mut probe, untraced, "the plain connection's reset");
+    let plain_reset = probe.reset_at("received", untraced, "the plain connection's reset");
     let counted = requests() - before;
     // Where the receive hook is attached the server's end counts too: the traced request it
     // read and its answer (the plain one after the answer ends nothing).

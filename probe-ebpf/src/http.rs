@@ -32,6 +32,9 @@ pub const SERVING: u8 = 4;
 /// uprobes (`ssl_write.rs`); `TLS_TRACED` while the last one carried a `traceparent`.
 pub const TLS_PLAIN: u8 = 5;
 pub const TLS_TRACED: u8 = 6;
+/// A TLS connection whose server read a traced request through TLS (`ssl_read.rs`) and has
+/// not answered it yet (its thread's first send on it answers, back to `TLS_PLAIN`).
+pub const TLS_SERVING: u8 = 7;
 
 /// A TLS record of type handshake (22) and major version 3, as the first two bytes of a send,
 /// little-endian: how a TLS client's first send (its ClientHello) and a TLS server's start.

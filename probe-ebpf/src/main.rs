@@ -14,6 +14,7 @@ mod sched_process_fork;
 mod signal_generate;
 mod sock_recv_length;
 mod softirq;
+mod ssl_read;
 mod ssl_write;
 mod sys_enter_write;
 mod sys_enter_writev;

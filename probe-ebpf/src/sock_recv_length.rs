@@ -31,9 +31,10 @@ use probe_common::{ABSENT, HTTP_HEAD, ITER_WINDOW, RecvLayout, SendLayout, famil
 use crate::{
     common::{clamp_len, read_kernel},
     http::{
-        ANSWERED, HTTP_SOCKETS, METHODS, PROXY, RECV_HEAD, SEND_LAYOUT, SERVING, emit,
-        has_traceparent, user_data,
+        ANSWERED, HTTP_SOCKETS, METHODS, PROXY, RECV_HEAD, SEND_LAYOUT, SERVING, TLS_HANDSHAKE,
+        TLS_PLAIN, emit, has_traceparent, user_data,
     },
+    ssl_read::TLS_READ_SOCKETS,
 };
 
 #[unsafe(no_mangle)]
@@ -148,6 +149,12 @@ fn look(sk: u64, r: &RecvLayout, done: u64) -> Option<*mut u8> {
         // SAFETY: the socket's value in the map (an LRU may reuse it: one event too many or
         // too few at worst, never a fault).
         let v = unsafe { *p };
+        if v >= TLS_PLAIN {
+            // A TLS connection: its plaintext is read at `SSL_read`'s return (`ssl_read.rs`),
+            // which needs the socket this thread reads.
+            let _ = TLS_READ_SOCKETS.insert(&bpf_get_current_pid_tgid(), &sk, 0);
+            return None;
+        }
         return (ANSWERED..=SERVING).contains(&v).then_some(p);
     }
     // Bytes the task read before: received, less those still unread, less this read's.
@@ -180,6 +187,10 @@ fn on_received(sk: u64, state: *mut u8, buf: u64, count: u64, s: &SendLayout) {
             if word == PROXY {
                 // A proxy's line before the requests: the requests follow on this socket.
                 let _ = HTTP_SOCKETS.insert(&sk, &ANSWERED, 0);
+            } else if word as u16 == TLS_HANDSHAKE {
+                // A TLS server's end: its requests are read through TLS.
+                let _ = HTTP_SOCKETS.insert(&sk, &TLS_PLAIN, 0);
+                let _ = TLS_READ_SOCKETS.insert(&bpf_get_current_pid_tgid(), &sk, 0);
             }
             return;
         }

@@ -26,7 +26,7 @@ use crate::{
     common::{clamp_len, read_kernel},
     http::{
         ANSWERED, HEAD, HTTP_SOCKETS, METHODS, PLAIN, PROXY, SEND_LAYOUT, SERVING, TLS_HANDSHAKE,
-        TLS_PLAIN, TLS_TRACED, TRACED, emit, has_traceparent, user_data,
+        TLS_PLAIN, TLS_SERVING, TLS_TRACED, TRACED, emit, has_traceparent, user_data,
     },
     ssl_write::TLS_HEADS,
 };
@@ -164,6 +164,13 @@ fn on_send(sk: u64, msg: u64) {
 /// the agent when it has a `traceparent` or ends the context of the request before.
 #[inline(always)]
 fn on_tls_send(sk: u64, state: *mut u8, before: u8, l: &SendLayout) {
+    if before == TLS_SERVING {
+        // The server's first send after a traced request read through TLS answers it.
+        // SAFETY: the socket's value in this program's map, as in `on_send`.
+        unsafe { *state = TLS_PLAIN };
+        emit(sk, None, l, side::ANSWERED);
+        return;
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(pending) = TLS_HEADS.get_ptr(&tid) else {
         return;

@@ -243,6 +243,15 @@ impl Probe {
         None
     }
 
+    /// The reset `direction` ("sent" or "received") whose local port is `port` (10 s at most;
+    /// panics with `what` otherwise).
+    pub fn reset_at(&mut self, direction: &str, port: u16, what: &str) -> Value {
+        self.wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "tcp_reset" && r["direction"] == direction && r["sport"] == port
+        })
+        .unwrap_or_else(|| panic!("{what}"))
+    }
+
     /// Every record received so far (by `wait_for`).
     pub fn seen(&self) -> &[Value] {
         &self.seen

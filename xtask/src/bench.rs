@@ -338,7 +338,10 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
 
     std::fs::create_dir_all(dir)?;
 
-    let http = loopback_http(bin, dir, quick)?;
+    let nginx = bench_net::Nginx::start(&dir.join("nginx"))?;
+    let http = loopback_http(bin, quick, bench_net::Scheme::Http)?;
+    let https = loopback_http(bin, quick, bench_net::Scheme::Https)?;
+    drop(nginx);
 
     // Reset storm.
     let storm = bench_net::reset_storm(
@@ -493,6 +496,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         "write_hooks": write_hooks,
         "kernel_programs": kernel_json,
         "http": http,
+        "https": https,
         "reset_storm": { "seconds": storm.seconds, "generated": storm.generated,
                          "delivered": storm.delivered, "folded": storm.folded,
                          "summaries": storm.summaries,
@@ -537,12 +541,13 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
 /// rate within the node's budget (`--otlp-max-spans`/`--otlp-max-logs`, 200/s by default,
 /// summaries above it: a few per second).
 /// Loopback HTTP throughput (nginx, wrk) without the agent and with it in several settings,
-/// in alternating rounds; printed, and returned for the JSON report.
-fn loopback_http(bin: &Path, dir: &Path, quick: bool) -> Result<serde_json::Value> {
+/// in alternating rounds; printed, and returned for the JSON report. Over TLS (`Https`), the
+/// trace tie reads requests at OpenSSL's `SSL_write`/`SSL_read` (uprobes: a trap per call in
+/// wrk and nginx), and "no trace tie" leaves those out too.
+fn loopback_http(bin: &Path, quick: bool, scheme: bench_net::Scheme) -> Result<serde_json::Value> {
     // Loopback HTTP: nginx + wrk, alternating rounds; plain requests, then requests with a
     // traceparent (read on both ends: the client's send and nginx's receive).
     let (http_rounds, http_secs) = if quick { (3, 3) } else { (5, 5) };
-    let nginx = bench_net::Nginx::start(&dir.join("nginx"))?;
     let mut runs: [Vec<f64>; 6] = Default::default();
     let settings: [(Option<&[&str]>, bool); 6] = [
         (None, false),
@@ -557,11 +562,10 @@ fn loopback_http(bin: &Path, dir: &Path, quick: bool) -> Result<serde_json::Valu
     for _ in 0..http_rounds {
         for ((args, traced), out) in settings.iter().zip(runs.iter_mut()) {
             let agent = args.map(|a| Observed::start(bin, a)).transpose()?;
-            out.push(bench_net::http_rps(http_secs, *traced)?);
+            out.push(bench_net::http_rps(http_secs, *traced, scheme)?);
             drop(agent);
         }
     }
-    drop(nginx);
     let [
         http_base,
         http_probe,
@@ -576,7 +580,10 @@ fn loopback_http(bin: &Path, dir: &Path, quick: bool) -> Result<serde_json::Valu
     let http_nocap_ratio = rps_ratio(&http_nocap, &http_base);
     let http_notie_ratio = rps_ratio(&http_notie, &http_base);
     let traced_ratio = rps_ratio(&traced_probe, &traced_base);
-    println!("\n== loopback HTTP (nginx, wrk -t2 -c32, {http_secs} s, {http_rounds} rounds)");
+    println!(
+        "\n== loopback {} (nginx, wrk -t2 -c32, {http_secs} s, {http_rounds} rounds)",
+        scheme.name()
+    );
     println!(
         "{:<28} {:>14.0} {:>14.0}",
         "without probe (req/s)",

@@ -449,18 +449,38 @@ pub fn otlp_latency(bin: &Path, receiver: &Path, events: u32) -> Result<(f64, f6
 /// A `traceparent` header every request of a traced run carries.
 const TRACEPARENT: &str = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+/// Plaintext HTTP or HTTP over TLS (wrk and nginx on the system's OpenSSL).
+#[derive(Debug, Clone, Copy)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http => "HTTP",
+            Self::Https => "HTTPS (TLS, OpenSSL)",
+        }
+    }
+
+    fn url(self) -> &'static str {
+        match self {
+            Self::Http => "http://127.0.0.1:18080/",
+            Self::Https => "https://127.0.0.1:18443/",
+        }
+    }
+}
+
 /// Requests per second of wrk against a local nginx; `traced`: each request carries a
 /// `traceparent` (every request is then read on both ends and reaches the agent twice).
-pub fn http_rps(seconds: u32, traced: bool) -> Result<f64> {
+pub fn http_rps(seconds: u32, traced: bool, scheme: Scheme) -> Result<f64> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t2", "-c32", &format!("-d{seconds}s")]);
     if traced {
         cmd.args(["-H", TRACEPARENT]);
     }
-    let out = cmd
-        .arg("http://127.0.0.1:18080/")
-        .output()
-        .context("running wrk")?;
+    let out = cmd.arg(scheme.url()).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -468,17 +488,38 @@ pub fn http_rps(seconds: u32, traced: bool) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {text}"))
 }
 
-/// A loopback nginx answering 200 "ok", stopped when dropped.
+/// A loopback nginx answering 200 "ok" on 18080 (HTTP) and 18443 (TLS, a self-signed
+/// certificate made with the openssl CLI), stopped when dropped.
 pub struct Nginx(Child);
 
 impl Nginx {
     pub fn start(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        crate::setup::run_checked(
+            Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "cert.pem",
+                ])
+                .current_dir(dir)
+                .stderr(Stdio::null()),
+        )
+        .context("making nginx's TLS certificate")?;
         let d = dir.display();
+        let ok = "location / { return 200 \"ok\\n\"; }";
         let conf = format!(
             "daemon off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{ access_log off;\n  client_body_temp_path {d}/tmp;\n  server {{ listen 127.0.0.1:18080; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+             http {{ access_log off;\n  client_body_temp_path {d}/tmp;\n\
+               server {{ listen 127.0.0.1:18080; {ok} }}\n\
+               server {{ listen 127.0.0.1:18443 ssl; ssl_certificate {d}/cert.pem;\
+             ssl_certificate_key {d}/key.pem; {ok} }} }}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
         let child = Command::new("nginx")
@@ -490,12 +531,15 @@ impl Nginx {
             .spawn()
             .context("starting nginx")?;
         for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", 18080)).is_ok() {
+            if [18080, 18443]
+                .iter()
+                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+            {
                 return Ok(Self(child));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("nginx did not listen on 127.0.0.1:18080")
+        bail!("nginx did not listen on 127.0.0.1:18080 and 18443")
     }
 }
 

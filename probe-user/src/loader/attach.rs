@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use super::{
     ProgramStatus,
+    btf::Btf,
     hooks::{self, Attach, FormatError, HookError, Kernel},
     libssl,
     offsets::PreemptError,
@@ -25,6 +26,8 @@ use super::{
 pub(super) struct AyaKernel<'a> {
     pub(super) ebpf: &'a mut Ebpf,
     pub(super) formats: &'a HashMap<&'static str, Result<Format, Arc<TracefsError>>>,
+    /// The kernel's BTF as the offsets read it (None: the kernel has none).
+    pub(super) kernel_btf: Option<&'a Btf>,
     /// Kernel BTF for fentry programs, parsed on first use.
     pub(super) btf: Option<Result<aya::Btf, Arc<aya::BtfError>>>,
     /// Whether the programs know where the preempt count is (Err: why not).
@@ -33,8 +36,8 @@ pub(super) struct AyaKernel<'a> {
     /// The link of each attached program (the write gate takes the on-demand ones).
     pub(super) links: HashMap<&'static str, LinkId>,
     /// The node's libssl files, found at the first uprobe's attach.
-    pub(super) libssl: Option<Vec<libssl::Library>>,
-    /// What each uprobe's attach to each library gave (library, symbol, result).
+    pub(super) libssl: Option<libssl::Start>,
+    /// What each uprobe's attach to each library gave (library, program, result).
     pub(super) uprobes: Vec<(libssl::Library, &'static str, Result<(), String>)>,
 }
 
@@ -68,6 +71,17 @@ impl AyaKernel<'_> {
             .ok_or(HookError::Missing { program: name })?;
         match program.attach {
             Attach::RawTracepoint(tp) => {
+                // A tracepoint the kernel lacks is not worth a verification (seconds under
+                // emulation, on every start). Tracepoints of modules are not in vmlinux's
+                // BTF: every raw tracepoint of the object is the kernel image's own.
+                if self.kernel_btf.is_some_and(|b| !b.declares_tracepoint(tp)) {
+                    return Err(HookError::Unusable {
+                        hook,
+                        reason: format!(
+                            "no such tracepoint on this kernel (its BTF has no btf_trace_{tp})"
+                        ),
+                    });
+                }
                 let p: &mut RawTracePoint = prog.try_into().map_err(loading)?;
                 p.load().map_err(loading)?;
                 let id = p.attach(tp).map_err(attaching)?;
@@ -115,7 +129,8 @@ impl AyaKernel<'_> {
                 let id = p.attach(function, 0).map_err(attaching)?;
                 self.links.insert(name, LinkId::KProbe(id));
             }
-            Attach::UProbe(symbol) => {
+            // A uretprobe is a UProbe program whose kind (from its section) says "return".
+            Attach::UProbe(symbol) | Attach::URetProbe(symbol) => {
                 let p: &mut UProbe = prog.try_into().map_err(loading)?;
                 p.load().map_err(loading)?;
                 self.attach_libraries(name, symbol, &hook)?;
@@ -136,19 +151,20 @@ impl AyaKernel<'_> {
         symbol: &'static str,
         hook: &str,
     ) -> Result<(), HookError> {
-        let libs = self.libssl.get_or_insert_with(libssl::at_start).clone();
+        let libs = self
+            .libssl
+            .get_or_insert_with(libssl::at_start)
+            .libraries
+            .clone();
         let mut reasons = Vec::new();
         for lib in libs {
             let result = libssl::attach_one(self.ebpf, name, symbol, &lib.path);
             if let Err(e) = &result {
                 reasons.push(format!("{}: {e}", lib.path.display()));
             }
-            self.uprobes.push((lib, symbol, result));
+            self.uprobes.push((lib, name, result));
         }
-        let attached = self
-            .uprobes
-            .iter()
-            .any(|(_, s, r)| *s == symbol && r.is_ok());
+        let attached = self.uprobes.iter().any(|(_, p, r)| *p == name && r.is_ok());
         if attached || reasons.is_empty() {
             return Ok(());
         }

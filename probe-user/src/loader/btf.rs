@@ -266,6 +266,17 @@ impl Btf {
         })
     }
 
+    /// Whether the kernel defines tracepoint `name`: each one the kernel image defines has a
+    /// `btf_trace_<name>` typedef (its raw tracepoint's prototype) in the image's BTF.
+    pub fn declares_tracepoint(&self, name: &str) -> bool {
+        self.by_name
+            .get(&format!("btf_trace_{name}"))
+            .is_some_and(|ids| {
+                ids.iter()
+                    .any(|&id| matches!(self.types[id as usize].kind, Kind::Alias(_)))
+            })
+    }
+
     /// `sizeof(struct name)` (or union).
     pub fn struct_size(&self, name: &str) -> Option<u32> {
         self.by_name
@@ -318,7 +329,8 @@ mod tests {
     /// Builds a BTF blob: `struct outer { int a; union { struct { int b; }; long c; }; }` and
     /// `enum { X_ONE = 1, X_TWO = 2 }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0outer\0a\0b\0c\0int\0X_ONE\0X_TWO\0v\0.data..percpu\0".to_vec();
+        let strings =
+            b"\0outer\0a\0b\0c\0int\0X_ONE\0X_TWO\0v\0.data..percpu\0btf_trace_tp\0".to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("{name}\0");
             strings
@@ -346,8 +358,8 @@ mod tests {
             3,
             64,
         ]);
-        // 5: typedef outer_t -> 4 (unnamed for brevity)
-        push(&[0, KIND_TYPEDEF << 24, 4]);
+        // 5: typedef btf_trace_tp -> 4 (a raw tracepoint's typedef, on any type here)
+        push(&[s("btf_trace_tp"), KIND_TYPEDEF << 24, 4]);
         // 6: anonymous enum
         push(&[0, (KIND_ENUM << 24) | 2, 4, s("X_ONE"), 1, s("X_TWO"), 2]);
         // 7: int v (global); 8: section .data..percpu { v at 12 }
@@ -398,6 +410,14 @@ mod tests {
         assert_eq!(btf.section_offset(".data..percpu", "v"), Some(12));
         assert_eq!(btf.section_offset(".data..percpu", "w"), None);
         assert_eq!(btf.section_offset(".bss", "v"), None);
+    }
+
+    #[test]
+    fn tracepoints_are_declared_by_their_typedef() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert!(btf.declares_tracepoint("tp"));
+        assert!(!btf.declares_tracepoint("outer"));
+        assert!(!btf.declares_tracepoint("tcp_sendmsg_locked"));
     }
 
     #[test]

@@ -140,7 +140,7 @@ fn attach_one(program: &mut AyaProgram, attach: Attach) -> Result<Link, ProgramE
             Link::KProbe(p.take_link(id)?)
         }
         // Never on demand: attached per library (`loader/libssl.rs`).
-        Attach::UProbe(_) => return Err(ProgramError::NotAttached),
+        Attach::UProbe(_) | Attach::URetProbe(_) => return Err(ProgramError::NotAttached),
     })
 }
 

@@ -45,8 +45,8 @@ const LIBRARY_DIRS: [&str; 7] = [
 /// A file's identity: device major, minor and inode (as `/proc/PID/maps` gives them).
 type FileKey = (u32, u32, u64);
 
-/// A function of a library and whether its uprobe attached (Err: why not).
-type SymbolResult = (&'static str, Result<(), String>);
+/// A uprobe program and whether it attached to a library (Err: why not).
+type ProgramResult = (&'static str, Result<(), String>);
 
 /// Whether a file name is OpenSSL's libssl (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`; not
 /// NSS's `libssl3.so`).
@@ -131,9 +131,9 @@ pub fn mapped_libraries(pid: i32) -> Vec<Library> {
 #[derive(Debug, Clone, Serialize)]
 struct Covered {
     path: String,
-    /// The functions attached in it.
-    symbols: Vec<&'static str>,
-    /// Why a function did not attach (e.g. an OpenSSL without `SSL_write_ex`).
+    /// The uprobe programs attached to it.
+    programs: Vec<&'static str>,
+    /// Why a program did not attach (e.g. an OpenSSL without `SSL_write_ex`).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -142,6 +142,8 @@ struct Covered {
 #[derive(Debug, Default)]
 pub struct Coverage {
     seen: Mutex<(HashSet<FileKey>, Vec<Covered>)>,
+    /// The processes the start read, until the watcher takes them.
+    started: Mutex<HashSet<i32>>,
 }
 
 impl Snapshot for Coverage {
@@ -151,33 +153,34 @@ impl Snapshot for Coverage {
     }
 }
 
-/// The hook table's capability of the TLS uprobes.
-pub const CAPABILITY: &str = "http_request_tls";
-
 impl Coverage {
-    /// The coverage the hook selection made (None when the TLS capability has no hook): each
-    /// library's results (library, symbol, result) grouped.
+    /// The coverage the hook selection made: each library's results (library, program,
+    /// result) grouped.
+    /// `started`: the processes whose mappings the start read (the watcher skips them).
     pub fn from_selection(
         uprobes: Vec<(Library, &'static str, Result<(), String>)>,
-        capabilities: &[super::CapabilityStatus],
-    ) -> Option<Arc<Self>> {
-        capabilities
-            .iter()
-            .find(|c| c.capability == CAPABILITY)?
-            .chosen
-            .as_ref()?;
-        let coverage = Self::default();
-        let mut libs: Vec<(Library, Vec<SymbolResult>)> = Vec::new();
-        for (lib, symbol, result) in uprobes {
+        started: HashSet<i32>,
+    ) -> Self {
+        let coverage = Self {
+            started: Mutex::new(started),
+            ..Self::default()
+        };
+        let mut libs: Vec<(Library, Vec<ProgramResult>)> = Vec::new();
+        for (lib, program, result) in uprobes {
             match libs.iter_mut().find(|(l, _)| l.key == lib.key) {
-                Some((_, results)) => results.push((symbol, result)),
-                None => libs.push((lib, vec![(symbol, result)])),
+                Some((_, results)) => results.push((program, result)),
+                None => libs.push((lib, vec![(program, result)])),
             }
         }
         for (lib, results) in libs {
             let _ = coverage.record(&lib, &results);
         }
-        Some(Arc::new(coverage))
+        coverage
+    }
+
+    /// The processes the start read (once: the watcher's seed).
+    fn take_started(&self) -> HashSet<i32> {
+        std::mem::take(&mut *self.started.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether `key` is new (and now taken).
@@ -191,9 +194,10 @@ impl Coverage {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.1
             .iter()
-            .map(|c| match &c.error {
-                None => format!("{} ({})", c.path, c.symbols.join(", ")),
-                Some(e) => format!("{} ({}; {e})", c.path, c.symbols.join(", ")),
+            .map(|c| match (&c.error, c.programs.is_empty()) {
+                (None, _) => format!("{} ({})", c.path, c.programs.join(", ")),
+                (Some(e), true) => format!("{} (not attached: {e})", c.path),
+                (Some(e), false) => format!("{} ({}; {e})", c.path, c.programs.join(", ")),
             })
             .collect()
     }
@@ -211,15 +215,15 @@ impl Coverage {
         }
         let results: Vec<_> = programs
             .iter()
-            .map(|&(name, symbol)| (symbol, attach_one(ebpf, name, symbol, &lib.path)))
+            .map(|&(name, symbol)| (name, attach_one(ebpf, name, symbol, &lib.path)))
             .collect();
         self.record(lib, &results)
     }
 
     /// Shows what attaching `lib` gave (symbol, result): Err with the reasons when nothing
     /// attached.
-    pub fn record(&self, lib: &Library, results: &[SymbolResult]) -> Result<(), String> {
-        let symbols: Vec<&'static str> = results
+    pub fn record(&self, lib: &Library, results: &[ProgramResult]) -> Result<(), String> {
+        let programs: Vec<&'static str> = results
             .iter()
             .filter(|(_, r)| r.is_ok())
             .map(|(s, _)| *s)
@@ -228,13 +232,13 @@ impl Coverage {
             .iter()
             .filter_map(|(s, r)| r.as_ref().err().map(|e| format!("{s}: {e}")))
             .collect();
-        let attached = !symbols.is_empty();
+        let attached = !programs.is_empty();
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.0.insert(lib.key);
         seen.1.push(Covered {
             path: lib.path.display().to_string(),
-            symbols,
+            programs,
             error: error.clone(),
         });
         match (attached, error) {
@@ -279,17 +283,21 @@ impl Watcher {
         let thread = std::thread::Builder::new()
             .name("tls-libraries".into())
             .spawn(move || {
-                let mut young: HashMap<i32, u8> = HashMap::new();
-                let mut first = true;
+                // Processes the start read are done; any other is young, even one that began
+                // between the start's reading and the first scan.
+                let mut young: HashMap<i32, u8> = coverage
+                    .take_started()
+                    .into_iter()
+                    .map(|p| (p, 0))
+                    .collect();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SCAN_EVERY) {
-                    for lib in scan(&mut young, first) {
+                    for lib in scan(&mut young) {
                         let mut ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
                         match coverage.attach(&mut ebpf, &programs, &lib) {
                             Ok(()) => {}
                             Err(e) => warn!(library = %lib.path.display(), "TLS uprobes: {e}"),
                         }
                     }
-                    first = false;
                 }
                 info!("TLS library watcher stopped");
             })?;
@@ -308,9 +316,8 @@ impl Watcher {
     }
 }
 
-/// The libraries of processes that are new or young; `young` keeps each process's scans left
-/// (processes present at the first scan were read at start: none left).
-fn scan(young: &mut HashMap<i32, u8>, first: bool) -> Vec<Library> {
+/// The libraries of processes that are new or young; `young` keeps each process's scans left.
+fn scan(young: &mut HashMap<i32, u8>) -> Vec<Library> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -319,9 +326,8 @@ fn scan(young: &mut HashMap<i32, u8>, first: bool) -> Vec<Library> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     young.retain(|pid, _| pids.contains(pid));
-    let left = if first { 0 } else { YOUNG_SCANS };
     for pid in &pids {
-        young.entry(*pid).or_insert(left);
+        young.entry(*pid).or_insert(YOUNG_SCANS);
     }
     let mut out = Vec::new();
     let mut read = 0;
@@ -336,22 +342,33 @@ fn scan(young: &mut HashMap<i32, u8>, first: bool) -> Vec<Library> {
     out
 }
 
+/// What the start found: the node's libssl files and the processes whose mappings it read.
+#[derive(Clone, Default)]
+pub struct Start {
+    pub libraries: Vec<Library>,
+    pub pids: HashSet<i32>,
+}
+
 /// Every libssl the node has now: its library directories and what every process maps.
-pub fn at_start() -> Vec<Library> {
-    let mut libs = node_libraries();
+pub fn at_start() -> Start {
+    let mut start = Start {
+        libraries: node_libraries(),
+        pids: HashSet::new(),
+    };
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for pid in dir
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         {
+            start.pids.insert(pid);
             for lib in mapped_libraries(pid) {
-                if !libs.iter().any(|l| l.key == lib.key) {
-                    libs.push(lib);
+                if !start.libraries.iter().any(|l| l.key == lib.key) {
+                    start.libraries.push(lib);
                 }
             }
         }
     }
-    libs
+    start
 }
 
 #[cfg(test)]
@@ -366,6 +383,55 @@ mod tests {
         for name in ["libssl3.so", "libssl.a", "libcrypto.so.3", "libssl"] {
             assert!(!is_libssl(name), "{name}");
         }
+    }
+
+    /// The selection's results, one library per file whatever the order: a library where one
+    /// program attached is covered (the other's reason kept), one where none did is not.
+    #[test]
+    fn coverage_groups_the_selection_by_file() {
+        let lib = |path: &str, ino| Library {
+            path: path.into(),
+            key: (8, 1, ino),
+        };
+        let refused = || Err("symbol not found".to_owned());
+        let coverage = Coverage::from_selection(
+            vec![
+                (lib("/usr/lib/libssl.so.3", 7), "ssl_write", Ok(())),
+                (
+                    lib("/proc/9/root/usr/lib/libssl.so.1.1", 8),
+                    "ssl_write",
+                    Ok(()),
+                ),
+                (lib("/usr/lib/libssl.so.3", 7), "ssl_write_ex", Ok(())),
+                (
+                    lib("/proc/9/root/usr/lib/libssl.so.1.1", 8),
+                    "ssl_write_ex",
+                    refused(),
+                ),
+                (lib("/opt/libssl.so", 9), "ssl_write", refused()),
+            ],
+            HashSet::from([1, 9]),
+        );
+        assert_eq!(coverage.take_started(), HashSet::from([1, 9]));
+        assert!(coverage.take_started().is_empty());
+        assert_eq!(
+            coverage.lines(),
+            [
+                "/usr/lib/libssl.so.3 (ssl_write, ssl_write_ex)",
+                "/proc/9/root/usr/lib/libssl.so.1.1 (ssl_write; ssl_write_ex: symbol not found)",
+                "/opt/libssl.so (not attached: ssl_write: symbol not found)",
+            ]
+        );
+        // Seen files are not attached again (the watcher's scans find them over and over).
+        assert!(!coverage.claim((8, 1, 7)));
+        assert!(coverage.claim((8, 1, 10)));
+        let snapshot = coverage.snapshot();
+        assert_eq!(
+            snapshot[0]["programs"],
+            serde_json::json!(["ssl_write", "ssl_write_ex"])
+        );
+        assert_eq!(snapshot[2]["programs"], serde_json::json!([]));
+        assert_eq!(snapshot[2]["error"], "ssl_write: symbol not found");
     }
 
     /// This test's own process maps no libssl; a process that does (the system's, when the

@@ -283,6 +283,7 @@ impl Probe {
         let mut kernel = AyaKernel {
             ebpf: &mut ebpf,
             formats: &formats,
+            kernel_btf: btf.as_ref(),
             btf: None,
             preempt: preempt.map(drop),
             tried: Vec::new(),
@@ -292,7 +293,11 @@ impl Probe {
         };
         let capabilities = hooks::select(CAPABILITIES, &switches, &mut kernel);
         let (programs, links) = (kernel.tried, kernel.links);
-        probe.tls = libssl::Coverage::from_selection(kernel.uprobes, &capabilities);
+        if !uprobe_programs(&capabilities).is_empty() {
+            let started = kernel.libssl.map(|s| s.pids).unwrap_or_default();
+            let coverage = libssl::Coverage::from_selection(kernel.uprobes, started);
+            probe.tls = Some(Arc::new(coverage));
+        }
         drop(ebpf);
         probe.capabilities = capabilities;
         probe.programs = programs;
@@ -389,25 +394,10 @@ impl Probe {
     }
 
     /// Starts the thread that attaches the TLS uprobes to the libssl files new processes map
-    /// (None when the TLS capability has no hook).
+    /// (None when no TLS capability has a hook).
     pub fn tls_watcher(&self) -> Option<libssl::Watcher> {
         let coverage = self.tls.clone()?;
-        let (_, names) = self
-            .capabilities
-            .iter()
-            .find(|c| c.capability == libssl::CAPABILITY)?
-            .chosen
-            .as_ref()?;
-        let programs: Vec<(&'static str, &'static str)> = CAPABILITIES
-            .iter()
-            .filter(|c| c.name == libssl::CAPABILITY)
-            .flat_map(|c| c.candidates.iter().flat_map(|k| k.programs.iter()))
-            .filter(|p| names.contains(&p.name))
-            .filter_map(|p| match p.attach {
-                hooks::Attach::UProbe(symbol) => Some((p.name, symbol)),
-                _ => None,
-            })
-            .collect();
+        let programs = uprobe_programs(&self.capabilities);
         libssl::Watcher::start(self.ebpf.clone(), programs, coverage)
             .map_err(|e| warn!("starting the TLS library watcher: {e}; libssl files that appear later are not covered"))
             .ok()
@@ -497,4 +487,22 @@ pub fn check_ringbuf_bytes(size: u32) -> Result<(), LoaderError> {
     } else {
         Err(LoaderError::RingBufSize(size))
     }
+}
+
+/// The uprobe programs of the capabilities that chose them: (program, function).
+fn uprobe_programs(capabilities: &[CapabilityStatus]) -> Vec<(&'static str, &'static str)> {
+    let chosen: Vec<&'static str> = capabilities
+        .iter()
+        .filter_map(|c| c.chosen.as_ref())
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect();
+    CAPABILITIES
+        .iter()
+        .flat_map(|c| c.candidates.iter().flat_map(|k| k.programs.iter()))
+        .filter(|p| chosen.contains(&p.name))
+        .filter_map(|p| match p.attach {
+            hooks::Attach::UProbe(f) | hooks::Attach::URetProbe(f) => Some((p.name, f)),
+            _ => None,
+        })
+        .collect()
 }

@@ -31,6 +31,8 @@ pub enum Attach {
     /// A uprobe on a function of OpenSSL's libssl, in every copy of the library the node has
     /// (`loader/libssl.rs`).
     UProbe(&'static str),
+    /// A uretprobe on such a function (its return).
+    URetProbe(&'static str),
 }
 
 impl Attach {
@@ -50,6 +52,7 @@ impl fmt::Display for Attach {
             Self::KProbe(func) => write!(f, "kprobe {func}"),
             Self::KRetProbe(func) => write!(f, "kretprobe {func}"),
             Self::UProbe(func) => write!(f, "uprobe libssl:{func}"),
+            Self::URetProbe(func) => write!(f, "uretprobe libssl:{func}"),
         }
     }
 }
@@ -99,7 +102,7 @@ impl HookKind {
             Attach::KRetProbe(_) => Self::Kretprobe,
             Attach::RawTracepoint(_) => Self::RawTp,
             Attach::Tracepoint(..) => Self::Tracepoint,
-            Attach::UProbe(_) => Self::Uprobe,
+            Attach::UProbe(_) | Attach::URetProbe(_) => Self::Uprobe,
         }
     }
 
