@@ -228,6 +228,16 @@ fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
         q(&out_dir.join(CHECK_KERNEL))
     );
     let filter = env.filter.as_deref().map(shell_quote).unwrap_or_default();
+    let pinned: Vec<&str> = exes
+        .iter()
+        .flat_map(|e| pins::runs(&e.name))
+        .filter_map(|r| r.hooks)
+        .collect();
+    let layers = pins::layers(pinned.iter().copied());
+    let table = |i: usize| q(&out_dir.join(format!("check-kernel-pins-{i}.txt")));
+    for (i, layer) in layers.iter().enumerate() {
+        let _ = writeln!(s, "{}", pins::guest_check(layer, &table(i)));
+    }
     for exe in exes {
         for run in pins::runs(&exe.name) {
             let log = q(&out_dir.join(format!("{}.log", run.label)));
@@ -242,7 +252,13 @@ fn guest_script(exes: &[TestExe], env: &Env, out_dir: &Path) -> String {
                 name = shell_quote(&run.label),
                 current = q(&out_dir.join(CURRENT)),
                 command = match run.hooks {
-                    Some(hooks) => pins::guest_run(hooks, &log, &command),
+                    Some(hooks) => {
+                        let i = layers
+                            .iter()
+                            .position(|l| hooks.split(',').all(|p| l.contains(&p)))
+                            .unwrap_or_default();
+                        pins::guest_run(hooks, &table(i), &log, &command)
+                    }
                     None => command,
                 },
             );

@@ -2,7 +2,8 @@
 //! run with its hook pinned (`PROBE_HOOKS`, the agent's `--hooks`): a kernel that would pick
 //! another candidate still has this one proven where it attaches. A pin that does not attach
 //! on a kernel is not run there: the run says "not attachable" with the kernel's reason (from
-//! `probe --check-kernel` with the same pins), loudly, and the summary counts it.
+//! `probe --check-kernel` with the same pins; in a guest, one check per layer of pins that
+//! agree), loudly, and the summary counts it.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command};
 
@@ -59,6 +60,10 @@ const PINNED: &[(&str, &[(&str, &str)])] = &[
             ("fentry", "http_request_received=fentry"),
             ("kprobe", "http_request_received=kprobe"),
         ],
+    ),
+    (
+        "ssl_read",
+        &[("uprobe", "http_request_tls_received=uprobe")],
     ),
     ("ssl_write", &[("uprobe", "http_request_tls=uprobe")]),
     ("tcp_v4_send_reset", UNOWNED),
@@ -140,16 +145,51 @@ pub fn unpinned_lines(table: &str, hooks: &str) -> Result<(), String> {
     }
 }
 
-/// The same check in the guest's shell: runs `probe --check-kernel` with the pins and, when a
-/// pinned capability has no hook, writes the loud line and the rows to `log` instead of
+/// The pins of `runs` merged into as few `--hooks` lists as agree (a capability pinned to
+/// one kind in each): one `--check-kernel` per list answers for every run in it, where a
+/// check per run cost a full load of the agent each (seconds in an emulated guest).
+pub fn layers<'a>(runs: impl IntoIterator<Item = &'a str>) -> Vec<Vec<&'a str>> {
+    let mut layers: Vec<Vec<&str>> = Vec::new();
+    for hooks in runs {
+        let pins: Vec<&str> = hooks.split(',').collect();
+        let agrees = |layer: &Vec<&str>| {
+            pins.iter().all(|pin| {
+                let cap = pin.split('=').next();
+                layer
+                    .iter()
+                    .all(|held| held.split('=').next() != cap || held == pin)
+            })
+        };
+        match layers.iter_mut().find(|l| agrees(l)) {
+            Some(layer) => {
+                for pin in pins {
+                    if !layer.contains(&pin) {
+                        layer.push(pin);
+                    }
+                }
+            }
+            None => layers.push(pins),
+        }
+    }
+    layers
+}
+
+/// The guest's `--check-kernel` with the pins of `layer`, into `table` (a shell path).
+pub fn guest_check(layer: &[&str], table: &str) -> String {
+    let hooks = crate::e2e::shell_quote(&layer.join(","));
+    format!("PROBE_HOOKS={hooks} \"$PROBE_BIN\" --check-kernel > {table} 2>&1")
+}
+
+/// The check in the guest's shell: when a capability `hooks` pins has no hook in `table` (the
+/// check of the layer that holds them), writes the loud line and the rows to `log` instead of
 /// running `run` (a shell command).
-pub fn guest_run(hooks: &str, log: &str, run: &str) -> String {
+pub fn guest_run(hooks: &str, table: &str, log: &str, run: &str) -> String {
     let caps: Vec<&str> = capabilities(hooks).collect();
     let pattern = format!("^({}) +NONE", caps.join("|"));
     let hooks = crate::e2e::shell_quote(hooks);
     let pattern = crate::e2e::shell_quote(&pattern);
     format!(
-        "rows=$(PROBE_HOOKS={hooks} \"$PROBE_BIN\" --check-kernel 2>&1 | grep -E {pattern})\n\
+        "rows=$(grep -E {pattern} {table})\n\
          if [ -n \"$rows\" ]; then\n\
          printf '\\n!!!!! {NOT_ATTACHABLE} --hooks %s !!!!!\\n%s\\n' {hooks} \"$rows\" > {log}\n\
          else\n\
@@ -230,6 +270,36 @@ mod tests {
                 label: "folding".into(),
                 hooks: None
             }]
+        );
+    }
+
+    /// Every candidate of the table lands in a layer with no capability pinned twice, and
+    /// the whole table needs one layer per candidate of the capability with the most.
+    #[test]
+    fn pins_merge_into_layers_that_agree() {
+        let all: Vec<&str> = PINNED
+            .iter()
+            .flat_map(|(_, runs)| runs.iter().map(|(_, hooks)| *hooks))
+            .collect();
+        let layers = layers(all.iter().copied());
+        assert_eq!(layers.len(), 3, "{layers:?}");
+        for hooks in &all {
+            let holder = layers
+                .iter()
+                .filter(|l| hooks.split(',').all(|p| l.contains(&p)))
+                .count();
+            assert!(holder >= 1, "{hooks} is in no layer: {layers:?}");
+        }
+        for layer in &layers {
+            let mut caps: Vec<&str> = layer.iter().map(|p| p.split('=').next().unwrap()).collect();
+            caps.sort();
+            let n = caps.len();
+            caps.dedup();
+            assert_eq!(caps.len(), n, "a capability pinned twice in {layer:?}");
+        }
+        assert_eq!(
+            super::layers(["a=x,b=y", "a=z", "b=y,c=w", "a=x"]),
+            [vec!["a=x", "b=y", "c=w"], vec!["a=z"]]
         );
     }
 
