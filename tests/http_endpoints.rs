@@ -68,8 +68,8 @@ fn every_endpoint_answers_and_counters_move() {
             "drop_reason",
             "http_request_head",
             "http_request_tls",
-            "http_request_tls_received",
             "http_request_received",
+            "http_request_tls_received",
             "write_result",
             "wasm_write",
             "wasm_writev"

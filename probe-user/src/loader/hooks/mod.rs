@@ -77,6 +77,9 @@ pub enum Requires {
     /// The per-CPU preempt count located through BTF (read by the programs when an event
     /// fires; a candidate without programs).
     PreemptCount,
+    /// Another capability, earlier in the table, with a hook: its programs do the rest of the
+    /// work (the TLS uprobes hand request heads to the TCP send and receive hooks).
+    Capability(&'static str),
 }
 
 /// Kinds of hook, for `--avoid-hooks` (a kernel whose fentry or kprobes misbehave, or a test
@@ -128,7 +131,7 @@ impl Candidate {
         match self.requires {
             Requires::Field(_, _, field) => text.push_str(&format!(" (field {field})")),
             Requires::PreemptCount => text.push_str("preempt count (per-CPU, no program)"),
-            Requires::Nothing => {}
+            Requires::Nothing | Requires::Capability(_) => {}
         }
         text
     }
@@ -412,6 +415,10 @@ pub fn select(
                     });
                     continue;
                 }
+                if let Some(e) = missing_capability(candidate, &out) {
+                    status.failures.push(e);
+                    continue;
+                }
                 match try_candidate(candidate, cap.on_demand, kernel, &mut results) {
                     Ok(()) => {
                         let names = candidate.programs.iter().map(|p| p.name).collect();
@@ -425,6 +432,21 @@ pub fn select(
         out.push(status);
     }
     out
+}
+
+/// Why `candidate` cannot be used: the capability it requires (selected before it, in
+/// `done`) has no hook.
+fn missing_capability(candidate: &Candidate, done: &[CapabilityStatus]) -> Option<HookError> {
+    let Requires::Capability(name) = candidate.requires else {
+        return None;
+    };
+    let hooked = done
+        .iter()
+        .any(|s| s.capability == name && s.chosen.is_some());
+    (!hooked).then(|| HookError::Unusable {
+        hook: candidate.hook(),
+        reason: format!("needs {name}, which has no hook"),
+    })
 }
 
 fn try_candidate(

@@ -240,22 +240,7 @@ pub const CAPABILITIES: &[Capability] = &[
                 prog("ssl_write", Attach::UProbe("SSL_write")),
                 prog("ssl_write_ex", Attach::UProbe("SSL_write_ex")),
             ],
-            requires: Requires::Nothing,
-        }],
-    },
-    Capability {
-        name: "http_request_tls_received",
-        lost: "kernel events of a TLS server (OpenSSL's libssl) will not join the traces of the HTTP/1.x requests it serves",
-        switch: Switch::HttpTraceContext,
-        on_demand: false,
-        candidates: &[Candidate {
-            programs: &[
-                prog("ssl_read", Attach::UProbe("SSL_read")),
-                prog("ssl_read_ex", Attach::UProbe("SSL_read_ex")),
-                prog("ssl_read_ret", Attach::URetProbe("SSL_read")),
-                prog("ssl_read_ex_ret", Attach::URetProbe("SSL_read_ex")),
-            ],
-            requires: Requires::Nothing,
+            requires: Requires::Capability("http_request_head"),
         }],
     },
     Capability {
@@ -299,6 +284,21 @@ pub const CAPABILITIES: &[Capability] = &[
                 requires: Requires::Nothing,
             },
         ],
+    },
+    Capability {
+        name: "http_request_tls_received",
+        lost: "kernel events of a TLS server (OpenSSL's libssl) will not join the traces of the HTTP/1.x requests it serves",
+        switch: Switch::HttpTraceContext,
+        on_demand: false,
+        candidates: &[Candidate {
+            programs: &[
+                prog("ssl_read", Attach::UProbe("SSL_read")),
+                prog("ssl_read_ex", Attach::UProbe("SSL_read_ex")),
+                prog("ssl_read_ret", Attach::URetProbe("SSL_read")),
+                prog("ssl_read_ex_ret", Attach::URetProbe("SSL_read_ex")),
+            ],
+            requires: Requires::Capability("http_request_received"),
+        }],
     },
     Capability {
         name: "write_result",

@@ -163,6 +163,53 @@ fn all_candidates_failing_reports_each_in_order() {
     );
 }
 
+/// With no send hook, the TLS uprobes would hand request heads to nothing: they are not
+/// loaded, and say why.
+#[test]
+fn a_capability_that_needs_another_without_a_hook_has_none() {
+    let mut kernel = FakeKernel::default()
+        .no_attach("tcp_sendmsg_locked", "raw_tp tcp_sendmsg_locked", "ENOENT")
+        .no_attach(
+            "tcp_sendmsg_locked_fentry",
+            "fentry tcp_sendmsg_locked",
+            "EPERM",
+        )
+        .no_attach(
+            "tcp_sendmsg_locked_kprobe",
+            "kprobe tcp_sendmsg_locked",
+            "ENOENT",
+        );
+    let all = select(CAPABILITIES, &ALL_ON, &mut kernel);
+    let s = status(&all, "http_request_tls");
+    assert_eq!(s.chosen, None);
+    assert_eq!(
+        s.failures,
+        vec![HookError::Unusable {
+            hook: "uprobe libssl:SSL_write + uprobe libssl:SSL_write_ex".into(),
+            reason: "needs http_request_head, which has no hook".into(),
+        }]
+    );
+    assert!(!kernel.attempts.contains(&"ssl_write"));
+    // The receive side has its hook: its TLS uprobes are there.
+    assert!(chosen(&all, "http_request_tls_received").is_some());
+}
+
+/// A capability another requires comes before it in the table (selection runs in order).
+#[test]
+fn required_capabilities_come_first() {
+    for (i, cap) in CAPABILITIES.iter().enumerate() {
+        for candidate in cap.candidates {
+            if let Requires::Capability(name) = candidate.requires {
+                assert!(
+                    CAPABILITIES[..i].iter().any(|c| c.name == name),
+                    "{} requires {name}, which is not before it",
+                    cap.name
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_field_requirement_moves_to_the_next_candidate() {
     // A kernel whose tcp_send_reset has no `reason` (before 6.10): the no-socket resets need
