@@ -237,27 +237,20 @@ type VmRun = (
 
 /// The root tests in a VM per kernel, the VMs side by side: under qemu TCG a guest runs on one
 /// host thread (`thread=single`), so on a 2-core machine three guests take about half the
-/// time they take one after another. Results in the order of `lines`.
+/// time they take one after another. Results in the order of `kernels`.
 fn run_vms(
-    lines: &[&'static vm::Line],
+    kernels: &[vm::Kernel],
     vm_dir: &Path,
     exes: &[e2e::TestExe],
     env: &e2e::Env,
 ) -> Result<Vec<VmRun>> {
-    vm::ensure_tools()?;
-    let kernels = lines
-        .iter()
-        .map(|line| vm::fetch(line, vm_dir))
-        .collect::<Result<Vec<_>>>()?;
-    // Whether KVM works is found once (it boots a guest), before the guests start.
-    vm::kvm_works(&kernels[0], vm_dir);
     std::thread::scope(|scope| {
         let runs: Vec<_> = kernels
             .iter()
             .map(|kernel| scope.spawn(move || e2e::run_vm(kernel, exes, env, vm_dir)))
             .collect();
         runs.into_iter()
-            .zip(&kernels)
+            .zip(kernels)
             .map(|(run, kernel)| {
                 let r = run.join().map_err(|_| {
                     anyhow::anyhow!("the VM thread of {} panicked", kernel.release)
@@ -291,88 +284,19 @@ fn kernel_columns(values: &[String]) -> Result<Vec<Option<&'static vm::Line>>> {
     Ok(out)
 }
 
+/// What `cargo xtask test` runs: the guests' kernels and tools are fetched while this machine
+/// builds; then the guests run while this machine runs the unit tests and its own root tests
+/// (those mostly wait on their peers; the emulated guests, 5 to 30 times slower, keep the CPUs
+/// busy and show the tests' deadlines are not tight).
 fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
     let columns = kernel_columns(kernels)?;
     let route = setup::setup()?;
     let wasmtime = setup::test_peers(&target_dir())?;
     let e2e_file = filter.filter(|f| root_dir().join("tests").join(format!("{f}.rs")).is_file());
-    // Unit tests of the default members (no root needed).
-    if e2e_file.is_none() {
-        let mut unit = cargo(&route);
-        unit.arg("test");
-        if let Some(f) = filter {
-            unit.arg(f);
-        }
-        run_checked(&mut unit)?;
-    }
-
-    // Root end-to-end tests drive the real agent; one at a time, since every probe sees every
-    // reset on the node.
-    let bin = build_agent(&route)?;
-    let exes = e2e::build(cargo(&route), e2e_file)?;
-    // The image the daemonset test runs with podman, built like `cargo xtask image` does, in a
-    // private storage that is removed again (only the archive stays, under target/).
-    let image = if is_root() && e2e_file.is_none_or(|f| f == "daemonset") {
-        setup::apt_install(&["podman", "runc"]).context("installing podman and runc")?;
-        let store = target_dir().join("image").join("test-storage");
-        let built = image::build(
-            &root_dir(),
-            &target_dir(),
-            &bin,
-            image::Storage::Private(store),
-        )?;
-        eprintln!(
-            "xtask: image {} ({:.1} MB): {}",
-            built.reference,
-            built.bytes as f64 / 1e6,
-            built.archive.display()
-        );
-        vec![
-            ("PROBE_IMAGE".to_owned(), built.reference),
-            (
-                "PROBE_IMAGE_ARCHIVE".to_owned(),
-                built.archive.display().to_string(),
-            ),
-        ]
-    } else {
-        Vec::new()
-    };
-    let env = e2e::Env {
-        vars: image
-            .into_iter()
-            .chain([
-                ("PROBE_BIN".into(), bin.display().to_string()),
-                ("WASMTIME_BIN".into(), wasmtime.display().to_string()),
-                (
-                    "PATH".into(),
-                    std::env::var("PATH")
-                        .unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-                ),
-            ])
-            .collect(),
-        filter: filter.filter(|_| e2e_file.is_none()).map(str::to_owned),
-    };
     let root = is_root();
-    if !root {
-        eprintln!("xtask: NOT ROOT: the end-to-end tests will report 'skipped: needs root'");
-    }
-    let vm_dir = target_dir().join("vm");
-    // Guests read their binaries for many minutes: they get a snapshot a rebuild cannot touch.
-    let (vm_exes, vm_env) = if root && columns.iter().any(Option::is_some) {
-        e2e::snapshot(&exes, &env, &vm_dir.join("bin"))?
-    } else {
-        (
-            Vec::new(),
-            e2e::Env {
-                vars: Vec::new(),
-                filter: None,
-            },
-        )
-    };
-    let mut results = Vec::new();
-    let mut hooks = Vec::new();
     let lines: Vec<&vm::Line> = columns.iter().flatten().copied().collect();
     if !root {
+        eprintln!("xtask: NOT ROOT: the end-to-end tests will report 'skipped: needs root'");
         for line in &lines {
             eprintln!(
                 "xtask: NOT ROOT: kernel {} skipped: booting Debian kernels needs root",
@@ -380,28 +304,50 @@ fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
             );
         }
     }
+    let image = root && e2e_file.is_none_or(|f| f == "daemonset");
+    if image {
+        // Before the guests' tools are installed: one apt at a time.
+        setup::apt_install(&["podman", "runc"]).context("installing podman and runc")?;
+    }
+    let vm_dir = &target_dir().join("vm");
     let boot = root && !lines.is_empty();
-    // The guests run while this machine's own run does: emulated guests keep the CPUs busy,
-    // this machine's tests mostly wait on their peers (and the guests, 5 to 30 times slower,
-    // prove the tests' deadlines are not tight).
-    let vm_results = std::thread::scope(|scope| -> Result<_> {
-        let vms = boot.then(|| scope.spawn(|| run_vms(&lines, &vm_dir, &vm_exes, &vm_env)));
+    let (results, hooks) = std::thread::scope(|scope| -> Result<_> {
+        let prepared = boot.then(|| scope.spawn(|| vm::prepare(&lines, vm_dir)));
+        let bin = build_agent(&route)?;
+        let exes = e2e::build(cargo(&route), e2e_file)?;
+        let only = filter.filter(|_| e2e_file.is_none());
+        let env = e2e_env(&bin, &wasmtime, image, only)?;
+        let guests = match prepared.map(|t| t.join()) {
+            Some(Ok(kernels)) => {
+                let kernels = kernels?;
+                // Guests read their binaries for many minutes: a snapshot a rebuild cannot touch.
+                let (vm_exes, vm_env) = e2e::snapshot(&exes, &env, &vm_dir.join("bin"))?;
+                Some(scope.spawn(move || run_vms(&kernels, vm_dir, &vm_exes, &vm_env)))
+            }
+            Some(Err(_)) => bail!("preparing the VMs panicked"),
+            None => None,
+        };
+        let unit = e2e_file.is_none().then(|| unit_tests(&route, filter));
+        let mut results = Vec::new();
+        let mut hooks = Vec::new();
         if columns.iter().any(Option::is_none) {
             let check = e2e::check_kernel_host(&env);
             println!("probe --check-kernel on this machine:\n{check}");
             hooks.push(("host".to_owned(), check));
             results.push(("host".to_owned(), e2e::run_host(&exes, &env)?));
         }
-        match vms.map(|t| t.join()) {
-            Some(Ok(runs)) => runs,
+        let vm_results = match guests.map(|t| t.join()) {
+            Some(Ok(runs)) => runs?,
             Some(Err(_)) => bail!("the thread running the VMs panicked"),
-            None => Ok(Vec::new()),
+            None => Vec::new(),
+        };
+        unit.transpose()?;
+        for (release, (r, check)) in vm_results {
+            hooks.push((release.clone(), check));
+            results.push((release, r));
         }
+        Ok((results, hooks))
     })?;
-    for (release, (r, check)) in vm_results {
-        hooks.push((release.clone(), check));
-        results.push((release, r));
-    }
     if root {
         println!("{}", tables::hook_summary(&hooks));
     }
@@ -412,4 +358,53 @@ fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
         bail!("root end-to-end tests failed (see the table above)");
     }
     Ok(())
+}
+
+/// The unit tests of the default members (no root needed).
+fn unit_tests(route: &Route, filter: Option<&str>) -> Result<()> {
+    let mut unit = cargo(route);
+    unit.arg("test");
+    if let Some(f) = filter {
+        unit.arg(f);
+    }
+    run_checked(&mut unit)
+}
+
+/// What the root tests get: the agent, wasmtime, PATH and (`image`) the image the daemonset
+/// test runs with podman, built like `cargo xtask image` does in a private storage that is
+/// removed again (only the archive stays, under target/).
+fn e2e_env(bin: &Path, wasmtime: &Path, image: bool, filter: Option<&str>) -> Result<e2e::Env> {
+    let mut vars = Vec::new();
+    if image {
+        let store = target_dir().join("image").join("test-storage");
+        let built = image::build(
+            &root_dir(),
+            &target_dir(),
+            bin,
+            image::Storage::Private(store),
+        )?;
+        eprintln!(
+            "xtask: image {} ({:.1} MB): {}",
+            built.reference,
+            built.bytes as f64 / 1e6,
+            built.archive.display()
+        );
+        vars.push(("PROBE_IMAGE".to_owned(), built.reference));
+        vars.push((
+            "PROBE_IMAGE_ARCHIVE".to_owned(),
+            built.archive.display().to_string(),
+        ));
+    }
+    vars.extend([
+        ("PROBE_BIN".into(), bin.display().to_string()),
+        ("WASMTIME_BIN".into(), wasmtime.display().to_string()),
+        (
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ),
+    ]);
+    Ok(e2e::Env {
+        vars,
+        filter: filter.map(str::to_owned),
+    })
 }

@@ -247,6 +247,20 @@ pub fn fetch(line: &'static Line, vm_dir: &Path) -> Result<Kernel> {
 }
 
 /// qemu, kmod, busybox (virtme-ng's guest init needs it) and virtme-ng itself.
+/// What the guests need before they boot: the tools, each line's kernel (fetched or cached)
+/// and whether KVM works (found once: it boots a guest).
+pub fn prepare(lines: &[&'static Line], vm_dir: &Path) -> Result<Vec<Kernel>> {
+    ensure_tools()?;
+    let kernels = lines
+        .iter()
+        .map(|line| fetch(line, vm_dir))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(first) = kernels.first() {
+        kvm_works(first, vm_dir);
+    }
+    Ok(kernels)
+}
+
 pub fn ensure_tools() -> Result<()> {
     apt_install(&["qemu-system-x86", "kmod", "busybox-static"])?;
     let have = Command::new("vng")
