@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -55,13 +55,6 @@ except Exception:
     pass
 "#;
 
-fn certificates(name: &str) -> (TempDir, PathBuf, PathBuf) {
-    let dir = TempDir::new(name);
-    tls_certificates(&dir.0);
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    (dir, cert, key)
-}
-
 /// One request to a server in `mode`; the server's pid once it died, and its signal.
 fn one_request(cert: &Path, key: &Path, mode: &str, trace: &str) -> (u32, Option<i32>) {
     let mut server: Child = Command::new("/usr/bin/python3")
@@ -92,7 +85,7 @@ fn a_tls_server_crash_joins_the_trace_of_the_request_it_read() {
     if !require_root("ssl_read::a_tls_server_crash_joins_the_trace_of_the_request_it_read") {
         return;
     }
-    let (_dir, cert, key) = certificates("ssl-read");
+    let (_dir, cert, key) = server_certificates("ssl-read");
     let mut receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
     let mut probe = receiver.probe();
     let hooked = probe.hook("http_request_tls_received").is_some()

@@ -5,7 +5,7 @@
 //! span). A TLS request without a traceparent on the same kind of connection ties nothing.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -55,14 +55,6 @@ server.join()
 print(local)
 "#;
 
-/// Certificates for 127.0.0.1 in a fresh directory: (cert, key).
-fn certificates(name: &str) -> (TempDir, PathBuf, PathBuf) {
-    let dir = TempDir::new(name);
-    tls_certificates(&dir.0);
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    (dir, cert, key)
-}
-
 /// Runs the Python client with `trace` ("-": none); its local port.
 fn python_request(cert: &Path, key: &Path, trace: &str) -> u16 {
     let out = Command::new("/usr/bin/python3")
@@ -93,7 +85,7 @@ fn a_reset_joins_the_trace_of_a_request_sent_over_tls() {
     if !require_root("ssl_write::a_reset_joins_the_trace_of_a_request_sent_over_tls") {
         return;
     }
-    let (_dir, cert, key) = certificates("ssl-write-python");
+    let (_dir, cert, key) = server_certificates("ssl-write-python");
     let mut receiver = OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp_receiver"), None);
     let mut probe = receiver.probe();
     if !tls_hook(&probe) {
@@ -146,7 +138,7 @@ fn curl_to_nginx_over_tls() {
     if !require_root("ssl_write::curl_to_nginx_over_tls") {
         return;
     }
-    let (dir, cert, key) = certificates("ssl-write-nginx");
+    let (dir, cert, key) = server_certificates("ssl-write-nginx");
     let nginx = Nginx::start(&dir.0, &cert, &key);
     let mut probe = Probe::start(&[]);
     if !tls_hook(&probe) {

@@ -131,6 +131,15 @@ impl Drop for OtlpReceiver {
     }
 }
 
+/// A fresh directory (removed when dropped) with a server certificate for 127.0.0.1
+/// (`tls_certificates`): the directory, cert.pem and key.pem.
+pub fn server_certificates(name: &str) -> (crate::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = crate::TempDir::new(name);
+    tls_certificates(&dir.0);
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    (dir, cert, key)
+}
+
 /// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl CLI in
 /// `dir`: cert.pem and key.pem for the receiver; returns the CA certificate's path (what a
 /// client trusts through SSL_CERT_FILE).
