@@ -5,6 +5,7 @@ mod bench;
 mod bench_k8s;
 mod bench_net;
 mod bench_vm;
+mod conventions;
 mod docs_paths;
 mod e2e;
 mod image;

@@ -38,7 +38,11 @@ pub(super) struct AyaKernel<'a> {
     /// The node's libssl files, found at the first uprobe's attach.
     pub(super) libssl: Option<libssl::Start>,
     /// What each uprobe's attach to each library gave (library, program, result).
-    pub(super) uprobes: Vec<(libssl::Library, &'static str, Result<(), String>)>,
+    pub(super) uprobes: Vec<(
+        libssl::Library,
+        &'static str,
+        Result<(), libssl::UProbeError>,
+    )>,
 }
 
 /// The link of an attached program, by program type.

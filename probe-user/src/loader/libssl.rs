@@ -21,6 +21,7 @@ use aya::{
     programs::{ProgramError, UProbe, uprobe::UProbeScope},
 };
 use serde::Serialize;
+use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::status::Snapshot;
@@ -46,7 +47,26 @@ const LIBRARY_DIRS: [&str; 7] = [
 type FileKey = (u32, u32, u64);
 
 /// A uprobe program and whether it attached to a library (Err: why not).
-type ProgramResult = (&'static str, Result<(), String>);
+type ProgramResult = (&'static str, Result<(), UProbeError>);
+
+/// Why uprobes did not attach to a library.
+#[derive(Debug, Error)]
+pub enum UProbeError {
+    #[error("{0}: not in the kernel object")]
+    Missing(String),
+    /// A program's attach failed (the error and its causes, one line).
+    #[error("{0}")]
+    Attach(String),
+    /// None of the programs attached: each one's reason.
+    #[error("{0}")]
+    NoneAttached(String),
+}
+
+impl From<ProgramError> for UProbeError {
+    fn from(e: ProgramError) -> Self {
+        Self::Attach(super::attach::with_sources(&e))
+    }
+}
 
 /// Whether a file name is OpenSSL's libssl (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`; not
 /// NSS's `libssl3.so`).
@@ -158,7 +178,7 @@ impl Coverage {
     /// result) grouped.
     /// `started`: the processes whose mappings the start read (the watcher skips them).
     pub fn from_selection(
-        uprobes: Vec<(Library, &'static str, Result<(), String>)>,
+        uprobes: Vec<(Library, &'static str, Result<(), UProbeError>)>,
         started: HashSet<i32>,
     ) -> Self {
         let coverage = Self {
@@ -209,7 +229,7 @@ impl Coverage {
         ebpf: &mut Ebpf,
         programs: &[(&'static str, &'static str)],
         lib: &Library,
-    ) -> Result<(), String> {
+    ) -> Result<(), UProbeError> {
         if !self.claim(lib.key) {
             return Ok(());
         }
@@ -222,7 +242,7 @@ impl Coverage {
 
     /// Shows what attaching `lib` gave (symbol, result): Err with the reasons when nothing
     /// attached.
-    pub fn record(&self, lib: &Library, results: &[ProgramResult]) -> Result<(), String> {
+    pub fn record(&self, lib: &Library, results: &[ProgramResult]) -> Result<(), UProbeError> {
         let programs: Vec<&'static str> = results
             .iter()
             .filter(|(_, r)| r.is_ok())
@@ -242,7 +262,7 @@ impl Coverage {
             error: error.clone(),
         });
         match (attached, error) {
-            (false, Some(e)) => Err(e),
+            (false, Some(e)) => Err(UProbeError::NoneAttached(e)),
             _ => Ok(()),
         }
     }
@@ -254,16 +274,13 @@ pub(super) fn attach_one(
     name: &str,
     symbol: &str,
     path: &Path,
-) -> Result<(), String> {
+) -> Result<(), UProbeError> {
     let program = ebpf
         .program_mut(name)
-        .ok_or_else(|| format!("{name}: not in the kernel object"))?;
-    let p: &mut UProbe = program
-        .try_into()
-        .map_err(|e: ProgramError| e.to_string())?;
-    p.attach(symbol, path, UProbeScope::AllProcesses)
-        .map(drop)
-        .map_err(|e| super::attach::with_sources(&e))
+        .ok_or_else(|| UProbeError::Missing(name.to_string()))?;
+    let p: &mut UProbe = program.try_into()?;
+    p.attach(symbol, path, UProbeScope::AllProcesses)?;
+    Ok(())
 }
 
 /// The thread that attaches the libraries new processes map.
@@ -393,7 +410,7 @@ mod tests {
             path: path.into(),
             key: (8, 1, ino),
         };
-        let refused = || Err("symbol not found".to_owned());
+        let refused = || Err(UProbeError::Attach("symbol not found".to_owned()));
         let coverage = Coverage::from_selection(
             vec![
                 (lib("/usr/lib/libssl.so.3", 7), "ssl_write", Ok(())),
