@@ -22,7 +22,11 @@ const OTHER: &str = "0af7651916cd43dd8448eb211c80319c";
 /// it; prints the client's local port. Debian's Python: its `_ssl` links the system libssl.
 const PYTHON_CLIENT: &str = r#"
 import http.client, socket, ssl, struct, sys, threading
+import time
 cert, key, trace = sys.argv[1], sys.argv[2], sys.argv[3]
+# With libssl mapped (the ssl module), wait before the request when asked: an agent that
+# attaches per process (--tls-processes) sees this one at its next scan.
+time.sleep(float(sys.argv[4]) if len(sys.argv) > 4 else 0)
 server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 server_ctx.load_cert_chain(cert, key)
 listener = socket.socket()
@@ -165,6 +169,77 @@ fn curl_to_nginx_over_tls() {
     probe.stop();
     assert_eq!(record["trace_id"], OTHER, "{record:#}");
     assert_eq!(record["parent_span_id"], PARENT);
+}
+
+/// `--tls-processes python3*`: the uprobes are attached for each Python process alone (Debian's
+/// `python3.11`), from the watcher's scan after it maps libssl; curl's requests (the same
+/// libssl file, not listed) are not read.
+#[test]
+fn only_the_listed_processes_are_read() {
+    if !require_root("ssl_write::only_the_listed_processes_are_read") {
+        return;
+    }
+    let (dir, cert, key) = server_certificates("ssl-write-scoped");
+    let nginx = Nginx::start(&dir.0, &cert, &key);
+    let mut probe = Probe::start(&["--tls-processes", "python3*"]);
+    if !tls_hook(&probe) {
+        return;
+    }
+    let out = Command::new("curl")
+        .args(["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{local_port}"])
+        .args(["-H", &format!("traceparent: 00-{OTHER}-{PARENT}-01")])
+        .arg(format!("https://127.0.0.1:{}/checkout", nginx.port))
+        .output()
+        .expect("curl");
+    assert_eq!(out.status.code(), Some(56), "curl's exit");
+    let curl_port: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // Two scans of the watcher (every 2 s) fit in the client's wait; the status names it
+    // while it waits.
+    let python = Command::new("/usr/bin/python3")
+        .args(["-c", PYTHON_CLIENT])
+        .arg(&cert)
+        .arg(&key)
+        .args([TRACE, "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("Debian's python3");
+    let pid = i64::from(python.id());
+    let mut covered = Vec::new();
+    for _ in 0..60 {
+        let status: Value =
+            serde_json::from_str(&http_get(probe.http_addr(), "/health/status").2).unwrap();
+        covered = status["tls_libraries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if covered.iter().any(|l| l["pid"] == pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = python.wait_with_output().expect("the Python client");
+    assert!(out.status.success(), "the Python TLS client failed");
+    let traced: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let record = probe.reset_at("received", traced, "the Python client's reset");
+    let curl = probe.reset_at("received", curl_port, "curl's reset");
+    probe.stop();
+    assert!(
+        covered.iter().any(|l| l["pid"] == pid
+            && l["programs"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("ssl_write")))),
+        "the Python client's libssl, for it alone: {covered:#?}"
+    );
+    assert!(
+        covered
+            .iter()
+            .all(|l| l["pid"].as_i64().is_some_and(|p| p > 0)),
+        "every attach is for one process: {covered:#?}"
+    );
+    assert_eq!(record["trace_id"], TRACE, "{record:#}");
+    assert_eq!(record["trace_tie"], "connection");
+    assert_eq!(curl.get("trace_id"), None, "curl is not listed: {curl:#}");
 }
 
 /// nginx on a free loopback port with TLS, closing every request with a reset.

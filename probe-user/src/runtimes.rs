@@ -14,6 +14,15 @@ pub struct RuntimePattern {
 }
 
 impl RuntimePattern {
+    /// Whether an executable's name matches: exactly, or as a prefix.
+    pub fn matches(&self, name: &str) -> bool {
+        if self.prefix {
+            name.starts_with(&self.name)
+        } else {
+            name == self.name
+        }
+    }
+
     /// The LPM trie key: bit length and bytes. An exact name includes its NUL terminator so
     /// that `spin` does not match `spinner`.
     pub fn key(&self) -> (u32, [u8; EXE_NAME_LEN]) {
@@ -25,6 +34,13 @@ impl RuntimePattern {
             self.name.len() + 1
         };
         ((bytes * 8) as u32, data)
+    }
+}
+
+impl std::fmt::Display for RuntimePattern {
+    /// As written in the flag: `name`, or `name*` for a prefix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.name, if self.prefix { "*" } else { "" })
     }
 }
 
@@ -89,6 +105,8 @@ mod tests {
         assert!(parse_runtimes("/usr/bin/wasmtime").is_err());
         assert!(parse_runtimes("a-name-that-is-far-too-long-for-the-key").is_err());
         assert!(parse_runtimes("*").is_err());
+        assert!(p[1].matches("wasmtime") && !p[1].matches("wasmtime2"));
+        assert!(p[5].matches("containerd-shim-wasmedge-v1") && !p[5].matches("containerd"));
         assert_eq!(parse_runtimes("").unwrap(), vec![]);
     }
 }

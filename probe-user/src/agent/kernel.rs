@@ -133,6 +133,7 @@ fn loader_config(cli: &Cli) -> LoaderConfig {
         capture_bytes: cli.capture_bytes,
         wasm_runtimes: cli.wasm_runtimes.0.clone(),
         http_trace_context: cli.http_trace_context,
+        tls_scope: cli.tls_processes.0.clone(),
         avoid_hooks: cli.avoid_hooks.clone(),
         hook_pins: cli.hooks.clone(),
         verbose_verifier: cli.verifier_log == VerifierLog::Verbose,

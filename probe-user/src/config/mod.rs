@@ -308,6 +308,14 @@ pub struct Cli {
           action = clap::ArgAction::Set)]
     pub http_trace_context: bool,
 
+    /// Processes whose OpenSSL calls are read for the `traceparent` of HTTPS requests (uprobes
+    /// on their libssl: a trap per `SSL_write`/`SSL_read`): executable names, or prefixes
+    /// ending in `*`, comma-separated; `*` alone: every process of the node. A listed process
+    /// is covered from the scan after it maps libssl (within ~2 s of its start).
+    #[arg(value_name = "LIST", long, env = "PROBE_TLS_PROCESSES", default_value = "*",
+          value_parser = parse_tls_processes)]
+    pub tls_processes: TlsProcesses,
+
     /// Kinds of hook not to use, comma-separated: `fentry`, `fexit`, `kprobe`, `kretprobe`,
     /// `raw-tp`, `tracepoint`, `preempt-count`; each capability takes its next candidate (for a
     /// kernel whose trampolines or kprobes misbehave; `--check-kernel` shows the result).
@@ -421,11 +429,39 @@ pub struct Runtimes(pub Vec<crate::runtimes::RuntimePattern>);
 impl Runtimes {
     /// As written: `name` or `prefix*`.
     pub fn names(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .map(|p| format!("{}{}", p.name, if p.prefix { "*" } else { "" }))
-            .collect()
+        self.0.iter().map(ToString::to_string).collect()
     }
+}
+
+/// `--tls-processes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsProcesses(pub crate::loader::libssl::Scope);
+
+impl TlsProcesses {
+    /// As the flag is written.
+    pub fn names(&self) -> String {
+        use crate::loader::libssl::Scope;
+        match &self.0 {
+            Scope::All => "*".to_owned(),
+            Scope::Processes(p) => p
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+fn parse_tls_processes(s: &str) -> Result<TlsProcesses, values::ValueError> {
+    use crate::loader::libssl::Scope;
+    if s.trim() == "*" {
+        return Ok(TlsProcesses(Scope::All));
+    }
+    let patterns = crate::runtimes::parse_runtimes(s)?;
+    if patterns.is_empty() {
+        return Err(values::ValueError::Empty("an executable name, or *"));
+    }
+    Ok(TlsProcesses(Scope::Processes(patterns)))
 }
 
 fn parse_runtime_list(s: &str) -> Result<Runtimes, values::ValueError> {
@@ -600,6 +636,7 @@ impl Cli {
             "config": self.config,
         });
         // Beyond what one `json!` expands within the recursion limit.
+        effective["tls-processes"] = json!(self.tls_processes.names());
         effective["fold-first"] = json!(self.fold_first);
         effective["read-delay"] = json!(humantime::format_duration(self.read_delay).to_string());
         effective["otlp-metrics-interval"] =

@@ -95,6 +95,20 @@ fn http_addr() {
 }
 
 #[test]
+fn tls_processes_are_every_process_or_named_ones() {
+    use crate::loader::libssl::Scope;
+    let parse = |v: &str| Cli::try_parse_from(["probe", "--tls-processes", v]).unwrap();
+    assert_eq!(
+        Cli::try_parse_from(["probe"]).unwrap().tls_processes.0,
+        Scope::All
+    );
+    assert_eq!(parse("*").tls_processes.0, Scope::All);
+    let named = parse("nginx,python3*").tls_processes;
+    assert_eq!(named.names(), "nginx,python3*");
+    assert!(matches!(named.0, Scope::Processes(p) if p.len() == 2));
+}
+
+#[test]
 fn rejects_bad_values_naming_the_flag() {
     for args in [
         &["probe", "--output", "xml"][..],
@@ -109,6 +123,9 @@ fn rejects_bad_values_naming_the_flag() {
         &["probe", "--capture-bytes", "5000"],
         &["probe", "--capture-bytes", "-1"],
         &["probe", "--wasm-runtimes", "/bin/wasmtime"],
+        &["probe", "--tls-processes", ","],
+        &["probe", "--tls-processes", "/usr/sbin/nginx"],
+        &["probe", "--tls-processes", "nginx,*"],
         &["probe", "--conntrack", "maybe"],
         &["probe", "--otlp-protocol", "http/json"],
         &["probe", "--otlp-timeout", "0"],

@@ -46,6 +46,8 @@ pub enum ValueError {
     Runtimes(#[from] crate::runtimes::RuntimePatternError),
     #[error(transparent)]
     Hook(#[from] crate::loader::hooks::PinError),
+    #[error("empty: expected {0}")]
+    Empty(&'static str),
 }
 
 /// `--otlp-endpoint`: an `http://` or `https://` URL. Shown without userinfo and query.

@@ -37,12 +37,10 @@ pub(super) struct AyaKernel<'a> {
     pub(super) links: HashMap<&'static str, LinkId>,
     /// The node's libssl files, found at the first uprobe's attach.
     pub(super) libssl: Option<libssl::Start>,
+    /// `--tls-processes`.
+    pub(super) tls_scope: &'a libssl::Scope,
     /// What each uprobe's attach to each library gave (library, program, result).
-    pub(super) uprobes: Vec<(
-        libssl::Library,
-        &'static str,
-        Result<(), libssl::UProbeError>,
-    )>,
+    pub(super) uprobes: Vec<libssl::LibraryAttach>,
 }
 
 /// The link of an attached program, by program type.
@@ -157,12 +155,12 @@ impl AyaKernel<'_> {
     ) -> Result<(), HookError> {
         let libs = self
             .libssl
-            .get_or_insert_with(libssl::at_start)
+            .get_or_insert_with(|| libssl::at_start(self.tls_scope))
             .libraries
             .clone();
         let mut reasons = Vec::new();
         for lib in libs {
-            let result = libssl::attach_one(self.ebpf, name, symbol, &lib.path);
+            let result = libssl::attach_one(self.ebpf, name, symbol, &lib);
             if let Err(e) = &result {
                 reasons.push(format!("{}: {e}", lib.path.display()));
             }

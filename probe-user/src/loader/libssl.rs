@@ -18,13 +18,16 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{ProgramError, UProbe, uprobe::UProbeScope},
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
 };
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::status::Snapshot;
+use crate::{runtimes::RuntimePattern, status::Snapshot};
 
 /// How often new processes' mappings are looked at.
 const SCAN_EVERY: Duration = Duration::from_secs(2);
@@ -46,8 +49,47 @@ const LIBRARY_DIRS: [&str; 7] = [
 /// A file's identity: device major, minor and inode (as `/proc/PID/maps` gives them).
 type FileKey = (u32, u32, u64);
 
-/// A uprobe program and whether it attached to a library (Err: why not).
-type ProgramResult = (&'static str, Result<(), UProbeError>);
+/// A uprobe program and whether it attached to a library (Err: why not); the link of an
+/// attach to one process (kept to detach it when the process exits).
+pub type ProgramResult = (&'static str, Result<Option<UProbeLinkId>, UProbeError>);
+
+/// One uprobe program's attach to one library at the hook selection.
+pub type LibraryAttach = (
+    Library,
+    &'static str,
+    Result<Option<UProbeLinkId>, UProbeError>,
+);
+
+/// Which processes' OpenSSL calls the uprobes see (`--tls-processes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process of the node: each libssl file attached once, for all that map it.
+    All,
+    /// Processes whose executable's name matches: each attached on its own (the breakpoints
+    /// are only in those processes), from the watcher's first scan after it maps libssl.
+    Processes(Vec<RuntimePattern>),
+}
+
+impl Scope {
+    /// Whether process `pid` is in scope (its executable's name, else its `comm`).
+    fn selects(&self, pid: i32) -> bool {
+        let Self::Processes(patterns) = self else {
+            return true;
+        };
+        let name = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .or_else(|| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+            .unwrap_or_default();
+        let name = name.trim_end().trim_end_matches(" (deleted)");
+        patterns.iter().any(|p| p.matches(name))
+    }
+
+    /// Whether processes are attached one by one.
+    fn per_process(&self) -> bool {
+        matches!(self, Self::Processes(_))
+    }
+}
 
 /// Why uprobes did not attach to a library.
 #[derive(Debug, Error)]
@@ -57,6 +99,8 @@ pub enum UProbeError {
     /// A program's attach failed (the error and its causes, one line).
     #[error("{0}")]
     Attach(String),
+    #[error("process id {0} is not one")]
+    Pid(i32),
     /// None of the programs attached: each one's reason.
     #[error("{0}")]
     NoneAttached(String),
@@ -80,7 +124,19 @@ pub struct Library {
     /// The path the agent opens (through `/proc/PID/root` for a process's view).
     pub path: PathBuf,
     pub key: FileKey,
+    /// The one process it is attached for (`Scope::Processes`); None: every process.
+    pub pid: Option<i32>,
 }
+
+impl Library {
+    /// What is attached once: the file, for one process or all.
+    fn attach_key(&self) -> AttachKey {
+        (self.key, self.pid)
+    }
+}
+
+/// A file's attach: for one process, or every process.
+type AttachKey = (FileKey, Option<i32>);
 
 /// The node's libssl files in its library directories, seen through `/proc/1/root` (the
 /// node's root when the agent shares its PID namespace) and the agent's own root (symlinks to
@@ -110,15 +166,20 @@ pub fn node_libraries() -> Vec<Library> {
             let dev = meta.dev();
             let key = (libc::major(dev), libc::minor(dev), meta.ino());
             if !out.iter().any(|l| l.key == key) {
-                out.push(Library { path, key });
+                out.push(Library {
+                    path,
+                    key,
+                    pid: None,
+                });
             }
         }
     }
     out
 }
 
-/// The libssl files process `pid` maps, as seen through its root.
-pub fn mapped_libraries(pid: i32) -> Vec<Library> {
+/// The libssl files process `pid` maps, as seen through its root (attached for it alone when
+/// `own`).
+pub fn mapped_libraries(pid: i32, own: bool) -> Vec<Library> {
     let Ok(maps) = procfs::process::Process::new(pid).and_then(|p| p.maps()) else {
         return Vec::new();
     };
@@ -142,6 +203,7 @@ pub fn mapped_libraries(pid: i32) -> Vec<Library> {
         out.push(Library {
             path: Path::new(&format!("/proc/{pid}/root")).join(inside),
             key,
+            pid: own.then_some(pid),
         });
     }
     out
@@ -151,6 +213,9 @@ pub fn mapped_libraries(pid: i32) -> Vec<Library> {
 #[derive(Debug, Clone, Serialize)]
 struct Covered {
     path: String,
+    /// The one process it is attached for (`--tls-processes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
     /// The uprobe programs attached to it.
     programs: Vec<&'static str>,
     /// Why a program did not attach (e.g. an OpenSSL without `SSL_write_ex`).
@@ -161,7 +226,9 @@ struct Covered {
 /// The libraries attached so far (`tls_libraries` in the status document; `--check-kernel`).
 #[derive(Debug, Default)]
 pub struct Coverage {
-    seen: Mutex<(HashSet<FileKey>, Vec<Covered>)>,
+    seen: Mutex<(HashSet<AttachKey>, Vec<Covered>)>,
+    /// The links of the attaches to one process, by process (detached when it exits).
+    links: Mutex<HashMap<i32, Vec<(&'static str, UProbeLinkId)>>>,
     /// The processes the start read, until the watcher takes them.
     started: Mutex<HashSet<i32>>,
 }
@@ -177,23 +244,23 @@ impl Coverage {
     /// The coverage the hook selection made: each library's results (library, program,
     /// result) grouped.
     /// `started`: the processes whose mappings the start read (the watcher skips them).
-    pub fn from_selection(
-        uprobes: Vec<(Library, &'static str, Result<(), UProbeError>)>,
-        started: HashSet<i32>,
-    ) -> Self {
+    pub fn from_selection(uprobes: Vec<LibraryAttach>, started: HashSet<i32>) -> Self {
         let coverage = Self {
             started: Mutex::new(started),
             ..Self::default()
         };
         let mut libs: Vec<(Library, Vec<ProgramResult>)> = Vec::new();
         for (lib, program, result) in uprobes {
-            match libs.iter_mut().find(|(l, _)| l.key == lib.key) {
+            match libs
+                .iter_mut()
+                .find(|(l, _)| l.attach_key() == lib.attach_key())
+            {
                 Some((_, results)) => results.push((program, result)),
                 None => libs.push((lib, vec![(program, result)])),
             }
         }
         for (lib, results) in libs {
-            let _ = coverage.record(&lib, &results);
+            let _ = coverage.record(&lib, results);
         }
         coverage
     }
@@ -204,7 +271,7 @@ impl Coverage {
     }
 
     /// Whether `key` is new (and now taken).
-    fn claim(&self, key: FileKey) -> bool {
+    fn claim(&self, key: AttachKey) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.0.insert(key)
     }
@@ -214,10 +281,16 @@ impl Coverage {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.1
             .iter()
-            .map(|c| match (&c.error, c.programs.is_empty()) {
-                (None, _) => format!("{} ({})", c.path, c.programs.join(", ")),
-                (Some(e), true) => format!("{} (not attached: {e})", c.path),
-                (Some(e), false) => format!("{} ({}; {e})", c.path, c.programs.join(", ")),
+            .map(|c| {
+                let path = match c.pid {
+                    Some(pid) => format!("{} (process {pid})", c.path),
+                    None => c.path.clone(),
+                };
+                match (&c.error, c.programs.is_empty()) {
+                    (None, _) => format!("{path} ({})", c.programs.join(", ")),
+                    (Some(e), true) => format!("{path} (not attached: {e})"),
+                    (Some(e), false) => format!("{path} ({}; {e})", c.programs.join(", ")),
+                }
             })
             .collect()
     }
@@ -230,34 +303,71 @@ impl Coverage {
         programs: &[(&'static str, &'static str)],
         lib: &Library,
     ) -> Result<(), UProbeError> {
-        if !self.claim(lib.key) {
+        if !self.claim(lib.attach_key()) {
             return Ok(());
         }
         let results: Vec<_> = programs
             .iter()
-            .map(|&(name, symbol)| (name, attach_one(ebpf, name, symbol, &lib.path)))
+            .map(|&(name, symbol)| (name, attach_one(ebpf, name, symbol, lib)))
             .collect();
-        self.record(lib, &results)
+        self.record(lib, results)
+    }
+
+    /// Detaches the uprobes of the processes not in `live` (they exited).
+    fn detach_exited(&self, ebpf: &mut Ebpf, live: &HashSet<i32>) {
+        let gone: Vec<(i32, Vec<(&'static str, UProbeLinkId)>)> = {
+            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            let pids: Vec<i32> = links
+                .keys()
+                .filter(|p| !live.contains(p))
+                .copied()
+                .collect();
+            pids.into_iter()
+                .filter_map(|p| Some((p, links.remove(&p)?)))
+                .collect()
+        };
+        for (pid, links) in gone {
+            for (name, link) in links {
+                let detached = ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut UProbe>::try_from(p).ok())
+                    .map(|p| p.detach(link));
+                if let Some(Err(e)) = detached {
+                    warn!(pid, program = name, "detaching a TLS uprobe: {e}");
+                }
+            }
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.0.retain(|(_, p)| *p != Some(pid));
+            seen.1.retain(|c| c.pid != Some(pid));
+        }
     }
 
     /// Shows what attaching `lib` gave (symbol, result): Err with the reasons when nothing
     /// attached.
-    pub fn record(&self, lib: &Library, results: &[ProgramResult]) -> Result<(), UProbeError> {
-        let programs: Vec<&'static str> = results
-            .iter()
-            .filter(|(_, r)| r.is_ok())
-            .map(|(s, _)| *s)
-            .collect();
-        let errors: Vec<String> = results
-            .iter()
-            .filter_map(|(s, r)| r.as_ref().err().map(|e| format!("{s}: {e}")))
-            .collect();
+    pub fn record(&self, lib: &Library, results: Vec<ProgramResult>) -> Result<(), UProbeError> {
+        let mut programs: Vec<&'static str> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        let mut links = Vec::new();
+        for (name, result) in results {
+            match result {
+                Ok(link) => {
+                    programs.push(name);
+                    links.extend(link.map(|l| (name, l)));
+                }
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+        if let (Some(pid), false) = (lib.pid, links.is_empty()) {
+            let mut all = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(pid).or_default().extend(links);
+        }
         let attached = !programs.is_empty();
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.0.insert(lib.key);
+        seen.0.insert(lib.attach_key());
         seen.1.push(Covered {
             path: lib.path.display().to_string(),
+            pid: lib.pid,
             programs,
             error: error.clone(),
         });
@@ -268,19 +378,32 @@ impl Coverage {
     }
 }
 
-/// Attaches program `name` (a loaded uprobe) to `symbol` in the library at `path`.
+/// Attaches program `name` (a loaded uprobe) to `symbol` in `lib` (for its one process, whose
+/// link is returned, or for all).
 pub(super) fn attach_one(
     ebpf: &mut Ebpf,
     name: &str,
     symbol: &str,
-    path: &Path,
-) -> Result<(), UProbeError> {
+    lib: &Library,
+) -> Result<Option<UProbeLinkId>, UProbeError> {
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| UProbeError::Missing(name.to_string()))?;
     let p: &mut UProbe = program.try_into()?;
-    p.attach(symbol, path, UProbeScope::AllProcesses)?;
-    Ok(())
+    match lib.pid {
+        Some(pid) => {
+            let pid = u32::try_from(pid)
+                .ok()
+                .and_then(std::num::NonZeroU32::new)
+                .ok_or(UProbeError::Pid(pid))?;
+            let link = p.attach(symbol, &lib.path, UProbeScope::OneProcess(pid))?;
+            Ok(Some(link))
+        }
+        None => {
+            p.attach(symbol, &lib.path, UProbeScope::AllProcesses)?;
+            Ok(None)
+        }
+    }
 }
 
 /// The thread that attaches the libraries new processes map.
@@ -295,6 +418,7 @@ impl Watcher {
         ebpf: Arc<Mutex<Ebpf>>,
         programs: Vec<(&'static str, &'static str)>,
         coverage: Arc<Coverage>,
+        scope: Scope,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -308,8 +432,12 @@ impl Watcher {
                     .map(|p| (p, 0))
                     .collect();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SCAN_EVERY) {
-                    for lib in scan(&mut young) {
-                        let mut ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
+                    let (libs, live) = scan(&mut young, &scope);
+                    let mut ebpf = ebpf.lock().unwrap_or_else(|e| e.into_inner());
+                    if scope.per_process() {
+                        coverage.detach_exited(&mut ebpf, &live);
+                    }
+                    for lib in libs {
                         match coverage.attach(&mut ebpf, &programs, &lib) {
                             Ok(()) => {}
                             Err(e) => warn!(library = %lib.path.display(), "TLS uprobes: {e}"),
@@ -333,10 +461,11 @@ impl Watcher {
     }
 }
 
-/// The libraries of processes that are new or young; `young` keeps each process's scans left.
-fn scan(young: &mut HashMap<i32, u8>) -> Vec<Library> {
+/// The libraries of processes that are new or young and in `scope`, and the processes that
+/// live; `young` keeps each process's scans left.
+fn scan(young: &mut HashMap<i32, u8>, scope: &Scope) -> (Vec<Library>, HashSet<i32>) {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return (Vec::new(), HashSet::new());
     };
     let pids: HashSet<i32> = dir
         .flatten()
@@ -353,10 +482,13 @@ fn scan(young: &mut HashMap<i32, u8>) -> Vec<Library> {
             continue;
         }
         *scans -= 1;
+        if !scope.selects(*pid) {
+            continue;
+        }
         read += 1;
-        out.extend(mapped_libraries(*pid));
+        out.extend(mapped_libraries(*pid, scope.per_process()));
     }
-    out
+    (out, pids)
 }
 
 /// What the start found: the node's libssl files and the processes whose mappings it read.
@@ -366,10 +498,14 @@ pub struct Start {
     pub pids: HashSet<i32>,
 }
 
-/// Every libssl the node has now: its library directories and what every process maps.
-pub fn at_start() -> Start {
+/// Every libssl the node has now: its library directories and what every process maps; in
+/// `Scope::Processes`, what each process in scope maps, for it alone.
+pub fn at_start(scope: &Scope) -> Start {
     let mut start = Start {
-        libraries: node_libraries(),
+        libraries: match scope {
+            Scope::All => node_libraries(),
+            Scope::Processes(_) => Vec::new(),
+        },
         pids: HashSet::new(),
     };
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -378,8 +514,15 @@ pub fn at_start() -> Start {
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         {
             start.pids.insert(pid);
-            for lib in mapped_libraries(pid) {
-                if !start.libraries.iter().any(|l| l.key == lib.key) {
+            if !scope.selects(pid) {
+                continue;
+            }
+            for lib in mapped_libraries(pid, scope.per_process()) {
+                if !start
+                    .libraries
+                    .iter()
+                    .any(|l| l.attach_key() == lib.attach_key())
+                {
                     start.libraries.push(lib);
                 }
             }
@@ -409,17 +552,18 @@ mod tests {
         let lib = |path: &str, ino| Library {
             path: path.into(),
             key: (8, 1, ino),
+            pid: None,
         };
         let refused = || Err(UProbeError::Attach("symbol not found".to_owned()));
         let coverage = Coverage::from_selection(
             vec![
-                (lib("/usr/lib/libssl.so.3", 7), "ssl_write", Ok(())),
+                (lib("/usr/lib/libssl.so.3", 7), "ssl_write", Ok(None)),
                 (
                     lib("/proc/9/root/usr/lib/libssl.so.1.1", 8),
                     "ssl_write",
-                    Ok(()),
+                    Ok(None),
                 ),
-                (lib("/usr/lib/libssl.so.3", 7), "ssl_write_ex", Ok(())),
+                (lib("/usr/lib/libssl.so.3", 7), "ssl_write_ex", Ok(None)),
                 (
                     lib("/proc/9/root/usr/lib/libssl.so.1.1", 8),
                     "ssl_write_ex",
@@ -440,8 +584,10 @@ mod tests {
             ]
         );
         // Seen files are not attached again (the watcher's scans find them over and over).
-        assert!(!coverage.claim((8, 1, 7)));
-        assert!(coverage.claim((8, 1, 10)));
+        assert!(!coverage.claim(((8, 1, 7), None)));
+        assert!(coverage.claim(((8, 1, 10), None)));
+        // The same file for one process (`--tls-processes`) is an attach of its own.
+        assert!(coverage.claim(((8, 1, 7), Some(9))));
         let snapshot = coverage.snapshot();
         assert_eq!(
             snapshot[0]["programs"],
@@ -449,6 +595,22 @@ mod tests {
         );
         assert_eq!(snapshot[2]["programs"], serde_json::json!([]));
         assert_eq!(snapshot[2]["error"], "ssl_write: symbol not found");
+    }
+
+    /// `--tls-processes`: a process is in scope by its executable's name (this test's own:
+    /// the test binary, `probe-<hash>`).
+    #[test]
+    fn a_scope_selects_processes_by_executable_name() {
+        let me = std::process::id() as i32;
+        let scope = |list: &str| Scope::Processes(crate::runtimes::parse_runtimes(list).unwrap());
+        assert!(Scope::All.selects(me));
+        assert!(scope("nginx,probe*").selects(me));
+        assert!(!scope("nginx,probe").selects(me));
+        assert!(
+            !scope("nginx").selects(i32::MAX),
+            "a process that does not exist"
+        );
+        assert!(scope("x").per_process() && !Scope::All.per_process());
     }
 
     /// This test's own process maps no libssl; a process that does (the system's, when the

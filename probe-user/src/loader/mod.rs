@@ -94,6 +94,8 @@ pub struct LoaderConfig {
     pub wasm_runtimes: Vec<RuntimePattern>,
     /// Read HTTP/1.x request heads on the TCP send path (for their traceparent).
     pub http_trace_context: bool,
+    /// Whose OpenSSL calls the TLS uprobes see (`--tls-processes`).
+    pub tls_scope: libssl::Scope,
     /// `--avoid-hooks`.
     pub avoid_hooks: Vec<hooks::HookKind>,
     /// `--hooks`.
@@ -138,6 +140,8 @@ pub struct Probe {
     pub tables: SymbolTables,
     /// The libssl files the TLS uprobes cover (None: the capability has no hook).
     pub tls: Option<Arc<libssl::Coverage>>,
+    /// Whose OpenSSL calls they see.
+    tls_scope: libssl::Scope,
 }
 
 /// The tracepoint formats the loader reads: record layouts and field checks of the table.
@@ -271,6 +275,7 @@ impl Probe {
             capabilities: Vec::new(),
             tables,
             tls: None,
+            tls_scope: config.tls_scope.clone(),
         };
         if let Err(e) = probe.seed_softirq_state() {
             warn!("{e}; resets will name no task");
@@ -289,6 +294,7 @@ impl Probe {
             tried: Vec::new(),
             links: HashMap::new(),
             libssl: None,
+            tls_scope: &config.tls_scope,
             uprobes: Vec::new(),
         };
         let capabilities = hooks::select(CAPABILITIES, &switches, &mut kernel);
@@ -398,7 +404,12 @@ impl Probe {
     pub fn tls_watcher(&self) -> Option<libssl::Watcher> {
         let coverage = self.tls.clone()?;
         let programs = uprobe_programs(&self.capabilities);
-        libssl::Watcher::start(self.ebpf.clone(), programs, coverage)
+        libssl::Watcher::start(
+            self.ebpf.clone(),
+            programs,
+            coverage,
+            self.tls_scope.clone(),
+        )
             .map_err(|e| warn!("starting the TLS library watcher: {e}; libssl files that appear later are not covered"))
             .ok()
     }
