@@ -1,5 +1,7 @@
 //! HTTP/1.x request heads seen on the TCP send and receive paths, for the W3C `traceparent`
-//! they carry, and the end of a traced request a server answered.
+//! they carry, and the end of a traced request a server answered; the header-block frames of
+//! HTTP/2 connections in clear text (h2c), which the agent decodes with each connection's
+//! HPACK table.
 
 use core::mem::size_of;
 
@@ -27,7 +29,8 @@ pub struct HttpRequestEvent {
     pub side: u16,
     /// Valid bytes in `data`.
     pub len: u32,
-    pub _reserved: u32,
+    /// [`h2`] flags (HTTP/2 sides only; 0 otherwise).
+    pub flags: u32,
     pub data: [u8; HTTP_HEAD],
 }
 const _: () = assert!(size_of::<HttpRequestEvent>() == 56 + 48 + HTTP_HEAD);
@@ -39,8 +42,25 @@ pub mod side {
     /// A request the task received (the server's end).
     pub const RECEIVED: u16 = 1;
     /// The server's first send after a traced request it received on the socket: the request
-    /// was answered.
+    /// was answered. On an HTTP/2 connection: a send with a HEADERS frame (a response's start).
     pub const ANSWERED: u16 = 2;
+    /// The header-block frames (HEADERS, CONTINUATION) an HTTP/2 client sent in one send:
+    /// `data` is a window of the send from the first of them (a frame boundary), holding every
+    /// one of them whole, unless [`super::h2::LOST`].
+    pub const H2_SENT: u16 = 3;
+    /// The header-block frames an HTTP/2 server received in one read (as [`H2_SENT`]).
+    pub const H2_RECEIVED: u16 = 4;
+}
+
+/// How an HTTP/2 event stands in its connection's frames (`HttpRequestEvent::flags`).
+pub mod h2 {
+    /// Header blocks of the connection were not copied whole (a header-block frame past the
+    /// send, its first buffer or an event's room, more frames in a send than are followed): its
+    /// HPACK table is no longer known, and the kernel follows its frames no more (`data` empty).
+    pub const LOST: u32 = 1;
+    /// The connection's first window (an agent that has no table for it starts one here; one
+    /// that sees a later window of a connection it has no table for cannot).
+    pub const FIRST: u32 = 2;
 }
 
 /// Bytes of `struct iov_iter` the send hook reads in one go (its type, offset, count and buffer

@@ -35,6 +35,10 @@ pub const TLS_TRACED: u8 = 6;
 /// A TLS connection whose server read a traced request through TLS (`ssl_read.rs`) and has
 /// not answered it yet (its thread's first send on it answers, back to `TLS_PLAIN`).
 pub const TLS_SERVING: u8 = 7;
+/// HTTP/2 in clear text (`http2.rs`): a connection whose first send was the client's preface
+/// (`H2_CLIENT`), or whose first read was (`H2_SERVER`).
+pub const H2_CLIENT: u8 = 8;
+pub const H2_SERVER: u8 = 9;
 
 /// A TLS record of type handshake (22) and major version 3, as the first two bytes of a send,
 /// little-endian: how a TLS client's first send (its ClientHello) and a TLS server's start.
@@ -146,8 +150,9 @@ fn names_traceparent(data: &[u8; HTTP_HEAD + 16], at: usize) -> bool {
     lo | LOWER_8 == TP_LO && hi | LOWER_4 == TP_HI
 }
 
-/// The user buffer and byte count of a send or receive (single-buffer and iovec ones;
-/// `iter_iovec` is the type byte of an iovec one in that direction). The `iov_iter`
+/// The user buffer of a send or receive, the bytes readable there and the whole call's
+/// (single-buffer and iovec ones: the first iovec's; `iter_iovec` is the type byte of an iovec
+/// one in that direction). The `iov_iter`
 /// is read in one window into `window` (the loader checked its fields lie in it, the 8-byte
 /// ones aligned).
 #[inline(always)]
@@ -156,7 +161,7 @@ pub fn user_data(
     l: &SendLayout,
     iter_iovec: u32,
     window: &mut [u64; ITER_WINDOW / 8],
-) -> Option<(u64, u64)> {
+) -> Option<(u64, u64, u64)> {
     let iter = msg + u64::from(l.msg_iter);
     // SAFETY: the window's ITER_WINDOW bytes, any of whose values is a valid u64.
     let bytes =
@@ -170,12 +175,12 @@ pub fn user_data(
     let count = word(l.count)?;
     let ptr = word(l.iter_ptr)?;
     if iter_type == l.iter_ubuf {
-        Some((ptr + offset, count))
+        Some((ptr + offset, count, count))
     } else if iter_type == iter_iovec {
         // The first iovec: { iov_base, iov_len } (uapi layout), in one read.
         let [base, len]: [u64; 2] = read_kernel(ptr, 0)?;
         let len = if len > offset { len - offset } else { 0 };
-        Some((base + offset, if len < count { len } else { count }))
+        Some((base + offset, if len < count { len } else { count }, count))
     } else {
         None
     }
@@ -184,6 +189,31 @@ pub fn user_data(
 /// An `http_request` event of `sk`: the head in `head` (`None`: no data, an answer).
 #[inline(always)]
 pub fn emit(sk: u64, head: Option<&Head>, l: &SendLayout, side: u16) {
+    emit_with(sk, l, side, 0, |data| {
+        let Some(head) = head else {
+            return 0;
+        };
+        let n = head.len();
+        let Some(dst) = data.get_mut(..n) else {
+            return 0;
+        };
+        // SAFETY: bpf_probe_read_kernel_buf validates the address.
+        match unsafe { bpf_probe_read_kernel_buf(head.data.as_ptr(), dst) } {
+            Ok(()) => n as u32,
+            Err(_) => 0,
+        }
+    });
+}
+
+/// An `http_request` event of `sk` whose `data` `fill` writes (returning its length).
+#[inline(always)]
+pub fn emit_with(
+    sk: u64,
+    l: &SendLayout,
+    side: u16,
+    flags: u32,
+    fill: impl FnOnce(&mut [u8; HTTP_HEAD]) -> u32,
+) {
     let Some(mut entry) = EVENTS.reserve::<HttpRequestEvent>(0) else {
         count_loss(kind::HTTP_REQUEST);
         return;
@@ -214,16 +244,7 @@ pub fn emit(sk: u64, head: Option<&Head>, l: &SendLayout, side: u16) {
     }
     // SAFETY: `ev` points at a reserved event; every field is written before submit.
     unsafe {
-        let mut len = 0u32;
-        if let Some(head) = head {
-            let n = head.len();
-            len = n as u32;
-            if let Some(dst) = (*ev).data.get_mut(..n)
-                && bpf_probe_read_kernel_buf(head.data.as_ptr(), dst).is_err()
-            {
-                len = 0;
-            }
-        }
+        let len = fill(&mut (*ev).data);
         (*ev).header = header;
         (*ev).saddr = saddr;
         (*ev).daddr = daddr;
@@ -232,7 +253,7 @@ pub fn emit(sk: u64, head: Option<&Head>, l: &SendLayout, side: u16) {
         (*ev).family = fam;
         (*ev).side = side;
         (*ev).len = len;
-        (*ev)._reserved = 0;
+        (*ev).flags = flags;
     }
     entry.submit(wakeup_flags());
 }

@@ -6,6 +6,7 @@
 mod common;
 mod do_writev;
 mod http;
+mod http2;
 mod kfree_skb;
 mod ksys_write;
 mod sched_process_exec;

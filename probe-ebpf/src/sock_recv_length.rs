@@ -31,9 +31,10 @@ use probe_common::{ABSENT, HTTP_HEAD, ITER_WINDOW, RecvLayout, SendLayout, famil
 use crate::{
     common::{clamp_len, read_kernel},
     http::{
-        ANSWERED, HTTP_SOCKETS, METHODS, PROXY, RECV_HEAD, SEND_LAYOUT, SERVING, TLS_HANDSHAKE,
-        TLS_PLAIN, emit, has_traceparent, user_data,
+        ANSWERED, H2_CLIENT, H2_SERVER, HTTP_SOCKETS, METHODS, PROXY, RECV_HEAD, SEND_LAYOUT,
+        SERVING, TLS_HANDSHAKE, TLS_PLAIN, emit, has_traceparent, user_data,
     },
+    http2,
     ssl_read::TLS_READ_SOCKETS,
 };
 
@@ -76,7 +77,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     let flags = ctx.arg::<u64>(2) as i32;
-    if ret >= 16 && flags & MSG_PEEK == 0 {
+    if ret > 0 && flags & MSG_PEEK == 0 {
         after_read(sk, ret as u64);
     }
     0
@@ -128,7 +129,7 @@ fn after_read(sk: u64, ret: u64) {
         // io_uring, a kernel reader: no user buffer in the registers.
         return;
     };
-    on_received(sk, state, buf, if len < ret { len } else { ret }, &s);
+    on_received(sk, state, buf, if len < ret { len } else { ret }, ret, &s);
 }
 
 /// The first `{ iov_base, iov_len }` of a user iovec array.
@@ -142,13 +143,23 @@ fn first_iovec(iov: u64) -> Option<(u64, u64)> {
 /// Whether a read of `sk` is looked at: `Some(state)` for a request connection's (its map
 /// value, a server's end) or a connection's first read (null: not in the map); `None` for any
 /// other, and for the client's end of a request connection. `done` is what this read took
-/// already (0 at a function's entry).
+/// already (0 at a function's entry, where a read of any size is looked at). A read of fewer
+/// than 16 bytes is looked at only on an HTTP/2 server's connection (whose frames are followed
+/// through every read).
 #[inline(always)]
 fn look(sk: u64, r: &RecvLayout, done: u64) -> Option<*mut u8> {
+    let small = done != 0 && done < 16;
     if let Some(p) = HTTP_SOCKETS.get_ptr_mut(&sk) {
         // SAFETY: the socket's value in the map (an LRU may reuse it: one event too many or
         // too few at worst, never a fault).
         let v = unsafe { *p };
+        if v >= H2_CLIENT {
+            // HTTP/2: a server's reads carry the requests; a client's, nothing looked at.
+            return (v == H2_SERVER).then_some(p);
+        }
+        if small {
+            return None;
+        }
         if v >= TLS_PLAIN {
             // A TLS connection: its plaintext is read at `SSL_read`'s return (`ssl_read.rs`),
             // which needs the socket this thread reads.
@@ -156,6 +167,9 @@ fn look(sk: u64, r: &RecvLayout, done: u64) -> Option<*mut u8> {
             return None;
         }
         return (ANSWERED..=SERVING).contains(&v).then_some(p);
+    }
+    if small {
+        return None;
     }
     // Bytes the task read before: received, less those still unread, less this read's.
     let received: u64 = read_kernel(sk, r.bytes_received)?;
@@ -165,17 +179,14 @@ fn look(sk: u64, r: &RecvLayout, done: u64) -> Option<*mut u8> {
     (received == unread + done).then_some(core::ptr::null_mut())
 }
 
-/// A read of `count` bytes at `buf` on `sk` (`state`: as `look` gave it).
+/// A read of `total` bytes on `sk`, the first `count` at `buf` (`state`: as `look` gave it).
 #[inline(always)]
-fn on_received(sk: u64, state: *mut u8, buf: u64, count: u64, s: &SendLayout) {
-    if count < 16 {
+fn on_received(sk: u64, state: *mut u8, buf: u64, count: u64, total: u64, s: &SendLayout) {
+    // SAFETY: as in `look`.
+    let mut h2 = !state.is_null() && unsafe { *state } == H2_SERVER;
+    if !h2 && count < 16 {
         return;
     }
-    let Some(head) = RECV_HEAD.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the per-CPU scratch buffer is this program's alone while it runs.
-    let head = unsafe { &mut *head };
     let first = state.is_null();
     if first {
         // Most first reads are no request: 4 bytes tell.
@@ -183,7 +194,12 @@ fn on_received(sk: u64, state: *mut u8, buf: u64, count: u64, s: &SendLayout) {
         let Ok(word) = (unsafe { bpf_probe_read_user(buf as *const u32) }) else {
             return;
         };
-        if !METHODS.contains(&word) {
+        if word == http2::PREFACE {
+            // An HTTP/2 server's end: its frames are followed from here.
+            let _ = HTTP_SOCKETS.insert(&sk, &H2_SERVER, 0);
+            http2::start(sk);
+            h2 = true;
+        } else if !METHODS.contains(&word) {
             if word == PROXY {
                 // A proxy's line before the requests: the requests follow on this socket.
                 let _ = HTTP_SOCKETS.insert(&sk, &ANSWERED, 0);
@@ -195,6 +211,17 @@ fn on_received(sk: u64, state: *mut u8, buf: u64, count: u64, s: &SendLayout) {
             return;
         }
     }
+    if h2 {
+        if let Some(d) = http2::follow::<true>(sk, buf, count, total, side::H2_RECEIVED) {
+            http2::emit(sk, s, d);
+        }
+        return;
+    }
+    let Some(head) = RECV_HEAD.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch buffer is this program's alone while it runs.
+    let head = unsafe { &mut *head };
     let n = clamp_len(count, HTTP_HEAD as u64) as usize;
     let Some(dst) = head.data.get_mut(..n) else {
         return;
@@ -251,7 +278,7 @@ fn on_entry(sock: u64, msg: u64, flags: u64) {
         return;
     };
     let mut window = [0u64; ITER_WINDOW / 8];
-    let Some((buf, len)) = user_data(msg, &s, r.iter_iovec, &mut window) else {
+    let Some((buf, len, _)) = user_data(msg, &s, r.iter_iovec, &mut window) else {
         return;
     };
     let pending = Pending {
@@ -274,7 +301,7 @@ fn on_exit(ret: u64) {
     let p = unsafe { *p };
     let _ = RECV_PENDING.remove(&id);
     let ret = ret as i32;
-    if ret < 16 {
+    if ret <= 0 {
         return;
     }
     let (_, s) = layouts();
@@ -290,6 +317,7 @@ fn on_exit(ret: u64) {
         state,
         p.buf,
         if p.len < ret { p.len } else { ret },
+        ret,
         &s,
     );
 }

@@ -25,9 +25,11 @@ use probe_common::{ABSENT, HTTP_HEAD, SendLayout, side};
 use crate::{
     common::{clamp_len, read_kernel},
     http::{
-        ANSWERED, HEAD, HTTP_SOCKETS, METHODS, PLAIN, PROXY, SEND_LAYOUT, SERVING, TLS_HANDSHAKE,
-        TLS_PLAIN, TLS_SERVING, TLS_TRACED, TRACED, emit, has_traceparent, user_data,
+        ANSWERED, H2_CLIENT, HEAD, HTTP_SOCKETS, METHODS, PLAIN, PROXY, SEND_LAYOUT, SERVING,
+        TLS_HANDSHAKE, TLS_PLAIN, TLS_SERVING, TLS_TRACED, TRACED, emit, has_traceparent,
+        user_data,
     },
+    http2,
     ssl_write::TLS_HEADS,
 };
 
@@ -67,16 +69,19 @@ fn on_send(sk: u64, msg: u64) {
     // every path: 5.10's verifier rejects a read of a stack slot one path left unwritten).
     let mut state: *mut u8 = core::ptr::null_mut();
     let mut first_send = false;
+    let mut h2 = 0u8;
     match HTTP_SOCKETS.get_ptr_mut(&sk) {
         Some(p) => {
             // SAFETY: the socket's value in this program's map (an LRU may reuse it for
             // another socket at worst: one event too many or too few, never a fault).
             let v = unsafe { *p };
-            if v >= TLS_PLAIN {
+            if v >= H2_CLIENT {
+                // HTTP/2: its frames are followed below.
+                h2 = v;
+            } else if v >= TLS_PLAIN {
                 on_tls_send(sk, p, v, &l);
                 return;
-            }
-            if v >= ANSWERED {
+            } else if v >= ANSWERED {
                 // The server's end of a request connection: its first send after a traced
                 // request answers that request (nothing is read).
                 if v == SERVING {
@@ -85,8 +90,9 @@ fn on_send(sk: u64, msg: u64) {
                     emit(sk, None, &l, side::ANSWERED);
                 }
                 return;
+            } else {
+                state = p;
             }
-            state = p;
         }
         None => {
             if read_kernel::<u64>(sk, l.bytes_sent).is_some_and(|sent| sent != 0) {
@@ -100,10 +106,10 @@ fn on_send(sk: u64, msg: u64) {
     };
     // SAFETY: the per-CPU scratch buffer is this program's alone while it runs.
     let head = unsafe { &mut *head };
-    let Some((src, count)) = user_data(msg, &l, l.iter_iovec, &mut head.iter) else {
+    let Some((src, count, total)) = user_data(msg, &l, l.iter_iovec, &mut head.iter) else {
         return;
     };
-    if count < 16 {
+    if h2 == 0 && count < 16 {
         return;
     }
     if first_send {
@@ -112,7 +118,12 @@ fn on_send(sk: u64, msg: u64) {
         let Ok(first) = (unsafe { bpf_probe_read_user(src as *const u32) }) else {
             return;
         };
-        if !METHODS.contains(&first) {
+        if first == http2::PREFACE {
+            // An HTTP/2 client's connection: its frames are followed from here.
+            let _ = HTTP_SOCKETS.insert(&sk, &H2_CLIENT, 0);
+            http2::start(sk);
+            h2 = H2_CLIENT;
+        } else if !METHODS.contains(&first) {
             // A full map only forgets its oldest socket: its later requests go unread.
             if first == PROXY {
                 let _ = HTTP_SOCKETS.insert(&sk, &PLAIN, 0);
@@ -121,6 +132,19 @@ fn on_send(sk: u64, msg: u64) {
             }
             return;
         }
+    }
+    if h2 != 0 {
+        // A client's requests; a server's answers (two walks: each is simpler for the
+        // verifier than one that asks which it is at every frame; one event code).
+        let d = if h2 == H2_CLIENT {
+            http2::follow::<true>(sk, src, count, total, side::H2_SENT)
+        } else {
+            http2::follow::<false>(sk, src, count, total, side::H2_SENT)
+        };
+        if let Some(d) = d {
+            http2::emit(sk, &l, d);
+        }
+        return;
     }
     let n = clamp_len(count, HTTP_HEAD as u64) as usize;
     let Some(dst) = head.data.get_mut(..n) else {

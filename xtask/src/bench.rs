@@ -131,8 +131,8 @@ impl Drop for Runtime {
 
 /// What the benchmarks run besides the agent (a VM guest shares the host's, without network).
 pub fn install_tools() -> Result<()> {
-    apt_install(&["bpftool", "nginx-light", "wrk"])
-        .or_else(|_| apt_install(&["bpftool", "nginx", "wrk"]))
+    apt_install(&["bpftool", "nginx-light", "wrk", "nghttp2-client"])
+        .or_else(|_| apt_install(&["bpftool", "nginx", "wrk", "nghttp2-client"]))
 }
 
 /// Steady rates with JSON and with JSON plus OTLP (HTTP/protobuf to the test receiver), every
@@ -341,6 +341,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
     let nginx = bench_net::Nginx::start(&dir.join("nginx"))?;
     let http = loopback_http(bin, quick, bench_net::Scheme::Http)?;
     let https = loopback_http(bin, quick, bench_net::Scheme::Https)?;
+    let h2c = loopback_http(bin, quick, bench_net::Scheme::H2c)?;
     drop(nginx);
 
     // Reset storm.
@@ -497,6 +498,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         "kernel_programs": kernel_json,
         "http": http,
         "https": https,
+        "h2c": h2c,
         "reset_storm": { "seconds": storm.seconds, "generated": storm.generated,
                          "delivered": storm.delivered, "folded": storm.folded,
                          "summaries": storm.summaries,
@@ -581,8 +583,9 @@ fn loopback_http(bin: &Path, quick: bool, scheme: bench_net::Scheme) -> Result<s
     let http_notie_ratio = rps_ratio(&http_notie, &http_base);
     let traced_ratio = rps_ratio(&traced_probe, &traced_base);
     println!(
-        "\n== loopback {} (nginx, wrk -t2 -c32, {http_secs} s, {http_rounds} rounds)",
-        scheme.name()
+        "\n== loopback {} (nginx, {}, {http_secs} s, {http_rounds} rounds)",
+        scheme.name(),
+        scheme.tool()
     );
     println!(
         "{:<28} {:>14.0} {:>14.0}",

@@ -449,11 +449,13 @@ pub fn otlp_latency(bin: &Path, receiver: &Path, events: u32) -> Result<(f64, f6
 /// A `traceparent` header every request of a traced run carries.
 const TRACEPARENT: &str = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// Plaintext HTTP or HTTP over TLS (wrk and nginx on the system's OpenSSL).
+/// Plaintext HTTP or HTTP over TLS (wrk and nginx on the system's OpenSSL), or HTTP/2 in
+/// clear text (h2load and nginx's `http2` listener: prior knowledge, as gRPC in a cluster).
 #[derive(Debug, Clone, Copy)]
 pub enum Scheme {
     Http,
     Https,
+    H2c,
 }
 
 impl Scheme {
@@ -461,6 +463,15 @@ impl Scheme {
         match self {
             Self::Http => "HTTP",
             Self::Https => "HTTPS (TLS, OpenSSL)",
+            Self::H2c => "HTTP/2 cleartext (h2c)",
+        }
+    }
+
+    /// The load generator, as the report names it.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Self::Http | Self::Https => "wrk -t2 -c32",
+            Self::H2c => "h2load -t2 -c32 -m1",
         }
     }
 
@@ -468,28 +479,51 @@ impl Scheme {
         match self {
             Self::Http => "http://127.0.0.1:18080/",
             Self::Https => "https://127.0.0.1:18443/",
+            Self::H2c => "http://127.0.0.1:18082/",
         }
     }
 }
 
-/// Requests per second of wrk against a local nginx; `traced`: each request carries a
-/// `traceparent` (every request is then read on both ends and reaches the agent twice).
+/// Requests per second against a local nginx (wrk; h2load for h2c); `traced`: each request
+/// carries a `traceparent` (every request is then read on both ends and reaches the agent twice;
+/// over HTTP/2 every request's header block reaches the agent, traced or not).
 pub fn http_rps(seconds: u32, traced: bool, scheme: Scheme) -> Result<f64> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c32", &format!("-d{seconds}s")]);
+    let h2 = matches!(scheme, Scheme::H2c);
+    let mut cmd = if h2 {
+        let mut c = Command::new("h2load");
+        c.args(["-t2", "-c32", "-m1", "-D", &seconds.to_string()]);
+        c
+    } else {
+        let mut c = Command::new("wrk");
+        c.args(["-t2", "-c32", &format!("-d{seconds}s")]);
+        c
+    };
     if traced {
         cmd.args(["-H", TRACEPARENT]);
     }
-    let out = cmd.arg(scheme.url()).output().context("running wrk")?;
+    let out = cmd
+        .arg(scheme.url())
+        .output()
+        .context("running the load generator")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output: {text}"))
+    let rps = if h2 {
+        // "finished in 3.00s, 41234.56 req/s, 1.23MB/s"
+        text.lines()
+            .find_map(|l| l.strip_prefix("finished in "))
+            .and_then(|l| l.split(", ").nth(1))
+            .and_then(|v| v.strip_suffix(" req/s"))
+            .and_then(|v| v.trim().parse().ok())
+    } else {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    rps.with_context(|| format!("no requests per second in the output: {text}"))
 }
 
-/// A loopback nginx answering 200 "ok" on 18080 (HTTP) and 18443 (TLS, a self-signed
-/// certificate made with the openssl CLI), stopped when dropped.
+/// A loopback nginx answering 200 "ok" on 18080 (HTTP), 18443 (TLS, a self-signed
+/// certificate made with the openssl CLI) and 18082 (HTTP/2 in clear text), stopped when
+/// dropped.
 pub struct Nginx(Child);
 
 impl Nginx {
@@ -519,7 +553,8 @@ impl Nginx {
              http {{ access_log off;\n  client_body_temp_path {d}/tmp;\n\
                server {{ listen 127.0.0.1:18080; {ok} }}\n\
                server {{ listen 127.0.0.1:18443 ssl; ssl_certificate {d}/cert.pem;\
-             ssl_certificate_key {d}/key.pem; {ok} }} }}\n"
+             ssl_certificate_key {d}/key.pem; {ok} }}\n\
+               server {{ listen 127.0.0.1:18082 http2; {ok} }} }}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
         let child = Command::new("nginx")
@@ -531,7 +566,7 @@ impl Nginx {
             .spawn()
             .context("starting nginx")?;
         for _ in 0..100 {
-            if [18080, 18443]
+            if [18080, 18443, 18082]
                 .iter()
                 .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
             {
@@ -539,7 +574,7 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("nginx did not listen on 127.0.0.1:18080 and 18443")
+        bail!("nginx did not listen on 127.0.0.1:18080, 18443 and 18082")
     }
 }
 

@@ -1,5 +1,6 @@
 //! HTTP/1.x request heads captured on the TCP send and receive paths: the connection, the
-//! side and the W3C `traceparent`.
+//! side and the W3C `traceparent`; HTTP/2 header-block frames, as copied (decoded later with
+//! their connection's HPACK table: `enrich/http2`).
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -7,10 +8,13 @@ use super::*;
 pub(super) fn http_request(ev: &HttpRequestEvent) -> Result<HttpRequest, DecodeError> {
     let (fam, saddr, daddr) = socket_addresses(ev.family, &ev.saddr, &ev.daddr)?;
     let len = (ev.len as usize).min(ev.data.len());
-    let side = match ev.side {
-        side::SENT => HttpSide::Sent,
-        side::RECEIVED => HttpSide::Received,
-        side::ANSWERED => HttpSide::Answered,
+    let data = &ev.data[..len];
+    let (side, h2) = match ev.side {
+        side::SENT => (HttpSide::Sent, None),
+        side::RECEIVED => (HttpSide::Received, None),
+        side::ANSWERED => (HttpSide::Answered, None),
+        side::H2_SENT => (HttpSide::Sent, Some(h2_window(ev.flags, data))),
+        side::H2_RECEIVED => (HttpSide::Received, Some(h2_window(ev.flags, data))),
         other => return Err(DecodeError::HttpSide(other)),
     };
     Ok(HttpRequest {
@@ -20,7 +24,16 @@ pub(super) fn http_request(ev: &HttpRequestEvent) -> Result<HttpRequest, DecodeE
         sport: ev.sport,
         daddr,
         dport: ev.dport,
-        traceparent: traceparent(&ev.data[..len]),
+        traceparent: h2.is_none().then(|| traceparent(data)).flatten(),
+        h2,
+    })
+}
+
+fn h2_window(flags: u32, data: &[u8]) -> Box<H2Frame> {
+    Box::new(H2Frame {
+        data: data.to_vec(),
+        lost: flags & h2::LOST != 0,
+        first: flags & h2::FIRST != 0,
     })
 }
 
@@ -39,39 +52,44 @@ pub fn traceparent(head: &[u8]) -> Option<TraceParent> {
         if !line[..colon].eq_ignore_ascii_case(b"traceparent") {
             continue;
         }
-        let value = std::str::from_utf8(&line[colon + 1..]).ok()?.trim();
-        let parts: Vec<&str> = value.split('-').collect();
-        let [version, trace, span, flags] = parts[..] else {
-            return None;
-        };
-        let hex = |s: &str, n: usize| -> Option<Vec<u8>> {
-            if s.len() != 2 * n
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return None;
-            }
-            (0..n)
-                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-                .collect()
-        };
-        if version != "00" {
-            return None;
-        }
-        let trace_id: [u8; 16] = hex(trace, 16)?.try_into().ok()?;
-        let span_id: [u8; 8] = hex(span, 8)?.try_into().ok()?;
-        let flags = hex(flags, 1)?[0];
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        return Some(TraceParent {
-            trace_id,
-            span_id,
-            flags,
-        });
+        return traceparent_value(std::str::from_utf8(&line[colon + 1..]).ok()?.trim());
     }
     None
+}
+
+/// A `traceparent` header's value (version 00; an invalid value is no context, never a
+/// guess).
+pub fn traceparent_value(value: &str) -> Option<TraceParent> {
+    let parts: Vec<&str> = value.split('-').collect();
+    let [version, trace, span, flags] = parts[..] else {
+        return None;
+    };
+    let hex = |s: &str, n: usize| -> Option<Vec<u8>> {
+        if s.len() != 2 * n
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        (0..n)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+            .collect()
+    };
+    if version != "00" {
+        return None;
+    }
+    let trace_id: [u8; 16] = hex(trace, 16)?.try_into().ok()?;
+    let span_id: [u8; 8] = hex(span, 8)?.try_into().ok()?;
+    let flags = hex(flags, 1)?[0];
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(TraceParent {
+        trace_id,
+        span_id,
+        flags,
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use probe_common::{
     EventHeader, ExitEvent, HDR_CGROUP, HDR_NETNS, HDR_TASK, HttpRequestEvent, Kind,
     PacketDropEvent, REASON_NONE, SIG_DUMPABLE, SIG_HANDLER, SIG_RLIMIT, SIG_SENDER, SignalEvent,
     TcpResetEvent, WRITE_CHUNK, WRITE_TRUNCATED, WRITE_UNREADABLE, WriteEvent, WriteResultEvent,
-    direction, family, side,
+    direction, family, h2, side,
 };
 use thiserror::Error;
 
@@ -21,7 +21,7 @@ use crate::{
     loader::{btf::Btf, tracefs::Format},
     model::signals::{origin, si_code_name, signal_name},
     model::{
-        Body, CoreSignal, Direction, Family, Handler, HttpRequest, HttpSide, PacketDrop,
+        Body, CoreSignal, Direction, Family, H2Frame, Handler, HttpRequest, HttpSide, PacketDrop,
         ProcessExit, RlimitCore, TcpReset, TraceParent, WasmWrite, WasmWriteResult,
     },
 };
@@ -402,6 +402,7 @@ fn ipv4(raw: &[u8; 16]) -> IpAddr {
 }
 
 mod http;
+pub use self::http::traceparent_value;
 mod wasm;
 
 pub use self::wasm::fd_kind;

@@ -6,6 +6,7 @@ pub mod conntrack;
 pub mod core_signal;
 pub mod drops;
 pub mod folds;
+pub mod http2;
 pub mod k8s;
 pub mod own_traffic;
 mod recent;
@@ -71,6 +72,9 @@ pub struct StageConfig {
     pub http_requests: prometheus_client::metrics::counter::Counter,
     /// Records left out of any trace because their process served several requests then.
     pub trace_ties_ambiguous: prometheus_client::metrics::counter::Counter,
+    /// HTTP/2 header blocks decoded, and tables that became unknown.
+    pub http2_header_blocks: prometheus_client::metrics::counter::Counter,
+    pub http2_tables_lost: prometheus_client::metrics::counter::Counter,
     pub wasm_runtimes: Vec<String>,
     pub wasm_line_idle: std::time::Duration,
     /// The most bytes of one Wasm output record.
@@ -88,8 +92,8 @@ pub struct StageConfig {
     pub conntrack_flows: Option<(std::time::Duration, usize)>,
 }
 
-/// The event path in order: the agent's own traffic out first; request heads kept for the
-/// trace tie; Wasm chunks into lines (which also flushes a process's lines at its exit);
+/// The event path in order: the agent's own traffic out first; HTTP/2 header blocks decoded
+/// into requests; request heads kept for the trace tie; Wasm chunks into lines (which also flushes a process's lines at its exit);
 /// core signals joined with exits; drop totals into per-flow counts; folded resets into
 /// summaries; last, after the sinks,
 /// conntrack expiries joined with the resets and drops that followed into findings.
@@ -101,6 +105,11 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
             skipped: c.own_skipped,
         }));
     }
+    stages.push(Box::new(http2::Http2Headers::new(
+        http2::CONNECTIONS,
+        c.http2_header_blocks,
+        c.http2_tables_lost,
+    )));
     stages.push(Box::new(trace_context::TraceContexts::new(
         c.flows,
         c.http_requests,

@@ -25,7 +25,7 @@ pub use self::{
     k8s::K8sAttrs,
     loss::{Loss, LossSource},
     metrics::{MetricFamily, MetricPoint, MetricsSnapshot},
-    network::{Direction, End, Family, Flow, HttpRequest, HttpSide, PacketDrop, TcpReset},
+    network::{Direction, End, Family, Flow, H2Frame, HttpRequest, HttpSide, PacketDrop, TcpReset},
     process::{CoreSignal, Handler, ProcessExit, RlimitCore},
     span::{OwnSpan, SpanRef, hex, hex_into},
     summary::{BESIDE_MAX, FoldedBy, Summary},

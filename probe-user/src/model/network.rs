@@ -60,7 +60,8 @@ pub struct PacketDrop {
 
 /// The head of an HTTP/1.x request sent or received on a TCP socket, or the answer to a traced
 /// one (internal: feeds the trace contexts, never written). `saddr:sport` is the socket's
-/// (the task's) end.
+/// (the task's) end. On an HTTP/2 connection: its header-block frames (`h2`), whose request and
+/// `traceparent` are known once decoded with the connection's HPACK table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HttpRequest {
     pub side: HttpSide,
@@ -71,6 +72,19 @@ pub struct HttpRequest {
     pub dport: u16,
     #[serde(skip)]
     pub traceparent: Option<TraceParent>,
+    #[serde(skip)]
+    pub h2: Option<Box<H2Frame>>,
+}
+
+/// What the kernel copied of one send or read of an HTTP/2 connection: a window from its first
+/// header-block frame (HEADERS or CONTINUATION) on, holding each of them whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct H2Frame {
+    pub data: Vec<u8>,
+    /// Bytes of the connection's header blocks were missed: its HPACK table is unknown.
+    pub lost: bool,
+    /// The connection's first window.
+    pub first: bool,
 }
 
 /// Which end of a request the task of an [`HttpRequest`] is.

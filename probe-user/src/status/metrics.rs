@@ -69,6 +69,9 @@ pub struct Metrics {
     pub http_requests: Counter,
     /// Records a process made while serving several traced requests, on none of their threads.
     pub trace_ties_ambiguous: Counter,
+    /// HTTP/2 header blocks decoded, and connections (sides) whose HPACK table became unknown.
+    pub http2_header_blocks: Counter,
+    pub http2_tables_lost: Counter,
     /// 1 while the write hooks are attached (something is selected for capture).
     pub write_hooks_attached: Gauge,
     pub write_hooks_attaches: Counter,
@@ -142,7 +145,7 @@ impl Metrics {
         let http_requests = Counter::default();
         registry.register(
             "http_requests",
-            "HTTP/1.x requests read on the send and receive paths that carry a traceparent or end one on their connection, and answers to traced requests",
+            "HTTP/1.x requests read on the send and receive paths that carry a traceparent or end one on their connection, answers to traced requests, and HTTP/2 requests decoded (every one)",
             http_requests.clone(),
         );
         let trace_ties_ambiguous = Counter::default();
@@ -150,6 +153,18 @@ impl Metrics {
             "trace_ties_ambiguous",
             "Records of a task whose process was serving more than one traced request at the time, on none of their threads: in no trace (a tie by process would be a guess)",
             trace_ties_ambiguous.clone(),
+        );
+        let http2_header_blocks = Counter::default();
+        registry.register(
+            "http2_header_blocks",
+            "HTTP/2 request header blocks (h2c: gRPC and others in clear text) decoded for the trace tie, with their connection's HPACK table",
+            http2_header_blocks.clone(),
+        );
+        let http2_tables_lost = Counter::default();
+        registry.register(
+            "http2_tables_lost",
+            "HTTP/2 connections (per side) whose HPACK table became unknown (frames the kernel could not follow or copy, a connection begun before the agent or forgotten at the cap): their later requests join no trace",
+            http2_tables_lost.clone(),
         );
         let own_traffic_skipped = Counter::default();
         registry.register(
@@ -230,6 +245,8 @@ impl Metrics {
             otlp_over_budget,
             http_requests,
             trace_ties_ambiguous,
+            http2_header_blocks,
+            http2_tables_lost,
             write_hooks_attached,
             write_hooks_attaches,
             events,

@@ -223,6 +223,10 @@ impl AgentState {
             "queue_depth": self.metrics.queue_depth.get(),
             "http_requests": self.metrics.http_requests.get(),
             "trace_ties_ambiguous": self.metrics.trace_ties_ambiguous.get(),
+            "http2": {
+                "header_blocks": self.metrics.http2_header_blocks.get(),
+                "tables_lost": self.metrics.http2_tables_lost.get(),
+            },
             "core_signals_pending": self.metrics.pending_core_signals.get(),
             "conntrack": {
                 "watches": self.conntrack.lock().unwrap_or_else(|e| e.into_inner()).clone(),

@@ -22,6 +22,7 @@ fn request(side: HttpSide, port: u16, tp: Option<TraceParent>) -> HttpRequest {
         daddr: IpAddr::from([10, 0, 0, 1]),
         dport: port,
         traceparent: tp,
+        h2: None,
     }
 }
 
