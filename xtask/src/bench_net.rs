@@ -547,6 +547,9 @@ impl Nginx {
         .context("making nginx's TLS certificate")?;
         let d = dir.display();
         let ok = "location / { return 200 \"ok\\n\"; }";
+        // The h2c server takes any number of requests per connection: after
+        // `keepalive_requests` (1,000 by default) nginx ends an HTTP/2 connection and h2load
+        // does not reconnect, which made the run a fixed 32,000 requests.
         let conf = format!(
             "daemon off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 1024; }}\n\
@@ -554,7 +557,7 @@ impl Nginx {
                server {{ listen 127.0.0.1:18080; {ok} }}\n\
                server {{ listen 127.0.0.1:18443 ssl; ssl_certificate {d}/cert.pem;\
              ssl_certificate_key {d}/key.pem; {ok} }}\n\
-               server {{ listen 127.0.0.1:18082 http2; {ok} }} }}\n"
+               server {{ listen 127.0.0.1:18082 http2; keepalive_requests 10000000; {ok} }} }}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf)?;
         let child = Command::new("nginx")
