@@ -148,23 +148,7 @@ fn curl_to_nginx_over_tls() {
     if !tls_hook(&probe) {
         return;
     }
-    let out = Command::new("curl")
-        .args(["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{local_port}"])
-        .args(["-H", &format!("traceparent: 00-{OTHER}-{PARENT}-01")])
-        .arg(format!("https://127.0.0.1:{}/checkout", nginx.port))
-        .output()
-        .expect("curl");
-    // 56: failure receiving (the reset); 52: empty reply (a close without one).
-    assert_eq!(
-        out.status.code(),
-        Some(56),
-        "curl's exit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let port: u16 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("curl's local port");
+    let port = curl_traced(nginx.port);
     let record = probe.reset_at("received", port, "curl's reset");
     probe.stop();
     assert_eq!(record["trace_id"], OTHER, "{record:#}");
@@ -185,14 +169,7 @@ fn only_the_listed_processes_are_read() {
     if !tls_hook(&probe) {
         return;
     }
-    let out = Command::new("curl")
-        .args(["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{local_port}"])
-        .args(["-H", &format!("traceparent: 00-{OTHER}-{PARENT}-01")])
-        .arg(format!("https://127.0.0.1:{}/checkout", nginx.port))
-        .output()
-        .expect("curl");
-    assert_eq!(out.status.code(), Some(56), "curl's exit");
-    let curl_port: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let curl_port = curl_traced(nginx.port);
     // Two scans of the watcher (every 2 s) fit in the client's wait; the status names it
     // while it waits.
     let python = Command::new("/usr/bin/python3")
@@ -240,6 +217,28 @@ fn only_the_listed_processes_are_read() {
     assert_eq!(record["trace_id"], TRACE, "{record:#}");
     assert_eq!(record["trace_tie"], "connection");
     assert_eq!(curl.get("trace_id"), None, "curl is not listed: {curl:#}");
+}
+
+/// curl's traced `GET /checkout` over TLS to nginx on `port`, which resets it; curl's local
+/// port.
+fn curl_traced(port: u16) -> u16 {
+    let out = Command::new("curl")
+        .args(["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{local_port}"])
+        .args(["-H", &format!("traceparent: 00-{OTHER}-{PARENT}-01")])
+        .arg(format!("https://127.0.0.1:{port}/checkout"))
+        .output()
+        .expect("curl");
+    // 56: failure receiving (the reset); 52: empty reply (a close without one).
+    assert_eq!(
+        out.status.code(),
+        Some(56),
+        "curl's exit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("curl's local port")
 }
 
 /// nginx on a free loopback port with TLS, closing every request with a reset.
