@@ -145,21 +145,48 @@ pub fn unpinned_lines(table: &str, hooks: &str) -> Result<(), String> {
     }
 }
 
+/// Capability -> the capability it needs (the agent's `Requires::Capability` in
+/// `probe-user/src/loader/hooks/table.rs`; a unit test reads them there). A pinned run of the
+/// first leaves the second to the kernel's default: it cannot share a check with a run that
+/// pins the second (its pin there, say a raw tracepoint the kernel lacks, would take the first
+/// down with it).
+const NEEDS: &[(&str, &str)] = &[
+    ("http_request_tls", "http_request_head"),
+    ("http_request_tls_received", "http_request_received"),
+];
+
+/// The capability of a pin (`CAPABILITY=KIND`).
+fn capability(pin: &str) -> &str {
+    pin.split('=').next().unwrap_or(pin)
+}
+
+/// Whether `pins` can be checked together with `layer`: no capability pinned to two kinds,
+/// and no capability one side needs pinned by the other side alone.
+fn agrees(layer: &[&str], pins: &[&str]) -> bool {
+    let pinned = |set: &[&str], cap: &str| set.iter().any(|p| capability(p) == cap);
+    let needed_unpinned = |a: &[&str], b: &[&str]| {
+        a.iter().any(|p| {
+            NEEDS
+                .iter()
+                .any(|(c, need)| *c == capability(p) && !pinned(a, need) && pinned(b, need))
+        })
+    };
+    pins.iter().all(|pin| {
+        layer
+            .iter()
+            .all(|held| capability(held) != capability(pin) || held == pin)
+    }) && !needed_unpinned(layer, pins)
+        && !needed_unpinned(pins, layer)
+}
+
 /// The pins of `runs` merged into as few `--hooks` lists as agree (a capability pinned to
-/// one kind in each): one `--check-kernel` per list answers for every run in it, where a
-/// check per run cost a full load of the agent each (seconds in an emulated guest).
+/// one kind in each, see [`agrees`]): one `--check-kernel` per list answers for every run in
+/// it, where a check per run cost a full load of the agent each (seconds in an emulated guest).
 pub fn layers<'a>(runs: impl IntoIterator<Item = &'a str>) -> Vec<Vec<&'a str>> {
     let mut layers: Vec<Vec<&str>> = Vec::new();
     for hooks in runs {
         let pins: Vec<&str> = hooks.split(',').collect();
-        let agrees = |layer: &Vec<&str>| {
-            pins.iter().all(|pin| {
-                let cap = pin.split('=').next();
-                layer
-                    .iter()
-                    .all(|held| held.split('=').next() != cap || held == pin)
-            })
-        };
+        let agrees = |layer: &Vec<&str>| agrees(layer, &pins);
         match layers.iter_mut().find(|l| agrees(l)) {
             Some(layer) => {
                 for pin in pins {
@@ -274,7 +301,8 @@ mod tests {
     }
 
     /// Every candidate of the table lands in a layer with no capability pinned twice, and
-    /// the whole table needs one layer per candidate of the capability with the most.
+    /// the whole table needs one layer per candidate of the capability with the most, and one
+    /// for the TLS pins (they leave the plaintext capabilities they need unpinned).
     #[test]
     fn pins_merge_into_layers_that_agree() {
         let all: Vec<&str> = PINNED
@@ -282,7 +310,7 @@ mod tests {
             .flat_map(|(_, runs)| runs.iter().map(|(_, hooks)| *hooks))
             .collect();
         let layers = layers(all.iter().copied());
-        assert_eq!(layers.len(), 3, "{layers:?}");
+        assert_eq!(layers.len(), 4, "{layers:?}");
         for hooks in &all {
             let holder = layers
                 .iter()
@@ -301,6 +329,53 @@ mod tests {
             super::layers(["a=x,b=y", "a=z", "b=y,c=w", "a=x"]),
             [vec!["a=x", "b=y", "c=w"], vec!["a=z"]]
         );
+    }
+
+    /// A TLS pin leaves the plaintext capability it needs to the kernel: it never lands in a
+    /// layer that pins that one (the layer's raw tracepoint, absent on 5.10-6.12, made the TLS
+    /// runs "not attachable" there), and a layer that pins both together still agrees.
+    #[test]
+    fn a_pin_never_shares_a_check_with_a_pin_of_what_it_needs() {
+        assert_eq!(
+            super::layers([
+                "http_request_head=raw-tp",
+                "http_request_tls=uprobe",
+                "wasm_write=fexit",
+            ]),
+            [
+                vec!["http_request_head=raw-tp", "wasm_write=fexit"],
+                vec!["http_request_tls=uprobe"]
+            ]
+        );
+        assert_eq!(
+            super::layers([
+                "http_request_tls=uprobe,http_request_head=fentry",
+                "http_request_head=fentry",
+                "http_request_head=kprobe",
+            ]),
+            [
+                vec!["http_request_tls=uprobe", "http_request_head=fentry"],
+                vec!["http_request_head=kprobe"]
+            ]
+        );
+    }
+
+    /// NEEDS is the agent's table: every `Requires::Capability` of table.rs, under the
+    /// capability whose candidate says it.
+    #[test]
+    fn needs_are_the_agents_requirements() {
+        let table = include_str!("../../probe-user/src/loader/hooks/table.rs");
+        let mut found = Vec::new();
+        let mut current = "";
+        for line in table.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix("name: \"") {
+                current = name.trim_end_matches("\",");
+            }
+            if let Some(need) = line.strip_prefix("requires: Requires::Capability(\"") {
+                found.push((current, need.trim_end_matches("\"),")));
+            }
+        }
+        assert_eq!(found, NEEDS);
     }
 
     #[test]
