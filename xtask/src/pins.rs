@@ -124,7 +124,7 @@ pub fn attachable(bin: &Path, hooks: &str) -> Result<(), String> {
 
 /// The capabilities `hooks` (CAPABILITY=KIND,...) pins.
 fn capabilities(hooks: &str) -> impl Iterator<Item = &str> {
-    hooks.split(',').filter_map(|p| p.split('=').next())
+    hooks.split(',').map(capability)
 }
 
 /// The `--check-kernel` rows of `hooks`' capabilities that say NONE.
