@@ -4,7 +4,12 @@
 //! connection's HPACK table), and the server dies in the third, resetting the connection: the
 //! client's received reset and the server's sent one carry the third call's trace exactly (not
 //! the second's), a child of its span (JSON record and OTLP span). A third call without a
-//! traceparent ends the connection's context: its reset is in no trace.
+//! traceparent ends the connection's context: its reset is in no trace. A connection whose
+//! first call carries none reaches the agent from its second call on (the kernel sends an
+//! untraced connection's header blocks nowhere): the agent's table misses the first call's
+//! entries, and the third call's trace is still read exactly. A connection whose first 16
+//! calls carry none is taken as uninstrumented (counted once per end): its 17th call's trace
+//! is not read.
 
 use std::{
     io::{BufRead, BufReader},
@@ -22,7 +27,7 @@ const TRACES: [&str; 3] = [
 ];
 const PARENTS: [&str; 3] = ["00f067aa0ba902b7", "b7ad6b7169203331", "10f067aa0ba902b8"];
 
-/// The gRPC server, dying in its third call; its port.
+/// The gRPC server, dying in its third call (or its `die_in`th); its port.
 struct GrpcServer {
     child: Child,
     port: u16,
@@ -30,8 +35,12 @@ struct GrpcServer {
 
 impl GrpcServer {
     fn start() -> Self {
+        Self::dying_in(3)
+    }
+
+    fn dying_in(call: usize) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_grpc_peer"))
-            .args(["server", "3"])
+            .args(["server", &call.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -52,7 +61,7 @@ impl Drop for GrpcServer {
     }
 }
 
-/// Three calls on one connection to `port` with `traceparents`; each call's result.
+/// Calls on one connection to `port`, one per `traceparents` (`-`: none); each call's result.
 fn calls(port: u16, traceparents: &[String]) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_grpc_peer"))
         .arg("client")
@@ -152,4 +161,55 @@ fn a_call_without_a_traceparent_ends_the_connections_context() {
     probe.stop();
     assert_eq!(client.get("trace_id"), None, "{client:#}");
     assert_eq!(server_side.get("trace_id"), None, "{server_side:#}");
+}
+
+#[test]
+fn a_connection_traced_from_its_second_call_on_is_read_from_there() {
+    if !require_root("http2::a_connection_traced_from_its_second_call_on_is_read_from_there") {
+        return;
+    }
+    let mut probe = Probe::start(&[]);
+    if !hooks(&probe) {
+        return;
+    }
+    let server = GrpcServer::start();
+    let results = calls(server.port, &["-".into(), traceparent(1), traceparent(2)]);
+    assert_eq!(results[..2], ["ok", "ok"], "{results:?}");
+    let (client, server_side) = resets(&mut probe, server.port);
+    let status: Value =
+        serde_json::from_str(&http_get(probe.http_addr(), "/health/status").2).unwrap();
+    probe.stop();
+    assert_eq!(client["trace_id"], TRACES[2], "{client:#}");
+    assert_eq!(client["parent_span_id"], PARENTS[2]);
+    assert_eq!(server_side["trace_id"], TRACES[2], "{server_side:#}");
+    assert_eq!(server_side["parent_span_id"], PARENTS[2]);
+    // The second and third calls' blocks on both ends: the first call's reached no one.
+    assert_eq!(status["http2"]["header_blocks"], 4, "{status:#}");
+    assert_eq!(status["http2"]["tables_lost"], 0, "{status:#}");
+}
+
+#[test]
+fn a_connection_untraced_for_its_first_16_calls_is_followed_no_more() {
+    if !require_root("http2::a_connection_untraced_for_its_first_16_calls_is_followed_no_more") {
+        return;
+    }
+    let mut probe = Probe::start(&[]);
+    if !hooks(&probe) {
+        return;
+    }
+    let server = GrpcServer::dying_in(17);
+    let mut traceparents = vec!["-".to_owned(); 16];
+    traceparents.push(traceparent(2));
+    let results = calls(server.port, &traceparents);
+    assert_eq!(results[..16], ["ok"; 16], "{results:?}");
+    let (client, server_side) = resets(&mut probe, server.port);
+    let status: Value =
+        serde_json::from_str(&http_get(probe.http_addr(), "/health/status").2).unwrap();
+    probe.stop();
+    assert_eq!(client.get("trace_id"), None, "{client:#}");
+    assert_eq!(server_side.get("trace_id"), None, "{server_side:#}");
+    // Both ends gave the connection up after its 16th block; no block reached the agent.
+    assert_eq!(status["http2"]["connections_untraced"], 2, "{status:#}");
+    assert_eq!(status["http2"]["header_blocks"], 0, "{status:#}");
+    assert_eq!(status["http2"]["tables_lost"], 0, "{status:#}");
 }

@@ -58,9 +58,24 @@ pub mod h2 {
     /// send, its first buffer or an event's room, more frames in a send than are followed): its
     /// HPACK table is no longer known, and the kernel follows its frames no more (`data` empty).
     pub const LOST: u32 = 1;
-    /// The connection's first window (an agent that has no table for it starts one here; one
-    /// that sees a later window of a connection it has no table for cannot).
+    /// The connection's first window: the first that names `traceparent` (the agent starts
+    /// its table here, the entries before unknown to it; one that sees a later window of a
+    /// connection it has no table for cannot).
     pub const FIRST: u32 = 2;
+    /// The connection's request header blocks named no `traceparent` in the first
+    /// `UNTRACED_BLOCKS`: taken as uninstrumented, no longer followed (`data` empty).
+    pub const UNTRACED: u32 = 4;
+    /// Request header blocks of a connection looked through for `traceparent` before it is
+    /// taken as uninstrumented (an instrumented client names it in every request).
+    pub const UNTRACED_BLOCKS: u64 = 16;
+
+    /// The header name `traceparent` as an HPACK string literal (RFC 7541 5.2), Huffman-coded:
+    /// its length byte (H set, 8) and the 8 bytes. Until a connection's request direction
+    /// carries one of the two literals, the kernel sends none of its header blocks: the name
+    /// is not in the static table, so a connection's first `traceparent` names it literally.
+    pub const TRACEPARENT_HUFFMAN: [u8; 9] = [0x88, 0x4d, 0x83, 0x21, 0x6b, 0x1d, 0x85, 0xa9, 0x3f];
+    /// The same literal uncoded: its length byte (11) and the first 8 of its 11 bytes.
+    pub const TRACEPARENT_RAW: [u8; 9] = *b"\x0btracepar";
 }
 
 /// Bytes of `struct iov_iter` the send hook reads in one go (its type, offset, count and buffer

@@ -72,6 +72,7 @@ fn layouts() -> (RecvLayout, SendLayout) {
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct sock *sk, int ret, int flags)
     let sk: u64 = ctx.arg(0);
@@ -323,36 +324,42 @@ fn on_exit(ret: u64) {
 }
 
 #[fentry(function = "inet_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet_recvmsg_fentry(ctx: FEntryContext) -> u32 {
     on_entry(ctx.arg(0), ctx.arg(1), ctx.arg(3));
     0
 }
 
 #[fentry(function = "inet6_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet6_recvmsg_fentry(ctx: FEntryContext) -> u32 {
     on_entry(ctx.arg(0), ctx.arg(1), ctx.arg(3));
     0
 }
 
 #[fexit(function = "inet_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet_recvmsg_fexit(ctx: FExitContext) -> u32 {
     on_exit(ctx.arg(4));
     0
 }
 
 #[fexit(function = "inet6_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet6_recvmsg_fexit(ctx: FExitContext) -> u32 {
     on_exit(ctx.arg(4));
     0
 }
 
 #[kprobe(function = "inet_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet_recvmsg_kprobe(ctx: ProbeContext) -> u32 {
     kprobe_entry(&ctx);
     0
 }
 
 #[kprobe(function = "inet6_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet6_recvmsg_kprobe(ctx: ProbeContext) -> u32 {
     kprobe_entry(&ctx);
     0
@@ -368,12 +375,14 @@ fn kprobe_entry(ctx: &ProbeContext) {
 }
 
 #[kretprobe(function = "inet_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet_recvmsg_kretprobe(ctx: RetProbeContext) -> u32 {
     on_exit(ctx.ret::<u64>());
     0
 }
 
 #[kretprobe(function = "inet6_recvmsg")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn inet6_recvmsg_kretprobe(ctx: RetProbeContext) -> u32 {
     on_exit(ctx.ret::<u64>());
     0

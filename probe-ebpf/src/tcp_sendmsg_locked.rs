@@ -34,6 +34,7 @@ use crate::{
 };
 
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
     //          int size_goal)
@@ -44,12 +45,14 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
 /// The function itself, where the kernel has no such tracepoint (before 6.13):
 /// `int tcp_sendmsg_locked(struct sock *sk, struct msghdr *msg, size_t size)`.
 #[fentry(function = "tcp_sendmsg_locked")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn tcp_sendmsg_locked_fentry(ctx: FEntryContext) -> u32 {
     on_send(ctx.arg(0), ctx.arg(1));
     0
 }
 
 #[kprobe(function = "tcp_sendmsg_locked")]
+#[inline(always)] // one stack frame (a call adds one: 512 bytes for both)
 pub fn tcp_sendmsg_locked_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
         on_send(sk, msg);

@@ -46,8 +46,11 @@ pub fn stages(cli: &Cli, state: &Arc<AgentState>, p: Parts<'_>) -> Stages {
         own_skipped: state.metrics.own_traffic_skipped.clone(),
         http_requests: state.metrics.http_requests.clone(),
         trace_ties_ambiguous: state.metrics.trace_ties_ambiguous.clone(),
-        http2_header_blocks: state.metrics.http2_header_blocks.clone(),
-        http2_tables_lost: state.metrics.http2_tables_lost.clone(),
+        http2: enrich::http2::Http2Counters {
+            header_blocks: state.metrics.http2_header_blocks.clone(),
+            tables_lost: state.metrics.http2_tables_lost.clone(),
+            untraced: state.metrics.http2_connections_untraced.clone(),
+        },
         wasm_runtimes: cli.wasm_runtimes.names(),
         wasm_line_idle: cli.wasm_line_idle,
         wasm_line_max: cli.wasm_line_max_bytes as usize,

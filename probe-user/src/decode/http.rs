@@ -34,6 +34,7 @@ fn h2_window(flags: u32, data: &[u8]) -> Box<H2Frame> {
         data: data.to_vec(),
         lost: flags & h2::LOST != 0,
         first: flags & h2::FIRST != 0,
+        untraced: flags & h2::UNTRACED != 0,
     })
 }
 

@@ -72,9 +72,8 @@ pub struct StageConfig {
     pub http_requests: prometheus_client::metrics::counter::Counter,
     /// Records left out of any trace because their process served several requests then.
     pub trace_ties_ambiguous: prometheus_client::metrics::counter::Counter,
-    /// HTTP/2 header blocks decoded, and tables that became unknown.
-    pub http2_header_blocks: prometheus_client::metrics::counter::Counter,
-    pub http2_tables_lost: prometheus_client::metrics::counter::Counter,
+    /// HTTP/2 header blocks decoded, tables that became unknown, uninstrumented connections.
+    pub http2: http2::Http2Counters,
     pub wasm_runtimes: Vec<String>,
     pub wasm_line_idle: std::time::Duration,
     /// The most bytes of one Wasm output record.
@@ -107,8 +106,7 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
     }
     stages.push(Box::new(http2::Http2Headers::new(
         http2::CONNECTIONS,
-        c.http2_header_blocks,
-        c.http2_tables_lost,
+        c.http2,
     )));
     stages.push(Box::new(trace_context::TraceContexts::new(
         c.flows,

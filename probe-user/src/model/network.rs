@@ -85,6 +85,8 @@ pub struct H2Frame {
     pub lost: bool,
     /// The connection's first window.
     pub first: bool,
+    /// The connection's first requests named no `traceparent`: the kernel follows it no more.
+    pub untraced: bool,
 }
 
 /// Which end of a request the task of an [`HttpRequest`] is.

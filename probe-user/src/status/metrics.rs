@@ -72,6 +72,8 @@ pub struct Metrics {
     /// HTTP/2 header blocks decoded, and connections (sides) whose HPACK table became unknown.
     pub http2_header_blocks: Counter,
     pub http2_tables_lost: Counter,
+    /// HTTP/2 connections the kernel took as uninstrumented.
+    pub http2_connections_untraced: Counter,
     /// 1 while the write hooks are attached (something is selected for capture).
     pub write_hooks_attached: Gauge,
     pub write_hooks_attaches: Counter,
@@ -166,6 +168,12 @@ impl Metrics {
             "HTTP/2 connections (per side) whose HPACK table became unknown (frames the kernel could not follow or copy, a connection begun before the agent or forgotten at the cap): their later requests join no trace",
             http2_tables_lost.clone(),
         );
+        let http2_connections_untraced = Counter::default();
+        registry.register(
+            "http2_connections_untraced",
+            "HTTP/2 connections whose first 16 request header blocks named no traceparent: taken as uninstrumented, the kernel follows them no more (their later requests join no trace)",
+            http2_connections_untraced.clone(),
+        );
         let own_traffic_skipped = Counter::default();
         registry.register(
             "own_traffic_skipped",
@@ -247,6 +255,7 @@ impl Metrics {
             trace_ties_ambiguous,
             http2_header_blocks,
             http2_tables_lost,
+            http2_connections_untraced,
             write_hooks_attached,
             write_hooks_attaches,
             events,

@@ -226,6 +226,7 @@ impl AgentState {
             "http2": {
                 "header_blocks": self.metrics.http2_header_blocks.get(),
                 "tables_lost": self.metrics.http2_tables_lost.get(),
+                "connections_untraced": self.metrics.http2_connections_untraced.get(),
             },
             "core_signals_pending": self.metrics.pending_core_signals.get(),
             "conntrack": {

@@ -7,6 +7,14 @@
 //! takes it as it takes an HTTP/1.x head. A connection whose frames were missed (the kernel
 //! lost some, or its table was evicted here) has an unknown table: its requests tie nothing
 //! from then on (counted: a value decoded against a wrong table would be a guess).
+//!
+//! The kernel sends a connection's blocks from the first that names `traceparent` on (an
+//! untraced connection costs the agent nothing): the entries its earlier blocks put in the
+//! table are unknown here. Each table starts full of empty stand-ins (`UNKNOWN_ENTRIES`, as
+//! many as the largest table holds): a reference to an entry made before the first window
+//! reads an empty header (never a `traceparent`, which no earlier block named), and the
+//! entries made since keep their exact index and eviction (both depend only on the entries
+//! made after them).
 
 mod frames;
 #[cfg(test)]
@@ -38,15 +46,33 @@ struct Conn {
     assembler: Assembler,
 }
 
+/// Stand-ins for the entries a connection's table held before its first window: empty
+/// entries (32 bytes each: RFC 7541 4.1) filling the largest table.
+const UNKNOWN_ENTRIES: usize = TABLE_MAX / 32;
+
 impl Conn {
     fn new() -> Self {
         let mut decoder = loona_hpack::Decoder::new();
         decoder.set_max_allowed_table_size(TABLE_MAX);
+        // "Literal header field with incremental indexing, new name", name and value empty.
+        let stand_ins = [0x40, 0x00, 0x00].repeat(UNKNOWN_ENTRIES);
+        let seeded = decoder.decode_with_cb(&stand_ins, |_, _| {}).is_ok();
         Self {
-            decoder: Some(decoder),
+            decoder: seeded.then_some(decoder),
             assembler: Assembler::default(),
         }
     }
+}
+
+/// What the stage counts (status and metrics).
+#[derive(Clone, Default)]
+pub struct Http2Counters {
+    /// Header blocks decoded.
+    pub header_blocks: Counter,
+    /// Connections (and sides) whose table became unknown.
+    pub tables_lost: Counter,
+    /// Connections whose first `h2::UNTRACED_BLOCKS` request blocks named no `traceparent`.
+    pub untraced: Counter,
 }
 
 pub struct Http2Headers {
@@ -55,14 +81,17 @@ pub struct Http2Headers {
     blocks: Counter,
     /// Connections (and sides) whose table became unknown.
     lost: Counter,
+    /// Connections the kernel took as uninstrumented.
+    untraced: Counter,
 }
 
 impl Http2Headers {
-    pub fn new(capacity: usize, blocks: Counter, lost: Counter) -> Self {
+    pub fn new(capacity: usize, counters: Http2Counters) -> Self {
         Self {
             conns: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
-            blocks,
-            lost,
+            blocks: counters.header_blocks,
+            lost: counters.tables_lost,
+            untraced: counters.untraced,
         }
     }
 
@@ -74,6 +103,12 @@ impl Http2Headers {
             FlowKey::new(req.saddr, req.sport, req.daddr, req.dport),
             req.side == HttpSide::Sent,
         );
+        if window.untraced {
+            // Its blocks named no `traceparent`: nothing more of it comes.
+            self.untraced.inc();
+            self.conns.pop(&key);
+            return None;
+        }
         if !self.conns.contains(&key) {
             let mut conn = Conn::new();
             if !window.first {

@@ -50,6 +50,7 @@ fn copy(data: &[u8], first: bool) -> H2Frame {
         data: data.to_vec(),
         lost: false,
         first,
+        untraced: false,
     }
 }
 
@@ -67,11 +68,11 @@ fn request(frame: H2Frame) -> HttpRequest {
 }
 
 fn stage() -> (Http2Headers, Counter, Counter) {
-    let (blocks, lost) = (Counter::default(), Counter::default());
+    let counters = Http2Counters::default();
     (
-        Http2Headers::new(8, blocks.clone(), lost.clone()),
-        blocks,
-        lost,
+        Http2Headers::new(8, counters.clone()),
+        counters.header_blocks,
+        counters.tables_lost,
     )
 }
 
@@ -194,8 +195,87 @@ fn a_later_frame_of_an_unknown_connection_ties_nothing() {
 #[test]
 fn a_block_that_does_not_decode_makes_the_table_unknown() {
     let (mut s, blocks, lost) = stage();
-    // Indexed field 200: beyond the static table, and the dynamic one is empty.
+    // Indexed field 200: beyond the static table and the dynamic one's stand-ins (61 + 128).
     let bad = [0x80 | 0x7f, 200 - 127];
     assert_eq!(take(&mut s, copy(&frame(1, 0x4, 1, &bad), true)), None);
     assert_eq!((blocks.get(), lost.get()), (0, 1));
+}
+
+/// The kernel sends a connection's blocks from the first that names `traceparent` on: the
+/// entries the earlier requests made are not in the agent's table, and the blocks from then
+/// on still decode (the stand-ins take the unknown entries' places).
+#[test]
+fn a_connection_traced_from_a_later_request_decodes_from_there() {
+    let mut enc = loona_hpack::Encoder::new();
+    let (mut s, blocks, lost) = stage();
+    let untraced = headers(None);
+    let unsent = enc.encode(untraced.iter().map(|(n, v)| (&n[..], &v[..])));
+    let encode = |enc: &mut loona_hpack::Encoder, tp: Option<&str>| {
+        let h = headers(tp);
+        enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])))
+    };
+    let traced = encode(&mut enc, Some(TP[1]));
+    // The first sent block refers to entries of the unsent one: it is shorter than the same
+    // headers from a fresh table.
+    let fresh = encode(&mut loona_hpack::Encoder::new(), Some(TP[1]));
+    assert!(traced.len() < fresh.len() && !unsent.is_empty());
+    assert_eq!(
+        take(&mut s, copy(&frame(1, 0x4, 3, &traced), true)),
+        Some(tp(1))
+    );
+    let next = encode(&mut enc, Some(TP[2]));
+    assert_eq!(
+        take(&mut s, copy(&frame(1, 0x4, 5, &next), false)),
+        Some(tp(2))
+    );
+    let last = encode(&mut enc, None);
+    assert_eq!(
+        take(&mut s, copy(&frame(1, 0x4, 7, &last), false)),
+        Some(None)
+    );
+    assert_eq!((blocks.get(), lost.get()), (3, 0));
+}
+
+/// The literals the kernel looks for name `traceparent` (a real decoder says so), and a real
+/// encoder's first traced block holds one of them.
+#[test]
+fn the_kernels_literals_name_traceparent() {
+    use probe_common::h2::{TRACEPARENT_HUFFMAN, TRACEPARENT_RAW};
+    let huffman = [&[0x40][..], &TRACEPARENT_HUFFMAN, &[0x01, b'x']].concat();
+    let mut raw = [&[0x40][..], &TRACEPARENT_RAW].concat();
+    raw.extend(b"ent\x01x");
+    for block in [huffman, raw] {
+        let mut names = Vec::new();
+        loona_hpack::Decoder::new()
+            .decode_with_cb(&block, |n, v| names.push((n.to_vec(), v.to_vec())))
+            .expect("decodes");
+        assert_eq!(names, [(b"traceparent".to_vec(), b"x".to_vec())]);
+    }
+    let h = headers(Some(TP[0]));
+    let block = loona_hpack::Encoder::new().encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+    assert!(
+        [TRACEPARENT_HUFFMAN, TRACEPARENT_RAW]
+            .iter()
+            .any(|l| block.windows(9).any(|w| w == l)),
+        "{block:02x?}"
+    );
+}
+
+/// A connection the kernel took as uninstrumented is counted once, as no lost table, and its
+/// window makes no request.
+#[test]
+fn an_uninstrumented_connection_is_counted_and_makes_nothing() {
+    let counters = Http2Counters::default();
+    let mut s = Http2Headers::new(8, counters.clone());
+    let mut given_up = copy(&[], true);
+    given_up.untraced = true;
+    assert_eq!(take(&mut s, given_up), None);
+    assert_eq!(
+        (
+            counters.untraced.get(),
+            counters.tables_lost.get(),
+            counters.header_blocks.get()
+        ),
+        (1, 0, 0)
+    );
 }
