@@ -150,7 +150,7 @@ fn a_call_without_a_traceparent_ends_the_connections_context() {
     if !require_root("http2::a_call_without_a_traceparent_ends_the_connections_context") {
         return;
     }
-    let mut probe = Probe::start(&[]);
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     if !hooks(&probe) {
         return;
     }
@@ -168,7 +168,7 @@ fn a_connection_traced_from_its_second_call_on_is_read_from_there() {
     if !require_root("http2::a_connection_traced_from_its_second_call_on_is_read_from_there") {
         return;
     }
-    let mut probe = Probe::start(&[]);
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     if !hooks(&probe) {
         return;
     }
@@ -193,7 +193,7 @@ fn a_connection_untraced_for_its_first_16_calls_is_followed_no_more() {
     if !require_root("http2::a_connection_untraced_for_its_first_16_calls_is_followed_no_more") {
         return;
     }
-    let mut probe = Probe::start(&[]);
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     if !hooks(&probe) {
         return;
     }

@@ -28,7 +28,8 @@ fn every_endpoint_answers_and_counters_move() {
     if !require_root("http_endpoints::every_endpoint_answers_and_counters_move") {
         return;
     }
-    let mut probe = Probe::start(&[]);
+    // The whole agent: every capability is listed with its hook.
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     let addr = probe.http_addr();
 
     let (code, _, body) = http_get(addr, "/health/live");
@@ -336,7 +337,8 @@ fn attached_programs_are_what_the_kernel_shows() {
     if !require_root("http_endpoints::attached_programs_are_what_the_kernel_shows") {
         return;
     }
-    let probe = Probe::start(&[]);
+    // The whole agent: every program it can load, the TLS uprobes included.
+    let probe = Probe::start(&["--http-trace-context", "true"]);
     if write_hooks(&probe).is_null() {
         eprintln!(
             "\n!!!!! write hooks: unsupported on this kernel (no write gate): only the \

@@ -351,7 +351,7 @@ fn every_way_a_server_reads_a_request_is_seen() {
         return;
     }
     let (client, server) = nodes();
-    let mut probe = Probe::start(&[]);
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     let ways = ["read", "recvfrom", "readv", "recvmsg"];
     let mut ports = Vec::new();
     for (i, way) in ways.into_iter().enumerate() {

@@ -144,7 +144,7 @@ fn curl_to_nginx_over_tls() {
     }
     let (dir, cert, key) = server_certificates("ssl-write-nginx");
     let nginx = Nginx::start(&dir.0, &cert, &key);
-    let mut probe = Probe::start(&[]);
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     if !tls_hook(&probe) {
         return;
     }
@@ -165,7 +165,12 @@ fn only_the_listed_processes_are_read() {
     }
     let (dir, cert, key) = server_certificates("ssl-write-scoped");
     let nginx = Nginx::start(&dir.0, &cert, &key);
-    let mut probe = Probe::start(&["--tls-processes", "python3*"]);
+    let mut probe = Probe::start(&[
+        "--http-trace-context",
+        "true",
+        "--tls-processes",
+        "python3*",
+    ]);
     if !tls_hook(&probe) {
         return;
     }

@@ -24,7 +24,7 @@ fn a_freed_sockets_state_does_not_pass_to_the_next_socket_at_its_address() {
         return;
     }
     // Every reset in full (no storm folding of the server's resets).
-    let mut probe = Probe::start(&["--fold-first", "0"]);
+    let mut probe = Probe::start(&["--http-trace-context", "true", "--fold-first", "0"]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut ports = Vec::new();

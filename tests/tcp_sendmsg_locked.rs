@@ -104,7 +104,7 @@ fn keep_alive_requests_are_read_other_protocols_are_left_at_once() {
     ) {
         return;
     }
-    let mut probe = Probe::start(&[]);
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     let with = |trace: &str| {
         format!(
             "GET /checkout HTTP/1.1\r\nHost: shop\r\ntraceparent: 00-{trace}-{PARENT}-01\r\n\r\n"
@@ -138,7 +138,7 @@ fn only_requests_that_carry_or_end_a_trace_reach_the_agent() {
     {
         return;
     }
-    let mut probe = Probe::start(&[]);
+    let mut probe = Probe::start(&["--http-trace-context", "true"]);
     let addr = probe.http_addr();
     let requests = || {
         let status: Value = serde_json::from_str(&http_get(addr, "/health/status").2).unwrap();

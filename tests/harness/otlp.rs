@@ -101,9 +101,12 @@ impl OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// The agent writing JSON lines and exporting OTLP (gRPC) to this receiver.
+    /// The agent writing JSON lines and exporting OTLP (gRPC) to this receiver, with the trace
+    /// tie (the files using it test the tie's spans).
     pub fn probe(&self) -> crate::Probe {
         crate::Probe::start(&[
+            "--http-trace-context",
+            "true",
             "--output",
             "json,otlp",
             "--otlp-endpoint",
