@@ -65,6 +65,7 @@ fn every_endpoint_answers_and_counters_move() {
             "reset_sent_unowned",
             "reset_reason",
             "reset_received",
+            "connect_failure",
             "drops",
             "drop_reason",
             "http_request_head",

@@ -67,6 +67,8 @@ pub mod globals {
     pub const SEND_RESET_UNOWNED: &str = "SEND_RESET_UNOWNED";
     /// [`crate::TcpResetLayout`] of `tcp:tcp_receive_reset`.
     pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
+    /// [`crate::ConnectLayout`] of `sock:inet_sock_set_state`.
+    pub const CONNECT_LAYOUT: &str = "CONNECT_LAYOUT";
     /// [`crate::TaskOffsets`].
     pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
     /// [`crate::WriteLayout`] of `syscalls:sys_enter_write`.
@@ -166,6 +168,9 @@ macro_rules! for_each_kind {
             /// The head of an HTTP/1.x request sent or received on a TCP socket, or the answer to a
             /// traced one ([`crate::HttpRequestEvent`]).
             HTTP_REQUEST = 7, "http_request", HttpRequest($crate::HttpRequestEvent);
+            /// An active open that ended without reaching ESTABLISHED: refused, timed out,
+            /// unreachable or given up ([`crate::ConnectFailureEvent`]).
+            CONNECT_FAILURE = 8, "connect_failure", ConnectFailure($crate::ConnectFailureEvent);
         }
     };
 }
@@ -385,10 +390,12 @@ pub struct WriteResultEvent {
 }
 const _: () = assert!(size_of::<WriteResultEvent>() == 80);
 
+mod connect;
 mod counts;
 mod drops;
 mod http;
 mod layouts;
+pub use connect::*;
 pub use counts::*;
 pub use drops::*;
 pub use http::*;
@@ -434,6 +441,8 @@ mod pod {
     unsafe impl aya::Pod for super::SendLayout {}
     unsafe impl aya::Pod for super::RecvLayout {}
     unsafe impl aya::Pod for super::PreemptLayout {}
+    unsafe impl aya::Pod for super::ConnectLayout {}
+    unsafe impl aya::Pod for super::ConnectFailureEvent {}
 }
 
 #[cfg(test)]
@@ -443,7 +452,7 @@ mod tests {
     /// Each kind declared once: its number, name, variant and struct agree everywhere.
     #[test]
     fn every_kind_is_declared_once_and_round_trips() {
-        assert_eq!(kind::NAMES.len(), 7);
+        assert_eq!(kind::NAMES.len(), 8);
         for (number, name) in kind::NAMES {
             let k = Kind::try_from(number).expect("a declared kind");
             assert_eq!((k.number(), k.name()), (number, name));

@@ -7,6 +7,7 @@ mod common;
 mod do_writev;
 mod http;
 mod http2;
+mod inet_sock_set_state;
 mod kfree_skb;
 mod ksys_write;
 mod sched_process_exec;

@@ -187,18 +187,25 @@ fn socket_details(
     if layout.state == ABSENT {
         ev.state = u32::from(sk_state);
     }
-    let net: u64 = read_kernel(sk, off.sk_net).unwrap_or(0);
-    set_netns(&mut ev.header, net, off);
     ev.socket_cookie = match read_field::<u64>(ctx, layout.sock_cookie) {
         Some(cookie) => cookie,
         None => read_kernel(sk, off.sk_cookie).unwrap_or(0),
     };
+    socket_owner(sk, sk_state, off, &mut ev.header);
+}
+
+/// The network namespace of socket `sk` (in `sk_state`) and, for a full socket, its cgroup
+/// (the one its creator was in), into `header`.
+#[inline(always)]
+pub fn socket_owner(sk: u64, sk_state: u8, off: &KernelOffsets, header: &mut EventHeader) {
+    let net: u64 = read_kernel(sk, off.sk_net).unwrap_or(0);
+    set_netns(header, net, off);
     if full_sock(sk_state, off) {
         let cgroup: u64 = read_kernel(sk, off.sk_cgroup).unwrap_or(0);
         let kn: u64 = read_kernel(cgroup, off.cgroup_kn).unwrap_or(0);
         if let Some(id) = read_kernel::<u64>(kn, off.kn_id) {
-            ev.header.cgroup_id = id;
-            ev.header.flags |= HDR_CGROUP;
+            header.cgroup_id = id;
+            header.flags |= HDR_CGROUP;
         }
     }
 }

@@ -316,6 +316,7 @@ pub fn bench(bin: &Path, receiver: &Path, quick: bool, dir: &Path) -> Result<()>
         "do_writev_kprobe",
         "do_writev_kretprobe",
         "kfree_skb",
+        "inet_sock_set_s",
         "tcp_sendmsg_loc",
     ];
     println!(

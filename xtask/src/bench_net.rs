@@ -189,6 +189,13 @@ impl StormOtlp {
         match v["signal"].as_str() {
             Some("span") => {
                 self.spans += 1;
+                // Refused connects are also connect failures, folded on their own keys.
+                if a["probe.summary.kind"]
+                    .as_str()
+                    .is_some_and(|k| k != "tcp_reset")
+                {
+                    return;
+                }
                 if let Some(n) = a["probe.summary.count"].as_u64() {
                     let by = a["probe.summary.folded_by"]
                         .as_str()
@@ -316,7 +323,7 @@ pub fn reset_storm(bin: &Path, receiver: &Path, duration: Duration) -> Result<St
     let summaries: Vec<u64> = lines
         .iter()
         .filter_map(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "summary" && v["port"] == port)
+        .filter(|v| v["kind"] == "summary" && v["folded_kind"] == "tcp_reset" && v["port"] == port)
         .map(|v| v["count"].as_u64().unwrap_or(0))
         .collect();
     let mut lost_by = std::collections::BTreeMap::new();
@@ -614,10 +621,15 @@ pub struct Steady {
     pub requests_per_s: f64,
 }
 
-/// Refused connects (two resets each) paced to `events_per_s` for `seconds`; the resets made.
+/// Records one refused connect makes: the reset sent, the reset received and the connect
+/// failure (every capability attaches on the host the bench runs on).
+const EVENTS_PER_CONNECT: u32 = 3;
+
+/// Refused connects paced to `events_per_s` events for `seconds`; the events made.
 fn paced_resets(port: u16, events_per_s: u32, seconds: u32) -> u64 {
-    let connects = u64::from(events_per_s / 2 * seconds);
-    let interval = Duration::from_secs(1) / (events_per_s / 2).max(1);
+    let per_s = (events_per_s / EVENTS_PER_CONNECT).max(1);
+    let connects = u64::from(per_s * seconds);
+    let interval = Duration::from_secs(1) / per_s;
     let start = Instant::now();
     for i in 0..connects {
         if let Some(wait) = (start + interval * i as u32).checked_duration_since(Instant::now()) {
@@ -625,7 +637,7 @@ fn paced_resets(port: u16, events_per_s: u32, seconds: u32) -> u64 {
         }
         let _ = TcpStream::connect(("127.0.0.1", port));
     }
-    2 * connects
+    u64::from(EVENTS_PER_CONNECT) * connects
 }
 
 pub fn otlp_steady(

@@ -63,6 +63,8 @@ pub fn stages(cli: &Cli, state: &Arc<AgentState>, p: Parts<'_>) -> Stages {
         // Without a watched namespace there are no expiries to join.
         conntrack_flows: (!p.sources.conntrack.is_empty())
             .then_some((cli.conntrack_window, CONNTRACK_FLOWS)),
+        k8s: Some(p.sources.k8s_cache.clone()),
+        node: p.enricher.node().into(),
     });
     Stages::new(StagesConfig {
         spans: spans::SpanChooser::new(budget),

@@ -5,6 +5,7 @@
 
 use super::series::{SeriesKey, SeriesTag, fingerprint};
 use crate::{
+    decode::connect::ConnectFailure,
     model::{Body, CoreSignal, Direction, K8sAttrs, Record, Stream},
     status::event_metrics::{DropLabels, ExpiryLabels, FindingLabels, OutcomeLabels, PodLabels},
 };
@@ -28,6 +29,13 @@ pub fn kernel_series_fingerprint(record: &Record) -> Option<u64> {
         }
         Body::CoreSignal(c) => {
             fingerprint(SeriesTag::Signal, &[&c.signal_name, c.origin.name()], pod)
+        }
+        Body::Other(o) if let Some(c) = o.downcast_ref::<ConnectFailure>() => {
+            let error = c.error.as_deref().unwrap_or(match c.closed_by {
+                "application" => "none",
+                _ => "unknown",
+            });
+            fingerprint(SeriesTag::Connect, &[c.outcome.name(), error], pod)
         }
         Body::WasmOutput(w) => {
             let stream = match w.stream {

@@ -11,12 +11,12 @@ use foldhash::HashMap;
 use probe_common::{CountKey, REASON_NONE, direction, kind};
 
 use crate::{
-    decode::SymbolTables,
+    decode::{SymbolTables, connect},
     model::signals::{origin, signal_name},
     status::event_metrics::{
-        DropLabels, EventCounter, EventMetrics, ExpiryLabels, FindingLabels, MetricLabel,
-        OVERFLOW_POD, OutcomeLabels, PodLabels, ResetLabels, SignalLabels, SpanExemplar,
-        StreamLabels, names,
+        ConnectLabels, DropLabels, EventCounter, EventMetrics, ExpiryLabels, FindingLabels,
+        MetricLabel, OVERFLOW_POD, OutcomeLabels, PodLabels, ResetLabels, SignalLabels,
+        SpanExemplar, StreamLabels, names,
     },
 };
 
@@ -35,6 +35,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SeriesKey {
     Reset(ResetLabels),
+    Connect(ConnectLabels),
     Signal(SignalLabels),
     Wasm(StreamLabels),
     Drop(DropLabels),
@@ -60,6 +61,11 @@ impl SeriesKey {
                 },
                 pod,
             }),
+            kind::CONNECT_FAILURE => Self::Connect(ConnectLabels {
+                outcome: connect::outcome(key.a).name(),
+                error: connect::error_label(key.a).into_owned(),
+                pod,
+            }),
             kind::CORE_SIGNAL => Self::Signal(SignalLabels {
                 signal: signal_name(key.a),
                 origin: origin(key.b as i32).name(),
@@ -80,6 +86,9 @@ impl SeriesKey {
             Self::Reset(l) => {
                 fingerprint(SeriesTag::Reset, &[l.direction, &l.reason], l.pod.parts())
             }
+            Self::Connect(l) => {
+                fingerprint(SeriesTag::Connect, &[l.outcome, &l.error], l.pod.parts())
+            }
             Self::Signal(l) => {
                 fingerprint(SeriesTag::Signal, &[&l.signal, l.origin], l.pod.parts())
             }
@@ -95,6 +104,7 @@ impl SeriesKey {
                 ("direction", l.direction.into()),
                 ("reason", l.reason.clone()),
             ],
+            Self::Connect(l) => vec![("outcome", l.outcome.into()), ("error", l.error.clone())],
             Self::Signal(l) => vec![("signal", l.signal.clone()), ("origin", l.origin.into())],
             Self::Wasm(l) => vec![("stream", l.stream.into())],
             Self::Drop(l) => vec![("reason", l.reason.clone())],
@@ -115,6 +125,7 @@ impl SeriesKey {
     fn pod(&self) -> &PodLabels {
         match self {
             Self::Reset(l) => &l.pod,
+            Self::Connect(l) => &l.pod,
             Self::Signal(l) => &l.pod,
             Self::Wasm(l) => &l.pod,
             Self::Drop(l) => &l.pod,
@@ -127,6 +138,7 @@ impl SeriesKey {
     fn pod_mut(&mut self) -> &mut PodLabels {
         match self {
             Self::Reset(l) => &mut l.pod,
+            Self::Connect(l) => &mut l.pod,
             Self::Signal(l) => &mut l.pod,
             Self::Wasm(l) => &mut l.pod,
             Self::Drop(l) => &mut l.pod,
@@ -159,6 +171,7 @@ impl SeriesKey {
     fn family(&self) -> &'static str {
         match self {
             Self::Reset(_) => names::TCP_RESETS,
+            Self::Connect(_) => names::TCP_CONNECT_FAILURES,
             Self::Signal(_) => names::CORE_SIGNALS,
             Self::Wasm(_) => names::WASM_OUTPUT_WRITES,
             Self::Drop(_) => names::PACKET_DROPS,
@@ -173,6 +186,7 @@ impl SeriesKey {
 #[derive(Debug, Clone, Copy, Hash)]
 pub enum SeriesTag {
     Reset,
+    Connect,
     Signal,
     Wasm,
 }
@@ -374,6 +388,7 @@ impl Series {
         let m = &self.metrics;
         let (events, bytes) = match key {
             SeriesKey::Reset(l) => (m.tcp_resets.get_or_create(l).clone(), None),
+            SeriesKey::Connect(l) => (m.tcp_connect_failures.get_or_create(l).clone(), None),
             SeriesKey::Signal(l) => (m.core_signals.get_or_create(l).clone(), None),
             SeriesKey::Wasm(l) => (
                 m.wasm_output_writes.get_or_create(l).clone(),
@@ -449,6 +464,7 @@ impl Series {
             }
             match key {
                 SeriesKey::Reset(l) => m.tcp_resets.remove(l),
+                SeriesKey::Connect(l) => m.tcp_connect_failures.remove(l),
                 SeriesKey::Signal(l) => m.core_signals.remove(l),
                 SeriesKey::Wasm(l) => {
                     m.wasm_output_bytes.remove(l);

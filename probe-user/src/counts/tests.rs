@@ -507,3 +507,35 @@ fn a_record_over_the_otlp_budget_is_never_an_exemplar() {
     assert_eq!(value, 1);
     assert!(exemplar.is_none());
 }
+
+/// Connect failures count by outcome and error (the errno the socket ended with, `none` when
+/// the application closed it first), per pod.
+#[test]
+fn connect_failures_count_by_outcome_and_error() {
+    use crate::status::event_metrics::ConnectLabels;
+    let (mut c, map, m) = counter(100);
+    let key = |cgroup_id, error| CountKey {
+        cgroup_id,
+        netns: 0,
+        kind: kind::CONNECT_FAILURE,
+        a: error,
+        b: 0,
+    };
+    map.set(key(1, libc::ETIMEDOUT as u32), 3, 0);
+    map.set(key(1, 0), 2, 0);
+    map.set(key(2, libc::EHOSTUNREACH as u32), 1, 0);
+    c.sweep(&mut FakeOwners, Instant::now());
+    let count = |n, outcome, error: &str| {
+        m.tcp_connect_failures
+            .get(&ConnectLabels {
+                outcome,
+                error: error.into(),
+                pod: pod(n),
+            })
+            .map_or(0, |c| c.get().0)
+    };
+    assert_eq!(count(1, "timed_out", "ETIMEDOUT"), 3);
+    assert_eq!(count(1, "timed_out", "none"), 2);
+    assert_eq!(count(2, "unreachable", "EHOSTUNREACH"), 1);
+    assert_eq!(m.series.get(), 3);
+}

@@ -401,6 +401,7 @@ fn ipv4(raw: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
 }
 
+pub mod connect;
 mod http;
 pub use self::http::traceparent_value;
 mod wasm;

@@ -2,6 +2,7 @@
 //! and node settings that explain them (core_pattern); Kubernetes metadata (`k8s/`), the
 //! conntrack joins, drop counts, core-signal and Wasm line assembly.
 
+pub mod connect;
 pub mod conntrack;
 pub mod core_signal;
 pub mod drops;
@@ -89,13 +90,16 @@ pub struct StageConfig {
     /// Conntrack expiries joined with what followed, when a namespace is watched: the window
     /// and the number of expired flows remembered.
     pub conntrack_flows: Option<(std::time::Duration, usize)>,
+    /// The Kubernetes cache, for the Services connects fail to, and the node's name.
+    pub k8s: Option<std::sync::Arc<k8s::K8sCache>>,
+    pub node: std::sync::Arc<str>,
 }
 
 /// The event path in order: the agent's own traffic out first; HTTP/2 header blocks decoded
 /// into requests; request heads kept for the trace tie; Wasm chunks into lines (which also flushes a process's lines at its exit);
 /// core signals joined with exits; drop totals into per-flow counts; folded resets into
-/// summaries; last, after the sinks,
-/// conntrack expiries joined with the resets and drops that followed into findings.
+/// summaries; after the sinks, connect failures joined with their drops and Service into
+/// findings, and last conntrack expiries joined with the resets and drops that followed.
 pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     if let Some(listen) = c.own_endpoint {
@@ -125,6 +129,7 @@ pub fn event_stages(c: StageConfig) -> Vec<Box<dyn Stage>> {
     )));
     stages.push(Box::new(drops::DropTotals::new(c.drop_flows)));
     stages.push(Box::new(folds::FoldTotals::new(c.folds, c.tables)));
+    stages.push(Box::new(connect::ConnectCauses::new(c.k8s, c.node)));
     if let Some((window, capacity)) = c.conntrack_flows {
         stages.push(Box::new(conntrack::FlowCorrelator::new(window, capacity)));
     }

@@ -29,8 +29,9 @@ use aya::{
     util::nr_cpus,
 };
 use probe_common::{
-    AgentConfig, EXE_NAME_LEN, KernelOffsets, PreemptLayout, RecvLayout, SOFTIRQ_UNKNOWN,
-    SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout, globals, maps,
+    AgentConfig, ConnectLayout, EXE_NAME_LEN, KernelOffsets, PreemptLayout, RecvLayout,
+    SOFTIRQ_UNKNOWN, SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout, globals,
+    maps,
 };
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -40,8 +41,8 @@ use self::{
     btf::Btf,
     hooks::{CAPABILITIES, CapabilityStatus, Switches},
     offsets::{
-        PreemptError, kernel_offsets, recv_layout, reset_layout, running_preempt_layout,
-        send_layout, skb_offsets, task_offsets, write_layout,
+        PreemptError, connect_layout, kernel_offsets, recv_layout, reset_layout,
+        running_preempt_layout, send_layout, skb_offsets, task_offsets, write_layout,
     },
     tracefs::{Format, TracefsError},
 };
@@ -145,13 +146,14 @@ pub struct Probe {
 }
 
 /// The tracepoint formats the loader reads: record layouts and field checks of the table.
-const FORMATS: [(&str, &str); 6] = [
+const FORMATS: [(&str, &str); 7] = [
     ("tcp", "tcp_send_reset"),
     ("tcp", "tcp_receive_reset"),
     ("syscalls", "sys_exit_write"),
     ("syscalls", "sys_exit_writev"),
     ("syscalls", "sys_enter_write"),
     ("syscalls", "sys_enter_writev"),
+    ("sock", "inet_sock_set_state"),
 ];
 
 impl Probe {
@@ -215,6 +217,8 @@ impl Probe {
                 write_layout(f, format(exit), buf, count)
             })
         };
+        let connect_l = format("inet_sock_set_state")
+            .map_or(ConnectLayout::ABSENT, |f| connect_layout(f, btf.as_ref()));
         let write_l = write("sys_enter_write", "sys_exit_write", "buf", "count");
         let writev_l = write("sys_enter_writev", "sys_exit_writev", "vec", "vlen");
         debug!(
@@ -222,6 +226,7 @@ impl Probe {
             ?receive_layout,
             ?write_l,
             ?writev_l,
+            ?connect_l,
             "tracepoint layouts"
         );
 
@@ -263,6 +268,7 @@ impl Probe {
             .override_global(globals::RECEIVE_RESET_LAYOUT, &receive_layout, true)
             .override_global(globals::WRITE_LAYOUT, &write_l, true)
             .override_global(globals::WRITEV_LAYOUT, &writev_l, true)
+            .override_global(globals::CONNECT_LAYOUT, &connect_l, true)
             .map_max_entries(maps::EVENTS, size)
             .load(OBJECT)
             .map_err(LoaderError::Load)?;

@@ -2,8 +2,8 @@
 //! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
 
 use probe_common::{
-    ABSENT, KernelOffsets, PreemptLayout, RecvLayout, SendLayout, SkbOffsets, TaskOffsets,
-    TcpResetLayout, WriteLayout,
+    ABSENT, ConnectLayout, KernelOffsets, PreemptLayout, RecvLayout, SendLayout, SkbOffsets,
+    TaskOffsets, TcpResetLayout, WriteLayout,
 };
 
 use super::{btf::Btf, tracefs::Format};
@@ -241,6 +241,48 @@ pub fn reset_layout(format: &Format) -> TcpResetLayout {
         daddr_v6: f("daddr_v6"),
         sock_cookie: f("sock_cookie"),
         _reserved: [0; 2],
+    }
+}
+
+/// Offsets of the connect-failure hook: the `sock:inet_sock_set_state` record's fields, the
+/// socket's error and retransmit members (BTF), and the two TCP states it compares, from the
+/// record's own print format (a number, or an enumerator BTF resolves), else BTF.
+pub fn connect_layout(format: &Format, btf: Option<&Btf>) -> ConnectLayout {
+    let f = |name: &str| off(format.offset(name));
+    let m = |s: &str, path: &str| off(btf.and_then(|b| b.member_offset(s, path)));
+    let state = |name: &str| {
+        let printed = format
+            .symbols
+            .get("oldstate")
+            .and_then(|pairs| pairs.iter().find(|(_, printed)| printed == name))
+            .and_then(|(value, _)| {
+                value
+                    .parse::<i64>()
+                    .ok()
+                    .or_else(|| btf.and_then(|b| b.enumerator(value)))
+            });
+        printed
+            .or_else(|| btf.and_then(|b| b.enumerator(name)))
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(ABSENT)
+    };
+    ConnectLayout {
+        skaddr: f("skaddr"),
+        oldstate: f("oldstate"),
+        newstate: f("newstate"),
+        sport: f("sport"),
+        dport: f("dport"),
+        family: f("family"),
+        protocol: f("protocol"),
+        saddr: f("saddr"),
+        daddr: f("daddr"),
+        saddr_v6: f("saddr_v6"),
+        daddr_v6: f("daddr_v6"),
+        sk_err: m("sock", "sk_err"),
+        sk_err_soft: m("sock", "sk_err_soft"),
+        total_retrans: m("tcp_sock", "total_retrans"),
+        syn_sent: state("TCP_SYN_SENT"),
+        close: state("TCP_CLOSE"),
     }
 }
 

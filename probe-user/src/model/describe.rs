@@ -255,13 +255,6 @@ impl Other {
         Self(Box::new(kind))
     }
     /// The concrete kind, for the stage that handles it.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the stage of a new kind; the new-kind test uses it"
-        )
-    )]
     pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
         self.0.as_any().downcast_ref()
     }

@@ -135,7 +135,7 @@ impl Flow {
 }
 
 impl Family {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Ipv4 => "ipv4",
             Self::Ipv6 => "ipv6",

@@ -110,6 +110,17 @@ pub struct ResetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectLabels {
+    /// `refused`, `timed_out`, `unreachable`, `failed` or `unknown`.
+    pub outcome: &'static str,
+    /// The socket's errno name (`ETIMEDOUT`...), `none` when the application closed it first,
+    /// `unknown` where the kernel's error cannot be read.
+    pub error: String,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
     /// `SIGSEGV`...
     pub signal: String,
@@ -190,6 +201,7 @@ pub struct MetricLabel {
 /// Names (without the `probe_` prefix and the `_total` suffix) of the event families.
 pub mod names {
     pub const TCP_RESETS: &str = "tcp_resets";
+    pub const TCP_CONNECT_FAILURES: &str = "tcp_connect_failures";
     pub const CORE_SIGNALS: &str = "core_signals";
     pub const WASM_OUTPUT_WRITES: &str = "wasm_output_writes";
     pub const PACKET_DROPS: &str = "packet_drops";
@@ -204,6 +216,9 @@ pub mod names {
         match family {
             TCP_RESETS => {
                 "TCP resets sent and received, counted in the kernel (exact whatever the ring buffer lost), by direction, reason and pod"
+            }
+            TCP_CONNECT_FAILURES => {
+                "TCP connects that ended without reaching ESTABLISHED, counted in the kernel, by outcome, the socket's error and pod"
             }
             CORE_SIGNALS => {
                 "Core-dumping signals generated for a process, counted in the kernel, by signal, origin and pod"
@@ -233,6 +248,7 @@ pub mod names {
 #[derive(Clone, Default)]
 pub struct EventMetrics {
     pub tcp_resets: Family<ResetLabels, EventCounter>,
+    pub tcp_connect_failures: Family<ConnectLabels, EventCounter>,
     pub core_signals: Family<SignalLabels, EventCounter>,
     pub wasm_output_writes: Family<StreamLabels, EventCounter>,
     pub wasm_output_bytes: Family<StreamLabels, EventCounter>,
@@ -254,6 +270,11 @@ impl EventMetrics {
             names::TCP_RESETS,
             names::help(names::TCP_RESETS),
             self.tcp_resets.clone(),
+        );
+        registry.register(
+            names::TCP_CONNECT_FAILURES,
+            names::help(names::TCP_CONNECT_FAILURES),
+            self.tcp_connect_failures.clone(),
         );
         registry.register(
             names::CORE_SIGNALS,

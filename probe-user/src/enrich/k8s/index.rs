@@ -66,7 +66,19 @@ pub struct Indexes {
     /// The cluster IPs of each Service and the addresses of each EndpointSlice, by
     /// `namespace/name`: what an update or a delete removes.
     service_ips: HashMap<Arc<str>, Box<[IpAddr]>>,
-    slice_addrs: HashMap<Arc<str>, Box<[IpAddr]>>,
+    slice_addrs: HashMap<Arc<str>, SliceKept>,
+    /// Ready endpoints of each Service (`namespace/name`), summed over its EndpointSlices;
+    /// a Service with none has no entry.
+    ready_by_service: HashMap<Arc<str>, usize>,
+}
+
+/// What the index remembers of an EndpointSlice to take it out again.
+#[derive(Debug)]
+struct SliceKept {
+    addrs: Box<[IpAddr]>,
+    /// Its Service (`namespace/name`) and how many of its endpoints are ready.
+    service: Option<Arc<str>>,
+    ready: usize,
 }
 
 /// A Service as the index keeps it: its key, names and cluster IPs.
@@ -80,6 +92,10 @@ pub struct ServiceEntry {
 pub struct SliceEntry {
     key: Arc<str>,
     backends: Vec<(IpAddr, Backend)>,
+    /// Its Service's `namespace/name`, and its endpoints that are ready (a condition left
+    /// unset counts as ready, as the API says consumers should take it).
+    service: Option<Arc<str>>,
+    ready: usize,
 }
 
 fn object_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Arc<str>> {
@@ -129,7 +145,10 @@ pub fn slice_entry(slice: &EndpointSlice) -> Option<SliceEntry> {
         .and_then(|l| l.get("kubernetes.io/service-name"))
         .map(|s| s.as_str().into());
     let mut backends = Vec::new();
+    let mut ready = 0;
     for ep in slice.endpoints.iter().flatten() {
+        let is_ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+        ready += usize::from(is_ready && !ep.addresses.is_empty());
         let pod_name: Option<Box<str>> = ep
             .target_ref
             .as_ref()
@@ -148,7 +167,13 @@ pub fn slice_entry(slice: &EndpointSlice) -> Option<SliceEntry> {
             ));
         }
     }
-    Some(SliceEntry { key, backends })
+    let service = service.map(|name| format!("{namespace}/{name}").into());
+    Some(SliceEntry {
+        key,
+        backends,
+        service,
+        ready,
+    })
 }
 
 impl Indexes {
@@ -213,30 +238,60 @@ impl Indexes {
         for (ip, backend) in entry.backends {
             self.backends.insert(ip, backend);
         }
-        self.slice_addrs.insert(entry.key, addrs);
+        if let Some(service) = &entry.service
+            && entry.ready > 0
+        {
+            *self.ready_by_service.entry(service.clone()).or_default() += entry.ready;
+        }
+        self.slice_addrs.insert(
+            entry.key,
+            SliceKept {
+                addrs,
+                service: entry.service,
+                ready: entry.ready,
+            },
+        );
     }
 
     /// An EndpointSlice deleted: the addresses it (still) owns out.
     pub fn delete_slice(&mut self, key: &str) {
-        let Some(addrs) = self.slice_addrs.remove(key) else {
+        let Some(kept) = self.slice_addrs.remove(key) else {
             return;
         };
-        for ip in addrs.iter() {
+        for ip in kept.addrs.iter() {
             if self.backends.get(ip).is_some_and(|b| &*b.slice == key) {
                 self.backends.remove(ip);
             }
         }
+        if let Some(service) = &kept.service
+            && let Some(n) = self.ready_by_service.get_mut(service)
+        {
+            *n = n.saturating_sub(kept.ready);
+            if *n == 0 {
+                self.ready_by_service.remove(service);
+            }
+        }
+    }
+
+    /// The ready endpoints of the Service `namespace/name` over all its EndpointSlices.
+    pub fn ready_endpoints(&self, namespace: &str, name: &str) -> usize {
+        self.ready_by_service
+            .get(format!("{namespace}/{name}").as_str())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every EndpointSlice at once (a relist).
     pub fn replace_slices(&mut self, entries: Vec<SliceEntry>) {
         self.backends.clear();
         self.slice_addrs.clear();
+        self.ready_by_service.clear();
         for e in entries {
             self.apply_slice(e);
         }
         self.backends.shrink_to_fit();
         self.slice_addrs.shrink_to_fit();
+        self.ready_by_service.shrink_to_fit();
     }
 
     /// Services and EndpointSlices known (objects, not addresses).
@@ -554,10 +609,14 @@ mod tests {
             ))
             .unwrap(),
         );
+        assert_eq!(idx.ready_endpoints("shop", "redis"), 2, "one in each slice");
         idx.delete_slice("shop/redis-abc");
         assert_eq!(&*idx.backends[&ip("10.2.0.9")].slice, "shop/redis-def");
+        assert_eq!(idx.ready_endpoints("shop", "redis"), 1);
         idx.delete_slice("shop/redis-def");
         assert!(idx.backends.is_empty());
+        assert_eq!(idx.ready_endpoints("shop", "redis"), 0);
+        assert!(idx.ready_by_service.is_empty());
         assert_eq!(idx.counts(), (0, 0));
     }
 }

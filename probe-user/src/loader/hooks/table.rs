@@ -164,6 +164,19 @@ pub const CAPABILITIES: &[Capability] = &[
         }],
     },
     Capability {
+        name: "connect_failure",
+        lost: "connects that fail (timed out, unreachable, given up) will not be reported",
+        switch: Switch::Always,
+        on_demand: false,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "inet_sock_set_state",
+                Attach::Tracepoint("sock", "inet_sock_set_state"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
         name: "drops",
         lost: "TCP packets the kernel drops will not be reported (no silent-drop findings)",
         switch: Switch::Always,
