@@ -223,6 +223,9 @@ pub trait KindName {
 pub trait OtherKind: Describe + fmt::Debug + Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     fn json(&self) -> serde_json::Value;
+    /// Its keys as a JSON object, written straight into `out` in its struct's order (the JSON
+    /// output's path: no `Value` per record); false if it failed.
+    fn json_into(&self, out: &mut Vec<u8>) -> bool;
     fn clone_box(&self) -> Box<dyn OtherKind>;
     fn as_any(&self) -> &dyn Any;
 }
@@ -236,6 +239,9 @@ where
     }
     fn json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
+    }
+    fn json_into(&self, out: &mut Vec<u8>) -> bool {
+        serde_json::to_writer(out, self).is_ok()
     }
     fn clone_box(&self) -> Box<dyn OtherKind> {
         Box::new(self.clone())
