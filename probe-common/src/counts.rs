@@ -8,7 +8,9 @@ use core::mem::size_of;
 /// - [`crate::kind::TCP_RESET`]: `a` = [`crate::direction`], `b` = `enum sk_rst_reason` or
 ///   [`crate::REASON_NONE`];
 /// - [`crate::kind::CORE_SIGNAL`]: `a` = the signal number, `b` = `si_code`;
-/// - [`crate::kind::WASM_WRITE_RESULT`]: `a` = the fd (1 stdout, 2 stderr), `b` = 0.
+/// - [`crate::kind::WASM_WRITE_RESULT`]: `a` = the fd (1 stdout, 2 stderr), `b` = 0;
+/// - [`crate::kind::CONNECT_FAILURE`]: `a` = the socket's error, `b` = 0;
+/// - [`crate::COUNTED_TCP_RETRANSMIT`] (counted only): `a` = the TCP state, `b` = 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CountKey {
@@ -16,7 +18,7 @@ pub struct CountKey {
     pub cgroup_id: u64,
     /// Network namespace inode; 0 when unknown.
     pub netns: u32,
-    /// One of [`crate::kind`].
+    /// One of [`crate::kind`], or [`crate::COUNTED_TCP_RETRANSMIT`].
     pub kind: u32,
     pub a: u32,
     pub b: u32,

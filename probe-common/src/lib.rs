@@ -69,6 +69,8 @@ pub mod globals {
     pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
     /// [`crate::ConnectLayout`] of `sock:inet_sock_set_state`.
     pub const CONNECT_LAYOUT: &str = "CONNECT_LAYOUT";
+    /// [`crate::RetransmitLayout`] of `tcp:tcp_retransmit_skb`.
+    pub const RETRANSMIT_LAYOUT: &str = "RETRANSMIT_LAYOUT";
     /// [`crate::TaskOffsets`].
     pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
     /// [`crate::WriteLayout`] of `syscalls:sys_enter_write`.
@@ -395,11 +397,13 @@ mod counts;
 mod drops;
 mod http;
 mod layouts;
+mod retransmit;
 pub use connect::*;
 pub use counts::*;
 pub use drops::*;
 pub use http::*;
 pub use layouts::*;
+pub use retransmit::*;
 
 /// A process selected for capture at exec (in [`maps::SELECTIONS`]).
 #[repr(C)]
@@ -443,6 +447,7 @@ mod pod {
     unsafe impl aya::Pod for super::PreemptLayout {}
     unsafe impl aya::Pod for super::ConnectLayout {}
     unsafe impl aya::Pod for super::ConnectFailureEvent {}
+    unsafe impl aya::Pod for super::RetransmitLayout {}
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod sys_exit_writev;
 mod tcp_destroy_sock;
 mod tcp_receive_reset;
 mod tcp_reset;
+mod tcp_retransmit_skb;
 mod tcp_send_reset;
 mod tcp_sendmsg_locked;
 mod tcp_v4_send_reset;

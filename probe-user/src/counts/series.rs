@@ -8,15 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use foldhash::HashMap;
 
-use probe_common::{CountKey, REASON_NONE, direction, kind};
+use probe_common::{COUNTED_TCP_RETRANSMIT, CountKey, REASON_NONE, direction, kind};
 
 use crate::{
     decode::{SymbolTables, connect},
     model::signals::{origin, signal_name},
     status::event_metrics::{
         ConnectLabels, DropLabels, EventCounter, EventMetrics, ExpiryLabels, FindingLabels,
-        MetricLabel, OVERFLOW_POD, OutcomeLabels, PodLabels, ResetLabels, SignalLabels,
-        SpanExemplar, StreamLabels, names,
+        MetricLabel, OVERFLOW_POD, OutcomeLabels, PodLabels, ResetLabels, RetransmitLabels,
+        SignalLabels, SpanExemplar, StreamLabels, names,
     },
 };
 
@@ -36,6 +36,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 pub enum SeriesKey {
     Reset(ResetLabels),
     Connect(ConnectLabels),
+    Retransmit(RetransmitLabels),
     Signal(SignalLabels),
     Wasm(StreamLabels),
     Drop(DropLabels),
@@ -64,6 +65,13 @@ impl SeriesKey {
             kind::CONNECT_FAILURE => Self::Connect(ConnectLabels {
                 outcome: connect::outcome(key.a).name(),
                 error: connect::error_label(key.a).into_owned(),
+                pod,
+            }),
+            COUNTED_TCP_RETRANSMIT => Self::Retransmit(RetransmitLabels {
+                state: tables
+                    .tcp_states
+                    .get(&key.a)
+                    .map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
                 pod,
             }),
             kind::CORE_SIGNAL => Self::Signal(SignalLabels {
@@ -105,6 +113,7 @@ impl SeriesKey {
                 ("reason", l.reason.clone()),
             ],
             Self::Connect(l) => vec![("outcome", l.outcome.into()), ("error", l.error.clone())],
+            Self::Retransmit(l) => vec![("state", l.state.clone())],
             Self::Signal(l) => vec![("signal", l.signal.clone()), ("origin", l.origin.into())],
             Self::Wasm(l) => vec![("stream", l.stream.into())],
             Self::Drop(l) => vec![("reason", l.reason.clone())],
@@ -126,6 +135,7 @@ impl SeriesKey {
         match self {
             Self::Reset(l) => &l.pod,
             Self::Connect(l) => &l.pod,
+            Self::Retransmit(l) => &l.pod,
             Self::Signal(l) => &l.pod,
             Self::Wasm(l) => &l.pod,
             Self::Drop(l) => &l.pod,
@@ -139,6 +149,7 @@ impl SeriesKey {
         match self {
             Self::Reset(l) => &mut l.pod,
             Self::Connect(l) => &mut l.pod,
+            Self::Retransmit(l) => &mut l.pod,
             Self::Signal(l) => &mut l.pod,
             Self::Wasm(l) => &mut l.pod,
             Self::Drop(l) => &mut l.pod,
@@ -172,6 +183,7 @@ impl SeriesKey {
         match self {
             Self::Reset(_) => names::TCP_RESETS,
             Self::Connect(_) => names::TCP_CONNECT_FAILURES,
+            Self::Retransmit(_) => names::TCP_RETRANSMITS,
             Self::Signal(_) => names::CORE_SIGNALS,
             Self::Wasm(_) => names::WASM_OUTPUT_WRITES,
             Self::Drop(_) => names::PACKET_DROPS,
@@ -389,6 +401,7 @@ impl Series {
         let (events, bytes) = match key {
             SeriesKey::Reset(l) => (m.tcp_resets.get_or_create(l).clone(), None),
             SeriesKey::Connect(l) => (m.tcp_connect_failures.get_or_create(l).clone(), None),
+            SeriesKey::Retransmit(l) => (m.tcp_retransmits.get_or_create(l).clone(), None),
             SeriesKey::Signal(l) => (m.core_signals.get_or_create(l).clone(), None),
             SeriesKey::Wasm(l) => (
                 m.wasm_output_writes.get_or_create(l).clone(),
@@ -465,6 +478,7 @@ impl Series {
             match key {
                 SeriesKey::Reset(l) => m.tcp_resets.remove(l),
                 SeriesKey::Connect(l) => m.tcp_connect_failures.remove(l),
+                SeriesKey::Retransmit(l) => m.tcp_retransmits.remove(l),
                 SeriesKey::Signal(l) => m.core_signals.remove(l),
                 SeriesKey::Wasm(l) => {
                     m.wasm_output_bytes.remove(l);

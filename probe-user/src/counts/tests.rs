@@ -539,3 +539,65 @@ fn connect_failures_count_by_outcome_and_error() {
     assert_eq!(count(2, "unreachable", "EHOSTUNREACH"), 1);
     assert_eq!(m.series.get(), 3);
 }
+
+/// Retransmits are counted only (no record): by the socket's TCP state, per pod; a state
+/// without a name is `unknown`, the family is on /metrics with its help.
+#[test]
+fn retransmits_count_by_tcp_state_per_pod() {
+    use probe_common::COUNTED_TCP_RETRANSMIT;
+
+    use crate::status::event_metrics::RetransmitLabels;
+    let map = FakeMap::default();
+    let state = crate::status::AgentState::new(serde_json::json!({}), Vec::new());
+    let mut t = SymbolTables::default();
+    t.tcp_states.insert(1, "ESTABLISHED".into());
+    t.tcp_states.insert(2, "SYN_SENT".into());
+    let mut c = EventCounter::new(
+        Box::new(map.clone()),
+        Arc::new(t),
+        state.metrics.event.clone(),
+        Limits {
+            max_series: 100,
+            idle: Duration::from_secs(3600),
+        },
+    );
+    let key = |cgroup_id, tcp_state| CountKey {
+        cgroup_id,
+        netns: 0,
+        kind: COUNTED_TCP_RETRANSMIT,
+        a: tcp_state,
+        b: 0,
+    };
+    map.set(key(1, 1), 40, 0);
+    map.set(key(1, 2), 3, 0);
+    map.set(key(2, 1), 7, 0);
+    map.set(key(0, 99), 1, 0);
+    c.sweep(&mut FakeOwners, Instant::now());
+    let count = |pod_labels, tcp_state: &str| {
+        state
+            .metrics
+            .event
+            .tcp_retransmits
+            .get(&RetransmitLabels {
+                state: tcp_state.into(),
+                pod: pod_labels,
+            })
+            .map_or(0, |c| c.get().0)
+    };
+    assert_eq!(count(pod(1), "ESTABLISHED"), 40);
+    assert_eq!(count(pod(1), "SYN_SENT"), 3);
+    assert_eq!(count(pod(2), "ESTABLISHED"), 7);
+    assert_eq!(count(PodLabels::default(), "unknown"), 1);
+    // A second sweep adds only what the kernel counted since.
+    map.set(key(1, 1), 45, 0);
+    c.sweep(&mut FakeOwners, Instant::now());
+    assert_eq!(count(pod(1), "ESTABLISHED"), 45);
+    let text = state.metrics.encode();
+    assert!(
+        text.contains("# HELP probe_tcp_retransmits TCP segments sent again"),
+        "{text}"
+    );
+    let pod1 = r#"namespace="ns",pod="p1",container="c",workload_kind="deployment",workload="web""#;
+    let line = format!(r#"probe_tcp_retransmits_total{{state="ESTABLISHED",{pod1}}} 45"#);
+    assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+}

@@ -30,8 +30,8 @@ use aya::{
 };
 use probe_common::{
     AgentConfig, ConnectLayout, EXE_NAME_LEN, KernelOffsets, PreemptLayout, RecvLayout,
-    SOFTIRQ_UNKNOWN, SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout, globals,
-    maps,
+    RetransmitLayout, SOFTIRQ_UNKNOWN, SendLayout, SkbOffsets, TaskOffsets, TcpResetLayout,
+    WriteLayout, globals, maps,
 };
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -41,7 +41,7 @@ use self::{
     btf::Btf,
     hooks::{CAPABILITIES, CapabilityStatus, Switches},
     offsets::{
-        PreemptError, connect_layout, kernel_offsets, recv_layout, reset_layout,
+        PreemptError, connect_layout, kernel_offsets, recv_layout, reset_layout, retransmit_layout,
         running_preempt_layout, send_layout, skb_offsets, task_offsets, write_layout,
     },
     tracefs::{Format, TracefsError},
@@ -146,7 +146,7 @@ pub struct Probe {
 }
 
 /// The tracepoint formats the loader reads: record layouts and field checks of the table.
-const FORMATS: [(&str, &str); 7] = [
+const FORMATS: [(&str, &str); 8] = [
     ("tcp", "tcp_send_reset"),
     ("tcp", "tcp_receive_reset"),
     ("syscalls", "sys_exit_write"),
@@ -154,6 +154,7 @@ const FORMATS: [(&str, &str); 7] = [
     ("syscalls", "sys_enter_write"),
     ("syscalls", "sys_enter_writev"),
     ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_retransmit_skb"),
 ];
 
 impl Probe {
@@ -219,6 +220,8 @@ impl Probe {
         };
         let connect_l = format("inet_sock_set_state")
             .map_or(ConnectLayout::ABSENT, |f| connect_layout(f, btf.as_ref()));
+        let retransmit_l =
+            format("tcp_retransmit_skb").map_or(RetransmitLayout::ABSENT, retransmit_layout);
         let write_l = write("sys_enter_write", "sys_exit_write", "buf", "count");
         let writev_l = write("sys_enter_writev", "sys_exit_writev", "vec", "vlen");
         debug!(
@@ -227,6 +230,7 @@ impl Probe {
             ?write_l,
             ?writev_l,
             ?connect_l,
+            ?retransmit_l,
             "tracepoint layouts"
         );
 
@@ -269,6 +273,7 @@ impl Probe {
             .override_global(globals::WRITE_LAYOUT, &write_l, true)
             .override_global(globals::WRITEV_LAYOUT, &writev_l, true)
             .override_global(globals::CONNECT_LAYOUT, &connect_l, true)
+            .override_global(globals::RETRANSMIT_LAYOUT, &retransmit_l, true)
             .map_max_entries(maps::EVENTS, size)
             .load(OBJECT)
             .map_err(LoaderError::Load)?;

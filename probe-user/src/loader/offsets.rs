@@ -2,8 +2,8 @@
 //! tracepoint record offsets from tracefs formats. Nothing here is hard-coded per kernel.
 
 use probe_common::{
-    ABSENT, ConnectLayout, KernelOffsets, PreemptLayout, RecvLayout, SendLayout, SkbOffsets,
-    TaskOffsets, TcpResetLayout, WriteLayout,
+    ABSENT, ConnectLayout, KernelOffsets, PreemptLayout, RecvLayout, RetransmitLayout, SendLayout,
+    SkbOffsets, TaskOffsets, TcpResetLayout, WriteLayout,
 };
 
 use super::{btf::Btf, tracefs::Format};
@@ -217,6 +217,14 @@ pub fn skb_offsets(btf: &Btf) -> SkbOffsets {
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(ABSENT),
         _reserved: 0,
+    }
+}
+
+/// Field offsets of the `tcp:tcp_retransmit_skb` record: the socket and its state.
+pub fn retransmit_layout(format: &Format) -> RetransmitLayout {
+    RetransmitLayout {
+        skaddr: off(format.offset("skaddr")),
+        state: off(format.offset("state")),
     }
 }
 

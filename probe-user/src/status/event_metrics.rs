@@ -121,6 +121,15 @@ pub struct ConnectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetransmitLabels {
+    /// The socket's TCP state (`ESTABLISHED`, `SYN_SENT`, ...), `unknown` where it cannot be
+    /// named.
+    pub state: String,
+    #[prometheus(flatten)]
+    pub pod: PodLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
     /// `SIGSEGV`...
     pub signal: String,
@@ -202,6 +211,7 @@ pub struct MetricLabel {
 pub mod names {
     pub const TCP_RESETS: &str = "tcp_resets";
     pub const TCP_CONNECT_FAILURES: &str = "tcp_connect_failures";
+    pub const TCP_RETRANSMITS: &str = "tcp_retransmits";
     pub const CORE_SIGNALS: &str = "core_signals";
     pub const WASM_OUTPUT_WRITES: &str = "wasm_output_writes";
     pub const PACKET_DROPS: &str = "packet_drops";
@@ -219,6 +229,9 @@ pub mod names {
             }
             TCP_CONNECT_FAILURES => {
                 "TCP connects that ended without reaching ESTABLISHED, counted in the kernel, by outcome, the socket's error and pod"
+            }
+            TCP_RETRANSMITS => {
+                "TCP segments sent again, counted in the kernel (no record each), by the socket's TCP state and pod"
             }
             CORE_SIGNALS => {
                 "Core-dumping signals generated for a process, counted in the kernel, by signal, origin and pod"
@@ -249,6 +262,7 @@ pub mod names {
 pub struct EventMetrics {
     pub tcp_resets: Family<ResetLabels, EventCounter>,
     pub tcp_connect_failures: Family<ConnectLabels, EventCounter>,
+    pub tcp_retransmits: Family<RetransmitLabels, EventCounter>,
     pub core_signals: Family<SignalLabels, EventCounter>,
     pub wasm_output_writes: Family<StreamLabels, EventCounter>,
     pub wasm_output_bytes: Family<StreamLabels, EventCounter>,
@@ -275,6 +289,11 @@ impl EventMetrics {
             names::TCP_CONNECT_FAILURES,
             names::help(names::TCP_CONNECT_FAILURES),
             self.tcp_connect_failures.clone(),
+        );
+        registry.register(
+            names::TCP_RETRANSMITS,
+            names::help(names::TCP_RETRANSMITS),
+            self.tcp_retransmits.clone(),
         );
         registry.register(
             names::CORE_SIGNALS,

@@ -177,6 +177,19 @@ pub const CAPABILITIES: &[Capability] = &[
         }],
     },
     Capability {
+        name: "retransmits",
+        lost: "TCP retransmits will not be counted (probe_tcp_retransmits_total)",
+        switch: Switch::Always,
+        on_demand: false,
+        candidates: &[Candidate {
+            programs: &[prog(
+                "tcp_retransmit_skb",
+                Attach::Tracepoint("tcp", "tcp_retransmit_skb"),
+            )],
+            requires: Requires::Nothing,
+        }],
+    },
+    Capability {
         name: "drops",
         lost: "TCP packets the kernel drops will not be reported (no silent-drop findings)",
         switch: Switch::Always,
