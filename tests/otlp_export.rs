@@ -253,6 +253,7 @@ fn a_collector_outage_is_bounded_counted_and_survived() {
             .filter(|r| {
                 [
                     "tcp_reset",
+                    "connect_failure",
                     "packet_drop",
                     "core_signal",
                     "wasm_output",
@@ -369,10 +370,11 @@ fn settle(
     let http = probe.http_addr();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // Each refused connect makes two resets and a connect failure: a span each.
         let made = probe
             .seen()
             .iter()
-            .filter(|r| r["kind"] == "tcp_reset")
+            .filter(|r| r["kind"] == "tcp_reset" || r["kind"] == "connect_failure")
             .count() as u64;
         let exported = metric(http, "probe_otlp_exported_total", "spans");
         let dropped = metric(http, "probe_otlp_dropped_total", "spans");
@@ -595,47 +597,62 @@ fn over_the_otlp_budget_records_fold_into_exact_summaries_and_json_keeps_them_al
         assert!(Instant::now() < deadline, "JSON did not get all 600 resets");
         let _ = probe.wait_for(Duration::from_millis(200), |_| false);
     }
-    // The summaries of the budget go out once a second: every reset is a span or in one.
-    let spans_on_port = |seen: &[Value]| {
+    // The summaries of the budget go out once a second: every reset and every connect
+    // failure (one per refused connect) is a span or in one.
+    let spans_on_port = |seen: &[Value], prefix: &str| {
         seen.iter()
             .filter(|s| {
                 s["signal"] == "span"
-                    && s["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with("tcp.reset."))
+                    && s["name"].as_str().is_some_and(|n| n.starts_with(prefix))
                     && (s["attributes"]["network.local.port"] == port
                         || s["attributes"]["network.peer.port"] == port)
             })
             .count() as u64
     };
-    let folded = |seen: &[Value]| -> u64 {
+    let folded = |seen: &[Value], kind: &str| -> u64 {
         seen.iter()
             .filter(|s| {
                 s["signal"] == "span"
                     && s["attributes"]["probe.summary.folded_by"] == "otlp_budget"
-                    && s["attributes"]["probe.summary.kind"] == "tcp_reset"
+                    && s["attributes"]["probe.summary.kind"] == kind
             })
             .filter_map(|s| s["attributes"]["probe.summary.count"].as_u64())
             .sum()
     };
     let deadline = Instant::now() + WAIT;
-    let (full, summarised) = loop {
+    let (resets, connects) = loop {
         let seen = receiver.collect(Duration::from_millis(300));
-        let (full, summarised) = (spans_on_port(seen), folded(seen));
-        if full + summarised >= 600 || Instant::now() >= deadline {
-            break (full, summarised);
+        let resets = (spans_on_port(seen, "tcp.reset."), folded(seen, "tcp_reset"));
+        let connects = (
+            spans_on_port(seen, "tcp.connect.failed"),
+            folded(seen, "connect_failure"),
+        );
+        if resets.0 + resets.1 >= 600 && connects.0 + connects.1 >= 300
+            || Instant::now() >= deadline
+        {
+            break (resets, connects);
         }
     };
     assert_eq!(
-        full + summarised,
+        resets.0 + resets.1,
         600,
-        "{full} spans in full, {summarised} in summaries"
+        "resets: {} spans in full, {} in summaries",
+        resets.0,
+        resets.1
+    );
+    assert_eq!(
+        connects.0 + connects.1,
+        300,
+        "connect failures: {} spans in full, {} in summaries",
+        connects.0,
+        connects.1
     );
     // One second's burst, and what the budget earned while the connects ran.
+    let full = resets.0 + connects.0;
     assert!((20..300).contains(&full), "{full} spans in full");
     assert_eq!(
         metric_sum(http, "probe_otlp_over_budget_records_total", &[]),
-        summarised
+        resets.1 + connects.1
     );
     let _ = probe.stop();
 }

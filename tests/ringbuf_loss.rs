@@ -9,7 +9,8 @@ use std::{
 
 use probe_tests::*;
 
-/// Refused connects; each makes two resets (the responder's sent, the client's received).
+/// Refused connects; each makes two resets (the responder's sent, the client's received) and a
+/// connect failure.
 const CONNECTS: u64 = 50_000;
 
 #[test]
@@ -59,14 +60,29 @@ fn delivered_plus_lost_equals_generated() {
         (CONNECTS, CONNECTS),
         "probe_tcp_resets_total by direction"
     );
+    // Connect failures too (one per refused connect), in the same map.
+    assert_eq!(
+        wait_metric(
+            probe.http_addr(),
+            "probe_tcp_connect_failures_total",
+            &[r#"outcome="refused""#],
+            CONNECTS
+        ),
+        CONNECTS,
+        "probe_tcp_connect_failures_total"
+    );
     let (status, records, log) = probe.stop_with_log();
     assert!(status.success(), "the probe exited with {status}:\n{log}");
     // Lost events whose loss record could not get out before the shutdown deadline are said
     // in the agent's last WARN line.
     let unwritten = unreported_losses(&log, "json");
 
-    let delivered = resets_on_port(&records, port).len() as u64;
-    let unrelated = records.iter().filter(|r| r["kind"] == "tcp_reset").count() as u64 - delivered;
+    let delivered = refused_records_on_port(&records, port).len() as u64;
+    let unrelated = records
+        .iter()
+        .filter(|r| r["kind"] == "tcp_reset" || r["kind"] == "connect_failure")
+        .count() as u64
+        - delivered;
     let losses: Vec<&Value> = records.iter().filter(|r| r["kind"] == "loss").collect();
     let lost: u64 = losses
         .iter()
@@ -77,10 +93,10 @@ fn delivered_plus_lost_equals_generated() {
         .iter()
         .filter(|r| r["source"] == "ringbuf")
         .map(|r| {
-            assert_eq!(
-                r["lost_kind"], "tcp_reset",
+            assert!(
+                r["lost_kind"] == "tcp_reset" || r["lost_kind"] == "connect_failure",
                 "a kernel event of another kind was lost: something else on this node was \
-                 active during the flood (the count needs a quiet node)"
+                 active during the flood (the count needs a quiet node): {r}"
             );
             r["count"].as_u64().unwrap()
         })
@@ -90,7 +106,7 @@ fn delivered_plus_lost_equals_generated() {
         format!(
             "ringbuf_loss: generated {} delivered {delivered} lost {lost} (ringbuf {ringbuf}, \
              channel and output {}, unwritten at the deadline {unwritten}) unrelated {unrelated}\n",
-            2 * CONNECTS,
+            RECORDS_PER_REFUSED_CONNECT * CONNECTS,
             lost - ringbuf - unwritten
         )
         .as_bytes(),
@@ -99,7 +115,7 @@ fn delivered_plus_lost_equals_generated() {
         unrelated, 0,
         "other resets on this node during the test make the count inexact"
     );
-    assert_eq!(delivered + lost, 2 * CONNECTS);
+    assert_eq!(delivered + lost, RECORDS_PER_REFUSED_CONNECT * CONNECTS);
     assert!(delivered > 0, "nothing was delivered");
     assert!(
         lost > 0,

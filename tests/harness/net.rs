@@ -13,6 +13,23 @@ pub fn resets_on_port(records: &[Value], port: u16) -> Vec<Value> {
         .collect()
 }
 
+/// Records a refused connect to `port` makes: its two resets and its `connect_failure`.
+pub fn refused_records_on_port(records: &[Value], port: u16) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| {
+            (r["kind"] == "tcp_reset" || r["kind"] == "connect_failure")
+                && (r["sport"] == port || r["dport"] == port)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Records one refused connect makes: the reset sent, the reset received and, where the
+/// kernel tells connect failures (`sock:inet_sock_set_state`, every kernel of the matrix), the
+/// connect failure.
+pub const RECORDS_PER_REFUSED_CONNECT: u64 = 3;
+
 /// Resets on `port` in `direction` ("sent" or "received").
 pub fn resets(records: &[Value], port: u16, direction: &str) -> Vec<Value> {
     resets_on_port(records, port)
