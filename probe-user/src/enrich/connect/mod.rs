@@ -177,7 +177,8 @@ pub fn finding(node: &str, c: &ConnectFailure, record: &Record, cause: &Cause) -
             let comm = record.common.comm.as_deref()?;
             Some(format!("{comm}[{}]", record.common.pid?))
         })
-        .unwrap_or_else(|| "a socket".to_owned());
+        // The kernel ended it in a timer: no task, its own end names it.
+        .unwrap_or_else(|| endpoint(c.saddr, c.sport));
     let to = endpoint(c.daddr, c.dport);
     let mut parts = Vec::new();
     let mut name = "connect_dropped";

@@ -122,6 +122,25 @@ fn the_drops_of_a_connects_flow_name_its_cause_after_the_grace() {
 }
 
 #[test]
+fn a_connect_the_kernel_ended_without_a_task_or_pod_is_named_by_its_own_end() {
+    let mut stage = ConnectCauses::new(None, "node-a".into());
+    let t0 = Instant::now();
+    let mut c = connect(40000, Outcome::TimedOut, 2);
+    c.k8s = None;
+    c.common.pid = None;
+    c.common.comm = None;
+    written(&mut stage, dropped(40000, "NETFILTER_DROP", 2), t0);
+    written(&mut stage, c, t0);
+    let f = findings(&mut stage, t0 + GRACE);
+    assert!(
+        f[0].summary
+            .starts_with("connect from 10.0.0.1:40000 to 10.96.0.15:6379 timed_out"),
+        "{}",
+        f[0].summary
+    );
+}
+
+#[test]
 fn a_refused_connect_or_one_without_drops_makes_no_finding() {
     let mut stage = ConnectCauses::new(None, "node-a".into());
     let t0 = Instant::now();
