@@ -14,8 +14,6 @@ const PORT: &str = "7070";
 /// two SYNs are dropped (the kernel's retransmission schedule does not matter). Returns the
 /// client port.
 fn dropped_connect(to: SocketAddr) -> u16 {
-    use std::os::fd::AsRawFd as _;
-
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(to), Type::STREAM, None).expect("socket");
     let local = SocketAddr::new(to.ip(), 0);
@@ -28,19 +26,7 @@ fn dropped_connect(to: SocketAddr) -> u16 {
     assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS), "{err}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        // SAFETY: zeroed tcp_info is valid; getsockopt gets its size.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&raw mut info).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        let info = probe_tests::connect::tcp_info(&s);
         assert_eq!(info.tcpi_state, 2, "still SYN_SENT");
         if info.tcpi_total_retrans >= 1 {
             assert_eq!(info.tcpi_total_retrans, 1);

@@ -8,11 +8,10 @@
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
-use probe_tests::*;
+use probe_tests::{connect::tcp_info, *};
 
 const NODE: &str = "node-retransmit";
 const PORT: u16 = 7091;
@@ -32,21 +31,7 @@ fn retrans_segs(ns: &Netns) -> u64 {
 }
 
 fn total_retrans(s: &TcpStream) -> u32 {
-    // SAFETY: a zeroed tcp_info is valid; getsockopt is given its size.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid socket and buffer.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_total_retrans
+    tcp_info(&socket2::SockRef::from(s)).tcpi_total_retrans
 }
 
 /// Runs `f` with this process in the cgroup `scope` (a socket belongs to the cgroup its

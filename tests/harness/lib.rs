@@ -437,6 +437,7 @@ pub fn run_probe(args: &[&str]) -> std::process::Output {
         .expect("running the probe")
 }
 
+pub mod connect;
 pub mod containerd;
 pub mod cri;
 mod host;
