@@ -66,6 +66,7 @@ fn every_endpoint_answers_and_counters_move() {
             "reset_reason",
             "reset_received",
             "connect_failure",
+            "connect_icmp",
             "retransmits",
             "drops",
             "drop_reason",

@@ -58,6 +58,29 @@ impl ConnectLayout {
 /// BTF for the socket's members).
 pub const UNKNOWN: u32 = u32::MAX;
 
+/// [`ConnectFailureEvent::icmp`]: an ICMP error was seen.
+pub const ICMP_SEEN: u32 = 1 << 16;
+
+/// Key of `maps::CONNECT_ICMP`: a TCP flow as the packet an ICMP error quotes names it, this
+/// host's end first (the quoted packet is one this host sent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IcmpFlow {
+    /// IPv4 addresses use the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// [`crate::family`].
+    pub family: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<IcmpFlow>() == 40);
+
+/// Flows whose last ICMP error is kept until their connect ends (LRU).
+pub const CONNECT_ICMP_FLOWS: u32 = 4096;
+
 /// `IPPROTO_TCP`: the record's `protocol` of a TCP socket (uapi).
 pub const IPPROTO_TCP: u16 = 6;
 
@@ -84,6 +107,8 @@ pub struct ConnectFailureEvent {
     pub soft_error: u32,
     /// SYNs sent again (`tcp_sock::total_retrans`); [`UNKNOWN`].
     pub retransmits: u32,
-    pub _reserved: u32,
+    /// The last ICMP error the connect's flow received ([`ICMP_SEEN`] with the type in bits
+    /// 8-15 and the code in bits 0-7), 0 when none was seen (or no hook sees them here).
+    pub icmp: u32,
 }
 const _: () = assert!(size_of::<ConnectFailureEvent>() == 120);

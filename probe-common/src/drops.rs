@@ -73,9 +73,14 @@ pub struct SkbOffsets {
     /// `SKB_DROP_REASON_NO_SOCKET` on this kernel: not counted, because the kernel answers
     /// such packets with a reset, which `tcp_send_reset` reports with that reason.
     pub no_socket_reason: u32,
+    /// `transport_header` (u16 offset from head): the ICMP header where an ICMP error is
+    /// handed to TCP.
+    pub transport_header: u32,
+    /// `data` (unsigned char *): there, the header of the packet the ICMP error quotes.
+    pub data: u32,
     pub _reserved: u32,
 }
-const _: () = assert!(size_of::<SkbOffsets>() == 24);
+const _: () = assert!(size_of::<SkbOffsets>() == 32);
 
 impl SkbOffsets {
     pub const ABSENT: Self = Self {
@@ -84,6 +89,8 @@ impl SkbOffsets {
         protocol: crate::ABSENT,
         sk: crate::ABSENT,
         no_socket_reason: crate::ABSENT,
+        transport_header: crate::ABSENT,
+        data: crate::ABSENT,
         _reserved: 0,
     };
 }

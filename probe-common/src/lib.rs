@@ -51,6 +51,9 @@ pub mod maps {
     /// record wakes the agent at once, so it attaches the write hooks (detached while nothing
     /// is selected) before the runtime's first write.
     pub const SELECTIONS: &str = "SELECTIONS";
+    /// LRU hash: [`crate::IcmpFlow`] -> `u32` (as [`crate::ConnectFailureEvent::icmp`]): the
+    /// last ICMP error TCP was handed for a flow, read when its connect fails.
+    pub const CONNECT_ICMP: &str = "CONNECT_ICMP";
 }
 
 /// Names of the read-only globals the loader sets before the programs are loaded.
@@ -448,6 +451,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnectLayout {}
     unsafe impl aya::Pod for super::ConnectFailureEvent {}
     unsafe impl aya::Pod for super::RetransmitLayout {}
+    unsafe impl aya::Pod for super::IcmpFlow {}
 }
 
 #[cfg(test)]

@@ -4,9 +4,14 @@
 //! (`EHOSTUNREACH`...), or 0 (the application closed it first, e.g. its dial timeout). Every
 //! other state change returns after two reads of the record.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
 use probe_common::{
-    ConnectFailureEvent, ConnectLayout, CountKey, FoldKey, IPPROTO_TCP, UNKNOWN, family, kind,
+    CONNECT_ICMP_FLOWS, ConnectFailureEvent, ConnectLayout, CountKey, FoldKey, ICMP_SEEN,
+    IPPROTO_TCP, IcmpFlow, UNKNOWN, family, kind,
 };
 
 use crate::{
@@ -19,6 +24,37 @@ use crate::{
 
 #[unsafe(no_mangle)]
 static CONNECT_LAYOUT: ConnectLayout = ConnectLayout::ABSENT;
+
+/// `maps::CONNECT_ICMP`: the last ICMP error of a flow (`tcp_v4_err.rs`, `tcp_v6_err.rs`).
+#[map]
+pub static CONNECT_ICMP: LruHashMap<IcmpFlow, u32> =
+    LruHashMap::with_max_entries(CONNECT_ICMP_FLOWS, 0);
+
+/// Keeps the ICMP error (`icmp_type`, `code`) TCP was handed for `flow`, for its connect.
+#[inline(always)]
+pub fn remember_icmp(flow: &IcmpFlow, icmp_type: u8, code: u8) {
+    let value = ICMP_SEEN | (u32::from(icmp_type) << 8) | u32::from(code);
+    let _ = CONNECT_ICMP.insert(flow, &value, 0);
+}
+
+/// The ICMP error kept for the failed connect's flow (taken out), 0 when none.
+#[inline(always)]
+fn take_icmp(ev: &ConnectFailureEvent) -> u32 {
+    let flow = IcmpFlow {
+        saddr: ev.saddr,
+        daddr: ev.daddr,
+        sport: ev.sport,
+        dport: ev.dport,
+        family: ev.family,
+        _pad: 0,
+    };
+    // SAFETY: a copy out of the map value; a concurrent update can only replace it whole.
+    let Some(value) = (unsafe { CONNECT_ICMP.get(&flow) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECT_ICMP.remove(&flow);
+    value
+}
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -51,7 +87,7 @@ fn emit(ctx: &TracePointContext, l: &ConnectLayout) {
         error: 0,
         soft_error: 0,
         retransmits: 0,
-        _reserved: 0,
+        icmp: 0,
     };
     if let TaskContext::Agent = fill_task(&mut ev.header, &off) {
         return;
@@ -72,6 +108,7 @@ fn emit(ctx: &TracePointContext, l: &ConnectLayout) {
     ev.socket_cookie = read_kernel(sk, off.sk_cookie).unwrap_or(0);
     // A SYN_SENT socket is a full one: its cgroup is its creator's.
     socket_owner(sk, l.syn_sent as u8, &off, &mut ev.header);
+    ev.icmp = take_icmp(&ev);
     let key = CountKey {
         cgroup_id: ev.header.cgroup_id,
         netns: ev.header.netns,

@@ -28,7 +28,9 @@ mod tcp_reset;
 mod tcp_retransmit_skb;
 mod tcp_send_reset;
 mod tcp_sendmsg_locked;
+mod tcp_v4_err;
 mod tcp_v4_send_reset;
+mod tcp_v6_err;
 mod tcp_v6_send_reset;
 mod wasm_capture;
 

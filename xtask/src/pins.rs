@@ -66,6 +66,8 @@ const PINNED: &[(&str, &[(&str, &str)])] = &[
         &[("uprobe", "http_request_tls_received=uprobe")],
     ),
     ("ssl_write", &[("uprobe", "http_request_tls=uprobe")]),
+    ("tcp_v4_err", ICMP),
+    ("tcp_v6_err", ICMP),
     ("tcp_v4_send_reset", UNOWNED),
     ("tcp_v6_send_reset", UNOWNED),
     (
@@ -76,6 +78,11 @@ const PINNED: &[(&str, &[(&str, &str)])] = &[
             ("kprobe", "http_request_head=kprobe"),
         ],
     ),
+];
+
+const ICMP: &[(&str, &str)] = &[
+    ("fentry", "connect_icmp=fentry"),
+    ("kprobe", "connect_icmp=kprobe"),
 ];
 
 const UNOWNED: &[(&str, &str)] = &[
@@ -258,10 +265,19 @@ pub fn candidate_summary(columns: &[(String, BTreeMap<String, FileResult>)]) -> 
                 "-"
             } else if got.iter().any(|r| !r.ok()) {
                 "FAILED"
-            } else if got.iter().any(|r| !r.not_attachable && r.unsupported == 0) {
+            } else if got
+                .iter()
+                .any(|r| !r.not_attachable && r.unsupported == 0 && r.passed > 0)
+            {
                 "passed"
             } else if got.iter().all(|r| r.not_attachable) {
                 "not attachable"
+            } else if got
+                .iter()
+                .all(|r| r.passed + r.unsupported + r.skipped == 0)
+            {
+                // A filter left none of its tests.
+                "not run"
             } else {
                 "unsupported"
             };
@@ -412,6 +428,8 @@ mod tests {
             ("tcp_v6_send_reset@kprobe", absent),
             ("tcp_v4_send_reset@fentry", passed),
             ("tcp_v6_send_reset@fentry", failed),
+            ("tcp_v4_err@fentry", FileResult::default()),
+            ("tcp_v6_err@fentry", FileResult::default()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -433,5 +451,6 @@ mod tests {
         );
         assert_eq!(row("reset_sent_unowned=fentry").as_deref(), Some("FAILED"));
         assert_eq!(row("http_request_head=kprobe").as_deref(), Some("-"));
+        assert_eq!(row("connect_icmp=fentry").as_deref(), Some("not run"));
     }
 }

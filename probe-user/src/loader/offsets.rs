@@ -216,6 +216,8 @@ pub fn skb_offsets(btf: &Btf) -> SkbOffsets {
             .enumerator("SKB_DROP_REASON_NO_SOCKET")
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(ABSENT),
+        transport_header: m("transport_header"),
+        data: m("data"),
         _reserved: 0,
     }
 }

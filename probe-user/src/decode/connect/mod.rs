@@ -3,7 +3,7 @@
 
 use std::{borrow::Cow, net::IpAddr};
 
-use probe_common::{ConnectFailureEvent, UNKNOWN};
+use probe_common::{ConnectFailureEvent, ICMP_SEEN, UNKNOWN};
 use serde::Serialize;
 
 use super::{DecodeBody, DecodeError, SymbolTables, socket_addresses};
@@ -22,7 +22,8 @@ pub enum Outcome {
     /// No answer: the SYN retransmits ran out (`ETIMEDOUT`), or the application closed the
     /// socket first (its own timeout).
     TimedOut,
-    /// An ICMP error ended it (`EHOSTUNREACH`, `ENETUNREACH`, `EHOSTDOWN`, `ENONET`).
+    /// An ICMP error ended it (`EHOSTUNREACH`, `ENETUNREACH`, `EHOSTDOWN`, `ENONET`, `EACCES`:
+    /// ICMPv6 administratively prohibited).
     Unreachable,
     /// Another error.
     Failed,
@@ -54,6 +55,12 @@ pub struct ConnectFailure {
     pub icmp_error: Option<Cow<'static, str>>,
     /// SYNs sent (the first and its retransmits).
     pub syns: Option<u32>,
+    /// The last ICMP error the flow received (`3`/`1`: host unreachable), where a hook sees
+    /// them (`connect_icmp`); null otherwise.
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// What that type and code mean (`host unreachable`, `administratively prohibited`...).
+    pub icmp: Option<&'static str>,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -75,6 +82,7 @@ impl DecodeBody for ConnectFailureEvent {
 fn connect_failure(ev: &ConnectFailureEvent) -> Result<ConnectFailure, DecodeError> {
     let (family, saddr, daddr) = socket_addresses(ev.family, &ev.saddr, &ev.daddr)?;
     let errno = |e: u32| (e != 0 && e != UNKNOWN).then(|| errno_name(e));
+    let icmp = (ev.icmp & ICMP_SEEN != 0).then_some(((ev.icmp >> 8) as u8, ev.icmp as u8));
     Ok(ConnectFailure {
         outcome: outcome(ev.error),
         closed_by: if ev.error == 0 {
@@ -85,6 +93,9 @@ fn connect_failure(ev: &ConnectFailureEvent) -> Result<ConnectFailure, DecodeErr
         error: errno(ev.error),
         icmp_error: errno(ev.soft_error).filter(|_| ev.soft_error != ev.error),
         syns: (ev.retransmits != UNKNOWN).then(|| ev.retransmits.saturating_add(1)),
+        icmp_type: icmp.map(|(t, _)| t),
+        icmp_code: icmp.map(|(_, c)| c),
+        icmp: icmp.map(|(t, c)| icmp_meaning(family, t, c)),
         family,
         saddr,
         sport: ev.sport,
@@ -102,10 +113,41 @@ pub fn outcome(error: u32) -> Outcome {
     match e {
         0 | libc::ETIMEDOUT => Outcome::TimedOut,
         libc::ECONNREFUSED => Outcome::Refused,
-        libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENONET => {
-            Outcome::Unreachable
-        }
+        libc::EHOSTUNREACH
+        | libc::ENETUNREACH
+        | libc::EHOSTDOWN
+        | libc::ENONET
+        // ICMPv6 administratively prohibited, or a reject route.
+        | libc::EACCES => Outcome::Unreachable,
         _ => Outcome::Failed,
+    }
+}
+
+/// What an ICMP (IPv4) or ICMPv6 error of type `t` and code `c` says (RFC 792, 1812, 4443).
+pub fn icmp_meaning(family: Family, t: u8, c: u8) -> &'static str {
+    match (family, t, c) {
+        (Family::Ipv4, 3, 0) => "net unreachable",
+        (Family::Ipv4, 3, 1) => "host unreachable",
+        (Family::Ipv4, 3, 2) => "protocol unreachable",
+        (Family::Ipv4, 3, 3) => "port unreachable",
+        (Family::Ipv4, 3, 4) => "fragmentation needed",
+        (Family::Ipv4, 3, 6) => "destination network unknown",
+        (Family::Ipv4, 3, 7) => "destination host unknown",
+        (Family::Ipv4, 3, 9 | 10 | 13) => "administratively prohibited",
+        (Family::Ipv4, 3, 11 | 12) => "unreachable for type of service",
+        (Family::Ipv4, 3, _) => "destination unreachable",
+        (Family::Ipv4, 11, _) => "time exceeded",
+        (Family::Ipv4, 12, _) => "parameter problem",
+        (Family::Ipv6, 1, 0) => "no route to destination",
+        (Family::Ipv6, 1, 1) => "administratively prohibited",
+        (Family::Ipv6, 1, 3) => "address unreachable",
+        (Family::Ipv6, 1, 4) => "port unreachable",
+        (Family::Ipv6, 1, 5 | 6) => "rejected by policy",
+        (Family::Ipv6, 1, _) => "destination unreachable",
+        (Family::Ipv6, 2, _) => "packet too big",
+        (Family::Ipv6, 3, _) => "time exceeded",
+        (Family::Ipv6, 4, _) => "parameter problem",
+        _ => "ICMP error",
     }
 }
 
@@ -157,6 +199,9 @@ impl ConnectFailure {
             (None, Some(i)) => s.push_str(&format!(" (closed by the application; ICMP {i})")),
             (None, None) => s.push_str(" (closed by the application)"),
         }
+        if let (Some(meaning), Some(t), Some(c)) = (self.icmp, self.icmp_type, self.icmp_code) {
+            s.push_str(&format!(": ICMP {meaning} (type {t} code {c})"));
+        }
         s
     }
 }
@@ -207,6 +252,9 @@ impl Describe for ConnectFailure {
         a.opt_str("error.type", self.error.as_deref());
         a.opt_str("tcp.connect.icmp_error", self.icmp_error.as_deref());
         a.opt_int("tcp.connect.syns", self.syns);
+        a.opt_int("tcp.connect.icmp.type", self.icmp_type);
+        a.opt_int("tcp.connect.icmp.code", self.icmp_code);
+        a.opt_str("tcp.connect.icmp", self.icmp);
         a.opt_int("probe.socket_cookie", self.socket_cookie);
     }
 }

@@ -29,7 +29,7 @@ fn event(error: u32, soft_error: u32, retransmits: u32) -> ConnectFailureEvent {
         error,
         soft_error,
         retransmits,
-        _reserved: 0,
+        icmp: 0,
     }
 }
 
@@ -108,9 +108,19 @@ fn each_socket_error_names_how_the_connect_ended() {
             libc::EACCES as u32,
             0,
             0,
-            Outcome::Failed,
+            Outcome::Unreachable,
             "kernel",
             Some("EACCES"),
+            None,
+            Some(1),
+        ),
+        (
+            libc::EPERM as u32,
+            0,
+            0,
+            Outcome::Failed,
+            "kernel",
+            Some("EPERM"),
             None,
             Some(1),
         ),
@@ -166,4 +176,32 @@ fn a_record_of_another_family_is_refused() {
     let mut ev = event(0, 0, 0);
     ev.family = 99;
     assert!(decode(&bytes_of(&ev), &tables()).is_err());
+}
+
+#[test]
+fn an_icmp_error_seen_on_the_flow_is_named_with_its_type_and_code() {
+    use probe_common::ICMP_SEEN;
+    let mut ev = event(libc::EHOSTUNREACH as u32, libc::EHOSTUNREACH as u32, 1);
+    let none = decoded(&ev);
+    assert_eq!(
+        (none.icmp_type, none.icmp_code, none.icmp),
+        (None, None, None)
+    );
+    ev.icmp = ICMP_SEEN | (3 << 8) | 13;
+    let c = decoded(&ev);
+    assert_eq!(
+        (c.icmp_type, c.icmp_code, c.icmp),
+        (Some(3), Some(13), Some("administratively prohibited"))
+    );
+    assert_eq!(
+        c.summary(),
+        "unreachable after 2 SYNs (EHOSTUNREACH): ICMP administratively prohibited (type 3 code 13)"
+    );
+    // Type 0 code 0 is a value, not "none": the flag says an error was seen.
+    ev.icmp = ICMP_SEEN;
+    assert_eq!(decoded(&ev).icmp, Some("ICMP error"));
+    // ICMPv6 names its own codes.
+    assert_eq!(icmp_meaning(Family::Ipv6, 1, 3), "address unreachable");
+    assert_eq!(icmp_meaning(Family::Ipv4, 3, 1), "host unreachable");
+    assert_eq!(icmp_meaning(Family::Ipv4, 3, 3), "port unreachable");
 }

@@ -177,6 +177,28 @@ pub const CAPABILITIES: &[Capability] = &[
         }],
     },
     Capability {
+        name: "connect_icmp",
+        lost: "a connect ended by an ICMP error will carry the errno only, not the ICMP type and code",
+        switch: Switch::Always,
+        on_demand: false,
+        candidates: &[
+            Candidate {
+                programs: &[
+                    prog("tcp_v4_err_fentry", Attach::FEntry("tcp_v4_err")),
+                    prog("tcp_v6_err_fentry", Attach::FEntry("tcp_v6_err")),
+                ],
+                requires: Requires::Nothing,
+            },
+            Candidate {
+                programs: &[
+                    prog("tcp_v4_err_kprobe", Attach::KProbe("tcp_v4_err")),
+                    prog("tcp_v6_err_kprobe", Attach::KProbe("tcp_v6_err")),
+                ],
+                requires: Requires::Nothing,
+            },
+        ],
+    },
+    Capability {
         name: "retransmits",
         lost: "TCP retransmits will not be counted (probe_tcp_retransmits_total)",
         switch: Switch::Always,
